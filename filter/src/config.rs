@@ -1,0 +1,220 @@
+//! Plugin configuration: the JSON the Envoy config hands the filter (`configuration` of the
+//! Wasm plugin). Parsed once per worker VM in `on_configure`; a value of [`Config`] is
+//! always valid, so the request path never re-checks it.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Longest route-call timeout accepted: 10 minutes. A model load can take long, but a
+/// request that waits longer than this is better refused.
+pub const MAX_ROUTE_TIMEOUT_MS: u64 = 600_000;
+
+/// How the filter reaches the pool-manager. Every key is optional; absent or empty
+/// configuration means all defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Name of the Envoy cluster that leads to the pool-manager (`dispatch_http_call`
+    /// target). Default `pool_manager`.
+    pub pool_manager_cluster: String,
+    /// `:authority` sent on the route call. Default `pool-manager`.
+    pub pool_manager_authority: String,
+    /// How long the route call may take, in ms (it may include a model load): 1 to
+    /// [`MAX_ROUTE_TIMEOUT_MS`]. Default 70000.
+    pub route_timeout_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            pool_manager_cluster: "pool_manager".to_owned(),
+            pool_manager_authority: "pool-manager".to_owned(),
+            route_timeout_ms: 70_000,
+        }
+    }
+}
+
+impl Config {
+    /// Parses and checks the plugin configuration. `None`, empty or all-whitespace bytes
+    /// give [`Config::default`].
+    ///
+    /// Errors: not a JSON object of the known keys with the right types
+    /// ([`ConfigError::Json`]), an empty or non-printable cluster or authority, or a timeout
+    /// outside 1..=[`MAX_ROUTE_TIMEOUT_MS`].
+    pub fn from_bytes(bytes: Option<&[u8]>) -> Result<Config, ConfigError> {
+        let bytes = bytes.unwrap_or_default();
+        let Some(first) = bytes.iter().find(|b| !b.is_ascii_whitespace()) else {
+            return Ok(Config::default());
+        };
+        // serde would also accept a JSON array as a struct; only an object is meant.
+        if *first != b'{' {
+            return Err(ConfigError::Json("expected a JSON object".to_owned()));
+        }
+        let config: Config =
+            serde_json::from_slice(bytes).map_err(|e| ConfigError::Json(e.to_string()))?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// The route-call timeout as a [`Duration`].
+    pub fn route_timeout(&self) -> Duration {
+        Duration::from_millis(self.route_timeout_ms)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        if !is_header_token(&self.pool_manager_cluster) {
+            return Err(ConfigError::BadCluster);
+        }
+        if !is_header_token(&self.pool_manager_authority) {
+            return Err(ConfigError::BadAuthority);
+        }
+        if !(1..=MAX_ROUTE_TIMEOUT_MS).contains(&self.route_timeout_ms) {
+            return Err(ConfigError::TimeoutOutOfRange(self.route_timeout_ms));
+        }
+        Ok(())
+    }
+}
+
+/// Non-empty printable ASCII with no spaces: safe as a cluster name and as a header value.
+fn is_header_token(value: &str) -> bool {
+    !value.is_empty() && value.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// Why the plugin configuration was refused; the glue logs it and fails `on_configure`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigError {
+    /// The bytes are not a JSON object of the known keys with the right types; holds
+    /// serde_json's description (which names the bad key or type).
+    Json(String),
+    /// `pool_manager_cluster` is empty or has spaces or non-printable characters.
+    BadCluster,
+    /// `pool_manager_authority` is empty or has spaces or non-printable characters.
+    BadAuthority,
+    /// `route_timeout_ms` is 0 or above [`MAX_ROUTE_TIMEOUT_MS`].
+    TimeoutOutOfRange(u64),
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Json(why) => write!(f, "invalid plugin configuration: {why}"),
+            ConfigError::BadCluster => f.write_str(
+                "invalid plugin configuration: pool_manager_cluster must be non-empty printable ASCII without spaces",
+            ),
+            ConfigError::BadAuthority => f.write_str(
+                "invalid plugin configuration: pool_manager_authority must be non-empty printable ASCII without spaces",
+            ),
+            ConfigError::TimeoutOutOfRange(ms) => write!(
+                f,
+                "invalid plugin configuration: route_timeout_ms is {ms}, expected 1 to {MAX_ROUTE_TIMEOUT_MS}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absent_or_empty_configuration_gives_defaults() {
+        for bytes in [None, Some(&b""[..]), Some(b"  \n"), Some(b"{}")] {
+            assert_eq!(
+                Config::from_bytes(bytes),
+                Ok(Config::default()),
+                "{bytes:?}"
+            );
+        }
+        let config = Config::default();
+        assert_eq!(config.pool_manager_cluster, "pool_manager");
+        assert_eq!(config.pool_manager_authority, "pool-manager");
+        assert_eq!(config.route_timeout(), Duration::from_secs(70));
+    }
+
+    #[test]
+    fn reads_every_key() {
+        let json = br#"{"pool_manager_cluster":"pm","pool_manager_authority":"pm.local:9000","route_timeout_ms":1}"#;
+        assert_eq!(
+            Config::from_bytes(Some(json)),
+            Ok(Config {
+                pool_manager_cluster: "pm".into(),
+                pool_manager_authority: "pm.local:9000".into(),
+                route_timeout_ms: 1,
+            })
+        );
+        let partial = br#"{"route_timeout_ms":600000}"#;
+        let config = Config::from_bytes(Some(partial)).unwrap();
+        assert_eq!(config.route_timeout_ms, MAX_ROUTE_TIMEOUT_MS);
+        assert_eq!(config.pool_manager_cluster, "pool_manager");
+    }
+
+    #[test]
+    fn refuses_bad_configuration() {
+        // `None`: any JSON error; `Some(e)`: exactly `e`.
+        let cases: &[(&[u8], Option<ConfigError>)] = &[
+            (br#"{"route_timeout_ms":"70"}"#, None),
+            (br#"{"route_timeout_ms":-1}"#, None),
+            (br#"{"route_timeout_ms":1.5}"#, None),
+            (b"null", None),
+            (b"[]", None),
+            (b"{", None),
+            (b"\xff", None),
+            (
+                br#"{"route_timeout_ms":0}"#,
+                Some(ConfigError::TimeoutOutOfRange(0)),
+            ),
+            (
+                br#"{"route_timeout_ms":600001}"#,
+                Some(ConfigError::TimeoutOutOfRange(600_001)),
+            ),
+            (
+                br#"{"pool_manager_cluster":""}"#,
+                Some(ConfigError::BadCluster),
+            ),
+            (
+                br#"{"pool_manager_cluster":"a b"}"#,
+                Some(ConfigError::BadCluster),
+            ),
+            (
+                br#"{"pool_manager_authority":""}"#,
+                Some(ConfigError::BadAuthority),
+            ),
+            (
+                br#"{"pool_manager_authority":"a\r\nx-mm-evil: 1"}"#,
+                Some(ConfigError::BadAuthority),
+            ),
+        ];
+        for (bytes, expected) in cases {
+            let err = Config::from_bytes(Some(bytes)).unwrap_err();
+            let input = String::from_utf8_lossy(bytes);
+            match expected {
+                Some(expected) => assert_eq!(&err, expected, "{input}"),
+                None => assert!(matches!(err, ConfigError::Json(_)), "{input} -> {err:?}"),
+            }
+            assert!(err
+                .to_string()
+                .starts_with("invalid plugin configuration: "));
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = Config::from_bytes(Some(br#"{"pool_manager_clustr":"x"}"#)).unwrap_err();
+        assert!(err.to_string().contains("pool_manager_clustr"), "{err}");
+    }
+
+    #[test]
+    fn messages_name_the_key() {
+        assert_eq!(
+            ConfigError::TimeoutOutOfRange(0).to_string(),
+            "invalid plugin configuration: route_timeout_ms is 0, expected 1 to 600000"
+        );
+        assert!(ConfigError::BadCluster
+            .to_string()
+            .contains("pool_manager_cluster"));
+    }
+}

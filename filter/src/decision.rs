@@ -1,0 +1,308 @@
+//! What to do with a paused request once the pool-manager has answered the route call:
+//! forward it to a replica, or answer the client directly. Anything that is not a
+//! well-formed answer from our own pool-manager ends as a 502 or 503, never as a forward.
+
+use std::net::SocketAddr;
+
+use mm_wire::{ErrorBody, RouteResponse};
+
+/// Most bytes of the route-call body the filter reads; an honest answer is far smaller.
+pub const MAX_ROUTE_BODY_BYTES: usize = 64 * 1024;
+
+/// Longest replica name accepted: it becomes a response header value.
+pub const MAX_REPLICA_NAME_LEN: usize = 253;
+
+/// Message when the pool-manager cannot be reached or did not answer with our JSON.
+pub const UNREACHABLE: &str = "pool-manager unreachable";
+
+/// Message when the pool-manager answered 200 with something that is not a usable route.
+pub const INVALID_ROUTE: &str = "pool-manager returned an invalid route";
+
+/// The outcome of a route call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Send the request to `address`.
+    Forward {
+        /// `IP:PORT` in canonical form (IPv6 in brackets), as Envoy's ORIGINAL_DST
+        /// cluster expects it; never a host name, never port 0 or an unspecified IP.
+        address: String,
+        /// The replica's name: 1 to [`MAX_REPLICA_NAME_LEN`] printable ASCII characters,
+        /// so it is safe as a header value.
+        replica: String,
+    },
+    /// Answer the client with `status` (always 400..=599) and `{"error": message}`.
+    Reply {
+        /// HTTP status for the client.
+        status: u16,
+        /// One sentence for the client.
+        message: String,
+    },
+}
+
+impl Decision {
+    fn reply(status: u16, message: &str) -> Decision {
+        Decision::Reply {
+            status,
+            message: message.to_owned(),
+        }
+    }
+}
+
+/// Reads a `:status` header value; `None` unless it is exactly three ASCII digits.
+pub fn parse_status(raw: &[u8]) -> Option<u16> {
+    if raw.len() != 3 || !raw.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(raw).ok()?.parse().ok()
+}
+
+/// Maps the route call's outcome to a [`Decision`].
+///
+/// - `status` `None` (Envoy reports a failed callout that way: connect failure, reset,
+///   timeout) -> 503 [`UNREACHABLE`].
+/// - 200 with a [`RouteResponse`] whose address is a usable socket address and whose
+///   replica name is a safe header value -> [`Decision::Forward`]; 200 with anything else
+///   -> 502 [`INVALID_ROUTE`].
+/// - Any other status with an [`ErrorBody`] -> that status and message, with statuses
+///   outside 400..=599 turned into 502.
+/// - Any other status with any other body (e.g. Envoy's own "no healthy upstream") ->
+///   503 [`UNREACHABLE`].
+pub fn decide(status: Option<u16>, body: &[u8]) -> Decision {
+    match status {
+        None => Decision::reply(503, UNREACHABLE),
+        Some(200) => forward(body).unwrap_or_else(|| Decision::reply(502, INVALID_ROUTE)),
+        Some(status) => match serde_json::from_slice::<ErrorBody>(body) {
+            Ok(ErrorBody { error }) => Decision::Reply {
+                status: if (400..=599).contains(&status) {
+                    status
+                } else {
+                    502
+                },
+                message: error,
+            },
+            Err(_) => Decision::reply(503, UNREACHABLE),
+        },
+    }
+}
+
+/// The forward decision for a 200 body, if it is a usable route.
+fn forward(body: &[u8]) -> Option<Decision> {
+    let route: RouteResponse = serde_json::from_slice(body).ok()?;
+    let address: SocketAddr = route.address.parse().ok()?;
+    if address.port() == 0 || address.ip().is_unspecified() {
+        return None;
+    }
+    let replica = route.replica;
+    let replica_ok = (1..=MAX_REPLICA_NAME_LEN).contains(&replica.len())
+        && replica.bytes().all(|b| b.is_ascii_graphic());
+    replica_ok.then(|| Decision::Forward {
+        address: address.to_string(),
+        replica,
+    })
+}
+
+/// Renders the body of a gateway reply, `{"error":"<message>"}`, with JSON escaping.
+pub fn render_error_body(message: &str) -> Vec<u8> {
+    let body = ErrorBody {
+        error: message.to_owned(),
+    };
+    // Serialising a struct of one string cannot fail; the fallback only avoids a panic path.
+    serde_json::to_vec(&body).unwrap_or_else(|_| br#"{"error":"internal error"}"#.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(status: u16, message: &str) -> Decision {
+        Decision::Reply {
+            status,
+            message: message.to_owned(),
+        }
+    }
+
+    fn fwd(address: &str, replica: &str) -> Decision {
+        Decision::Forward {
+            address: address.to_owned(),
+            replica: replica.to_owned(),
+        }
+    }
+
+    #[test]
+    fn parses_status_headers() {
+        assert_eq!(parse_status(b"200"), Some(200));
+        assert_eq!(parse_status(b"503"), Some(503));
+        assert_eq!(parse_status(b"099"), Some(99));
+        for raw in [
+            &b""[..],
+            b"20",
+            b"2000",
+            b"+20",
+            b" 200",
+            b"2x0",
+            b"\xff\xff\xff",
+        ] {
+            assert_eq!(parse_status(raw), None, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn forwards_a_valid_route() {
+        let cases: &[(&str, Decision)] = &[
+            (
+                r#"{"model":"linear","replica":"r0","address":"127.0.0.1:8000"}"#,
+                fwd("127.0.0.1:8000", "r0"),
+            ),
+            (
+                r#"{"replica":"triton-1","address":"10.0.0.7:8000"}"#,
+                fwd("10.0.0.7:8000", "triton-1"),
+            ),
+            (
+                r#"{"replica":"r6","address":"[::1]:9000","extra":true}"#,
+                fwd("[::1]:9000", "r6"),
+            ),
+            (
+                r#"{"replica":"r6","address":"[0:0:0:0:0:0:0:1]:9000"}"#,
+                fwd("[::1]:9000", "r6"),
+            ),
+        ];
+        for (body, want) in cases {
+            assert_eq!(&decide(Some(200), body.as_bytes()), want, "{body}");
+        }
+    }
+
+    #[test]
+    fn refuses_an_invalid_route_with_502() {
+        let bodies = [
+            "",
+            "not json",
+            "{}",
+            r#"{"error":"x"}"#,
+            r#"{"replica":"r0"}"#,
+            r#"{"replica":"r0","address":"localhost:8000"}"#,
+            r#"{"replica":"r0","address":"triton.svc:8000"}"#,
+            r#"{"replica":"r0","address":"127.0.0.1"}"#,
+            r#"{"replica":"r0","address":"127.0.0.1:0"}"#,
+            r#"{"replica":"r0","address":"0.0.0.0:8000"}"#,
+            r#"{"replica":"r0","address":"[::]:8000"}"#,
+            r#"{"replica":"r0","address":"127.0.0.1:70000"}"#,
+            r#"{"replica":"r0","address":" 127.0.0.1:8000"}"#,
+            r#"{"replica":"r0","address":"::1:8000"}"#,
+            r#"{"replica":"","address":"127.0.0.1:8000"}"#,
+            r#"{"replica":"r 0","address":"127.0.0.1:8000"}"#,
+            r#"{"replica":"r0\r\nx-evil: 1","address":"127.0.0.1:8000"}"#,
+            r#"{"replica":"répl","address":"127.0.0.1:8000"}"#,
+            r#"{"replica":1,"address":"127.0.0.1:8000"}"#,
+        ];
+        for body in bodies {
+            assert_eq!(
+                decide(Some(200), body.as_bytes()),
+                reply(502, INVALID_ROUTE),
+                "{body}"
+            );
+        }
+        let long = format!(
+            r#"{{"replica":"{}","address":"127.0.0.1:1"}}"#,
+            "r".repeat(254)
+        );
+        assert_eq!(
+            decide(Some(200), long.as_bytes()),
+            reply(502, INVALID_ROUTE)
+        );
+        let longest = format!(
+            r#"{{"replica":"{}","address":"127.0.0.1:1"}}"#,
+            "r".repeat(253)
+        );
+        assert!(matches!(
+            decide(Some(200), longest.as_bytes()),
+            Decision::Forward { .. }
+        ));
+    }
+
+    #[test]
+    fn failed_callout_is_503() {
+        assert_eq!(decide(None, b""), reply(503, UNREACHABLE));
+        assert_eq!(decide(None, br#"{"error":"x"}"#), reply(503, UNREACHABLE));
+    }
+
+    #[test]
+    fn passes_pool_manager_errors_through() {
+        let cases: &[(u16, &str, Decision)] = &[
+            (
+                404,
+                r#"{"error":"unknown model 'x'"}"#,
+                reply(404, "unknown model 'x'"),
+            ),
+            (
+                503,
+                r#"{"error":"model 'x' failed to load: No module named 'numpy'"}"#,
+                reply(503, "model 'x' failed to load: No module named 'numpy'"),
+            ),
+            (
+                400,
+                r#"{"error":"invalid model name"}"#,
+                reply(400, "invalid model name"),
+            ),
+            (
+                429,
+                r#"{"error":"too many loads"}"#,
+                reply(429, "too many loads"),
+            ),
+            (500, r#"{"error":"boom"}"#, reply(500, "boom")),
+            (599, r#"{"error":"odd"}"#, reply(599, "odd")),
+            (
+                507,
+                r#"{"error":"no capacity","detail":1}"#,
+                reply(507, "no capacity"),
+            ),
+            // Statuses a client must not see from a gateway error are clamped to 502.
+            (204, r#"{"error":"no content"}"#, reply(502, "no content")),
+            (302, r#"{"error":"moved"}"#, reply(502, "moved")),
+            (100, r#"{"error":"continue"}"#, reply(502, "continue")),
+            (600, r#"{"error":"too high"}"#, reply(502, "too high")),
+            (999, r#"{"error":"too high"}"#, reply(502, "too high")),
+        ];
+        for (status, body, want) in cases {
+            assert_eq!(
+                &decide(Some(*status), body.as_bytes()),
+                want,
+                "{status} {body}"
+            );
+        }
+    }
+
+    #[test]
+    fn foreign_error_bodies_mean_unreachable() {
+        let cases: &[(u16, &str)] = &[
+            (503, "no healthy upstream"),
+            (
+                503,
+                "upstream connect error or disconnect/reset before headers",
+            ),
+            (504, "upstream request timeout"),
+            (404, ""),
+            (500, r#"{"message":"x"}"#),
+            (500, r#"{"error":5}"#),
+            (302, "<html>"),
+        ];
+        for (status, body) in cases {
+            assert_eq!(
+                decide(Some(*status), body.as_bytes()),
+                reply(503, UNREACHABLE),
+                "{status} {body}"
+            );
+        }
+    }
+
+    #[test]
+    fn renders_escaped_error_bodies() {
+        assert_eq!(
+            render_error_body("no route for this path"),
+            br#"{"error":"no route for this path"}"#
+        );
+        let body = render_error_body("say \"hi\"\n\\ \u{1} é");
+        assert_eq!(body, r#"{"error":"say \"hi\"\n\\ \u0001 é"}"#.as_bytes());
+        let parsed: ErrorBody = serde_json::from_slice(&body).unwrap();
+        assert_eq!(parsed.error, "say \"hi\"\n\\ \u{1} é");
+    }
+}
