@@ -1,0 +1,230 @@
+//! The HTTP API: the admin API (`/api/v1/...`), health and metrics, and the internal route
+//! call the gateway's filter makes (`/internal/v1/route/...`). Every error answer is JSON
+//! `{"error": "..."}` with a 4xx status for the client's mistakes and 5xx for ours; bad
+//! input never changes state because everything is validated before the pool is touched.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::pool::{Pool, PoolError, Registered};
+
+/// Largest accepted registration body. Specs are a few hundred bytes.
+pub const MAX_SPEC_BYTES: usize = 64 * 1024;
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: Pool,
+    pub metrics: Arc<prometheus_client::registry::Registry>,
+}
+
+/// Builds the router; tests call it without a socket.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/models", get(list_models))
+        .route(
+            "/api/v1/models/{name}",
+            get(get_model).put(put_model).delete(delete_model),
+        )
+        .route("/api/v1/replicas", get(list_replicas))
+        .route(mm_wire::ANY_REPLICA_PATH, get(route_any))
+        .route(
+            &format!("{}{{name}}", mm_wire::ROUTE_PATH_PREFIX),
+            get(route_model),
+        )
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+/// An error answer.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(mm_wire::ErrorBody {
+                error: self.message,
+            }),
+        )
+            .into_response()
+    }
+}
+
+impl From<PoolError> for ApiError {
+    fn from(e: PoolError) -> Self {
+        let status = match &e {
+            PoolError::UnknownModel(_) => StatusCode::NOT_FOUND,
+            PoolError::Spec(_) | PoolError::TooBig { .. } => StatusCode::BAD_REQUEST,
+            PoolError::LoadFailed { .. }
+            | PoolError::NoCapacity { .. }
+            | PoolError::StillLoading { .. }
+            | PoolError::NoHealthyReplica => StatusCode::SERVICE_UNAVAILABLE,
+            PoolError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(error = %e, "internal error");
+            return ApiError::new(status, "internal error; see the pool-manager log");
+        }
+        ApiError::new(status, e.to_string())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(e: PathRejection) -> Self {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("invalid path: {}", e.body_text()),
+        )
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &state.metrics)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListParams {
+    limit: Option<usize>,
+    after: Option<String>,
+}
+
+async fn list_models(
+    State(state): State<AppState>,
+    query: Result<Query<ListParams>, QueryRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let Query(params) = query.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("invalid query: {}", e.body_text()),
+        )
+    })?;
+    let limit = params.limit.unwrap_or(DEFAULT_PAGE);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("limit must be between 1 and {MAX_PAGE}"),
+        ));
+    }
+    let (models, more) = state.pool.models(params.after.as_deref(), limit);
+    let next = more
+        .then(|| models.last().map(|m| m.name.clone()))
+        .flatten();
+    Ok(Json(json!({ "models": models, "next": next })))
+}
+
+async fn get_model(
+    State(state): State<AppState>,
+    name: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let Path(name) = name?;
+    Ok(Json(json!(state.pool.model(&name)?)))
+}
+
+async fn put_model(
+    State(state): State<AppState>,
+    name: Result<Path<String>, PathRejection>,
+    body: Body,
+) -> ApiResult<Response> {
+    let Path(name) = name?;
+    // Validate the name before reading a byte of the body.
+    mm_wire::validate_model_name(&name)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let body = axum::body::to_bytes(body, MAX_SPEC_BYTES)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body is larger than {MAX_SPEC_BYTES} bytes"),
+            )
+        })?;
+    let (what, view) = state.pool.register(&name, &body).await?;
+    let status = match what {
+        Registered::Created => StatusCode::CREATED,
+        Registered::Updated | Registered::Unchanged => StatusCode::OK,
+    };
+    Ok((status, Json(view)).into_response())
+}
+
+async fn delete_model(
+    State(state): State<AppState>,
+    name: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let Path(name) = name?;
+    state.pool.delete(&name).await?;
+    Ok(Json(json!({ "deleted": name })))
+}
+
+async fn list_replicas(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(json!({ "replicas": state.pool.replicas() }))
+}
+
+async fn route_model(
+    State(state): State<AppState>,
+    name: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<mm_wire::RouteResponse>> {
+    let Path(name) = name?;
+    Ok(Json(state.pool.route(&name).await?))
+}
+
+async fn route_any(State(state): State<AppState>) -> ApiResult<Json<mm_wire::RouteResponse>> {
+    Ok(Json(state.pool.any_replica()?))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no such endpoint")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed on this endpoint",
+    )
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,309 @@
+//! The router, called without a socket: status codes, JSON error bodies, and that no bad
+//! request changes the registry.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use tower::ServiceExt;
+
+use super::*;
+use crate::metrics::Metrics;
+use crate::pool::{Replica, Settings};
+use crate::replica::fake::FakeReplica;
+use crate::replica::ReplicaClient;
+use crate::repository::ModelRepository;
+use crate::spec::{ReplicaId, StoragePolicy};
+
+struct Fixture {
+    app: Router,
+    model_dir: tempfile::TempDir,
+    _repo: tempfile::TempDir,
+}
+
+async fn fixture() -> Fixture {
+    let repo = tempfile::tempdir().unwrap();
+    let model_dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(model_dir.path().join("1")).unwrap();
+    std::fs::write(model_dir.path().join("1/model.py"), "pass").unwrap();
+    let replica = Replica {
+        id: ReplicaId::new("r0").unwrap(),
+        url: url::Url::parse("http://127.0.0.1:8000").unwrap(),
+        address: "127.0.0.1:8000".parse().unwrap(),
+        memory: 1 << 30,
+        client: Arc::new(FakeReplica::default()) as Arc<dyn ReplicaClient>,
+    };
+    let mut registry = prometheus_client::registry::Registry::with_prefix("mm");
+    let metrics = Arc::new(Metrics::register(&mut registry));
+    let pool = Pool::new(
+        vec![replica],
+        ModelRepository::open(repo.path()).unwrap(),
+        StoragePolicy::default(),
+        metrics,
+        Settings::default(),
+    );
+    pool.probe_replicas().await;
+    Fixture {
+        app: app(AppState {
+            pool,
+            metrics: Arc::new(registry),
+        }),
+        model_dir,
+        _repo: repo,
+    }
+}
+
+impl Fixture {
+    async fn call(
+        &self,
+        method: Method,
+        uri: &str,
+        body: impl Into<Body>,
+    ) -> (StatusCode, serde_json::Value) {
+        let request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("content-type", "application/json")
+            .body(body.into())
+            .unwrap();
+        let response = self.app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        (status, json)
+    }
+
+    fn spec(&self, memory: &str) -> String {
+        format!(
+            r#"{{"storageUri": "file://{}", "memory": {memory}}}"#,
+            self.model_dir.path().display()
+        )
+    }
+
+    async fn registry(&self) -> serde_json::Value {
+        self.call(Method::GET, "/api/v1/models", Body::empty())
+            .await
+            .1
+    }
+}
+
+#[tokio::test]
+async fn registers_lists_gets_routes_and_deletes() {
+    let f = fixture().await;
+    let (status, body) = f
+        .call(Method::PUT, "/api/v1/models/m1", f.spec("\"64Mi\""))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["memory"], 64 << 20);
+    assert_eq!(body["state"], "Pending");
+    let (status, _) = f
+        .call(Method::PUT, "/api/v1/models/m1", f.spec("\"64Mi\""))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    let (status, body) = f
+        .call(Method::GET, "/internal/v1/route/m1", Body::empty())
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body,
+        serde_json::json!({"model": "m1", "replica": "r0", "address": "127.0.0.1:8000"})
+    );
+
+    let (_, body) = f
+        .call(Method::GET, "/api/v1/models/m1", Body::empty())
+        .await;
+    assert_eq!(body["state"], "Loaded");
+    assert_eq!(body["replicas"], serde_json::json!(["r0"]));
+
+    let (_, body) = f.call(Method::GET, "/api/v1/replicas", Body::empty()).await;
+    assert_eq!(body["replicas"][0]["usedBytes"], 64 << 20);
+    assert_eq!(body["replicas"][0]["models"], serde_json::json!(["m1"]));
+
+    let (status, body) = f
+        .call(Method::DELETE, "/api/v1/models/m1", Body::empty())
+        .await;
+    assert_eq!(
+        (status, body),
+        (StatusCode::OK, serde_json::json!({"deleted": "m1"}))
+    );
+    let (status, _) = f
+        .call(Method::GET, "/api/v1/models/m1", Body::empty())
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn bad_requests_get_json_errors_and_change_nothing() {
+    let f = fixture().await;
+    let (status, _) = f
+        .call(Method::PUT, "/api/v1/models/keep", f.spec("1024"))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let before = f.registry().await;
+
+    let good = f.spec("1024");
+    let huge = format!(r#"{{"storageUri": "{}"}}"#, "a".repeat(MAX_SPEC_BYTES));
+    let put = |path: &str, body: String, want| {
+        (Method::PUT, format!("/api/v1/models/{path}"), body, want)
+    };
+    let cases: Vec<(Method, String, String, StatusCode)> = vec![
+        put("m", "{".into(), StatusCode::BAD_REQUEST),
+        put("m", "".into(), StatusCode::BAD_REQUEST),
+        put("m", "null".into(), StatusCode::BAD_REQUEST),
+        put("m", f.spec("\"12Qi\""), StatusCode::BAD_REQUEST),
+        put("m", f.spec("-1"), StatusCode::BAD_REQUEST),
+        put("m", f.spec("\"2Gi\""), StatusCode::BAD_REQUEST),
+        put(
+            "m",
+            good.replace('}', r#", "x": 1}"#),
+            StatusCode::BAD_REQUEST,
+        ),
+        put(
+            "m",
+            r#"{"storageUri": "file:///etc/../tmp"}"#.into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        put(
+            "m",
+            r#"{"storageUri": "s3://b/m"}"#.into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        put("m", huge, StatusCode::PAYLOAD_TOO_LARGE),
+        put("..", good.clone(), StatusCode::BAD_REQUEST),
+        put(".hidden", good.clone(), StatusCode::BAD_REQUEST),
+        put("a%2Fb", good.clone(), StatusCode::BAD_REQUEST),
+        put("mod%C3%A8le", good.clone(), StatusCode::BAD_REQUEST),
+        put("%FF", good.clone(), StatusCode::BAD_REQUEST),
+        put(&"a".repeat(129), good.clone(), StatusCode::BAD_REQUEST),
+        put("keep", "{}".into(), StatusCode::BAD_REQUEST),
+        (
+            Method::POST,
+            "/api/v1/models/m".into(),
+            good.clone(),
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            Method::PATCH,
+            "/api/v1/models".into(),
+            "".into(),
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            Method::DELETE,
+            "/api/v1/models/ghost".into(),
+            "".into(),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            Method::DELETE,
+            "/api/v1/models/a%2F..".into(),
+            "".into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::GET,
+            "/api/v1/models/ghost".into(),
+            "".into(),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            Method::GET,
+            "/api/v1/models?limit=0".into(),
+            "".into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::GET,
+            "/api/v1/models?limit=x".into(),
+            "".into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::GET,
+            "/api/v1/models?bogus=1".into(),
+            "".into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::GET,
+            "/api/v1/nothing".into(),
+            "".into(),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            Method::GET,
+            "/internal/v1/route/ghost".into(),
+            "".into(),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            Method::GET,
+            "/internal/v1/route/..".into(),
+            "".into(),
+            StatusCode::BAD_REQUEST,
+        ),
+    ];
+    for (method, uri, body, want) in cases {
+        let (status, json) = f.call(method.clone(), &uri, body).await;
+        assert_eq!(status, want, "{method} {uri}: {json}");
+        let message = json["error"].as_str().unwrap_or_default();
+        assert!(
+            !message.is_empty(),
+            "{method} {uri}: no JSON error in {json}"
+        );
+    }
+    assert_eq!(
+        f.registry().await,
+        before,
+        "bad requests changed the registry"
+    );
+}
+
+#[tokio::test]
+async fn serves_metrics_and_health() {
+    let f = fixture().await;
+    let (status, body) = f.call(Method::GET, "/healthz", Body::empty()).await;
+    assert_eq!(
+        (status, body),
+        (StatusCode::OK, serde_json::json!({"status": "ok"}))
+    );
+    let request = Request::builder()
+        .uri("/metrics")
+        .body(Body::empty())
+        .unwrap();
+    let response = f.app.clone().oneshot(request).await.unwrap();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let text = String::from_utf8(bytes.to_vec()).unwrap();
+    assert!(
+        text.contains("mm_replica_memory_capacity_bytes{replica=\"r0\"} 1073741824"),
+        "{text}"
+    );
+    assert!(
+        text.contains("mm_replica_healthy{replica=\"r0\"} 1"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn paging_returns_a_next_token() {
+    let f = fixture().await;
+    for name in ["a", "b", "c"] {
+        f.call(Method::PUT, &format!("/api/v1/models/{name}"), f.spec("1"))
+            .await;
+    }
+    let (_, body) = f
+        .call(Method::GET, "/api/v1/models?limit=2", Body::empty())
+        .await;
+    assert_eq!(body["models"].as_array().unwrap().len(), 2);
+    assert_eq!(body["next"], "b");
+    let (_, body) = f
+        .call(Method::GET, "/api/v1/models?limit=2&after=b", Body::empty())
+        .await;
+    assert_eq!(body["models"][0]["name"], "c");
+    assert_eq!(body["next"], serde_json::Value::Null);
+}

@@ -1,0 +1,155 @@
+//! `pool-manager` binary: flags, logging, wiring, serving, graceful shutdown.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use pool_manager::admin::{self, AppState};
+use pool_manager::config::{self, ReplicaConfig};
+use pool_manager::metrics::Metrics;
+use pool_manager::pool::{Pool, Replica, Settings};
+use pool_manager::replica::triton::{Timeouts, TritonClient};
+use pool_manager::repository::ModelRepository;
+use pool_manager::spec::StoragePolicy;
+
+/// Control plane of the multi-model gateway.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Address of the admin API (and the filter's internal route call). Loopback by default:
+    /// the admin API has no authentication yet.
+    #[arg(long, env = "MM_LISTEN", default_value = "127.0.0.1:9090")]
+    listen: SocketAddr,
+    /// Triton model repository shared with the replicas; models are staged here by name.
+    #[arg(long, env = "MM_MODEL_REPOSITORY")]
+    model_repository: PathBuf,
+    /// A replica: name=NAME,url=http://HOST:PORT,memory=QUANTITY (repeatable).
+    #[arg(long = "replica")]
+    replicas: Vec<ReplicaConfig>,
+    /// TOML file with [[replica]] tables (name, url, memory); adds to --replica.
+    #[arg(long, env = "MM_CONFIG")]
+    config: Option<PathBuf>,
+    /// Only accept file:// storage URIs below these directories (repeatable).
+    #[arg(long = "allowed-storage-root")]
+    allowed_storage_roots: Vec<PathBuf>,
+    /// How long a request for a cold model waits for its load.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    route_wait: Duration,
+    /// Bound on one Triton load call.
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    load_timeout: Duration,
+    /// Bound on every other Triton call (unload, index, ready).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    call_timeout: Duration,
+    /// How often replicas' readiness is probed.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    probe_interval: Duration,
+    /// Log format.
+    #[arg(long, env = "MM_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_logging(&args.log_format);
+
+    let mut replicas = args.replicas.clone();
+    if let Some(path) = &args.config {
+        replicas.extend(config::replicas_from_file(path)?);
+    }
+    let replicas = config::check_replicas(replicas)?;
+    let timeouts = Timeouts {
+        connect: Duration::from_secs(2),
+        load: args.load_timeout,
+        call: args.call_timeout,
+    };
+    let mut pool_replicas = Vec::with_capacity(replicas.len());
+    for r in replicas {
+        let address = r.resolve().await?;
+        let client = TritonClient::new(&r.url, timeouts)?;
+        tracing::info!(replica = %r.name, url = %r.url, %address, memory = r.memory, "replica configured");
+        pool_replicas.push(Replica {
+            id: r.name,
+            url: r.url,
+            address,
+            memory: r.memory,
+            client: Arc::new(client),
+        });
+    }
+    let repository = ModelRepository::open(&args.model_repository)?;
+    let mut allowed_roots = Vec::new();
+    for root in &args.allowed_storage_roots {
+        allowed_roots.push(
+            root.canonicalize()
+                .with_context(|| format!("--allowed-storage-root {}", root.display()))?,
+        );
+    }
+    let mut registry = prometheus_client::registry::Registry::with_prefix("mm");
+    let metrics = Arc::new(Metrics::register(&mut registry));
+    let settings = Settings {
+        route_wait: args.route_wait,
+        probe_timeout: args.call_timeout.min(Duration::from_secs(2)),
+        ..Settings::default()
+    };
+    let pool = Pool::new(
+        pool_replicas,
+        repository,
+        StoragePolicy { allowed_roots },
+        metrics,
+        settings,
+    );
+    // Know which replicas are up before the first request is placed.
+    pool.probe_replicas().await;
+    tokio::spawn(pool.clone().run_probes(args.probe_interval));
+
+    let app = admin::app(AppState {
+        pool,
+        metrics: Arc::new(registry),
+    });
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    tracing::info!(listen = %args.listen, "pool-manager serving");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    tracing::info!("pool-manager stopped");
+    Ok(())
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown requested; draining");
+}

@@ -1,0 +1,73 @@
+//! An in-memory [`ReplicaClient`] for unit tests: counts calls, can be slowed down, made to
+//! fail loads, or marked not ready.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::{IndexEntry, ReplicaClient, ReplicaError};
+
+#[derive(Debug, Default)]
+pub struct FakeReplica {
+    pub loads: AtomicUsize,
+    pub unloads: AtomicUsize,
+    pub load_delay_ms: AtomicUsize,
+    pub down: AtomicBool,
+    pub fail_loads_with: Mutex<Option<String>>,
+    pub loaded: Mutex<BTreeSet<String>>,
+}
+
+impl FakeReplica {
+    pub fn loaded(&self) -> BTreeSet<String> {
+        self.loaded.lock().unwrap().clone()
+    }
+}
+
+#[async_trait]
+impl ReplicaClient for FakeReplica {
+    async fn load(&self, model: &str) -> Result<(), ReplicaError> {
+        self.loads.fetch_add(1, Ordering::SeqCst);
+        let delay = self.load_delay_ms.load(Ordering::SeqCst) as u64;
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        if self.down.load(Ordering::SeqCst) {
+            return Err(ReplicaError::Unreachable("connection refused".into()));
+        }
+        if let Some(reason) = self.fail_loads_with.lock().unwrap().clone() {
+            return Err(ReplicaError::Rejected {
+                status: 400,
+                message: reason,
+            });
+        }
+        self.loaded.lock().unwrap().insert(model.to_owned());
+        Ok(())
+    }
+
+    async fn unload(&self, model: &str) -> Result<(), ReplicaError> {
+        self.unloads.fetch_add(1, Ordering::SeqCst);
+        self.loaded.lock().unwrap().remove(model);
+        Ok(())
+    }
+
+    async fn ready(&self) -> Result<(), ReplicaError> {
+        if self.down.load(Ordering::SeqCst) {
+            Err(ReplicaError::Unreachable("connection refused".into()))
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn index(&self) -> Result<Vec<IndexEntry>, ReplicaError> {
+        Ok(self
+            .loaded()
+            .into_iter()
+            .map(|name| IndexEntry {
+                name,
+                state: "READY".into(),
+                reason: String::new(),
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,50 @@
+//! Talking to model servers. The [`ReplicaClient`] trait is the only thing the pool knows
+//! about a replica, so unit tests run the pool against an in-memory fake and production
+//! against Triton's V2 model-repository API ([`triton::TritonClient`]).
+
+#[cfg(test)]
+pub mod fake;
+pub mod triton;
+
+use async_trait::async_trait;
+
+/// Why a call to a replica failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplicaError {
+    /// No connection could be made or it broke before an answer.
+    #[error("replica unreachable: {0}")]
+    Unreachable(String),
+    /// The replica did not answer within the call's timeout.
+    #[error("replica did not answer within {0:?}")]
+    Timeout(std::time::Duration),
+    /// The replica answered with an error; `message` is its own reason (Triton's
+    /// `{"error": ...}` text where it gave one).
+    #[error("{message}")]
+    Rejected { status: u16, message: String },
+    /// The replica answered something we could not read.
+    #[error("unexpected answer from replica: {0}")]
+    BadResponse(String),
+}
+
+/// One entry of a replica's repository index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub name: String,
+    /// Triton's state, e.g. `READY`, `UNAVAILABLE`, `LOADING`, `UNLOADING`.
+    pub state: String,
+    pub reason: String,
+}
+
+/// The model-server operations the pool drives. Implementations must be cheap to call
+/// concurrently; each call is bounded by its own timeout.
+#[async_trait]
+pub trait ReplicaClient: Send + Sync + 'static {
+    /// Loads `model` from the replica's model repository and returns once it is ready.
+    async fn load(&self, model: &str) -> Result<(), ReplicaError>;
+    /// Unloads `model`; unloading a model that is not loaded is not an error.
+    async fn unload(&self, model: &str) -> Result<(), ReplicaError>;
+    /// Succeeds when the server is ready to take requests.
+    async fn ready(&self) -> Result<(), ReplicaError>;
+    /// What the server's repository holds, loaded or not.
+    async fn index(&self) -> Result<Vec<IndexEntry>, ReplicaError>;
+}

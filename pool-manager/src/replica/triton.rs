@@ -1,0 +1,177 @@
+//! [`ReplicaClient`] over Triton's HTTP V2 model-repository extension
+//! (`/v2/repository/index`, `/v2/repository/models/{name}/load|unload`) and its health API.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Deserialize;
+
+use super::{IndexEntry, ReplicaClient, ReplicaError};
+
+/// Timeouts for calls to one Triton server.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub connect: Duration,
+    /// A load is synchronous on Triton's side and holds one of its HTTP threads for the
+    /// whole load, so it gets its own, generous bound.
+    pub load: Duration,
+    /// Everything else: unload, index, ready.
+    pub call: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(2),
+            load: Duration::from_secs(120),
+            call: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A client for one Triton server.
+#[derive(Debug, Clone)]
+pub struct TritonClient {
+    base: String,
+    http: reqwest::Client,
+    timeouts: Timeouts,
+}
+
+impl TritonClient {
+    /// `base` is the server's HTTP root, e.g. `http://127.0.0.1:8000`.
+    pub fn new(base: &url::Url, timeouts: Timeouts) -> Result<Self, ReplicaError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(timeouts.connect)
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| ReplicaError::Unreachable(e.to_string()))?;
+        Ok(Self {
+            base: base.as_str().trim_end_matches('/').to_owned(),
+            http,
+            timeouts,
+        })
+    }
+
+    async fn post(
+        &self,
+        path: &str,
+        body: &'static str,
+        timeout: Duration,
+    ) -> Result<String, ReplicaError> {
+        let request = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body)
+            .timeout(timeout);
+        finish(request.send().await, timeout).await
+    }
+}
+
+async fn finish(
+    sent: Result<reqwest::Response, reqwest::Error>,
+    timeout: Duration,
+) -> Result<String, ReplicaError> {
+    let response = sent.map_err(|e| classify(e, timeout))?;
+    let status = response.status();
+    let text = response.text().await.map_err(|e| classify(e, timeout))?;
+    if status.is_success() {
+        return Ok(text);
+    }
+    #[derive(Deserialize)]
+    struct TritonError {
+        error: String,
+    }
+    let message = serde_json::from_str::<TritonError>(&text)
+        .map(|e| e.error)
+        .unwrap_or_else(|_| {
+            format!(
+                "HTTP {status}: {}",
+                text.chars().take(200).collect::<String>()
+            )
+        });
+    Err(ReplicaError::Rejected {
+        status: status.as_u16(),
+        message,
+    })
+}
+
+fn classify(e: reqwest::Error, timeout: Duration) -> ReplicaError {
+    if e.is_timeout() {
+        ReplicaError::Timeout(timeout)
+    } else {
+        // The error's Display omits the cause chain; the cause is what an operator needs.
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            text = format!("{text}: {s}");
+            source = s.source();
+        }
+        ReplicaError::Unreachable(text)
+    }
+}
+
+#[async_trait]
+impl ReplicaClient for TritonClient {
+    async fn load(&self, model: &str) -> Result<(), ReplicaError> {
+        self.post(
+            &format!("/v2/repository/models/{model}/load"),
+            "{}",
+            self.timeouts.load,
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn unload(&self, model: &str) -> Result<(), ReplicaError> {
+        match self
+            .post(
+                &format!("/v2/repository/models/{model}/unload"),
+                "{}",
+                self.timeouts.call,
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Not in the repository at all: nothing to unload.
+            Err(ReplicaError::Rejected {
+                status: 400 | 404, ..
+            }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn ready(&self) -> Result<(), ReplicaError> {
+        let request = self
+            .http
+            .get(format!("{}/v2/health/ready", self.base))
+            .timeout(self.timeouts.call);
+        finish(request.send().await, self.timeouts.call)
+            .await
+            .map(drop)
+    }
+
+    async fn index(&self) -> Result<Vec<IndexEntry>, ReplicaError> {
+        #[derive(Deserialize)]
+        struct Raw {
+            name: String,
+            #[serde(default)]
+            state: String,
+            #[serde(default)]
+            reason: String,
+        }
+        let text = self
+            .post("/v2/repository/index", "{}", self.timeouts.call)
+            .await?;
+        let raw: Vec<Raw> =
+            serde_json::from_str(&text).map_err(|e| ReplicaError::BadResponse(e.to_string()))?;
+        Ok(raw
+            .into_iter()
+            .map(|r| IndexEntry {
+                name: r.name,
+                state: r.state,
+                reason: r.reason,
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,210 @@
+//! The model repository that the Triton replicas read (`--model-repository`): the
+//! pool-manager puts a model's files there, under the model's registered name, before it
+//! asks a replica to load it. This is the "shared repository directory" way of handing
+//! files to replicas (a shared volume in Kubernetes); Triton then loads by name.
+//!
+//! Invariant: `root/<name>` is either absent or a complete copy; copies are written under a
+//! hidden staging name and renamed into place, so a replica never sees half a model.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::spec::ModelName;
+
+/// Limits on what one model directory may hold, so a wrong `storageUri` (say, `/`) cannot
+/// fill the repository's disk.
+const MAX_FILES: usize = 10_000;
+const MAX_BYTES: u64 = 64 << 30;
+
+/// Why staging a model's files failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RepositoryError {
+    #[error("cannot prepare model repository {path}: {source}")]
+    Root { path: PathBuf, source: io::Error },
+    #[error("copying model files from {from} failed: {source}")]
+    Copy { from: PathBuf, source: io::Error },
+    #[error("model directory {0} holds a symbolic link or special file; only regular files and directories are copied")]
+    NotRegular(PathBuf),
+    #[error("model directory {0} is larger than the limit ({MAX_FILES} files, {MAX_BYTES} bytes)")]
+    TooLarge(PathBuf),
+    #[error("removing model files {path} failed: {source}")]
+    Remove { path: PathBuf, source: io::Error },
+}
+
+/// A Triton model repository directory shared with the replicas.
+#[derive(Debug, Clone)]
+pub struct ModelRepository {
+    root: PathBuf,
+}
+
+static NONCE: AtomicU64 = AtomicU64::new(0);
+
+impl ModelRepository {
+    /// Opens (creating if needed) the repository at `root`.
+    pub fn open(root: &Path) -> Result<Self, RepositoryError> {
+        let err = |source| RepositoryError::Root {
+            path: root.to_path_buf(),
+            source,
+        };
+        std::fs::create_dir_all(root).map_err(err)?;
+        let root = root.canonicalize().map_err(err)?;
+        Ok(Self { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Copies the model directory `source` to `root/<name>`, replacing what was there.
+    /// Blocking: call it from `spawn_blocking`.
+    pub fn stage(&self, name: &ModelName, source: &Path) -> Result<(), RepositoryError> {
+        let target = self.root.join(name.as_str());
+        let copy_err = |e| RepositoryError::Copy {
+            from: source.to_path_buf(),
+            source: e,
+        };
+        let source = source.canonicalize().map_err(copy_err)?;
+        if source == target {
+            // Registered straight from the repository under its own name: nothing to copy.
+            return Ok(());
+        }
+        let nonce = NONCE.fetch_add(1, Ordering::Relaxed);
+        let staging = self
+            .root
+            .join(format!(".staging-{}-{}-{nonce}", name, std::process::id()));
+        let mut budget = Budget::default();
+        let copied = copy_tree(&source, &staging, &mut budget);
+        if let Err(e) = copied {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+        let old = self
+            .root
+            .join(format!(".old-{}-{}-{nonce}", name, std::process::id()));
+        let had_old = match std::fs::rename(&target, &old) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&staging);
+                return Err(copy_err(e));
+            }
+        };
+        if let Err(e) = std::fs::rename(&staging, &target) {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(copy_err(e));
+        }
+        if had_old {
+            let _ = std::fs::remove_dir_all(&old);
+        }
+        Ok(())
+    }
+
+    /// Removes `root/<name>` if present. Blocking.
+    pub fn remove(&self, name: &ModelName) -> Result<(), RepositoryError> {
+        let path = self.root.join(name.as_str());
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(RepositoryError::Remove { path, source }),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Budget {
+    files: usize,
+    bytes: u64,
+}
+
+fn copy_tree(from: &Path, to: &Path, budget: &mut Budget) -> Result<(), RepositoryError> {
+    let copy_err = |source| RepositoryError::Copy {
+        from: from.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir(to).map_err(copy_err)?;
+    for entry in std::fs::read_dir(from).map_err(copy_err)? {
+        let entry = entry.map_err(copy_err)?;
+        let kind = entry.file_type().map_err(copy_err)?;
+        let dest = to.join(entry.file_name());
+        budget.files += 1;
+        if budget.files > MAX_FILES {
+            return Err(RepositoryError::TooLarge(from.to_path_buf()));
+        }
+        if kind.is_dir() {
+            copy_tree(&entry.path(), &dest, budget)?;
+        } else if kind.is_file() {
+            budget.bytes += entry.metadata().map_err(copy_err)?.len();
+            if budget.bytes > MAX_BYTES {
+                return Err(RepositoryError::TooLarge(from.to_path_buf()));
+            }
+            std::fs::copy(entry.path(), &dest).map_err(copy_err)?;
+        } else {
+            return Err(RepositoryError::NotRegular(entry.path()));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("1")).unwrap();
+        std::fs::write(dir.path().join("1/model.py"), "print(1)").unwrap();
+        std::fs::write(dir.path().join("config.pbtxt"), "backend: \"python\"").unwrap();
+        dir
+    }
+
+    #[test]
+    fn stages_replaces_and_removes() {
+        let repo_dir = tempfile::tempdir().unwrap();
+        let repo = ModelRepository::open(repo_dir.path()).unwrap();
+        let name = ModelName::new("m").unwrap();
+        let src = source();
+        repo.stage(&name, src.path()).unwrap();
+        let staged = repo.root().join("m/1/model.py");
+        assert_eq!(std::fs::read_to_string(&staged).unwrap(), "print(1)");
+
+        std::fs::write(src.path().join("1/model.py"), "print(2)").unwrap();
+        repo.stage(&name, src.path()).unwrap();
+        assert_eq!(std::fs::read_to_string(&staged).unwrap(), "print(2)");
+        // Nothing hidden is left behind.
+        let leftovers: Vec<_> = std::fs::read_dir(repo.root())
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+            .collect();
+        assert!(leftovers.is_empty());
+
+        repo.remove(&name).unwrap();
+        assert!(!repo.root().join("m").exists());
+        repo.remove(&name).unwrap();
+    }
+
+    #[test]
+    fn refuses_links_and_leaves_nothing_behind() {
+        let repo_dir = tempfile::tempdir().unwrap();
+        let repo = ModelRepository::open(repo_dir.path()).unwrap();
+        let src = source();
+        std::os::unix::fs::symlink("/etc/passwd", src.path().join("1/leak")).unwrap();
+        let err = repo
+            .stage(&ModelName::new("m").unwrap(), src.path())
+            .unwrap_err();
+        assert!(matches!(err, RepositoryError::NotRegular(_)), "{err}");
+        assert_eq!(std::fs::read_dir(repo.root()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn staging_from_the_repository_itself_is_a_no_op() {
+        let repo_dir = tempfile::tempdir().unwrap();
+        let repo = ModelRepository::open(repo_dir.path()).unwrap();
+        let name = ModelName::new("m").unwrap();
+        let src = source();
+        repo.stage(&name, src.path()).unwrap();
+        repo.stage(&name, &repo.root().join("m")).unwrap();
+        assert!(repo.root().join("m/1/model.py").exists());
+    }
+}

@@ -1,0 +1,392 @@
+//! What a user registers: a model's name and spec (where its files are, how much memory it
+//! needs), validated once at the door so the rest of the pool-manager works with values
+//! that are known to be safe as directory names, URLs and Triton model names.
+
+use std::fmt;
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::quantity::{self, Bytes};
+
+/// A model name that passed [`mm_wire::validate_model_name`]: safe as a path segment and as a
+/// Triton model-repository directory name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct ModelName(String);
+
+impl ModelName {
+    /// Validates `name`; see [`mm_wire::validate_model_name`] for the rules.
+    pub fn new(name: &str) -> Result<Self, SpecError> {
+        mm_wire::validate_model_name(name).map_err(|e| SpecError::Name(e.to_string()))?;
+        Ok(Self(name.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ModelName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A replica's name, from configuration. Same character rules as model names.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct ReplicaId(String);
+
+impl ReplicaId {
+    pub fn new(name: &str) -> Result<Self, SpecError> {
+        mm_wire::validate_model_name(name)
+            .map_err(|e| SpecError::Name(e.to_string().replace("model", "replica")))?;
+        Ok(Self(name.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ReplicaId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Why a registration was refused. Every variant is the client's fault (HTTP 400).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error("{0}")]
+    Name(String),
+    #[error("invalid model spec: {0}")]
+    Json(String),
+    #[error("storageUri is longer than {MAX_URI_LEN} bytes")]
+    UriTooLong,
+    #[error("storageUri {0:?} is not a valid URI")]
+    UriMalformed(String),
+    #[error("storageUri scheme {0:?} is not supported (supported: file)")]
+    UnsupportedScheme(String),
+    #[error("storageUri must be file:///absolute/path (no host, query or fragment)")]
+    FileUriShape,
+    #[error("storageUri must not contain '.' or '..' path segments, encoded or not")]
+    Traversal,
+    #[error("storageUri {0} is outside the allowed storage roots")]
+    OutsideRoots(String),
+    #[error("storageUri {uri} is not a readable directory: {reason}")]
+    NotADirectory { uri: String, reason: String },
+    #[error("storageUri {0} is not a Triton model directory: it has no numeric version subdirectory (e.g. 1/)")]
+    NotTritonLayout(String),
+    #[error("memory must be greater than zero")]
+    ZeroMemory,
+}
+
+const MAX_URI_LEN: usize = 4096;
+
+/// Where a model's files are. Only local directories for now; object stores come later.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageUri {
+    /// A Triton model directory on the pool-manager's disk (`file:///...`).
+    File { uri: String, path: PathBuf },
+}
+
+impl StorageUri {
+    /// Parses and checks a URI without touching the disk.
+    pub fn parse(raw: &str) -> Result<Self, SpecError> {
+        if raw.len() > MAX_URI_LEN {
+            return Err(SpecError::UriTooLong);
+        }
+        let url = url::Url::parse(raw).map_err(|_| SpecError::UriMalformed(raw.to_owned()))?;
+        if url.scheme() != "file" {
+            return Err(SpecError::UnsupportedScheme(url.scheme().to_owned()));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(SpecError::FileUriShape);
+        }
+        if !matches!(url.host_str(), None | Some("") | Some("localhost")) {
+            return Err(SpecError::FileUriShape);
+        }
+        // The url crate normalises `..` away, so the check runs on the raw text: every
+        // segment, percent-decoded, must be an ordinary name.
+        let raw_path = raw
+            .strip_prefix("file://localhost")
+            .or_else(|| raw.strip_prefix("file://"))
+            .ok_or(SpecError::FileUriShape)?;
+        if !raw_path.starts_with('/') {
+            return Err(SpecError::FileUriShape);
+        }
+        for segment in raw_path.split('/') {
+            let decoded = percent_decode(segment);
+            if decoded == "." || decoded == ".." || decoded.contains(['\\', '\0']) {
+                return Err(SpecError::Traversal);
+            }
+        }
+        let path = url.to_file_path().map_err(|_| SpecError::FileUriShape)?;
+        if path
+            .components()
+            .any(|c| !matches!(c, Component::RootDir | Component::Normal(_)))
+        {
+            return Err(SpecError::Traversal);
+        }
+        Ok(StorageUri::File {
+            uri: raw.to_owned(),
+            path,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            StorageUri::File { uri, .. } => uri,
+        }
+    }
+}
+
+fn percent_decode(segment: &str) -> String {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The JSON body of `PUT /api/v1/models/{name}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct SpecRequest {
+    storage_uri: String,
+    #[serde(default)]
+    memory: Option<Bytes>,
+}
+
+/// A registered model's spec, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelSpec {
+    pub storage_uri: StorageUri,
+    /// Host memory the model needs on a replica, in bytes: declared, or estimated from the
+    /// size of its files when not declared.
+    pub memory: u64,
+    /// Whether `memory` was declared (true) or estimated (false).
+    pub memory_declared: bool,
+}
+
+/// Checks that a spec's files can be used, against the disk. Kept apart from JSON parsing
+/// so parsing stays pure and the disk checks can be bounded by the caller.
+#[derive(Debug, Clone, Default)]
+pub struct StoragePolicy {
+    /// When non-empty, `file://` URIs must resolve (after following links) inside one of
+    /// these directories.
+    pub allowed_roots: Vec<PathBuf>,
+}
+
+/// Files are estimated to take this much more memory once loaded than on disk (1.25x).
+const ESTIMATE_NUM: u64 = 5;
+const ESTIMATE_DEN: u64 = 4;
+
+impl ModelSpec {
+    /// Parses a registration body and checks its storage against the disk.
+    pub fn from_json(body: &[u8], policy: &StoragePolicy) -> Result<Self, SpecError> {
+        let req: SpecRequest =
+            serde_json::from_slice(body).map_err(|e| SpecError::Json(e.to_string()))?;
+        let storage_uri = StorageUri::parse(&req.storage_uri)?;
+        let StorageUri::File { uri, path } = &storage_uri;
+        let dir = check_model_dir(uri, path, policy)?;
+        let (memory, memory_declared) = match req.memory {
+            Some(Bytes(0)) => return Err(SpecError::ZeroMemory),
+            Some(Bytes(n)) => (n, true),
+            None => {
+                let on_disk = dir_size(&dir);
+                (on_disk.saturating_mul(ESTIMATE_NUM) / ESTIMATE_DEN, false)
+            }
+        };
+        Ok(ModelSpec {
+            storage_uri,
+            memory: memory.max(1),
+            memory_declared,
+        })
+    }
+
+    /// The local directory holding the model's files.
+    pub fn local_dir(&self) -> &Path {
+        match &self.storage_uri {
+            StorageUri::File { path, .. } => path,
+        }
+    }
+
+    pub fn memory_text(&self) -> String {
+        quantity::format_bytes(self.memory)
+    }
+}
+
+fn check_model_dir(uri: &str, path: &Path, policy: &StoragePolicy) -> Result<PathBuf, SpecError> {
+    let not_dir = |reason: String| SpecError::NotADirectory {
+        uri: uri.to_owned(),
+        reason,
+    };
+    let canonical = path.canonicalize().map_err(|e| not_dir(e.to_string()))?;
+    if !canonical.is_dir() {
+        return Err(not_dir("not a directory".into()));
+    }
+    if !policy.allowed_roots.is_empty()
+        && !policy
+            .allowed_roots
+            .iter()
+            .any(|root| canonical.starts_with(root))
+    {
+        return Err(SpecError::OutsideRoots(uri.to_owned()));
+    }
+    let has_version = std::fs::read_dir(&canonical)
+        .map_err(|e| not_dir(e.to_string()))?
+        .filter_map(Result::ok)
+        .any(|e| {
+            e.file_type().map(|t| t.is_dir()).unwrap_or(false)
+                && e.file_name()
+                    .to_str()
+                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        });
+    if !has_version {
+        return Err(SpecError::NotTritonLayout(uri.to_owned()));
+    }
+    Ok(canonical)
+}
+
+/// Total size of the regular files below `dir` (links are not followed). Bounded by the
+/// number of entries so a huge tree cannot stall a registration.
+fn dir_size(dir: &Path) -> u64 {
+    const MAX_ENTRIES: usize = 100_000;
+    let mut total = 0u64;
+    let mut seen = 0usize;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            seen += 1;
+            if seen > MAX_ENTRIES {
+                return total;
+            }
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => stack.push(entry.path()),
+                Ok(t) if t.is_file() => {
+                    total += entry.metadata().map(|m| m.len()).unwrap_or(0);
+                }
+                _ => {}
+            }
+        }
+    }
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model_dir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("1")).unwrap();
+        std::fs::write(dir.path().join("1/model.py"), vec![b'x'; 4000]).unwrap();
+        std::fs::write(dir.path().join("config.pbtxt"), "backend: \"python\"").unwrap();
+        dir
+    }
+
+    fn body(uri: &str, memory: &str) -> Vec<u8> {
+        format!(r#"{{"storageUri": {uri:?}, "memory": {memory}}}"#).into_bytes()
+    }
+
+    #[test]
+    fn accepts_a_file_uri_with_declared_memory() {
+        let dir = model_dir();
+        let uri = format!("file://{}", dir.path().display());
+        let spec =
+            ModelSpec::from_json(&body(&uri, "\"64Mi\""), &StoragePolicy::default()).unwrap();
+        assert_eq!(spec.memory, 64 << 20);
+        assert!(spec.memory_declared);
+        assert_eq!(spec.local_dir(), dir.path());
+    }
+
+    #[test]
+    fn estimates_memory_from_file_sizes_when_not_declared() {
+        let dir = model_dir();
+        let uri = format!("file://{}", dir.path().display());
+        let raw = format!(r#"{{"storageUri": {uri:?}}}"#);
+        let spec = ModelSpec::from_json(raw.as_bytes(), &StoragePolicy::default()).unwrap();
+        let on_disk = 4000 + "backend: \"python\"".len() as u64;
+        assert_eq!(spec.memory, on_disk * 5 / 4);
+        assert!(!spec.memory_declared);
+    }
+
+    #[test]
+    fn refuses_bad_specs() {
+        let dir = model_dir();
+        let good = format!("file://{}", dir.path().display());
+        let p = StoragePolicy::default();
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (b"{".to_vec(), "invalid model spec"),
+            (b"[]".to_vec(), "invalid model spec"),
+            (
+                format!(r#"{{"storageUri": {good:?}, "memory": "1Gi", "extra": 1}}"#).into_bytes(),
+                "unknown field",
+            ),
+            (body(&good, "\"lots\""), "invalid model spec"),
+            (body(&good, "-1"), "invalid model spec"),
+            (body(&good, "0"), "greater than zero"),
+            (body("s3://bucket/m", "1"), "not supported"),
+            (body("file://host/tmp/m", "1"), "file:///absolute"),
+            (body("file:///tmp/../etc", "1"), "'..'"),
+            (body("file:///tmp/%2e%2e/etc", "1"), "'..'"),
+            (body("file:///tmp/./m", "1"), "'..'"),
+            (
+                body("file:///does/not/exist", "1"),
+                "not a readable directory",
+            ),
+            (body("not a uri", "1"), "not a valid URI"),
+            (body(&format!("{good}?x=1"), "1"), "file:///absolute"),
+            (body("file:///tmp", "1"), "not a Triton model directory"),
+        ];
+        for (raw, want) in cases {
+            let err = ModelSpec::from_json(&raw, &p).unwrap_err().to_string();
+            assert!(
+                err.contains(want),
+                "{}: got {err:?}, want {want:?}",
+                String::from_utf8_lossy(&raw)
+            );
+        }
+    }
+
+    #[test]
+    fn enforces_allowed_roots() {
+        let dir = model_dir();
+        let uri = format!("file://{}", dir.path().display());
+        let other = tempfile::tempdir().unwrap();
+        let policy = StoragePolicy {
+            allowed_roots: vec![other.path().canonicalize().unwrap()],
+        };
+        let err = ModelSpec::from_json(&body(&uri, "1"), &policy).unwrap_err();
+        assert!(matches!(err, SpecError::OutsideRoots(_)));
+        let policy = StoragePolicy {
+            allowed_roots: vec![dir.path().parent().unwrap().canonicalize().unwrap()],
+        };
+        assert!(ModelSpec::from_json(&body(&uri, "1"), &policy).is_ok());
+    }
+
+    #[test]
+    fn percent_decoding_handles_edges() {
+        assert_eq!(percent_decode("%2e%2E"), "..");
+        assert_eq!(percent_decode("a%"), "a%");
+        assert_eq!(percent_decode("a%2"), "a%2");
+        assert_eq!(percent_decode("%zz"), "%zz");
+    }
+}
