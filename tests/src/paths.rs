@@ -1,0 +1,46 @@
+//! Where the harness finds the tools the Makefile installed and the binaries it built.
+
+use std::path::PathBuf;
+
+/// The workspace root (this crate lives in `<root>/tests`).
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default()
+}
+
+fn from_env_or(var: &str, default: PathBuf) -> PathBuf {
+    std::env::var_os(var).map(PathBuf::from).unwrap_or(default)
+}
+
+pub fn tritonserver() -> PathBuf {
+    from_env_or("MM_TRITONSERVER", root().join(".tools/bin/tritonserver"))
+}
+
+pub fn envoy() -> PathBuf {
+    from_env_or("MM_ENVOY", root().join(".tools/bin/envoy"))
+}
+
+pub fn pool_manager() -> PathBuf {
+    from_env_or(
+        "MM_POOL_MANAGER_BIN",
+        root().join("target/debug/pool-manager"),
+    )
+}
+
+pub fn filter_wasm() -> PathBuf {
+    from_env_or(
+        "MM_FILTER_WASM",
+        root().join("target/wasm32-wasip1/release/mm_filter.wasm"),
+    )
+}
+
+pub fn envoy_template() -> PathBuf {
+    root().join("envoy/gateway.yaml.tmpl")
+}
+
+/// An example model shipped in `models/`.
+pub fn example_model(name: &str) -> PathBuf {
+    root().join("models").join(name)
+}

@@ -1,0 +1,510 @@
+//! The three real components and a whole stack of them: N Triton replicas sharing one
+//! model repository, the pool-manager in front of them, and Envoy with the filter.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use serde_json::Value;
+
+use crate::paths;
+use crate::process::{free_port, Process};
+
+/// How long a component may take to become ready before the test fails.
+const START_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Polls `check` every 100 ms until it returns `Ok(Some(v))` or `timeout` passes; the last
+/// error (or `what`) is reported on timeout. The harness's only way to wait: no bare sleeps.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = match check().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => "condition not met".to_owned(),
+            Err(e) => format!("{e:#}"),
+        };
+        if Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .no_proxy()
+        .build()
+        .unwrap_or_default()
+}
+
+/// A real Triton server in explicit model-control mode.
+pub struct Triton {
+    pub name: String,
+    pub http_port: u16,
+    pub grpc_port: u16,
+    pub metrics_port: u16,
+    pub process: Process,
+    http: reqwest::Client,
+}
+
+impl Triton {
+    /// Starts a replica on free ports reading models from `repository`.
+    pub fn spawn(name: &str, repository: &Path, logs: &Path) -> anyhow::Result<Self> {
+        let (http_port, grpc_port, metrics_port) = (free_port()?, free_port()?, free_port()?);
+        let mut cmd = Command::new(paths::tritonserver());
+        cmd.arg(format!("--model-repository={}", repository.display()))
+            .arg("--model-control-mode=explicit")
+            .arg("--strict-readiness=false")
+            // Our configs are complete; auto-complete costs ~1.2 s per Python model load.
+            .arg("--disable-auto-complete-config")
+            .arg("--http-address=127.0.0.1")
+            .arg("--grpc-address=127.0.0.1")
+            .arg("--metrics-address=127.0.0.1")
+            .arg(format!("--http-port={http_port}"))
+            .arg(format!("--grpc-port={grpc_port}"))
+            .arg(format!("--metrics-port={metrics_port}"))
+            .arg("--exit-timeout-secs=5")
+            // Python backends of two servers on one machine must not share shm names.
+            .arg(format!(
+                "--backend-config=python,shm-region-prefix-name=mmtest{}{name}",
+                std::process::id()
+            ));
+        let process = Process::spawn(name, cmd, &logs.join(format!("{name}.log")))?;
+        Ok(Self {
+            name: name.to_owned(),
+            http_port,
+            grpc_port,
+            metrics_port,
+            process,
+            http: client(),
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    pub async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let url = format!("{}/v2/health/ready", self.url());
+        let http = self.http.clone();
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            self.process.check_alive()?;
+            if let Ok(r) = http.get(&url).send().await {
+                if r.status().is_success() {
+                    return Ok(());
+                }
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "{} not ready after {START_TIMEOUT:?}\n{}",
+                    self.name,
+                    self.process.log_tail(40)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Triton's repository index: `[{name, version, state, reason}]`.
+    pub async fn index(&self) -> anyhow::Result<Vec<Value>> {
+        let r = self
+            .http
+            .post(format!("{}/v2/repository/index", self.url()))
+            .body("{}")
+            .send()
+            .await?;
+        Ok(r.json().await?)
+    }
+
+    /// Whether `model` is READY on this replica, by its own index.
+    pub async fn has_ready(&self, model: &str) -> anyhow::Result<bool> {
+        Ok(self
+            .index()
+            .await?
+            .iter()
+            .any(|m| m["name"] == model && m["state"] == "READY"))
+    }
+
+    /// Successful inferences this replica served for `model` (0 if it is not loaded).
+    pub async fn inference_count(&self, model: &str) -> anyhow::Result<u64> {
+        let r = self
+            .http
+            .get(format!("{}/v2/models/{model}/stats", self.url()))
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            return Ok(0);
+        }
+        let stats: Value = r.json().await?;
+        Ok(stats["model_stats"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s["inference_stats"]["success"]["count"].as_u64())
+            .sum())
+    }
+}
+
+/// The real pool-manager binary.
+pub struct PoolManager {
+    pub port: u16,
+    pub process: Process,
+    http: reqwest::Client,
+}
+
+impl PoolManager {
+    /// Starts the pool-manager for `replicas` (`(name, url, memory)`) with extra flags.
+    pub fn spawn(
+        repository: &Path,
+        replicas: &[(String, String, String)],
+        extra: &[String],
+        logs: &Path,
+    ) -> anyhow::Result<Self> {
+        let port = free_port()?;
+        let mut cmd = Command::new(paths::pool_manager());
+        cmd.arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--model-repository")
+            .arg(repository)
+            .args(extra)
+            .env("RUST_LOG", "info,pool_manager=debug");
+        for (name, url, memory) in replicas {
+            cmd.arg("--replica")
+                .arg(format!("name={name},url={url},memory={memory}"));
+        }
+        let process = Process::spawn("pool-manager", cmd, &logs.join("pool-manager.log"))?;
+        Ok(Self {
+            port,
+            process,
+            http: client(),
+        })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            self.process.check_alive()?;
+            if let Ok(r) = self.http.get(self.url("/healthz")).send().await {
+                if r.status().is_success() {
+                    return Ok(());
+                }
+            }
+            if Instant::now() >= deadline {
+                bail!("pool-manager not ready\n{}", self.process.log_tail(40));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Real Envoy running the rendered bootstrap with the real filter.
+pub struct Envoy {
+    pub port: u16,
+    pub admin_port: u16,
+    pub process: Process,
+    http: reqwest::Client,
+}
+
+impl Envoy {
+    /// Renders `envoy/gateway.yaml.tmpl` for these ports and starts Envoy.
+    pub fn spawn(pool_manager_port: u16, dir: &Path) -> anyhow::Result<Self> {
+        let (port, admin_port) = (free_port()?, free_port()?);
+        let config = render_envoy_config(port, admin_port, pool_manager_port)?;
+        let config_path = dir.join("envoy.yaml");
+        std::fs::write(&config_path, config)?;
+        let mut cmd = Command::new(paths::envoy());
+        cmd.arg("-c")
+            .arg(&config_path)
+            .arg("--use-dynamic-base-id")
+            .arg("--concurrency")
+            .arg("2")
+            .arg("--log-level")
+            .arg("warn")
+            .arg("--component-log-level")
+            .arg("wasm:info");
+        let process = Process::spawn("envoy", cmd, &dir.join("envoy.log"))?;
+        Ok(Self {
+            port,
+            admin_port,
+            process,
+            http: client(),
+        })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let ready = format!("http://127.0.0.1:{}/ready", self.admin_port);
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            self.process.check_alive()?;
+            if let Ok(r) = self.http.get(&ready).send().await {
+                if r.status().is_success() && r.text().await.unwrap_or_default().trim() == "LIVE" {
+                    return Ok(());
+                }
+            }
+            if Instant::now() >= deadline {
+                bail!("envoy not ready\n{}", self.process.log_tail(40));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// One counter or gauge from Envoy's admin `/stats` (e.g. `cluster.pool_manager.upstream_rq_total`).
+    pub async fn stat(&self, name: &str) -> anyhow::Result<u64> {
+        let text = self
+            .http
+            .get(format!(
+                "http://127.0.0.1:{}/stats?filter=^{}$",
+                self.admin_port,
+                regex_escape(name)
+            ))
+            .send()
+            .await?
+            .text()
+            .await?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .ok_or_else(|| anyhow!("no stat {name} in {text:?}"))?
+            .trim()
+            .parse()
+            .context("stat value")
+    }
+}
+
+fn regex_escape(s: &str) -> String {
+    s.replace('.', "\\.")
+}
+
+/// Renders the Envoy template with the test's ports; fails on any placeholder left over.
+pub fn render_envoy_config(
+    port: u16,
+    admin_port: u16,
+    pool_manager_port: u16,
+) -> anyhow::Result<String> {
+    let template = std::fs::read_to_string(paths::envoy_template())?;
+    let wasm = paths::filter_wasm();
+    if !wasm.exists() {
+        bail!(
+            "{} is missing: run `make test` (it builds the filter first)",
+            wasm.display()
+        );
+    }
+    let rendered = template
+        .replace("{{GATEWAY_ADDRESS}}", "127.0.0.1")
+        .replace("{{GATEWAY_PORT}}", &port.to_string())
+        .replace("{{ENVOY_ADMIN_PORT}}", &admin_port.to_string())
+        .replace("{{POOL_MANAGER_HOST}}", "127.0.0.1")
+        .replace("{{POOL_MANAGER_PORT}}", &pool_manager_port.to_string())
+        .replace("{{FILTER_WASM}}", &wasm.display().to_string());
+    let leftover = rendered
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .find(|l| l.contains("{{"));
+    if let Some(line) = leftover {
+        bail!("unrendered placeholder in envoy template: {line}");
+    }
+    Ok(rendered)
+}
+
+/// Options for [`Stack::start`].
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    pub replicas: usize,
+    /// Memory each replica offers, as a quantity (`1Gi`).
+    pub replica_memory: String,
+    /// Extra pool-manager flags.
+    pub pool_manager_args: Vec<String>,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        Self {
+            replicas: 2,
+            replica_memory: "1Gi".into(),
+            pool_manager_args: Vec::new(),
+        }
+    }
+}
+
+/// A whole running stack. Fields drop in order: Envoy, pool-manager, replicas, then the
+/// temporary directory holding the repository and the logs.
+pub struct Stack {
+    pub envoy: Envoy,
+    pub pool_manager: PoolManager,
+    pub replicas: Vec<Triton>,
+    pub repository: PathBuf,
+    pub http: reqwest::Client,
+    pub dir: tempfile::TempDir,
+}
+
+impl Stack {
+    pub async fn start(options: StackOptions) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("mm-stack-").tempdir()?;
+        let repository = dir.path().join("model-repository");
+        std::fs::create_dir_all(&repository)?;
+        // Start every replica first, then wait for them together: Triton's start-up
+        // dominates the stack's and the replicas do not depend on each other.
+        let mut replicas = (0..options.replicas)
+            .map(|i| Triton::spawn(&format!("r{i}"), &repository, dir.path()))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        for r in &mut replicas {
+            r.wait_ready().await?;
+        }
+        let configured: Vec<(String, String, String)> = replicas
+            .iter()
+            .map(|r| (r.name.clone(), r.url(), options.replica_memory.clone()))
+            .collect();
+        let mut pool_manager = PoolManager::spawn(
+            &repository,
+            &configured,
+            &options.pool_manager_args,
+            dir.path(),
+        )?;
+        pool_manager.wait_ready().await?;
+        let mut envoy = Envoy::spawn(pool_manager.port, dir.path())?;
+        envoy.wait_ready().await?;
+        Ok(Self {
+            envoy,
+            pool_manager,
+            replicas,
+            repository,
+            http: client(),
+            dir,
+        })
+    }
+
+    pub fn replica(&self, name: &str) -> anyhow::Result<&Triton> {
+        self.replicas
+            .iter()
+            .find(|r| r.name == name)
+            .ok_or_else(|| anyhow!("no replica {name}"))
+    }
+
+    /// `PUT /api/v1/models/{name}` with `dir` as a file:// URI; returns status and body.
+    pub async fn register(
+        &self,
+        name: &str,
+        dir: &Path,
+        memory: &str,
+    ) -> anyhow::Result<(u16, Value)> {
+        let spec = serde_json::json!({
+            "storageUri": format!("file://{}", dir.display()),
+            "memory": memory,
+        });
+        self.admin_call(
+            reqwest::Method::PUT,
+            &format!("/api/v1/models/{name}"),
+            Some(spec.to_string()),
+        )
+        .await
+    }
+
+    /// Any admin API call; returns status and the JSON body (Null if not JSON).
+    pub async fn admin_call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<String>,
+    ) -> anyhow::Result<(u16, Value)> {
+        let mut request = self.http.request(method, self.pool_manager.url(path));
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body);
+        }
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        let text = response.text().await?;
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+    }
+
+    /// A request through the gateway; returns status, the `x-mm-replica` header, and the
+    /// JSON body (Null if not JSON).
+    pub async fn gateway_call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<GatewayResponse> {
+        let mut request = self.http.request(method, self.envoy.url(path));
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        let replica = response
+            .headers()
+            .get("x-mm-replica")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let text = response.text().await?;
+        Ok(GatewayResponse {
+            status,
+            replica,
+            json: serde_json::from_str(&text).unwrap_or(Value::Null),
+            text,
+        })
+    }
+
+    /// `POST /v2/models/{model}/infer` through the gateway.
+    pub async fn infer(&self, model: &str, body: &Value) -> anyhow::Result<GatewayResponse> {
+        self.gateway_call(
+            reqwest::Method::POST,
+            &format!("/v2/models/{model}/infer"),
+            Some(body),
+            &[],
+        )
+        .await
+    }
+}
+
+/// What came back through the gateway.
+#[derive(Debug, Clone)]
+pub struct GatewayResponse {
+    pub status: u16,
+    pub replica: Option<String>,
+    pub json: Value,
+    pub text: String,
+}
+
+impl GatewayResponse {
+    /// The `data` array of the named output of a V2 infer response, as f64.
+    pub fn output(&self, name: &str) -> anyhow::Result<Vec<f64>> {
+        let outputs = self.json["outputs"]
+            .as_array()
+            .ok_or_else(|| anyhow!("no outputs in {}", self.text))?;
+        let output = outputs
+            .iter()
+            .find(|o| o["name"] == name)
+            .ok_or_else(|| anyhow!("no output {name} in {}", self.text))?;
+        output["data"]
+            .as_array()
+            .ok_or_else(|| anyhow!("output {name} has no data"))?
+            .iter()
+            .map(|v| {
+                v.as_f64()
+                    .or_else(|| v.as_bool().map(|b| f64::from(u8::from(b))))
+                    .ok_or_else(|| anyhow!("non-numeric value {v}"))
+            })
+            .collect()
+    }
+}

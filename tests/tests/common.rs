@@ -1,0 +1,38 @@
+//! Requests and answers for the example models in `models/` (see models/README.md).
+
+#![allow(dead_code)]
+
+use serde_json::{json, Value};
+
+pub const EXAMPLES: [(&str, &str); 3] =
+    [("linear", "32Mi"), ("xor_mlp", "64Mi"), ("anomaly", "48Mi")];
+
+/// A V2 infer body for `model` and the expected `(output name, values)`.
+pub fn example(model: &str) -> (Value, &'static str, Vec<f64>) {
+    match model {
+        "linear" => (
+            json!({"inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP32", "data": [1, 2, 3, 4, 0, 0, 0, 0]}]}),
+            "y",
+            vec![7.0, 1.5],
+        ),
+        "xor_mlp" => (
+            json!({"inputs": [{"name": "x", "shape": [4, 2], "datatype": "FP32", "data": [0, 0, 0, 1, 1, 0, 1, 1]}]}),
+            "probability",
+            vec![0.006_692_851, 0.993_307_2, 0.993_307_2, 0.006_692_851],
+        ),
+        "anomaly" => (
+            json!({"inputs": [{"name": "readings", "shape": [3, 3], "datatype": "FP32",
+                               "data": [21, 55, 1013, 28, 50, 1013, 20, 15, 1013]}]}),
+            "score",
+            vec![0.5, 4.0, 3.5],
+        ),
+        other => panic!("no example for {other}"),
+    }
+}
+
+pub fn assert_close(got: &[f64], want: &[f64], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: got {got:?}, want {want:?}");
+    for (g, w) in got.iter().zip(want) {
+        assert!((g - w).abs() < 1e-5, "{what}: got {got:?}, want {want:?}");
+    }
+}
