@@ -11,6 +11,12 @@ use serde::Deserialize;
 /// request that waits longer than this is better refused.
 pub const MAX_ROUTE_TIMEOUT_MS: u64 = 600_000;
 
+/// Shortest and longest usage report period accepted, in ms.
+pub const USAGE_REPORT_MS_RANGE: std::ops::RangeInclusive<u64> = 100..=60_000;
+
+/// Longest a usage report call may take: a report that is late is replaced by the next one.
+pub const MAX_USAGE_REPORT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How the filter reaches the pool-manager. Every key is optional; absent or empty
 /// configuration means all defaults.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -24,6 +30,9 @@ pub struct Config {
     /// How long the route call may take, in ms (it may include a model load): 1 to
     /// [`MAX_ROUTE_TIMEOUT_MS`]. Default 70000.
     pub route_timeout_ms: u64,
+    /// How often each worker sends its usage report, in ms: 100 to 60000
+    /// ([`USAGE_REPORT_MS_RANGE`]). Default 1000.
+    pub usage_report_ms: u64,
 }
 
 impl Default for Config {
@@ -32,6 +41,7 @@ impl Default for Config {
             pool_manager_cluster: "pool_manager".to_owned(),
             pool_manager_authority: "pool-manager".to_owned(),
             route_timeout_ms: 70_000,
+            usage_report_ms: 1_000,
         }
     }
 }
@@ -42,7 +52,8 @@ impl Config {
     ///
     /// Errors: not a JSON object of the known keys with the right types
     /// ([`ConfigError::Json`]), an empty or non-printable cluster or authority, or a timeout
-    /// outside 1..=[`MAX_ROUTE_TIMEOUT_MS`].
+    /// outside 1..=[`MAX_ROUTE_TIMEOUT_MS`], or a report period outside
+    /// [`USAGE_REPORT_MS_RANGE`].
     pub fn from_bytes(bytes: Option<&[u8]>) -> Result<Config, ConfigError> {
         let bytes = bytes.unwrap_or_default();
         let Some(first) = bytes.iter().find(|b| !b.is_ascii_whitespace()) else {
@@ -63,6 +74,17 @@ impl Config {
         Duration::from_millis(self.route_timeout_ms)
     }
 
+    /// The usage report period as a [`Duration`].
+    pub fn usage_report_period(&self) -> Duration {
+        Duration::from_millis(self.usage_report_ms)
+    }
+
+    /// Timeout of one usage report call: the report period, at most
+    /// [`MAX_USAGE_REPORT_TIMEOUT`].
+    pub fn usage_report_timeout(&self) -> Duration {
+        self.usage_report_period().min(MAX_USAGE_REPORT_TIMEOUT)
+    }
+
     fn check(&self) -> Result<(), ConfigError> {
         if !is_header_token(&self.pool_manager_cluster) {
             return Err(ConfigError::BadCluster);
@@ -72,6 +94,9 @@ impl Config {
         }
         if !(1..=MAX_ROUTE_TIMEOUT_MS).contains(&self.route_timeout_ms) {
             return Err(ConfigError::TimeoutOutOfRange(self.route_timeout_ms));
+        }
+        if !USAGE_REPORT_MS_RANGE.contains(&self.usage_report_ms) {
+            return Err(ConfigError::ReportPeriodOutOfRange(self.usage_report_ms));
         }
         Ok(())
     }
@@ -94,6 +119,8 @@ pub enum ConfigError {
     BadAuthority,
     /// `route_timeout_ms` is 0 or above [`MAX_ROUTE_TIMEOUT_MS`].
     TimeoutOutOfRange(u64),
+    /// `usage_report_ms` is outside [`USAGE_REPORT_MS_RANGE`].
+    ReportPeriodOutOfRange(u64),
 }
 
 impl fmt::Display for ConfigError {
@@ -109,6 +136,12 @@ impl fmt::Display for ConfigError {
             ConfigError::TimeoutOutOfRange(ms) => write!(
                 f,
                 "invalid plugin configuration: route_timeout_ms is {ms}, expected 1 to {MAX_ROUTE_TIMEOUT_MS}"
+            ),
+            ConfigError::ReportPeriodOutOfRange(ms) => write!(
+                f,
+                "invalid plugin configuration: usage_report_ms is {ms}, expected {} to {}",
+                USAGE_REPORT_MS_RANGE.start(),
+                USAGE_REPORT_MS_RANGE.end()
             ),
         }
     }
@@ -133,23 +166,58 @@ mod tests {
         assert_eq!(config.pool_manager_cluster, "pool_manager");
         assert_eq!(config.pool_manager_authority, "pool-manager");
         assert_eq!(config.route_timeout(), Duration::from_secs(70));
+        assert_eq!(config.usage_report_ms, 1_000);
+        assert_eq!(config.usage_report_period(), Duration::from_secs(1));
+        assert_eq!(config.usage_report_timeout(), Duration::from_secs(1));
     }
 
     #[test]
     fn reads_every_key() {
-        let json = br#"{"pool_manager_cluster":"pm","pool_manager_authority":"pm.local:9000","route_timeout_ms":1}"#;
+        let json = br#"{"pool_manager_cluster":"pm","pool_manager_authority":"pm.local:9000","route_timeout_ms":1,"usage_report_ms":250}"#;
         assert_eq!(
             Config::from_bytes(Some(json)),
             Ok(Config {
                 pool_manager_cluster: "pm".into(),
                 pool_manager_authority: "pm.local:9000".into(),
                 route_timeout_ms: 1,
+                usage_report_ms: 250,
             })
         );
         let partial = br#"{"route_timeout_ms":600000}"#;
         let config = Config::from_bytes(Some(partial)).unwrap();
         assert_eq!(config.route_timeout_ms, MAX_ROUTE_TIMEOUT_MS);
         assert_eq!(config.pool_manager_cluster, "pool_manager");
+        assert_eq!(config.usage_report_ms, 1_000);
+    }
+
+    #[test]
+    fn usage_report_period_bounds_and_timeout() {
+        for (ms, timeout) in [(100, 100), (1_000, 1_000), (5_000, 5_000), (60_000, 5_000)] {
+            let json = format!(r#"{{"usage_report_ms":{ms}}}"#);
+            let config = Config::from_bytes(Some(json.as_bytes())).unwrap();
+            assert_eq!(config.usage_report_period(), Duration::from_millis(ms));
+            assert_eq!(
+                config.usage_report_timeout(),
+                Duration::from_millis(timeout)
+            );
+        }
+        for ms in [0, 99, 60_001, u64::MAX] {
+            let json = format!(r#"{{"usage_report_ms":{ms}}}"#);
+            assert_eq!(
+                Config::from_bytes(Some(json.as_bytes())),
+                Err(ConfigError::ReportPeriodOutOfRange(ms)),
+                "{ms}"
+            );
+        }
+        for json in [
+            &br#"{"usage_report_ms":"1000"}"#[..],
+            br#"{"usage_report_ms":-1}"#,
+            br#"{"usage_report_ms":1000.5}"#,
+            br#"{"usage_report_ms":null}"#,
+        ] {
+            let err = Config::from_bytes(Some(json)).unwrap_err();
+            assert!(matches!(err, ConfigError::Json(_)), "{err:?}");
+        }
     }
 
     #[test]
@@ -212,6 +280,10 @@ mod tests {
         assert_eq!(
             ConfigError::TimeoutOutOfRange(0).to_string(),
             "invalid plugin configuration: route_timeout_ms is 0, expected 1 to 600000"
+        );
+        assert_eq!(
+            ConfigError::ReportPeriodOutOfRange(50).to_string(),
+            "invalid plugin configuration: usage_report_ms is 50, expected 100 to 60000"
         );
         assert!(ConfigError::BadCluster
             .to_string()

@@ -1,13 +1,15 @@
 //! `mm-filter`: the Envoy (Proxy-Wasm) HTTP filter of the multi-model gateway. For each
 //! inference request it works out which model the path names, asks the pool-manager which
 //! Triton replica serves that model, and routes the request there through Envoy's
-//! ORIGINAL_DST cluster. Everything except the `glue` module is plain Rust, tested
-//! natively; only that `wasm32`-only module talks to the host.
+//! ORIGINAL_DST cluster; it also counts routed and in-flight requests per (model, replica)
+//! and reports them to the pool-manager. Everything except the `glue` module is plain Rust,
+//! tested natively; only that `wasm32`-only module talks to the host.
 
 pub mod config;
 pub mod decision;
 pub mod filter_state;
 pub mod route;
+pub mod usage;
 
 #[cfg(target_arch = "wasm32")]
 mod glue;

@@ -17,6 +17,14 @@ pub const ROUTE_PATH_PREFIX: &str = "/internal/v1/route/";
 /// such as `/v2/health/ready` that name no model.
 pub const ANY_REPLICA_PATH: &str = "/internal/v1/route";
 
+/// Path of the usage report: `POST` a [`UsageReport`] here. The filter sends one per Envoy
+/// worker every report period, so the pool-manager's LRU and copy scaling see real traffic
+/// and requests in flight.
+pub const USAGE_PATH: &str = "/internal/v1/usage";
+
+/// Most entries one usage report may carry; the pool-manager refuses larger reports.
+pub const MAX_USAGE_ENTRIES: usize = 10_000;
+
 /// Why a model name was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
@@ -79,6 +87,35 @@ pub struct ErrorBody {
     pub error: String,
 }
 
+/// What one reporter (one Envoy worker's filter) saw since its previous report.
+///
+/// Semantics the two sides rely on:
+/// - `entries` is the reporter's complete picture: a (model, replica) pair that is absent
+///   has no requests in flight from this reporter;
+/// - `requests` counts requests routed since the last report that the pool-manager
+///   acknowledged with a 2xx (so a lost report is not lost traffic);
+/// - `in_flight` is the absolute number of requests routed and not yet finished;
+/// - a reporter that stops reporting is forgotten after a few periods (its in-flight
+///   counts expire), so an Envoy restart cannot pin models forever.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UsageReport {
+    /// Stable for the life of one filter instance, unique across instances.
+    pub reporter: String,
+    pub entries: Vec<UsageEntry>,
+}
+
+/// One (model, replica) line of a [`UsageReport`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UsageEntry {
+    pub model: String,
+    /// The replica name from the [`RouteResponse`] the request was routed by.
+    pub replica: String,
+    pub requests: u64,
+    pub in_flight: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,6 +157,28 @@ mod tests {
         };
         let json = serde_json::to_string(&any).unwrap();
         assert_eq!(json, r#"{"replica":"r0","address":"127.0.0.1:8000"}"#);
+    }
+
+    #[test]
+    fn usage_report_round_trips_in_camel_case() {
+        let report = UsageReport {
+            reporter: "w1".into(),
+            entries: vec![UsageEntry {
+                model: "m".into(),
+                replica: "r0".into(),
+                requests: 3,
+                in_flight: 1,
+            }],
+        };
+        let json = serde_json::to_string(&report).unwrap();
+        assert_eq!(
+            json,
+            r#"{"reporter":"w1","entries":[{"model":"m","replica":"r0","requests":3,"inFlight":1}]}"#
+        );
+        assert_eq!(serde_json::from_str::<UsageReport>(&json).unwrap(), report);
+        assert!(
+            serde_json::from_str::<UsageReport>(r#"{"reporter":"w","entries":[],"x":1}"#).is_err()
+        );
     }
 
     proptest! {
