@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Renders envoy/gateway.yaml.tmpl to stdout. Every placeholder has a default that matches
-# `make run`; override with environment variables of the same name.
+# `make run`; override with environment variables of the same name. Nothing is written
+# unless every placeholder was replaced.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 : "${GATEWAY_ADDRESS:=127.0.0.1}"
@@ -9,14 +10,15 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 : "${POOL_MANAGER_HOST:=127.0.0.1}"
 : "${POOL_MANAGER_PORT:=9090}"
 : "${FILTER_WASM:=$root/target/wasm32-wasip1/release/mm_filter.wasm}"
-sed -e "s|{{GATEWAY_ADDRESS}}|$GATEWAY_ADDRESS|g" \
+rendered=$(sed -e "s|{{GATEWAY_ADDRESS}}|$GATEWAY_ADDRESS|g" \
     -e "s|{{GATEWAY_PORT}}|$GATEWAY_PORT|g" \
     -e "s|{{ENVOY_ADMIN_PORT}}|$ENVOY_ADMIN_PORT|g" \
     -e "s|{{POOL_MANAGER_HOST}}|$POOL_MANAGER_HOST|g" \
     -e "s|{{POOL_MANAGER_PORT}}|$POOL_MANAGER_PORT|g" \
     -e "s|{{FILTER_WASM}}|$FILTER_WASM|g" \
-    "$root/envoy/gateway.yaml.tmpl"
-if grep -q '{{' <(sed -e 's/#.*//' "$root/envoy/gateway.yaml.tmpl" | sed -e 's/{{\(GATEWAY_ADDRESS\|GATEWAY_PORT\|ENVOY_ADMIN_PORT\|POOL_MANAGER_HOST\|POOL_MANAGER_PORT\|FILTER_WASM\)}}//g'); then
-  echo "render-envoy: template has a placeholder this script does not know" >&2
+    "$root/envoy/gateway.yaml.tmpl")
+if leftover=$(grep -v '^\s*#' <<<"$rendered" | grep -m1 '{{'); then
+  echo "render-envoy: unknown placeholder left in the template: $leftover" >&2
   exit 1
 fi
+printf '%s\n' "$rendered"
