@@ -40,10 +40,18 @@ pub struct ReplicaConfig {
     pub url: url::Url,
     /// Host memory the replica offers to models, in bytes.
     pub memory: u64,
+    /// GPU memory the replica offers to models, in bytes (0: no GPU).
+    pub gpu_memory: u64,
 }
 
 impl ReplicaConfig {
-    fn build(spec: &str, name: &str, url: &str, memory: u64) -> Result<Self, ConfigError> {
+    fn build(
+        spec: &str,
+        name: &str,
+        url: &str,
+        memory: u64,
+        gpu_memory: u64,
+    ) -> Result<Self, ConfigError> {
         let field = |reason: String| ConfigError::Field {
             spec: spec.to_owned(),
             reason,
@@ -56,7 +64,12 @@ impl ReplicaConfig {
         if memory == 0 {
             return Err(field("memory must be greater than zero".into()));
         }
-        Ok(Self { name, url, memory })
+        Ok(Self {
+            name,
+            url,
+            memory,
+            gpu_memory,
+        })
     }
 
     /// Resolves the URL's host to a socket address (IPv4 preferred).
@@ -88,9 +101,9 @@ impl ReplicaConfig {
 impl FromStr for ReplicaConfig {
     type Err = ConfigError;
 
-    /// `name=r0,url=http://127.0.0.1:8000,memory=2Gi`
+    /// `name=r0,url=http://127.0.0.1:8000,memory=2Gi[,gpuMemory=16Gi]`
     fn from_str(spec: &str) -> Result<Self, Self::Err> {
-        let (mut name, mut url, mut memory) = (None, None, None);
+        let (mut name, mut url, mut memory, mut gpu) = (None, None, None, None);
         for part in spec.split(',') {
             let (key, value) = part
                 .split_once('=')
@@ -99,6 +112,7 @@ impl FromStr for ReplicaConfig {
                 "name" => &mut name,
                 "url" => &mut url,
                 "memory" => &mut memory,
+                "gpuMemory" => &mut gpu,
                 _ => return Err(ConfigError::Shape(spec.to_owned())),
             };
             if slot.replace(value.trim()).is_some() {
@@ -108,11 +122,18 @@ impl FromStr for ReplicaConfig {
         let (Some(name), Some(url), Some(memory)) = (name, url, memory) else {
             return Err(ConfigError::Shape(spec.to_owned()));
         };
-        let memory = parse_bytes(memory).map_err(|e| ConfigError::Field {
-            spec: spec.to_owned(),
-            reason: format!("memory: {e}"),
-        })?;
-        Self::build(spec, name, url, memory)
+        let quantity = |field: &str, text: &str| {
+            parse_bytes(text).map_err(|e| ConfigError::Field {
+                spec: spec.to_owned(),
+                reason: format!("{field}: {e}"),
+            })
+        };
+        let memory = quantity("memory", memory)?;
+        let gpu = gpu
+            .map(|g| quantity("gpuMemory", g))
+            .transpose()?
+            .unwrap_or(0);
+        Self::build(spec, name, url, memory, gpu)
     }
 }
 
@@ -123,6 +144,7 @@ impl FromStr for ReplicaConfig {
 /// name = "r0"
 /// url = "http://127.0.0.1:8000"
 /// memory = "2Gi"
+/// gpu_memory = "16Gi"   # optional
 /// ```
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -137,6 +159,8 @@ struct FileReplica {
     name: String,
     url: String,
     memory: Bytes,
+    #[serde(default)]
+    gpu_memory: Option<Bytes>,
 }
 
 /// Reads replicas from a TOML file.
@@ -150,7 +174,10 @@ pub fn replicas_from_file(path: &Path) -> Result<Vec<ReplicaConfig>, ConfigError
     config
         .replicas
         .iter()
-        .map(|r| ReplicaConfig::build(&r.name, &r.name, &r.url, r.memory.0))
+        .map(|r| {
+            let gpu = r.gpu_memory.map(|b| b.0).unwrap_or(0);
+            ReplicaConfig::build(&r.name, &r.name, &r.url, r.memory.0, gpu)
+        })
         .collect()
 }
 
@@ -179,6 +206,11 @@ mod tests {
         assert_eq!(r.name.as_str(), "r0");
         assert_eq!(r.url.as_str(), "http://127.0.0.1:8000/");
         assert_eq!(r.memory, 2 << 30);
+        assert_eq!(r.gpu_memory, 0);
+        let r: ReplicaConfig = "name=g,url=http://h:1,memory=1Gi,gpuMemory=16Gi"
+            .parse()
+            .unwrap();
+        assert_eq!(r.gpu_memory, 16 << 30);
     }
 
     #[test]

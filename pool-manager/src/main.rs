@@ -10,7 +10,8 @@ use clap::Parser;
 use pool_manager::admin::{self, AppState};
 use pool_manager::config::{self, ReplicaConfig};
 use pool_manager::metrics::Metrics;
-use pool_manager::pool::{Pool, Replica, Settings};
+use pool_manager::placement::{Resources, Watermarks};
+use pool_manager::pool::{Pool, Replica, ScaleSettings, Settings};
 use pool_manager::replica::triton::{Timeouts, TritonClient};
 use pool_manager::repository::ModelRepository;
 use pool_manager::spec::StoragePolicy;
@@ -47,6 +48,36 @@ struct Args {
     /// How often replicas' readiness is probed.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     probe_interval: Duration,
+    /// Placing a model above this fraction of a replica's memory evicts LRU models...
+    #[arg(long, default_value_t = 0.8)]
+    high_watermark: f64,
+    /// ...until the replica is under this fraction (with the new model).
+    #[arg(long, default_value_t = 0.6)]
+    low_watermark: f64,
+    /// Models loaded or used more recently than this are never evicted.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    min_age: Duration,
+    /// Bound on waiting for a replica to finish unloading before reusing the memory.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    unload_wait: Duration,
+    /// How often the scaler looks at traffic, copies and pinned models.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    scale_tick: Duration,
+    /// Add a copy when each copy sees more requests per second than this...
+    #[arg(long, default_value_t = 50.0)]
+    scale_up_rate: f64,
+    /// ...or more requests in flight than this...
+    #[arg(long, default_value_t = 4.0)]
+    scale_up_in_flight: f64,
+    /// ...for this many scaler ticks in a row.
+    #[arg(long, default_value_t = 3)]
+    scale_up_ticks: u32,
+    /// Remove an extra copy after this many quiet ticks in a row.
+    #[arg(long, default_value_t = 30)]
+    scale_down_ticks: u32,
+    /// Most distinct models that get their own label in mm_model_requests_total.
+    #[arg(long, default_value_t = 100)]
+    model_metrics_limit: usize,
     /// Log format.
     #[arg(long, env = "MM_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -76,7 +107,7 @@ async fn main() -> anyhow::Result<()> {
             id: r.name,
             url: r.url,
             address,
-            memory: r.memory,
+            capacity: Resources::new(r.memory, r.gpu_memory),
             client: Arc::new(client),
         });
     }
@@ -89,10 +120,25 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     let mut registry = prometheus_client::registry::Registry::with_prefix("mm");
-    let metrics = Arc::new(Metrics::register(&mut registry));
+    let metrics = Arc::new(Metrics::register(&mut registry, args.model_metrics_limit));
+    let watermarks = Watermarks::new(args.high_watermark, args.low_watermark)
+        .map_err(|e| anyhow::anyhow!("watermarks: {e}"))?;
+    if args.scale_tick.is_zero() || args.probe_interval.is_zero() {
+        anyhow::bail!("--scale-tick and --probe-interval must be greater than zero");
+    }
     let settings = Settings {
         route_wait: args.route_wait,
         probe_timeout: args.call_timeout.min(Duration::from_secs(2)),
+        watermarks,
+        min_age: args.min_age,
+        unload_wait: args.unload_wait,
+        scale: ScaleSettings {
+            tick: args.scale_tick,
+            up_rate: args.scale_up_rate,
+            up_in_flight: args.scale_up_in_flight,
+            up_ticks: args.scale_up_ticks.max(1),
+            down_ticks: args.scale_down_ticks.max(1),
+        },
         ..Settings::default()
     };
     let pool = Pool::new(
@@ -105,6 +151,7 @@ async fn main() -> anyhow::Result<()> {
     // Know which replicas are up before the first request is placed.
     pool.probe_replicas().await;
     tokio::spawn(pool.clone().run_probes(args.probe_interval));
+    tokio::spawn(pool.clone().run_scaler());
 
     let app = admin::app(AppState {
         pool,

@@ -27,6 +27,12 @@ impl ModelName {
     }
 }
 
+impl std::borrow::Borrow<str> for ModelName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for ModelName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -81,6 +87,8 @@ pub enum SpecError {
     NotTritonLayout(String),
     #[error("memory must be greater than zero")]
     ZeroMemory,
+    #[error("copies: need 0 <= minCopies <= maxCopies, 1 <= maxCopies <= {MAX_COPIES}")]
+    Copies,
 }
 
 const MAX_URI_LEN: usize = 4096;
@@ -169,7 +177,16 @@ struct SpecRequest {
     storage_uri: String,
     #[serde(default)]
     memory: Option<Bytes>,
+    #[serde(default)]
+    gpu_memory: Option<Bytes>,
+    #[serde(default)]
+    min_copies: Option<u32>,
+    #[serde(default)]
+    max_copies: Option<u32>,
 }
+
+/// Most copies of one model the pool will run.
+pub const MAX_COPIES: u32 = 64;
 
 /// A registered model's spec, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -180,6 +197,12 @@ pub struct ModelSpec {
     pub memory: u64,
     /// Whether `memory` was declared (true) or estimated (false).
     pub memory_declared: bool,
+    /// GPU memory the model needs on a replica, in bytes (0: a CPU model).
+    pub gpu_memory: u64,
+    /// Copies kept loaded whatever the traffic: `>= 1` pins the model (never evicted).
+    pub min_copies: u32,
+    /// Most copies traffic may scale the model to.
+    pub max_copies: u32,
 }
 
 /// Checks that a spec's files can be used, against the disk. Kept apart from JSON parsing
@@ -211,10 +234,18 @@ impl ModelSpec {
                 (on_disk.saturating_mul(ESTIMATE_NUM) / ESTIMATE_DEN, false)
             }
         };
+        let min_copies = req.min_copies.unwrap_or(0);
+        let max_copies = req.max_copies.unwrap_or(1);
+        if max_copies == 0 || max_copies > MAX_COPIES || min_copies > max_copies {
+            return Err(SpecError::Copies);
+        }
         Ok(ModelSpec {
             storage_uri,
             memory: memory.max(1),
             memory_declared,
+            gpu_memory: req.gpu_memory.map(|b| b.0).unwrap_or(0),
+            min_copies,
+            max_copies,
         })
     }
 
@@ -227,6 +258,12 @@ impl ModelSpec {
 
     pub fn memory_text(&self) -> String {
         quantity::format_bytes(self.memory)
+    }
+
+    /// Whether a change from `self` to `other` needs the loaded copies reloaded (the files
+    /// may differ); other fields are applied in place.
+    pub fn needs_reload(&self, other: &ModelSpec) -> bool {
+        self.storage_uri != other.storage_uri
     }
 }
 
@@ -318,6 +355,25 @@ mod tests {
     }
 
     #[test]
+    fn reads_gpu_memory_and_copies_with_defaults() {
+        let dir = model_dir();
+        let uri = format!("file://{}", dir.path().display());
+        let spec = ModelSpec::from_json(&body(&uri, "1"), &StoragePolicy::default()).unwrap();
+        assert_eq!(
+            (spec.gpu_memory, spec.min_copies, spec.max_copies),
+            (0, 0, 1)
+        );
+        let raw = format!(
+            r#"{{"storageUri": {uri:?}, "memory": "1Gi", "gpuMemory": "2Gi", "minCopies": 1, "maxCopies": 3}}"#
+        );
+        let spec = ModelSpec::from_json(raw.as_bytes(), &StoragePolicy::default()).unwrap();
+        assert_eq!(
+            (spec.gpu_memory, spec.min_copies, spec.max_copies),
+            (2 << 30, 1, 3)
+        );
+    }
+
+    #[test]
     fn estimates_memory_from_file_sizes_when_not_declared() {
         let dir = model_dir();
         let uri = format!("file://{}", dir.path().display());
@@ -355,6 +411,23 @@ mod tests {
             (body("not a uri", "1"), "not a valid URI"),
             (body(&format!("{good}?x=1"), "1"), "file:///absolute"),
             (body("file:///tmp", "1"), "not a Triton model directory"),
+            (
+                format!(r#"{{"storageUri": {good:?}, "minCopies": 2, "maxCopies": 1}}"#)
+                    .into_bytes(),
+                "minCopies",
+            ),
+            (
+                format!(r#"{{"storageUri": {good:?}, "maxCopies": 0}}"#).into_bytes(),
+                "minCopies",
+            ),
+            (
+                format!(r#"{{"storageUri": {good:?}, "minCopies": -1}}"#).into_bytes(),
+                "invalid model spec",
+            ),
+            (
+                format!(r#"{{"storageUri": {good:?}, "gpuMemory": "1Zi"}}"#).into_bytes(),
+                "invalid model spec",
+            ),
         ];
         for (raw, want) in cases {
             let err = ModelSpec::from_json(&raw, &p).unwrap_err().to_string();

@@ -10,7 +10,7 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
@@ -41,6 +41,7 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/api/v1/replicas", get(list_replicas))
         .route(mm_wire::ANY_REPLICA_PATH, get(route_any))
+        .route(mm_wire::USAGE_PATH, post(report_usage))
         .route(
             &format!("{}{{name}}", mm_wire::ROUTE_PATH_PREFIX),
             get(route_model),
@@ -82,9 +83,13 @@ impl From<PoolError> for ApiError {
     fn from(e: PoolError) -> Self {
         let status = match &e {
             PoolError::UnknownModel(_) => StatusCode::NOT_FOUND,
-            PoolError::Spec(_) | PoolError::TooBig { .. } => StatusCode::BAD_REQUEST,
+            PoolError::Spec(_)
+            | PoolError::TooBig { .. }
+            | PoolError::TooManyCopies { .. }
+            | PoolError::BadReport(_) => StatusCode::BAD_REQUEST,
             PoolError::LoadFailed { .. }
             | PoolError::NoCapacity { .. }
+            | PoolError::EvictionFailed { .. }
             | PoolError::StillLoading { .. }
             | PoolError::NoHealthyReplica => StatusCode::SERVICE_UNAVAILABLE,
             PoolError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -213,6 +218,31 @@ async fn route_model(
 
 async fn route_any(State(state): State<AppState>) -> ApiResult<Json<mm_wire::RouteResponse>> {
     Ok(Json(state.pool.any_replica()?))
+}
+
+/// Largest accepted usage report (10,000 entries of ~100 bytes).
+const MAX_REPORT_BYTES: usize = 2 << 20;
+
+async fn report_usage(
+    State(state): State<AppState>,
+    body: Body,
+) -> ApiResult<Json<serde_json::Value>> {
+    let body = axum::body::to_bytes(body, MAX_REPORT_BYTES)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("usage report is larger than {MAX_REPORT_BYTES} bytes"),
+            )
+        })?;
+    let report: mm_wire::UsageReport = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("invalid usage report: {e}"),
+        )
+    })?;
+    let applied = state.pool.report_usage(report)?;
+    Ok(Json(json!({ "applied": applied })))
 }
 
 async fn not_found() -> ApiError {

@@ -30,11 +30,11 @@ async fn fixture() -> Fixture {
         id: ReplicaId::new("r0").unwrap(),
         url: url::Url::parse("http://127.0.0.1:8000").unwrap(),
         address: "127.0.0.1:8000".parse().unwrap(),
-        memory: 1 << 30,
+        capacity: crate::placement::Resources::new(1 << 30, 0),
         client: Arc::new(FakeReplica::default()) as Arc<dyn ReplicaClient>,
     };
     let mut registry = prometheus_client::registry::Registry::with_prefix("mm");
-    let metrics = Arc::new(Metrics::register(&mut registry));
+    let metrics = Arc::new(Metrics::register(&mut registry, 100));
     let pool = Pool::new(
         vec![replica],
         ModelRepository::open(repo.path()).unwrap(),
@@ -280,7 +280,7 @@ async fn serves_metrics_and_health() {
         .unwrap();
     let text = String::from_utf8(bytes.to_vec()).unwrap();
     assert!(
-        text.contains("mm_replica_memory_capacity_bytes{replica=\"r0\"} 1073741824"),
+        text.contains("mm_replica_capacity_bytes{replica=\"r0\",resource=\"memory\"} 1073741824"),
         "{text}"
     );
     assert!(

@@ -1,43 +1,39 @@
-//! The pool: the model table (which model is in which state on which replica) and the
-//! operations that change it: register, delete, route (load on first use) and health
-//! probes. It owns the only writer of the table; readers get copies (views).
+//! The pool: the model table (which model is in which state on which replicas) and the
+//! operations that change it: register, delete, route (load on first use, evicting the
+//! least recently used models when a replica is above its high watermark), usage reports
+//! from the gateway, copy scaling and pinning, and health probes.
 //!
 //! Invariants:
-//! - at most one load, unload or spec change runs per model at a time (the model's
-//!   `op_lock`), so concurrent first requests for a cold model cause exactly one load;
-//! - loads run in their own task: a caller that gives up (its wait bound ran out, its client
-//!   went away) never leaves a model stuck in `Loading`;
+//! - at most one load, unload, eviction or spec change runs per model at a time (the
+//!   model's `op_lock`), so concurrent first requests for a cold model cause exactly one
+//!   load; a placement that evicts holds the victims' locks too (taken with `try_lock`, so
+//!   two placements can never wait on each other);
+//! - loads run in their own task: a caller that gives up never leaves a model `Loading`;
+//! - a model with requests in flight, or loaded or used within the minimum age, or needed
+//!   for its `minCopies`, is never chosen for eviction;
 //! - the table's mutex is never held across an `.await`.
 
-use std::collections::BTreeMap;
+mod place;
+mod scale;
+mod table;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tracing::{info, warn};
+use tracing::info;
 
-use crate::metrics::{Metrics, Outcome, ReplicaLabel};
-use crate::placement::{self, Candidate, PlacementError};
+use crate::metrics::{Metrics, Outcome, ReplicaLabel, ResourceLabel};
+use crate::placement::{PlacementError, Resources, Watermarks};
 use crate::replica::ReplicaClient;
 use crate::repository::ModelRepository;
 use crate::spec::{ModelName, ModelSpec, ReplicaId, SpecError, StoragePolicy};
-use mm_wire::RouteResponse;
+use mm_wire::{RouteResponse, UsageReport};
 
-/// A model's lifecycle state, as the admin API reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum ModelState {
-    /// Registered, loaded nowhere.
-    Pending,
-    /// A load is under way.
-    Loading,
-    /// Loaded and routable.
-    Loaded,
-    /// The last load failed; `lastError` says why. Retried on a later request after a
-    /// backoff.
-    Failed,
-}
+pub use table::{CopyState, ModelState};
+use table::{Entry, Table};
 
 /// A configured replica: where it is and what it offers.
 pub struct Replica {
@@ -45,8 +41,36 @@ pub struct Replica {
     pub url: url::Url,
     /// The replica's HTTP endpoint as an IP literal, for Envoy's ORIGINAL_DST cluster.
     pub address: SocketAddr,
-    pub memory: u64,
+    pub capacity: Resources,
     pub client: Arc<dyn ReplicaClient>,
+}
+
+/// When a model's copies are scaled up and down.
+#[derive(Debug, Clone)]
+pub struct ScaleSettings {
+    /// How often the scaler looks at traffic (and re-loads pinned models).
+    pub tick: Duration,
+    /// A copy is added when, per loaded copy, the request rate exceeds this...
+    pub up_rate: f64,
+    /// ...or the requests in flight exceed this...
+    pub up_in_flight: f64,
+    /// ...for this many ticks in a row.
+    pub up_ticks: u32,
+    /// An extra copy is removed when the remaining copies would each see less than half
+    /// of both thresholds, for this many ticks in a row.
+    pub down_ticks: u32,
+}
+
+impl Default for ScaleSettings {
+    fn default() -> Self {
+        Self {
+            tick: Duration::from_secs(1),
+            up_rate: 50.0,
+            up_in_flight: 4.0,
+            up_ticks: 3,
+            down_ticks: 30,
+        }
+    }
 }
 
 /// Tunables of the pool.
@@ -59,6 +83,16 @@ pub struct Settings {
     pub retry_max: Duration,
     /// Bound on one readiness probe.
     pub probe_timeout: Duration,
+    pub watermarks: Watermarks,
+    /// A model loaded or used more recently than this is not evicted (guards against
+    /// churn, and covers the gap before the gateway's next usage report).
+    pub min_age: Duration,
+    /// Bound on waiting for a replica to finish an unload before loading into the memory it
+    /// frees (Triton answers the unload call before the model is gone).
+    pub unload_wait: Duration,
+    /// A usage reporter (one gateway worker) not heard from for this long is forgotten.
+    pub report_ttl: Duration,
+    pub scale: ScaleSettings,
 }
 
 impl Default for Settings {
@@ -68,6 +102,11 @@ impl Default for Settings {
             retry_base: Duration::from_secs(1),
             retry_max: Duration::from_secs(60),
             probe_timeout: Duration::from_secs(2),
+            watermarks: Watermarks::default(),
+            min_age: Duration::from_secs(10),
+            unload_wait: Duration::from_secs(10),
+            report_ttl: Duration::from_secs(10),
+            scale: ScaleSettings::default(),
         }
     }
 }
@@ -81,14 +120,22 @@ pub enum PoolError {
     /// The registration itself is wrong (400).
     #[error(transparent)]
     Spec(#[from] SpecError),
-    /// The model can never fit: bigger than every replica (400).
-    #[error(
-        "model '{name}' needs {need} bytes of memory but the largest replica offers {largest}"
-    )]
+    /// The model can never fit: more than any replica allows under its high watermark (400).
+    #[error("model '{name}' needs {need_memory} bytes of memory and {need_gpu} of GPU memory; no replica allows that much under its high watermark ({high:.0}% of capacity)")]
     TooBig {
         name: String,
-        need: u64,
-        largest: u64,
+        need_memory: u64,
+        need_gpu: u64,
+        high: f64,
+    },
+    /// More pinned copies than replicas that could hold them (400).
+    #[error(
+        "model '{name}' asks for {min_copies} pinned copies but only {fit} replicas can hold it"
+    )]
+    TooManyCopies {
+        name: String,
+        min_copies: u32,
+        fit: usize,
     },
     /// The load was tried and failed; `reason` is the replica's own (503).
     #[error("model '{name}' failed to load: {reason}{}", retry_text(*.retry_in))]
@@ -103,12 +150,25 @@ pub enum PoolError {
         name: String,
         source: PlacementError,
     },
+    /// Room was planned but freeing it failed (503).
+    #[error(
+        "model '{name}' could not be placed: unloading '{victim}' from {replica} failed: {reason}"
+    )]
+    EvictionFailed {
+        name: String,
+        victim: String,
+        replica: String,
+        reason: String,
+    },
     /// The load did not finish within the route wait (503).
     #[error("model '{name}' is still loading after {waited:?}; retry later")]
     StillLoading { name: String, waited: Duration },
     /// Server-level request and no replica is healthy (503).
     #[error("no healthy replica")]
     NoHealthyReplica,
+    /// A usage report that does not follow the contract (400).
+    #[error("invalid usage report: {0}")]
+    BadReport(String),
     /// A bug or a panicked task (500).
     #[error("internal error: {0}")]
     Internal(String),
@@ -121,6 +181,13 @@ fn retry_text(retry_in: Option<Duration>) -> String {
     }
 }
 
+/// One copy as the admin API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct CopyView {
+    pub replica: String,
+    pub state: CopyState,
+}
+
 /// A model as the admin API shows it.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -129,9 +196,22 @@ pub struct ModelView {
     pub storage_uri: String,
     pub memory: u64,
     pub memory_declared: bool,
+    pub gpu_memory: u64,
+    /// What the replica measured, when more than declared (0 otherwise).
+    pub measured_memory: u64,
+    pub measured_gpu_memory: u64,
+    pub min_copies: u32,
+    pub max_copies: u32,
     pub state: ModelState,
+    /// Replicas holding a loaded copy.
     pub replicas: Vec<String>,
+    pub copies: Vec<CopyView>,
     pub last_error: Option<String>,
+    /// Seconds since the last request, if any.
+    pub idle_seconds: Option<f64>,
+    pub in_flight: u64,
+    /// Smoothed requests per second.
+    pub request_rate: f64,
 }
 
 /// A replica as the admin API shows it.
@@ -144,6 +224,9 @@ pub struct ReplicaView {
     pub healthy: bool,
     pub capacity_bytes: u64,
     pub used_bytes: u64,
+    pub gpu_capacity_bytes: u64,
+    pub gpu_used_bytes: u64,
+    pub in_flight: u64,
     pub models: Vec<String>,
 }
 
@@ -155,48 +238,6 @@ pub enum Registered {
     Unchanged,
 }
 
-struct Entry {
-    spec: ModelSpec,
-    state: ModelState,
-    /// Indices into `Inner::replicas` of the replicas holding (or loading) the model.
-    replicas: Vec<usize>,
-    last_error: Option<String>,
-    failures: u32,
-    retry_at: Option<Instant>,
-    /// Set while a delete is under way: the model no longer routes.
-    deleting: bool,
-    op_lock: Arc<tokio::sync::Mutex<()>>,
-}
-
-impl Entry {
-    fn new(spec: ModelSpec) -> Self {
-        Self {
-            spec,
-            state: ModelState::Pending,
-            replicas: Vec::new(),
-            last_error: None,
-            failures: 0,
-            retry_at: None,
-            deleting: false,
-            op_lock: Arc::new(tokio::sync::Mutex::new(())),
-        }
-    }
-}
-
-struct Table {
-    models: BTreeMap<ModelName, Entry>,
-    healthy: Vec<bool>,
-}
-
-impl Table {
-    fn used(&self, replica: usize) -> (u64, usize) {
-        self.models
-            .values()
-            .filter(|e| e.replicas.contains(&replica))
-            .fold((0, 0), |(bytes, n), e| (bytes + e.spec.memory, n + 1))
-    }
-}
-
 struct Inner {
     replicas: Vec<Replica>,
     table: Mutex<Table>,
@@ -205,6 +246,8 @@ struct Inner {
     metrics: Arc<Metrics>,
     settings: Settings,
     next_any: AtomicUsize,
+    /// Instants are turned into eviction ranks relative to this.
+    epoch: Instant,
 }
 
 /// The pool; cheap to clone (all clones share one table).
@@ -222,42 +265,56 @@ impl Pool {
         settings: Settings,
     ) -> Self {
         for r in &replicas {
-            let label = ReplicaLabel::new(r.id.as_str());
+            for (resource, value) in [
+                ("memory", r.capacity.memory),
+                ("gpu_memory", r.capacity.gpu_memory),
+            ] {
+                let label = ResourceLabel {
+                    replica: r.id.to_string(),
+                    resource,
+                };
+                metrics
+                    .replica_capacity
+                    .get_or_create(&label)
+                    .set(clamp(value));
+                metrics.replica_used.get_or_create(&label).set(0);
+            }
             metrics
-                .replica_capacity
-                .get_or_create(&label)
-                .set(clamp(r.memory));
-            metrics.replica_used.get_or_create(&label).set(0);
-            metrics.replica_healthy.get_or_create(&label).set(0);
+                .replica_healthy
+                .get_or_create(&ReplicaLabel::new(r.id.as_str()))
+                .set(0);
         }
-        let healthy = vec![false; replicas.len()];
+        let table = Table::new(replicas.len());
         Self {
             inner: Arc::new(Inner {
                 replicas,
-                table: Mutex::new(Table {
-                    models: BTreeMap::new(),
-                    healthy,
-                }),
+                table: Mutex::new(table),
                 repository,
                 storage,
                 metrics,
                 settings,
                 next_any: AtomicUsize::new(0),
+                epoch: Instant::now(),
             }),
         }
     }
 
     fn table(&self) -> MutexGuard<'_, Table> {
-        // A poisoned lock means a panic while holding it; the table itself is still
-        // consistent at every unlock point, so keep serving.
+        // A poisoned lock means a panic while holding it; the table itself is consistent at
+        // every unlock point, so keep serving.
         self.inner
             .table
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Registers `name` with the JSON spec `body`, or updates it. An update that changes
-    /// the spec unloads the old version everywhere; the next request loads the new one.
+    pub fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    /// Registers `name` with the JSON spec `body`, or updates it. A new `storageUri` unloads
+    /// the old version everywhere (the next request loads the new one); other changes apply
+    /// in place. A pinned model (`minCopies >= 1`) starts loading at once.
     pub async fn register(
         &self,
         name: &str,
@@ -269,36 +326,20 @@ impl Pool {
         let spec = tokio::task::spawn_blocking(move || ModelSpec::from_json(&body, &storage))
             .await
             .map_err(|e| PoolError::Internal(e.to_string()))??;
-        let largest = self
-            .inner
-            .replicas
-            .iter()
-            .map(|r| r.memory)
-            .max()
-            .unwrap_or(0);
-        if spec.memory > largest {
-            return Err(PoolError::TooBig {
-                name: name.to_string(),
-                need: spec.memory,
-                largest,
-            });
-        }
-        loop {
+        self.check_fits(&name, &spec)?;
+        let outcome = loop {
             let lock = {
                 let mut t = self.table();
                 match t.models.get(&name) {
                     None => {
                         t.models.insert(name.clone(), Entry::new(spec.clone()));
-                        drop(t);
-                        self.update_gauges();
-                        info!(model = %name, uri = spec.storage_uri.as_str(), memory = spec.memory, "model registered");
-                        return Ok((Registered::Created, self.view(&name)?));
+                        break Registered::Created;
                     }
                     Some(e) => e.op_lock.clone(),
                 }
             };
             let _op = lock.lock().await;
-            let old_replicas = {
+            let old = {
                 let mut t = self.table();
                 let Some(entry) = t.models.get_mut(&name) else {
                     continue; // deleted while we waited: register afresh
@@ -307,23 +348,66 @@ impl Pool {
                     continue;
                 }
                 if entry.spec == spec {
-                    drop(t);
-                    return Ok((Registered::Unchanged, self.view(&name)?));
+                    break Registered::Unchanged;
                 }
+                let reload = entry.spec.needs_reload(&spec);
                 entry.spec = spec.clone();
-                entry.state = ModelState::Pending;
-                entry.last_error = None;
-                entry.failures = 0;
-                entry.retry_at = None;
-                std::mem::take(&mut entry.replicas)
+                entry.failure = None;
+                entry.measured = Resources::ZERO;
+                if reload {
+                    for copy in &mut entry.copies {
+                        copy.state = CopyState::Unloading;
+                    }
+                    entry.copies.iter().map(|c| c.replica).collect()
+                } else {
+                    Vec::new()
+                }
             };
-            self.update_gauges();
-            for idx in old_replicas {
-                self.unload_from(&name, idx).await;
+            for replica in old {
+                let _ = self.unload_copy(&name, replica, "spec changed", true).await;
             }
-            info!(model = %name, uri = spec.storage_uri.as_str(), memory = spec.memory, "model spec updated");
-            return Ok((Registered::Updated, self.view(&name)?));
+            break Registered::Updated;
+        };
+        self.update_gauges();
+        if outcome != Registered::Unchanged {
+            info!(model = %name, uri = spec.storage_uri.as_str(), memory = spec.memory,
+                  gpu_memory = spec.gpu_memory, min_copies = spec.min_copies,
+                  max_copies = spec.max_copies, ?outcome, "model registered");
         }
+        if spec.min_copies > 0 && outcome != Registered::Unchanged {
+            let pool = self.clone();
+            let pinned = name.clone();
+            tokio::spawn(async move { pool.ensure_pinned(&pinned).await });
+        }
+        Ok((outcome, self.view(&name)?))
+    }
+
+    /// Refuses specs no replica could ever hold under its high watermark.
+    fn check_fits(&self, name: &ModelName, spec: &ModelSpec) -> Result<(), PoolError> {
+        let need = Resources::new(spec.memory, spec.gpu_memory);
+        let high = self.inner.settings.watermarks.high;
+        let fit = self
+            .inner
+            .replicas
+            .iter()
+            .filter(|r| need.fits_in(r.capacity.scale(high)))
+            .count();
+        if fit == 0 {
+            return Err(PoolError::TooBig {
+                name: name.to_string(),
+                need_memory: need.memory,
+                need_gpu: need.gpu_memory,
+                high: high * 100.0,
+            });
+        }
+        if spec.min_copies as usize > fit {
+            return Err(PoolError::TooManyCopies {
+                name: name.to_string(),
+                min_copies: spec.min_copies,
+                fit,
+            });
+        }
+        Ok(())
     }
 
     /// Deletes `name`: unloads it from every replica and removes its staged files.
@@ -340,22 +424,27 @@ impl Pool {
             entry.op_lock.clone()
         };
         let _op = lock.lock().await;
-        let replicas = {
-            let t = self.table();
-            t.models
-                .get(&name)
-                .map(|e| e.replicas.clone())
-                .unwrap_or_default()
+        let replicas: Vec<usize> = {
+            let mut t = self.table();
+            match t.models.get_mut(&name) {
+                Some(e) => {
+                    for copy in &mut e.copies {
+                        copy.state = CopyState::Unloading;
+                    }
+                    e.copies.iter().map(|c| c.replica).collect()
+                }
+                None => Vec::new(),
+            }
         };
-        for idx in replicas {
-            self.unload_from(&name, idx).await;
+        for replica in replicas {
+            let _ = self.unload_copy(&name, replica, "deleted", true).await;
         }
         let repository = self.inner.repository.clone();
         let staged = name.clone();
         match tokio::task::spawn_blocking(move || repository.remove(&staged)).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => warn!(model = %name, error = %e, "removing staged files failed"),
-            Err(e) => warn!(model = %name, error = %e, "removing staged files panicked"),
+            Ok(Err(e)) => tracing::warn!(model = %name, error = %e, "removing staged files failed"),
+            Err(e) => tracing::warn!(model = %name, error = %e, "removing staged files panicked"),
         }
         self.table().models.remove(&name);
         self.update_gauges();
@@ -363,19 +452,20 @@ impl Pool {
         Ok(())
     }
 
-    /// Where to send a request for `name`: loads the model first if it is loaded nowhere,
-    /// waiting at most the configured route wait.
+    /// Where to send a request for `name`: loads the model first if it is loaded nowhere
+    /// (evicting if needed), waiting at most the configured route wait. Counts as use.
     pub async fn route(&self, name: &str) -> Result<RouteResponse, PoolError> {
         let model = ModelName::new(name)?;
         if let Some(route) = self.routable(&model)? {
             self.inner.metrics.route(Outcome::Hit);
             return Ok(route);
         }
+        let started = Instant::now();
         // The load runs in its own task so that it finishes even if this caller stops
         // waiting; concurrent callers queue on the model's op lock and find it loaded.
         let pool = self.clone();
         let task_model = model.clone();
-        let load = tokio::spawn(async move { pool.load(&task_model).await });
+        let load = tokio::spawn(async move { pool.place_for_demand(&task_model).await });
         let waited = self.inner.settings.route_wait;
         let result = match tokio::time::timeout(waited, load).await {
             Ok(Ok(result)) => result,
@@ -390,25 +480,48 @@ impl Pool {
             Err(PoolError::UnknownModel(_)) => Outcome::NotFound,
             Err(_) => Outcome::Error,
         });
+        if result.is_ok() {
+            self.inner
+                .metrics
+                .cold_wait
+                .observe(started.elapsed().as_secs_f64());
+            self.touch(&model);
+        }
         result
     }
 
-    /// The fast path: a route if the model is loaded on a healthy replica.
+    fn touch(&self, model: &ModelName) {
+        if let Some(e) = self.table().models.get_mut(model) {
+            e.last_used = Some(Instant::now());
+        }
+    }
+
+    /// The fast path: a route if the model is loaded on a healthy replica. Among copies,
+    /// the one with the fewest requests in flight, round-robin among equals.
     fn routable(&self, model: &ModelName) -> Result<Option<RouteResponse>, PoolError> {
-        let t = self.table();
+        let mut guard = self.table();
+        let t = &mut *guard;
         let entry = t
             .models
-            .get(model)
+            .get_mut(model)
             .filter(|e| !e.deleting)
             .ok_or_else(|| PoolError::UnknownModel(model.to_string()))?;
-        if entry.state != ModelState::Loaded {
+        let candidates: Vec<(u64, usize)> = entry
+            .routable(&t.healthy)
+            .map(|c| (t.in_flight.get(model.as_str(), c.replica), c.replica))
+            .collect();
+        let Some(least) = candidates.iter().map(|(n, _)| *n).min() else {
             return Ok(None);
-        }
-        Ok(entry
-            .replicas
+        };
+        let tied: Vec<usize> = candidates
             .iter()
-            .find(|&&i| t.healthy[i])
-            .map(|&i| self.route_to(Some(model), i)))
+            .filter(|(n, _)| *n == least)
+            .map(|(_, r)| *r)
+            .collect();
+        entry.next_copy = entry.next_copy.wrapping_add(1);
+        let replica = tied[entry.next_copy % tied.len()];
+        entry.last_used = Some(Instant::now());
+        Ok(Some(self.route_to(Some(model), replica)))
     }
 
     fn route_to(&self, model: Option<&ModelName>, idx: usize) -> RouteResponse {
@@ -417,172 +530,6 @@ impl Pool {
             model: model.map(ToString::to_string),
             replica: r.id.to_string(),
             address: r.address.to_string(),
-        }
-    }
-
-    /// Loads `model` unless it is loaded already; the single-flight slow path.
-    async fn load(&self, model: &ModelName) -> Result<RouteResponse, PoolError> {
-        let lock = {
-            let t = self.table();
-            let entry = t
-                .models
-                .get(model)
-                .filter(|e| !e.deleting)
-                .ok_or_else(|| PoolError::UnknownModel(model.to_string()))?;
-            entry.op_lock.clone()
-        };
-        let _op = lock.lock().await;
-        let (spec, idx) = {
-            let mut t = self.table();
-            let healthy = t.healthy.clone();
-            let entry = t
-                .models
-                .get_mut(model)
-                .filter(|e| !e.deleting)
-                .ok_or_else(|| PoolError::UnknownModel(model.to_string()))?;
-            if entry.state == ModelState::Loaded {
-                if let Some(&i) = entry.replicas.iter().find(|&&i| healthy[i]) {
-                    return Ok(self.route_to(Some(model), i));
-                }
-                // Loaded only on replicas that have since failed: place it again.
-                warn!(model = %model, "model's replicas are unhealthy; placing it again");
-                entry.replicas.clear();
-                entry.state = ModelState::Pending;
-            }
-            if entry.state == ModelState::Failed {
-                if let Some(at) = entry.retry_at {
-                    let now = Instant::now();
-                    if now < at {
-                        return Err(PoolError::LoadFailed {
-                            name: model.to_string(),
-                            reason: entry.last_error.clone().unwrap_or_default(),
-                            retry_in: Some(at - now),
-                        });
-                    }
-                }
-            }
-            let need = entry.spec.memory;
-            let spec = entry.spec.clone();
-            let usage: Vec<(u64, usize)> =
-                (0..self.inner.replicas.len()).map(|i| t.used(i)).collect();
-            let candidates: Vec<Candidate<'_>> = self
-                .inner
-                .replicas
-                .iter()
-                .enumerate()
-                .map(|(i, r)| Candidate {
-                    id: &r.id,
-                    healthy: t.healthy[i],
-                    capacity: r.memory,
-                    used: usage[i].0,
-                    models: usage[i].1,
-                })
-                .collect();
-            let chosen =
-                placement::choose(&candidates, need).map_err(|source| PoolError::NoCapacity {
-                    name: model.to_string(),
-                    source,
-                });
-            let chosen = match chosen {
-                Ok(id) => id.clone(),
-                Err(e) => {
-                    warn!(model = %model, error = %e, "placement failed");
-                    return Err(e);
-                }
-            };
-            let idx = self
-                .inner
-                .replicas
-                .iter()
-                .position(|r| r.id == chosen)
-                .ok_or_else(|| PoolError::Internal("placement chose an unknown replica".into()))?;
-            let entry = t
-                .models
-                .get_mut(model)
-                .ok_or_else(|| PoolError::UnknownModel(model.to_string()))?;
-            entry.state = ModelState::Loading;
-            entry.replicas = vec![idx];
-            (spec, idx)
-        };
-        self.update_gauges();
-        let replica = &self.inner.replicas[idx];
-        info!(model = %model, replica = %replica.id, memory = spec.memory, "placing and loading model");
-
-        let repository = self.inner.repository.clone();
-        let staged = model.clone();
-        let source = spec.local_dir().to_path_buf();
-        let staging = tokio::task::spawn_blocking(move || repository.stage(&staged, &source))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
-        let started = Instant::now();
-        let outcome = match staging {
-            Ok(()) => replica
-                .client
-                .load(model.as_str())
-                .await
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e),
-        };
-        let elapsed = started.elapsed();
-        let label = ReplicaLabel::new(replica.id.as_str());
-        let result = {
-            let mut t = self.table();
-            let entry = t
-                .models
-                .get_mut(model)
-                .ok_or_else(|| PoolError::Internal("model vanished during its load".into()))?;
-            match outcome {
-                Ok(()) => {
-                    entry.state = ModelState::Loaded;
-                    entry.last_error = None;
-                    entry.failures = 0;
-                    entry.retry_at = None;
-                    self.inner.metrics.loads.get_or_create(&label).inc();
-                    self.inner
-                        .metrics
-                        .load_duration
-                        .observe(elapsed.as_secs_f64());
-                    info!(model = %model, replica = %replica.id, seconds = elapsed.as_secs_f64(), "model loaded");
-                    Ok(self.route_to(Some(model), idx))
-                }
-                Err(reason) => {
-                    entry.failures = entry.failures.saturating_add(1);
-                    let backoff = backoff(&self.inner.settings, entry.failures);
-                    entry.state = ModelState::Failed;
-                    entry.replicas.clear();
-                    entry.retry_at = Some(Instant::now() + backoff);
-                    let reason = format!("replica {}: {reason}", replica.id);
-                    entry.last_error = Some(reason.clone());
-                    self.inner.metrics.load_failures.get_or_create(&label).inc();
-                    warn!(model = %model, replica = %replica.id, error = %reason, "model load failed");
-                    Err(PoolError::LoadFailed {
-                        name: model.to_string(),
-                        reason,
-                        retry_in: None,
-                    })
-                }
-            }
-        };
-        self.update_gauges();
-        result
-    }
-
-    /// Unloads `model` from replica `idx`, logging (not failing) on error: the callers are
-    /// removing the model from the table either way, and a replica that is unreachable has
-    /// lost the model anyway.
-    async fn unload_from(&self, model: &ModelName, idx: usize) {
-        let replica = &self.inner.replicas[idx];
-        match replica.client.unload(model.as_str()).await {
-            Ok(()) => {
-                self.inner
-                    .metrics
-                    .unloads
-                    .get_or_create(&ReplicaLabel::new(replica.id.as_str()))
-                    .inc();
-                info!(model = %model, replica = %replica.id, "model unloaded");
-            }
-            Err(e) => warn!(model = %model, replica = %replica.id, error = %e, "unload failed"),
         }
     }
 
@@ -596,6 +543,59 @@ impl Pool {
             .find(|&i| t.healthy[i])
             .map(|i| self.route_to(None, i))
             .ok_or(PoolError::NoHealthyReplica)
+    }
+
+    /// Takes a gateway worker's usage report: request counts feed recency and request
+    /// rates; in-flight counts protect models from eviction. Entries naming an unknown
+    /// model or replica are skipped (the model may just have been deleted). Returns how
+    /// many entries were applied.
+    pub fn report_usage(&self, report: UsageReport) -> Result<usize, PoolError> {
+        if report.reporter.is_empty() || report.reporter.len() > 256 {
+            return Err(PoolError::BadReport(
+                "reporter must be 1 to 256 bytes".into(),
+            ));
+        }
+        if report.entries.len() > mm_wire::MAX_USAGE_ENTRIES {
+            return Err(PoolError::BadReport(format!(
+                "more than {} entries",
+                mm_wire::MAX_USAGE_ENTRIES
+            )));
+        }
+        let now = Instant::now();
+        let mut in_flight = Vec::new();
+        let mut applied = 0;
+        let mut t = self.table();
+        for entry in &report.entries {
+            let Some(replica) = self
+                .inner
+                .replicas
+                .iter()
+                .position(|r| r.id.as_str() == entry.replica)
+            else {
+                continue;
+            };
+            let Ok(name) = ModelName::new(&entry.model) else {
+                continue;
+            };
+            let Some(model) = t.models.get_mut(&name) else {
+                continue;
+            };
+            if entry.requests > 0 || entry.in_flight > 0 {
+                model.last_used = Some(now);
+            }
+            model.window_requests = model.window_requests.saturating_add(entry.requests);
+            if entry.requests > 0 {
+                self.inner
+                    .metrics
+                    .model_requests(name.as_str(), entry.requests);
+            }
+            if entry.in_flight > 0 {
+                in_flight.push((name.clone(), replica, entry.in_flight));
+            }
+            applied += 1;
+        }
+        t.in_flight.replace(&report.reporter, now, in_flight);
+        Ok(applied)
     }
 
     /// Probes every replica's readiness once, concurrently, and records the results.
@@ -616,7 +616,7 @@ impl Pool {
                     if *ok {
                         info!(replica = %r.id, "replica became healthy");
                     } else {
-                        warn!(replica = %r.id, "replica became unhealthy");
+                        tracing::warn!(replica = %r.id, "replica became unhealthy");
                     }
                 }
                 t.healthy[i] = *ok;
@@ -639,11 +639,20 @@ impl Pool {
         let t = self.table();
         let m = &self.inner.metrics;
         m.models_registered.set(clamp(t.models.len() as u64));
+        m.copies_loaded.set(clamp(
+            t.models.values().map(|e| e.loaded_copies() as u64).sum(),
+        ));
         for (i, r) in self.inner.replicas.iter().enumerate() {
-            let label = ReplicaLabel::new(r.id.as_str());
-            m.replica_used.get_or_create(&label).set(clamp(t.used(i).0));
+            let used = t.used(i);
+            for (resource, value) in [("memory", used.memory), ("gpu_memory", used.gpu_memory)] {
+                let label = ResourceLabel {
+                    replica: r.id.to_string(),
+                    resource,
+                };
+                m.replica_used.get_or_create(&label).set(clamp(value));
+            }
             m.replica_healthy
-                .get_or_create(&label)
+                .get_or_create(&ReplicaLabel::new(r.id.as_str()))
                 .set(i64::from(t.healthy[i]));
         }
     }
@@ -653,7 +662,7 @@ impl Pool {
         let t = self.table();
         t.models
             .get(name)
-            .map(|e| self.view_of(name, e))
+            .map(|e| self.view_of(&t, name, e))
             .ok_or_else(|| PoolError::UnknownModel(name.to_string()))
     }
 
@@ -662,19 +671,37 @@ impl Pool {
         self.view(&ModelName::new(name)?)
     }
 
-    fn view_of(&self, name: &ModelName, e: &Entry) -> ModelView {
+    fn view_of(&self, t: &Table, name: &ModelName, e: &Entry) -> ModelView {
+        let replica_name = |i: usize| self.inner.replicas[i].id.to_string();
         ModelView {
             name: name.to_string(),
             storage_uri: e.spec.storage_uri.as_str().to_owned(),
             memory: e.spec.memory,
             memory_declared: e.spec.memory_declared,
-            state: e.state,
+            gpu_memory: e.spec.gpu_memory,
+            measured_memory: e.measured.memory,
+            measured_gpu_memory: e.measured.gpu_memory,
+            min_copies: e.spec.min_copies,
+            max_copies: e.spec.max_copies,
+            state: e.state(),
             replicas: e
-                .replicas
+                .copies
                 .iter()
-                .map(|&i| self.inner.replicas[i].id.to_string())
+                .filter(|c| c.state == CopyState::Loaded)
+                .map(|c| replica_name(c.replica))
                 .collect(),
-            last_error: e.last_error.clone(),
+            copies: e
+                .copies
+                .iter()
+                .map(|c| CopyView {
+                    replica: replica_name(c.replica),
+                    state: c.state,
+                })
+                .collect(),
+            last_error: e.failure.as_ref().map(|f| f.reason.clone()),
+            idle_seconds: e.last_used.map(|t| t.elapsed().as_secs_f64()),
+            in_flight: t.in_flight.model_total(name.as_str()),
+            request_rate: e.rate,
         }
     }
 
@@ -684,17 +711,13 @@ impl Pool {
         use std::ops::Bound;
         let t = self.table();
         let lower = match after {
-            Some(a) => Bound::Excluded(a.to_owned()),
+            Some(a) => Bound::Excluded(a),
             None => Bound::Unbounded,
         };
         let mut iter = t
             .models
-            .iter()
-            .filter(|(n, _)| match &lower {
-                Bound::Excluded(a) => n.as_str() > a.as_str(),
-                _ => true,
-            })
-            .map(|(n, e)| self.view_of(n, e));
+            .range::<str, _>((lower, Bound::Unbounded))
+            .map(|(n, e)| self.view_of(&t, n, e));
         let page: Vec<ModelView> = iter.by_ref().take(limit).collect();
         let more = iter.next().is_some();
         (page, more)
@@ -703,23 +726,25 @@ impl Pool {
     /// Every replica's view.
     pub fn replicas(&self) -> Vec<ReplicaView> {
         let t = self.table();
+        let in_flight = t.in_flight.replica_totals(self.inner.replicas.len());
         self.inner
             .replicas
             .iter()
             .enumerate()
-            .map(|(i, r)| ReplicaView {
-                name: r.id.to_string(),
-                url: r.url.to_string(),
-                address: r.address.to_string(),
-                healthy: t.healthy[i],
-                capacity_bytes: r.memory,
-                used_bytes: t.used(i).0,
-                models: t
-                    .models
-                    .iter()
-                    .filter(|(_, e)| e.replicas.contains(&i))
-                    .map(|(n, _)| n.to_string())
-                    .collect(),
+            .map(|(i, r)| {
+                let used = t.used(i);
+                ReplicaView {
+                    name: r.id.to_string(),
+                    url: r.url.to_string(),
+                    address: r.address.to_string(),
+                    healthy: t.healthy[i],
+                    capacity_bytes: r.capacity.memory,
+                    used_bytes: used.memory,
+                    gpu_capacity_bytes: r.capacity.gpu_memory,
+                    gpu_used_bytes: used.gpu_memory,
+                    in_flight: in_flight[i],
+                    models: t.models_on(i),
+                }
             })
             .collect()
     }

@@ -1,5 +1,6 @@
 //! Pool behaviour against fake replicas: single-flight loads, failures with backoff,
-//! placement, deletes and spec updates, bounded waits, replica failure.
+//! placement, eviction (LRU order, watermarks, what is protected), copies, pins, usage
+//! reports, deletes and spec updates, bounded waits, replica failure.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -7,12 +8,23 @@ use std::time::Duration;
 
 use super::*;
 use crate::replica::fake::FakeReplica;
+use crate::replica::MemoryUsage;
+use mm_wire::UsageEntry;
 
 struct Fixture {
     pool: Pool,
     fakes: Vec<Arc<FakeReplica>>,
     _repo: tempfile::TempDir,
     model_dir: tempfile::TempDir,
+}
+
+/// Settings for tests: no minimum age unless a test sets one, instant backoff checks.
+fn settings() -> Settings {
+    Settings {
+        min_age: Duration::ZERO,
+        watermarks: Watermarks::new(1.0, 1.0).unwrap(),
+        ..Settings::default()
+    }
 }
 
 fn fixture(capacities: &[u64], settings: Settings) -> Fixture {
@@ -31,13 +43,13 @@ fn fixture(capacities: &[u64], settings: Settings) -> Fixture {
                 id: ReplicaId::new(&format!("r{i}")).unwrap(),
                 url: url::Url::parse(&format!("http://127.0.0.1:{}", 8000 + i)).unwrap(),
                 address: format!("127.0.0.1:{}", 8000 + i).parse().unwrap(),
-                memory,
+                capacity: Resources::new(memory, 0),
                 client: fake as Arc<dyn ReplicaClient>,
             }
         })
         .collect();
     let mut reg = prometheus_client::registry::Registry::default();
-    let metrics = Arc::new(Metrics::register(&mut reg));
+    let metrics = Arc::new(Metrics::register(&mut reg, 100));
     let pool = Pool::new(
         replicas,
         ModelRepository::open(repo.path()).unwrap(),
@@ -59,12 +71,17 @@ impl Fixture {
         self
     }
 
-    async fn register(&self, name: &str, memory: u64) -> Registered {
+    async fn register_with(&self, name: &str, extra: &str) -> Registered {
         let body = format!(
-            r#"{{"storageUri": "file://{}", "memory": {memory}}}"#,
+            r#"{{"storageUri": "file://{}"{extra}}}"#,
             self.model_dir.path().display()
         );
         self.pool.register(name, body.as_bytes()).await.unwrap().0
+    }
+
+    async fn register(&self, name: &str, memory: u64) -> Registered {
+        self.register_with(name, &format!(r#", "memory": {memory}"#))
+            .await
     }
 
     fn total_loads(&self) -> usize {
@@ -73,11 +90,43 @@ impl Fixture {
             .map(|f| f.loads.load(Ordering::SeqCst))
             .sum()
     }
+
+    fn loaded(&self, replica: usize) -> Vec<String> {
+        self.fakes[replica].loaded().into_iter().collect()
+    }
+
+    fn report(&self, reporter: &str, entries: &[(&str, &str, u64, u64)]) {
+        let report = UsageReport {
+            reporter: reporter.into(),
+            entries: entries
+                .iter()
+                .map(|&(model, replica, requests, in_flight)| UsageEntry {
+                    model: model.into(),
+                    replica: replica.into(),
+                    requests,
+                    in_flight,
+                })
+                .collect(),
+        };
+        self.pool.report_usage(report).unwrap();
+    }
+
+    /// Waits (bounded) for background scaler work to settle.
+    async fn settle(&self) {
+        for _ in 0..100 {
+            let busy = self.pool.table().models.values().any(|e| e.scaling);
+            if !busy {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("scaler work did not settle");
+    }
 }
 
 #[tokio::test]
 async fn concurrent_first_requests_cause_one_load() {
-    let f = fixture(&[1000], Settings::default()).ready().await;
+    let f = fixture(&[1000], settings()).ready().await;
     f.fakes[0].load_delay_ms.store(50, Ordering::SeqCst);
     f.register("m", 100).await;
     let routes = futures::future::join_all((0..50).map(|_| f.pool.route("m"))).await;
@@ -90,7 +139,7 @@ async fn concurrent_first_requests_cause_one_load() {
 
 #[tokio::test]
 async fn unknown_models_are_not_found() {
-    let f = fixture(&[1000], Settings::default()).ready().await;
+    let f = fixture(&[1000], settings()).ready().await;
     assert!(matches!(
         f.pool.route("nope").await,
         Err(PoolError::UnknownModel(_))
@@ -107,7 +156,7 @@ async fn unknown_models_are_not_found() {
 
 #[tokio::test]
 async fn failed_loads_report_the_reason_and_back_off() {
-    let f = fixture(&[1000], Settings::default()).ready().await;
+    let f = fixture(&[1000], settings()).ready().await;
     *f.fakes[0].fail_loads_with.lock().unwrap() = Some("bad model.py".into());
     f.register("m", 100).await;
     let err = f.pool.route("m").await.unwrap_err().to_string();
@@ -115,7 +164,7 @@ async fn failed_loads_report_the_reason_and_back_off() {
     let view = f.pool.model("m").unwrap();
     assert_eq!(view.state, ModelState::Failed);
     assert!(view.last_error.unwrap().contains("bad model.py"));
-    assert!(view.replicas.is_empty());
+    assert!(view.replicas.is_empty() && view.copies.is_empty());
     // Within the backoff: answered from the table, no second load call.
     let err = f.pool.route("m").await.unwrap_err().to_string();
     assert!(err.contains("next attempt in"), "{err}");
@@ -124,11 +173,15 @@ async fn failed_loads_report_the_reason_and_back_off() {
 
 #[tokio::test]
 async fn a_failed_model_is_retried_after_the_backoff() {
-    let settings = Settings {
-        retry_base: Duration::from_millis(20),
-        ..Settings::default()
-    };
-    let f = fixture(&[1000], settings).ready().await;
+    let f = fixture(
+        &[1000],
+        Settings {
+            retry_base: Duration::from_millis(20),
+            ..settings()
+        },
+    )
+    .ready()
+    .await;
     *f.fakes[0].fail_loads_with.lock().unwrap() = Some("transient".into());
     f.register("m", 100).await;
     assert!(f.pool.route("m").await.is_err());
@@ -140,16 +193,17 @@ async fn a_failed_model_is_retried_after_the_backoff() {
 
 #[tokio::test]
 async fn places_on_the_replica_with_most_free_memory() {
-    let f = fixture(&[1000, 1000], Settings::default()).ready().await;
+    let f = fixture(&[1000, 1000], settings()).ready().await;
     f.register("a", 600).await;
     f.register("b", 300).await;
     f.register("c", 300).await;
-    let a = f.pool.route("a").await.unwrap();
-    let b = f.pool.route("b").await.unwrap();
-    let c = f.pool.route("c").await.unwrap();
-    assert_eq!(a.replica, "r0");
-    assert_eq!(b.replica, "r1");
-    assert_eq!(c.replica, "r1", "r1 has 700 free, r0 only 400");
+    assert_eq!(f.pool.route("a").await.unwrap().replica, "r0");
+    assert_eq!(f.pool.route("b").await.unwrap().replica, "r1");
+    assert_eq!(
+        f.pool.route("c").await.unwrap().replica,
+        "r1",
+        "r1 has 700 free, r0 400"
+    );
     let replicas = f.pool.replicas();
     assert_eq!(replicas[0].used_bytes, 600);
     assert_eq!(replicas[1].used_bytes, 600);
@@ -157,63 +211,342 @@ async fn places_on_the_replica_with_most_free_memory() {
 }
 
 #[tokio::test]
-async fn refuses_models_bigger_than_any_replica_and_reports_full_pools() {
+async fn refuses_models_that_can_never_fit() {
     let f = fixture(&[1000], Settings::default()).ready().await;
-    let body = format!(
-        r#"{{"storageUri": "file://{}", "memory": 1001}}"#,
-        f.model_dir.path().display()
-    );
-    assert!(matches!(
-        f.pool.register("big", body.as_bytes()).await,
-        Err(PoolError::TooBig { .. })
-    ));
+    for (memory, extra) in [
+        (801, ""),
+        (10, r#", "gpuMemory": 1"#),
+        (10, r#", "minCopies": 2, "maxCopies": 2"#),
+    ] {
+        let body = format!(
+            r#"{{"storageUri": "file://{}", "memory": {memory}{extra}}}"#,
+            f.model_dir.path().display()
+        );
+        let err = f.pool.register("big", body.as_bytes()).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                PoolError::TooBig { .. } | PoolError::TooManyCopies { .. }
+            ),
+            "{err}"
+        );
+    }
     assert!(
         f.pool.models(None, 10).0.is_empty(),
-        "refused registration changed nothing"
+        "refused registrations changed nothing"
     );
-    f.register("a", 800).await;
-    f.register("b", 300).await;
-    f.pool.route("a").await.unwrap();
-    assert!(matches!(
-        f.pool.route("b").await,
-        Err(PoolError::NoCapacity { .. })
-    ));
+}
+
+#[tokio::test]
+async fn evicts_the_least_recently_used_model() {
+    let f = fixture(&[300], settings()).ready().await;
+    for m in ["a", "b", "c", "d"] {
+        f.register(m, 100).await;
+    }
+    for m in ["a", "b", "c"] {
+        f.pool.route(m).await.unwrap();
+    }
+    f.pool.route("a").await.unwrap(); // a is now the most recently used; b the least.
+    f.pool.route("d").await.unwrap();
+    assert_eq!(f.loaded(0), vec!["a", "c", "d"]);
     assert_eq!(f.pool.model("b").unwrap().state, ModelState::Pending);
+    f.pool.route("b").await.unwrap(); // c is now the least recently used.
+    assert_eq!(f.loaded(0), vec!["a", "b", "d"]);
+    assert_eq!(f.pool.replicas()[0].used_bytes, 300);
+    assert_eq!(f.total_loads(), 5);
+}
+
+#[tokio::test]
+async fn evicts_down_to_the_low_watermark() {
+    let f = fixture(
+        &[1000],
+        Settings {
+            watermarks: Watermarks::new(0.8, 0.5).unwrap(),
+            ..settings()
+        },
+    )
+    .ready()
+    .await;
+    for m in ["a", "b", "c", "d", "e"] {
+        f.register(m, 200).await;
+    }
+    for m in ["a", "b", "c", "d"] {
+        f.pool.route(m).await.unwrap(); // 800 used: at the high watermark.
+    }
+    f.pool.route("e").await.unwrap();
+    // 800 + 200 > 800: evict LRU until used + 200 <= 500: a (800), b (600), c (400).
+    assert_eq!(f.loaded(0), vec!["d", "e"]);
+}
+
+#[tokio::test]
+async fn models_with_requests_in_flight_are_not_evicted() {
+    let f = fixture(&[200], settings()).ready().await;
+    for m in ["busy", "idle", "new"] {
+        f.register(m, 100).await;
+    }
+    f.pool.route("busy").await.unwrap();
+    f.pool.route("idle").await.unwrap();
+    // "busy" is the least recently used, but a gateway worker has a request in flight.
+    f.report("w1", &[("busy", "r0", 0, 1)]);
+    f.pool.route("new").await.unwrap();
+    assert_eq!(f.loaded(0), vec!["busy", "new"]);
+    // With everything in flight, nothing can make room: fail fast, evict nothing.
+    f.report("w1", &[("busy", "r0", 0, 1), ("new", "r0", 0, 2)]);
+    let err = f.pool.route("idle").await.unwrap_err();
+    assert!(matches!(err, PoolError::NoCapacity { .. }), "{err}");
+    assert_eq!(f.loaded(0), vec!["busy", "new"]);
+    // An empty report says the requests finished.
+    f.report("w1", &[]);
+    f.pool.route("idle").await.unwrap();
+}
+
+#[tokio::test]
+async fn reported_in_flight_expires_with_its_reporter() {
+    let f = fixture(
+        &[100],
+        Settings {
+            report_ttl: Duration::from_millis(20),
+            ..settings()
+        },
+    )
+    .ready()
+    .await;
+    f.register("a", 100).await;
+    f.register("b", 100).await;
+    f.pool.route("a").await.unwrap();
+    f.report("gone-worker", &[("a", "r0", 0, 3)]);
+    assert!(f.pool.route("b").await.is_err());
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let _ = f.pool.scale_tick();
+    assert_eq!(f.pool.model("a").unwrap().in_flight, 0);
+    f.pool.route("b").await.unwrap();
+}
+
+#[tokio::test]
+async fn recently_used_models_are_protected_by_the_minimum_age() {
+    let f = fixture(
+        &[200],
+        Settings {
+            min_age: Duration::from_millis(100),
+            ..settings()
+        },
+    )
+    .ready()
+    .await;
+    for m in ["a", "b", "c"] {
+        f.register(m, 100).await;
+    }
+    f.pool.route("a").await.unwrap();
+    f.pool.route("b").await.unwrap();
+    let err = f.pool.route("c").await.unwrap_err();
+    assert!(
+        matches!(err, PoolError::NoCapacity { .. }),
+        "fails fast: {err}"
+    );
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    f.pool.route("c").await.unwrap();
+    assert_eq!(f.loaded(0), vec!["b", "c"]);
+}
+
+#[tokio::test]
+async fn usage_reports_drive_recency() {
+    let f = fixture(&[200], settings()).ready().await;
+    for m in ["a", "b", "c"] {
+        f.register(m, 100).await;
+    }
+    f.pool.route("a").await.unwrap();
+    f.pool.route("b").await.unwrap();
+    // Warm traffic for "a" that never reached the route call.
+    f.report(
+        "w1",
+        &[("a", "r0", 5, 0), ("ghost", "r0", 1, 0), ("a", "r9", 1, 0)],
+    );
+    f.pool.route("c").await.unwrap();
+    assert_eq!(f.loaded(0), vec!["a", "c"]);
+}
+
+#[tokio::test]
+async fn pinned_models_load_at_once_and_are_never_evicted() {
+    let f = fixture(&[200], settings()).ready().await;
+    f.register_with("pinned", r#", "memory": 100, "minCopies": 1"#)
+        .await;
+    f.settle().await;
+    for _ in 0..100 {
+        if f.loaded(0) == vec!["pinned"] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(f.loaded(0), vec!["pinned"], "loaded without a request");
+    for m in ["a", "b", "c"] {
+        f.register(m, 100).await;
+        f.pool.route(m).await.unwrap();
+    }
+    assert!(f.loaded(0).contains(&"pinned".to_string()));
+    assert_eq!(f.loaded(0).len(), 2);
+    let ev = f.fakes[0].unloads.load(Ordering::SeqCst);
+    assert_eq!(ev, 2, "a and b evicted, never the pinned model");
+}
+
+#[tokio::test]
+async fn the_scaler_re_pins_a_model_that_lost_its_copy() {
+    let f = fixture(&[1000, 1000], settings()).ready().await;
+    f.register_with("p", r#", "memory": 100, "minCopies": 2, "maxCopies": 2"#)
+        .await;
+    for _ in 0..100 {
+        if f.pool.model("p").unwrap().replicas.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(f.pool.model("p").unwrap().replicas, vec!["r0", "r1"]);
+    // r1 dies and comes back empty.
+    f.fakes[1].down.store(true, Ordering::SeqCst);
+    f.pool.probe_replicas().await;
+    f.pool.forget_copy(&ModelName::new("p").unwrap(), 1);
+    f.fakes[1].down.store(false, Ordering::SeqCst);
+    f.pool.probe_replicas().await;
+    let d = f.pool.scale_tick();
+    assert_eq!(d.pin, vec![ModelName::new("p").unwrap()]);
+    f.pool.carry_out(d);
+    f.settle().await;
+    assert_eq!(f.pool.model("p").unwrap().replicas.len(), 2);
+}
+
+#[tokio::test]
+async fn copies_follow_traffic_up_and_down() {
+    let scale = ScaleSettings {
+        tick: Duration::from_secs(1),
+        up_rate: 10.0,
+        up_in_flight: 4.0,
+        up_ticks: 2,
+        down_ticks: 3,
+    };
+    let f = fixture(
+        &[1000, 1000, 1000],
+        Settings {
+            scale,
+            ..settings()
+        },
+    )
+    .ready()
+    .await;
+    f.register_with("hot", r#", "memory": 100, "maxCopies": 2"#)
+        .await;
+    f.pool.route("hot").await.unwrap();
+    // 40 requests per 1 s tick: 40 req/s on one copy > 10.
+    let mut added = false;
+    for _ in 0..5 {
+        f.report("w1", &[("hot", "r0", 40, 0)]);
+        let d = f.pool.scale_tick();
+        if !d.add.is_empty() {
+            f.pool.carry_out(d);
+            added = true;
+            break;
+        }
+    }
+    assert!(added, "a copy was added");
+    f.settle().await;
+    let view = f.pool.model("hot").unwrap();
+    assert_eq!(view.replicas.len(), 2, "{view:?}");
+    // Never more than maxCopies, however hot.
+    for _ in 0..5 {
+        f.report("w1", &[("hot", "r0", 400, 0)]);
+        assert!(f.pool.scale_tick().add.is_empty());
+    }
+    // Spread: the next routes alternate between the two copies.
+    let a = f.pool.route("hot").await.unwrap().replica;
+    let b = f.pool.route("hot").await.unwrap().replica;
+    assert_ne!(a, b);
+    // Traffic stops: after the down ticks, back to one copy.
+    let mut removed = false;
+    for _ in 0..12 {
+        f.report("w1", &[]);
+        let d = f.pool.scale_tick();
+        if !d.remove.is_empty() {
+            f.pool.carry_out(d);
+            removed = true;
+            break;
+        }
+    }
+    assert!(removed, "the extra copy was removed");
+    f.settle().await;
+    assert_eq!(f.pool.model("hot").unwrap().replicas.len(), 1);
+}
+
+#[tokio::test]
+async fn routes_prefer_the_copy_with_fewest_requests_in_flight() {
+    let f = fixture(&[1000, 1000], settings()).ready().await;
+    f.register_with("m", r#", "memory": 100, "minCopies": 2, "maxCopies": 2"#)
+        .await;
+    for _ in 0..100 {
+        if f.pool.model("m").unwrap().replicas.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    f.report("w1", &[("m", "r0", 0, 5), ("m", "r1", 0, 1)]);
+    for _ in 0..4 {
+        assert_eq!(f.pool.route("m").await.unwrap().replica, "r1");
+    }
+}
+
+#[tokio::test]
+async fn measured_memory_larger_than_declared_is_accounted() {
+    let f = fixture(&[1000], settings()).ready().await;
+    *f.fakes[0].reported_usage.lock().unwrap() = MemoryUsage { cpu: 300, gpu: 0 };
+    f.register("m", 100).await;
+    f.pool.route("m").await.unwrap();
+    let view = f.pool.model("m").unwrap();
+    assert_eq!((view.memory, view.measured_memory), (100, 300));
+    assert_eq!(f.pool.replicas()[0].used_bytes, 300);
 }
 
 #[tokio::test]
 async fn delete_unloads_everywhere() {
-    let f = fixture(&[1000], Settings::default()).ready().await;
+    let f = fixture(&[1000], settings()).ready().await;
     f.register("m", 100).await;
     f.pool.route("m").await.unwrap();
-    assert!(f.fakes[0].loaded().contains("m"));
+    assert_eq!(f.loaded(0), vec!["m"]);
     f.pool.delete("m").await.unwrap();
-    assert!(f.fakes[0].loaded().is_empty());
+    assert!(f.loaded(0).is_empty());
     assert!(matches!(f.pool.model("m"), Err(PoolError::UnknownModel(_))));
     assert_eq!(f.pool.replicas()[0].used_bytes, 0);
 }
 
 #[tokio::test]
-async fn changing_a_spec_unloads_the_old_version() {
-    let f = fixture(&[1000], Settings::default()).ready().await;
+async fn a_new_storage_uri_reloads_other_changes_apply_in_place() {
+    let f = fixture(&[1000], settings()).ready().await;
     assert_eq!(f.register("m", 100).await, Registered::Created);
     assert_eq!(f.register("m", 100).await, Registered::Unchanged);
     f.pool.route("m").await.unwrap();
     assert_eq!(f.register("m", 200).await, Registered::Updated);
-    assert!(f.fakes[0].loaded().is_empty());
-    let view = f.pool.model("m").unwrap();
-    assert_eq!((view.state, view.memory), (ModelState::Pending, 200));
+    assert_eq!(f.loaded(0), vec!["m"], "a new size does not reload");
+    assert_eq!(f.pool.replicas()[0].used_bytes, 200);
+    let other = tempfile::tempdir().unwrap();
+    std::fs::create_dir(other.path().join("1")).unwrap();
+    let body = format!(
+        r#"{{"storageUri": "file://{}", "memory": 200}}"#,
+        other.path().display()
+    );
+    f.pool.register("m", body.as_bytes()).await.unwrap();
+    assert!(f.loaded(0).is_empty(), "new files: unloaded");
+    assert_eq!(f.pool.model("m").unwrap().state, ModelState::Pending);
     f.pool.route("m").await.unwrap();
     assert_eq!(f.total_loads(), 2);
 }
 
 #[tokio::test]
 async fn a_slow_load_answers_still_loading_but_finishes() {
-    let settings = Settings {
-        route_wait: Duration::from_millis(20),
-        ..Settings::default()
-    };
-    let f = fixture(&[1000], settings).ready().await;
+    let f = fixture(
+        &[1000],
+        Settings {
+            route_wait: Duration::from_millis(20),
+            ..settings()
+        },
+    )
+    .ready()
+    .await;
     f.fakes[0].load_delay_ms.store(150, Ordering::SeqCst);
     f.register("m", 100).await;
     let err = f.pool.route("m").await.unwrap_err();
@@ -226,10 +559,10 @@ async fn a_slow_load_answers_still_loading_but_finishes() {
 
 #[tokio::test]
 async fn models_on_a_failed_replica_are_placed_again() {
-    let f = fixture(&[1000, 1000], Settings::default()).ready().await;
+    let f = fixture(&[1000, 1000], settings()).ready().await;
     f.register("m", 100).await;
     let first = f.pool.route("m").await.unwrap();
-    let dead = if first.replica == "r0" { 0 } else { 1 };
+    let dead = usize::from(first.replica != "r0");
     f.fakes[dead].down.store(true, Ordering::SeqCst);
     f.pool.probe_replicas().await;
     assert!(!f.pool.replicas()[dead].healthy);
@@ -246,7 +579,7 @@ async fn models_on_a_failed_replica_are_placed_again() {
 
 #[tokio::test]
 async fn pages_through_models_in_name_order() {
-    let f = fixture(&[1000], Settings::default()).ready().await;
+    let f = fixture(&[1000], settings()).ready().await;
     for name in ["c", "a", "b", "d"] {
         f.register(name, 1).await;
     }

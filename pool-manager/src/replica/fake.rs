@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{IndexEntry, ReplicaClient, ReplicaError};
+use super::{IndexEntry, MemoryUsage, ReplicaClient, ReplicaError};
 
 #[derive(Debug, Default)]
 pub struct FakeReplica {
@@ -18,6 +18,8 @@ pub struct FakeReplica {
     pub down: AtomicBool,
     pub fail_loads_with: Mutex<Option<String>>,
     pub loaded: Mutex<BTreeSet<String>>,
+    /// What `memory_usage` reports for every model.
+    pub reported_usage: Mutex<MemoryUsage>,
 }
 
 impl FakeReplica {
@@ -57,6 +59,10 @@ impl ReplicaClient for FakeReplica {
         } else {
             Ok(())
         }
+    }
+
+    async fn memory_usage(&self, _model: &str) -> Result<MemoryUsage, ReplicaError> {
+        Ok(*self.reported_usage.lock().unwrap())
     }
 
     async fn index(&self) -> Result<Vec<IndexEntry>, ReplicaError> {

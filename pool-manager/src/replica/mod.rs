@@ -35,6 +35,14 @@ pub struct IndexEntry {
     pub reason: String,
 }
 
+/// Memory a loaded model uses, as the server reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemoryUsage {
+    /// Host memory (Triton's CPU and CPU_PINNED entries).
+    pub cpu: u64,
+    pub gpu: u64,
+}
+
 /// The model-server operations the pool drives. Implementations must be cheap to call
 /// concurrently; each call is bounded by its own timeout.
 #[async_trait]
@@ -47,4 +55,7 @@ pub trait ReplicaClient: Send + Sync + 'static {
     async fn ready(&self) -> Result<(), ReplicaError>;
     /// What the server's repository holds, loaded or not.
     async fn index(&self) -> Result<Vec<IndexEntry>, ReplicaError>;
+    /// Memory the loaded `model` uses by the server's own estimate, where it has one
+    /// (Triton measures it at load time for some backends; Python models report none).
+    async fn memory_usage(&self, model: &str) -> Result<MemoryUsage, ReplicaError>;
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Deserialize;
 
-use super::{IndexEntry, ReplicaClient, ReplicaError};
+use super::{IndexEntry, MemoryUsage, ReplicaClient, ReplicaError};
 
 /// Timeouts for calls to one Triton server.
 #[derive(Debug, Clone, Copy)]
@@ -151,6 +151,15 @@ impl ReplicaClient for TritonClient {
             .map(drop)
     }
 
+    async fn memory_usage(&self, model: &str) -> Result<MemoryUsage, ReplicaError> {
+        let request = self
+            .http
+            .get(format!("{}/v2/models/{model}/stats", self.base))
+            .timeout(self.timeouts.call);
+        let text = finish(request.send().await, self.timeouts.call).await?;
+        parse_memory_usage(&text)
+    }
+
     async fn index(&self) -> Result<Vec<IndexEntry>, ReplicaError> {
         #[derive(Deserialize)]
         struct Raw {
@@ -173,5 +182,59 @@ impl ReplicaClient for TritonClient {
                 reason: r.reason,
             })
             .collect())
+    }
+}
+
+/// Sums the `memory_usage` entries of every version in a `/v2/models/{m}/stats` answer.
+fn parse_memory_usage(text: &str) -> Result<MemoryUsage, ReplicaError> {
+    #[derive(Deserialize)]
+    struct Stats {
+        #[serde(default)]
+        model_stats: Vec<ModelStats>,
+    }
+    #[derive(Deserialize)]
+    struct ModelStats {
+        #[serde(default)]
+        memory_usage: Vec<Usage>,
+    }
+    #[derive(Deserialize)]
+    struct Usage {
+        #[serde(rename = "type", default)]
+        kind: String,
+        #[serde(default)]
+        byte_size: u64,
+    }
+    let stats: Stats =
+        serde_json::from_str(text).map_err(|e| ReplicaError::BadResponse(e.to_string()))?;
+    let mut usage = MemoryUsage::default();
+    for entry in stats.model_stats.iter().flat_map(|s| &s.memory_usage) {
+        match entry.kind.as_str() {
+            "GPU" => usage.gpu = usage.gpu.saturating_add(entry.byte_size),
+            _ => usage.cpu = usage.cpu.saturating_add(entry.byte_size),
+        }
+    }
+    Ok(usage)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_memory_usage_by_kind() {
+        let text = r#"{"model_stats":[{"name":"m","version":"1","memory_usage":[
+            {"type":"CPU","id":0,"byte_size":100},{"type":"CPU_PINNED","id":0,"byte_size":20},
+            {"type":"GPU","id":0,"byte_size":3000},{"type":"GPU","id":1,"byte_size":4000}]},
+            {"name":"m","version":"2","memory_usage":[]}]}"#;
+        assert_eq!(
+            parse_memory_usage(text).unwrap(),
+            MemoryUsage {
+                cpu: 120,
+                gpu: 7000
+            }
+        );
+        let python = r#"{"model_stats":[{"name":"m","version":"1","memory_usage":[]}]}"#;
+        assert_eq!(parse_memory_usage(python).unwrap(), MemoryUsage::default());
+        assert!(parse_memory_usage("nope").is_err());
     }
 }
