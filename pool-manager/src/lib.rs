@@ -12,4 +12,5 @@ pub mod pool;
 pub mod quantity;
 pub mod replica;
 pub mod repository;
+pub mod sim;
 pub mod spec;

@@ -1,0 +1,706 @@
+//! Trace simulator: replays a synthetic request trace against a simulated pool of replicas,
+//! placing and evicting models with the very planner the live pool uses
+//! ([`placement::plan`]), so its numbers describe the rules that run in production. Only
+//! the victim order (the `rank` of each [`Resident`]) changes between policies; replica
+//! choice, watermarks and the minimum-age guard are shared, so a comparison isolates the
+//! eviction order.
+//!
+//! [`Policy::Lru`] is the live pool's order. [`Policy::Belady`] is the classic
+//! furthest-next-use rule, which needs the future and so cannot run live. Belady's rule is
+//! optimal only for a single cache of equal-sized items evicting one item at a time; here
+//! models differ in size, several replicas compete, and eviction runs from the high down
+//! to the low watermark, so it is an upper-bound-style reference for what a smarter victim
+//! order could gain inside the same placement framework, not a proof of optimality.
+//!
+//! Time is logical: the clock is the index of the request in the trace, and the minimum
+//! age is counted in requests. The simulated pool has no concurrency (nothing is ever in
+//! flight), every replica is healthy, loads are instant, and a model has at most one copy.
+
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{RngExt, SeedableRng};
+
+use crate::placement::{self, ReplicaSnapshot, Resident, Resources, Watermarks};
+
+/// Why a trace could not be generated or simulated.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SimError {
+    /// A trace spec asked for zero models.
+    #[error("a trace needs at least one model")]
+    NoModels,
+    /// Model ids are `u32` to keep large traces compact.
+    #[error("{0} models exceed the simulator's limit of 2^32")]
+    TooManyModels(usize),
+    /// The Zipf exponent was negative, infinite or NaN.
+    #[error("zipf exponent {0} must be a finite number >= 0")]
+    ZipfExponent(f64),
+    /// The size bounds were zero or inverted.
+    #[error("model sizes need 0 < min <= max, got {min}..{max}")]
+    SizeRange { min: u64, max: u64 },
+    /// A (hand-made) trace requests a model it has no size for.
+    #[error("request {request} names model {model}, but the trace has {models} models")]
+    UnknownModel {
+        request: usize,
+        model: u32,
+        models: usize,
+    },
+}
+
+/// What trace to generate. The same spec always yields the same trace (for a given `rand`
+/// version, which `Cargo.lock` pins).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TraceSpec {
+    /// Number of distinct models.
+    pub models: usize,
+    /// Number of requests.
+    pub requests: usize,
+    /// Zipf exponent of model popularity: 0 is uniform, 1 the classic web-like skew.
+    pub zipf_s: f64,
+    /// Seed of the generator.
+    pub seed: u64,
+    /// Smallest model size, in bytes.
+    pub size_min: u64,
+    /// Largest model size, in bytes.
+    pub size_max: u64,
+}
+
+/// A request trace: model sizes and the sequence of requested models.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trace {
+    /// Size in bytes of model `i`.
+    pub sizes: Vec<u64>,
+    /// The requests, in order, as indices into `sizes`.
+    pub requests: Vec<u32>,
+}
+
+/// The simulated pool: identical replicas holding memory only (no GPU dimension).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SimConfig {
+    pub replicas: usize,
+    /// Memory of each replica, in bytes.
+    pub replica_capacity: u64,
+    pub marks: Watermarks,
+    /// A model used or loaded fewer than this many requests ago is not evictable (the live
+    /// pool's minimum age, in logical time). 0 and 1 both protect nothing: the requested
+    /// model is never resident when eviction is planned for it.
+    pub min_age: u64,
+}
+
+/// The victim order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Policy {
+    /// Least recently used (or loaded) first: the live pool's order.
+    Lru,
+    /// The model whose next request is furthest in the future first (never-again first).
+    Belady,
+}
+
+/// Counts from one simulation. `misses == loads + failed`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SimResult {
+    pub requests: u64,
+    /// Requests for a model resident on some replica.
+    pub hits: u64,
+    /// Requests for a model resident nowhere.
+    pub misses: u64,
+    /// Misses that loaded the model.
+    pub loads: u64,
+    /// Models unloaded to make room.
+    pub evictions: u64,
+    /// Plans flagged as mass evictions by the planner (the live pool counts these too).
+    pub mass_evictions: u64,
+    /// Misses with no room anywhere, even after evicting everything evictable, including
+    /// models larger than a replica's high watermark (the live pool refuses those at
+    /// registration).
+    pub failed: u64,
+}
+
+impl SimResult {
+    /// Hits over requests; 0 for an empty trace.
+    pub fn hit_rate(&self) -> f64 {
+        if self.requests == 0 {
+            0.0
+        } else {
+            self.hits as f64 / self.requests as f64
+        }
+    }
+}
+
+impl Policy {
+    /// Both policies, LRU first.
+    pub const ALL: [Policy; 2] = [Policy::Lru, Policy::Belady];
+
+    /// The name used in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::Lru => "LRU",
+            Policy::Belady => "Belady",
+        }
+    }
+}
+
+impl std::fmt::Display for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl SimConfig {
+    /// The largest model a replica can ever hold: its high watermark, rounded down exactly
+    /// as the planner rounds it.
+    pub fn max_model_size(&self) -> u64 {
+        Resources::new(self.replica_capacity, 0)
+            .scale(self.marks.high)
+            .memory
+    }
+}
+
+impl TraceSpec {
+    /// Lowers `size_max` (and `size_min`, if needed) to what a replica of `config` can
+    /// hold, because larger models could never be placed and would only count as
+    /// failures. Returns the original `size_max` when it was lowered, so callers can say so.
+    pub fn clamp_sizes_to(&mut self, config: &SimConfig) -> Option<u64> {
+        let limit = config.max_model_size();
+        if self.size_max <= limit {
+            return None;
+        }
+        let original = self.size_max;
+        self.size_max = limit;
+        self.size_min = self.size_min.min(limit);
+        Some(original)
+    }
+
+    /// Generates the trace: each model's size drawn log-uniformly in
+    /// `[size_min, size_max]`, then each request drawn from a Zipf(`zipf_s`) popularity
+    /// whose ranks are shuffled relative to the sizes, so popular models are not
+    /// systematically small or large.
+    pub fn generate(&self) -> Result<Trace, SimError> {
+        if self.models == 0 {
+            return Err(SimError::NoModels);
+        }
+        let model_count =
+            u32::try_from(self.models).map_err(|_| SimError::TooManyModels(self.models))?;
+        if !(self.zipf_s.is_finite() && self.zipf_s >= 0.0) {
+            return Err(SimError::ZipfExponent(self.zipf_s));
+        }
+        if self.size_min == 0 || self.size_min > self.size_max {
+            return Err(SimError::SizeRange {
+                min: self.size_min,
+                max: self.size_max,
+            });
+        }
+        let mut rng = StdRng::seed_from_u64(self.seed);
+        let (ln_min, ln_max) = ((self.size_min as f64).ln(), (self.size_max as f64).ln());
+        let sizes = (0..self.models)
+            .map(|_| {
+                let u: f64 = rng.random();
+                let size = (ln_min + u * (ln_max - ln_min)).exp().round() as u64;
+                size.clamp(self.size_min, self.size_max)
+            })
+            .collect();
+        let mut by_rank: Vec<u32> = (0..model_count).collect();
+        by_rank.shuffle(&mut rng);
+        let zipf = ZipfCdf::new(self.models, self.zipf_s);
+        let requests = (0..self.requests)
+            .map(|_| by_rank[zipf.sample(&mut rng)])
+            .collect();
+        Ok(Trace { sizes, requests })
+    }
+}
+
+impl Trace {
+    /// The number of distinct models requested: the compulsory misses.
+    pub fn distinct_models(&self) -> usize {
+        let mut seen = vec![false; self.sizes.len()];
+        let mut distinct = 0;
+        for &m in &self.requests {
+            if let Some(s) = seen.get_mut(m as usize) {
+                distinct += usize::from(!*s);
+                *s = true;
+            }
+        }
+        distinct
+    }
+
+    fn validate(&self) -> Result<(), SimError> {
+        let models = self.sizes.len();
+        match self
+            .requests
+            .iter()
+            .enumerate()
+            .find(|(_, &m)| m as usize >= models)
+        {
+            Some((request, &model)) => Err(SimError::UnknownModel {
+                request,
+                model,
+                models,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// For each request, the index of the next request for the same model, or
+    /// [`NEVER`]: one backward pass.
+    fn next_uses(&self) -> Vec<u64> {
+        let mut upcoming = vec![NEVER; self.sizes.len()];
+        let mut next = vec![NEVER; self.requests.len()];
+        for (i, &m) in self.requests.iter().enumerate().rev() {
+            next[i] = upcoming[m as usize];
+            upcoming[m as usize] = i as u64;
+        }
+        next
+    }
+}
+
+/// "Never requested again", as a next-use time.
+const NEVER: u64 = u64::MAX;
+
+/// Zipf sampling by inverting a precomputed CDF: O(models) once, O(log models) per draw.
+struct ZipfCdf {
+    /// Cumulative (unnormalised) weights of popularity ranks 0, 1, ...
+    cumulative: Vec<f64>,
+}
+
+impl ZipfCdf {
+    fn new(n: usize, s: f64) -> Self {
+        let mut total = 0.0;
+        let cumulative = (1..=n)
+            .map(|rank| {
+                total += (rank as f64).powf(-s);
+                total
+            })
+            .collect();
+        Self { cumulative }
+    }
+
+    /// A popularity rank in `0..n` (`n >= 1`).
+    fn sample(&self, rng: &mut StdRng) -> usize {
+        let total = self.cumulative.last().copied().unwrap_or(0.0);
+        let u = rng.random::<f64>() * total;
+        let rank = self.cumulative.partition_point(|&c| c <= u);
+        // Rounding can put `u` at the very top; the last rank takes it.
+        rank.min(self.cumulative.len().saturating_sub(1))
+    }
+}
+
+/// Where each model is and when it was last touched; per-replica resident lists keep the
+/// per-request work independent of the number of models.
+struct PoolState {
+    /// Replica holding each model.
+    location: Vec<Option<usize>>,
+    /// Index of each resident model in its replica's list.
+    slot: Vec<usize>,
+    /// Models on each replica.
+    residents: Vec<Vec<u32>>,
+    /// Bytes used on each replica.
+    used: Vec<u64>,
+}
+
+impl PoolState {
+    fn new(models: usize, replicas: usize) -> Self {
+        Self {
+            location: vec![None; models],
+            slot: vec![0; models],
+            residents: vec![Vec::new(); replicas],
+            used: vec![0; replicas],
+        }
+    }
+
+    fn load(&mut self, model: u32, size: u64, replica: usize) {
+        let m = model as usize;
+        self.location[m] = Some(replica);
+        self.slot[m] = self.residents[replica].len();
+        self.residents[replica].push(model);
+        self.used[replica] += size;
+    }
+
+    /// Unloads `model` wherever it is; false if it was not resident.
+    fn unload(&mut self, model: u32, size: u64) -> bool {
+        let m = model as usize;
+        let Some(replica) = self.location[m].take() else {
+            return false;
+        };
+        let list = &mut self.residents[replica];
+        let slot = self.slot[m];
+        list.swap_remove(slot);
+        if let Some(&moved) = list.get(slot) {
+            self.slot[moved as usize] = slot;
+        }
+        self.used[replica] = self.used[replica].saturating_sub(size);
+        true
+    }
+}
+
+/// Replays `trace` on the pool described by `config`, evicting in `policy`'s order.
+///
+/// A request for a model resident on any replica is a hit and refreshes its last use.
+/// Otherwise [`placement::plan`] chooses a replica and victims for it; the victims are
+/// unloaded and the model loaded there, or, when no plan exists, the request fails and
+/// nothing changes. Fails only for a trace that requests a model it has no size for.
+pub fn simulate(trace: &Trace, config: &SimConfig, policy: Policy) -> Result<SimResult, SimError> {
+    trace.validate()?;
+    let next_uses = match policy {
+        Policy::Lru => Vec::new(),
+        Policy::Belady => trace.next_uses(),
+    };
+    let models = trace.sizes.len();
+    let capacity = Resources::new(config.replica_capacity, 0);
+    let max_size = config.max_model_size();
+    let mut pool = PoolState::new(models, config.replicas);
+    let mut last_use = vec![0u64; models];
+    let mut next_use = vec![NEVER; models];
+    // Reused across misses so a miss allocates only the plan.
+    let mut snapshots: Vec<ReplicaSnapshot<u32>> = (0..config.replicas)
+        .map(|_| ReplicaSnapshot {
+            healthy: true,
+            holds_model: false,
+            capacity,
+            used: Resources::ZERO,
+            in_flight: 0,
+            residents: Vec::new(),
+        })
+        .collect();
+    let mut result = SimResult {
+        requests: trace.requests.len() as u64,
+        ..SimResult::default()
+    };
+
+    for (i, &model) in trace.requests.iter().enumerate() {
+        let now = i as u64;
+        let m = model as usize;
+        if let Some(&next) = next_uses.get(i) {
+            next_use[m] = next;
+        }
+        if pool.location[m].is_some() {
+            result.hits += 1;
+            last_use[m] = now;
+            continue;
+        }
+        result.misses += 1;
+        let size = trace.sizes[m];
+        if size > max_size {
+            result.failed += 1;
+            continue;
+        }
+        for ((snapshot, residents), &used) in
+            snapshots.iter_mut().zip(&pool.residents).zip(&pool.used)
+        {
+            snapshot.used = Resources::new(used, 0);
+            snapshot.residents.clear();
+            snapshot.residents.extend(residents.iter().map(|&key| {
+                let k = key as usize;
+                Resident {
+                    key,
+                    size: Resources::new(trace.sizes[k], 0),
+                    evictable: now - last_use[k] >= config.min_age,
+                    rank: match policy {
+                        Policy::Lru => last_use[k],
+                        Policy::Belady => NEVER - next_use[k],
+                    },
+                }
+            }));
+        }
+        match placement::plan(&snapshots, Resources::new(size, 0), config.marks) {
+            Ok(plan) => {
+                for victim in plan.evict {
+                    if pool.unload(victim, trace.sizes[victim as usize]) {
+                        result.evictions += 1;
+                    }
+                }
+                result.mass_evictions += u64::from(plan.mass_eviction);
+                pool.load(model, size, plan.replica);
+                result.loads += 1;
+                last_use[m] = now;
+            }
+            Err(_) => result.failed += 1,
+        }
+    }
+    Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One replica evicting exactly one model at a time (both watermarks at 100%): the
+    /// classic single cache, where Belady is provably optimal.
+    fn single_cache(slots: u64, size: u64) -> SimConfig {
+        SimConfig {
+            replicas: 1,
+            replica_capacity: slots * size,
+            marks: Watermarks::new(1.0, 1.0).unwrap(),
+            min_age: 0,
+        }
+    }
+
+    fn run(trace: &Trace, config: &SimConfig, policy: Policy) -> SimResult {
+        simulate(trace, config, policy).unwrap()
+    }
+
+    #[test]
+    fn belady_beats_lru_on_a_cycle_one_larger_than_the_cache() {
+        // A B C A B C with room for two: LRU always evicts the model needed next.
+        let trace = Trace {
+            sizes: vec![10; 3],
+            requests: vec![0, 1, 2, 0, 1, 2],
+        };
+        let config = single_cache(2, 10);
+        let lru = run(&trace, &config, Policy::Lru);
+        assert_eq!(
+            (lru.hits, lru.misses, lru.loads, lru.evictions, lru.failed),
+            (0, 6, 6, 4, 0)
+        );
+        // Belady: at C evicts B (next at 4, A's at 3): A hits; at B evicts A (never
+        // again): C hits.
+        let belady = run(&trace, &config, Policy::Belady);
+        assert_eq!(
+            (
+                belady.hits,
+                belady.misses,
+                belady.loads,
+                belady.evictions,
+                belady.failed
+            ),
+            (2, 4, 4, 2, 0)
+        );
+    }
+
+    #[test]
+    fn belady_is_never_worse_than_lru_with_equal_sizes() {
+        for seed in [1, 2, 3, 4, 5] {
+            let trace = TraceSpec {
+                models: 60,
+                requests: 3_000,
+                zipf_s: 0.8,
+                seed,
+                size_min: 10,
+                size_max: 10,
+            }
+            .generate()
+            .unwrap();
+            let config = single_cache(12, 10);
+            let lru = run(&trace, &config, Policy::Lru);
+            let belady = run(&trace, &config, Policy::Belady);
+            assert!(
+                belady.hits >= lru.hits,
+                "seed {seed}: belady {belady:?} lru {lru:?}"
+            );
+            assert!(belady.hits > 0 && lru.failed == 0 && belady.failed == 0);
+        }
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_trace_and_results() {
+        let spec = TraceSpec {
+            models: 200,
+            requests: 5_000,
+            zipf_s: 1.0,
+            seed: 7,
+            size_min: 1 << 20,
+            size_max: 64 << 20,
+        };
+        let config = SimConfig {
+            replicas: 3,
+            replica_capacity: 256 << 20,
+            marks: Watermarks::default(),
+            min_age: 5,
+        };
+        let (a, b) = (spec.generate().unwrap(), spec.generate().unwrap());
+        assert_eq!(a, b);
+        for policy in Policy::ALL {
+            assert_eq!(run(&a, &config, policy), run(&b, &config, policy));
+        }
+        let other = TraceSpec { seed: 8, ..spec }.generate().unwrap();
+        assert_ne!(a, other);
+    }
+
+    #[test]
+    fn min_age_blocks_an_eviction() {
+        // Room for one model; B arrives one request after A was loaded.
+        let trace = Trace {
+            sizes: vec![10, 10],
+            requests: vec![0, 1],
+        };
+        let mut config = single_cache(1, 10);
+        for policy in Policy::ALL {
+            config.min_age = 2;
+            let young = run(&trace, &config, policy);
+            assert_eq!((young.loads, young.evictions, young.failed), (1, 0, 1));
+            config.min_age = 1;
+            let old_enough = run(&trace, &config, policy);
+            assert_eq!(
+                (old_enough.loads, old_enough.evictions, old_enough.failed),
+                (2, 1, 0)
+            );
+        }
+    }
+
+    #[test]
+    fn when_everything_fits_only_compulsory_misses_remain() {
+        let trace = TraceSpec {
+            models: 40,
+            requests: 2_000,
+            zipf_s: 1.2,
+            seed: 3,
+            size_min: 1,
+            size_max: 100,
+        }
+        .generate()
+        .unwrap();
+        let config = SimConfig {
+            replicas: 2,
+            replica_capacity: 10_000,
+            marks: Watermarks::default(),
+            min_age: 0,
+        };
+        for policy in Policy::ALL {
+            let r = run(&trace, &config, policy);
+            assert_eq!(r.misses, trace.distinct_models() as u64);
+            assert_eq!((r.loads, r.evictions, r.failed), (r.misses, 0, 0));
+            assert_eq!(r.hits + r.misses, r.requests);
+        }
+    }
+
+    #[test]
+    fn models_above_the_high_watermark_fail_without_evicting() {
+        let trace = Trace {
+            sizes: vec![10, 90],
+            requests: vec![0, 1, 0],
+        };
+        let config = SimConfig {
+            replicas: 1,
+            replica_capacity: 100,
+            marks: Watermarks::default(),
+            min_age: 0,
+        };
+        let r = run(&trace, &config, Policy::Lru);
+        assert_eq!((r.hits, r.loads, r.evictions, r.failed), (1, 1, 0, 1));
+    }
+
+    #[test]
+    fn clamping_keeps_sizes_placeable() {
+        let config = SimConfig {
+            replicas: 1,
+            replica_capacity: 1000,
+            marks: Watermarks::default(),
+            min_age: 0,
+        };
+        let mut spec = TraceSpec {
+            models: 100,
+            requests: 10,
+            zipf_s: 1.0,
+            seed: 1,
+            size_min: 10,
+            size_max: 5000,
+        };
+        assert_eq!(spec.clamp_sizes_to(&config), Some(5000));
+        assert_eq!(spec.size_max, 800);
+        assert_eq!(spec.clamp_sizes_to(&config), None);
+        let trace = spec.generate().unwrap();
+        assert!(trace.sizes.iter().all(|&s| (10..=800).contains(&s)));
+    }
+
+    #[test]
+    fn zipf_popularity_is_skewed_and_shuffled_against_model_ids() {
+        let spec = TraceSpec {
+            models: 100,
+            requests: 20_000,
+            zipf_s: 1.0,
+            seed: 11,
+            size_min: 1,
+            size_max: 1000,
+        };
+        let counts = |trace: &Trace| {
+            trace.requests.iter().fold(vec![0usize; 100], |mut c, &m| {
+                c[m as usize] += 1;
+                c
+            })
+        };
+        let skewed = counts(&spec.generate().unwrap());
+        let mut by_popularity: Vec<usize> = (0..100).collect();
+        by_popularity.sort_by_key(|&m| std::cmp::Reverse(skewed[m]));
+        // Zipf(1) over 100 ranks: the top rank draws 1/H(100) ~ 19% of requests, the
+        // second half as many.
+        let (first, second) = (skewed[by_popularity[0]], skewed[by_popularity[1]]);
+        let share = first as f64 / 20_000.0;
+        assert!((0.17..0.22).contains(&share), "top share {share}");
+        assert!(
+            second * 3 > first && second * 3 < first * 2,
+            "{first} then {second}"
+        );
+        // Popularity ranks are shuffled, not model ids in order.
+        assert_ne!(by_popularity[..10], (0..10).collect::<Vec<_>>()[..]);
+        let uniform = counts(
+            &TraceSpec {
+                zipf_s: 0.0,
+                ..spec
+            }
+            .generate()
+            .unwrap(),
+        );
+        assert!(
+            uniform.iter().all(|&c| (100..300).contains(&c)),
+            "{uniform:?}"
+        );
+    }
+
+    #[test]
+    fn rejects_bad_specs_and_traces() {
+        let spec = TraceSpec {
+            models: 10,
+            requests: 10,
+            zipf_s: 1.0,
+            seed: 1,
+            size_min: 1,
+            size_max: 10,
+        };
+        let bad = |s: TraceSpec| s.generate().unwrap_err();
+        assert_eq!(
+            bad(TraceSpec {
+                models: 0,
+                ..spec.clone()
+            }),
+            SimError::NoModels
+        );
+        assert!(matches!(
+            bad(TraceSpec {
+                zipf_s: -1.0,
+                ..spec.clone()
+            }),
+            SimError::ZipfExponent(_)
+        ));
+        assert!(matches!(
+            bad(TraceSpec {
+                zipf_s: f64::NAN,
+                ..spec.clone()
+            }),
+            SimError::ZipfExponent(_)
+        ));
+        assert!(matches!(
+            bad(TraceSpec {
+                size_min: 0,
+                ..spec.clone()
+            }),
+            SimError::SizeRange { .. }
+        ));
+        assert!(matches!(
+            bad(TraceSpec {
+                size_min: 11,
+                ..spec
+            }),
+            SimError::SizeRange { .. }
+        ));
+        let trace = Trace {
+            sizes: vec![1],
+            requests: vec![0, 1],
+        };
+        assert_eq!(
+            simulate(&trace, &single_cache(1, 1), Policy::Lru),
+            Err(SimError::UnknownModel {
+                request: 1,
+                model: 1,
+                models: 1
+            })
+        );
+    }
+}
