@@ -192,6 +192,25 @@ impl PoolManager {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
+    /// The sum of every series of the counter or gauge `name` in `/metrics` (e.g.
+    /// `mm_model_loads_total` over all replicas), 0 if it has no series yet.
+    pub async fn metric(&self, name: &str) -> anyhow::Result<f64> {
+        self.metric_where(name, "").await
+    }
+
+    /// Like [`PoolManager::metric`], only over series whose labels contain `label`
+    /// (e.g. `outcome="miss"`).
+    pub async fn metric_where(&self, name: &str, label: &str) -> anyhow::Result<f64> {
+        let text = self
+            .http
+            .get(self.url("/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?;
+        Ok(sum_metric(&text, name, label))
+    }
+
     pub async fn wait_ready(&mut self) -> anyhow::Result<()> {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
@@ -227,7 +246,8 @@ impl Envoy {
         let mut cmd = Command::new(paths::envoy());
         cmd.arg("-c")
             .arg(&config_path)
-            .arg("--use-dynamic-base-id")
+            // No hot restart: no shared-memory segment is left behind in /dev/shm.
+            .arg("--disable-hot-restart")
             .arg("--concurrency")
             .arg("2")
             .arg("--log-level")
@@ -283,6 +303,39 @@ impl Envoy {
             .trim()
             .parse()
             .context("stat value")
+    }
+}
+
+/// Sums the samples of metric `name` in Prometheus/OpenMetrics text, over the series
+/// whose label set contains `label` (every series when `label` is empty).
+pub fn sum_metric(text: &str, name: &str, label: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let (labels, value) = match rest.strip_prefix('{') {
+                Some(labelled) => labelled.split_once("} ")?,
+                None => ("", rest.strip_prefix(' ')?),
+            };
+            if !labels.contains(label) {
+                return None;
+            }
+            value.split_whitespace().next()?.parse::<f64>().ok()
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sum_metric;
+
+    #[test]
+    fn sums_series_by_name_and_label() {
+        let text = "# TYPE mm_x counter\nmm_x_total{outcome=\"hit\"} 2\nmm_x_total{outcome=\"miss\"} 3\nmm_x_total_other 9\nmm_y 4\n";
+        assert_eq!(sum_metric(text, "mm_x_total", ""), 5.0);
+        assert_eq!(sum_metric(text, "mm_x_total", "outcome=\"miss\""), 3.0);
+        assert_eq!(sum_metric(text, "mm_y", ""), 4.0);
+        assert_eq!(sum_metric(text, "mm_z", ""), 0.0);
     }
 }
 
@@ -463,6 +516,20 @@ impl Stack {
             json: serde_json::from_str(&text).unwrap_or(Value::Null),
             text,
         })
+    }
+
+    /// The models READY on replica `name`, by Triton's own index, sorted.
+    pub async fn ready_models(&self, name: &str) -> anyhow::Result<Vec<String>> {
+        let mut names: Vec<String> = self
+            .replica(name)?
+            .index()
+            .await?
+            .iter()
+            .filter(|m| m["state"] == "READY")
+            .filter_map(|m| m["name"].as_str().map(str::to_owned))
+            .collect();
+        names.sort();
+        Ok(names)
     }
 
     /// `POST /v2/models/{model}/infer` through the gateway.

@@ -8,29 +8,6 @@ use common::example;
 use mm_tests::{Stack, StackOptions};
 use reqwest::Method;
 
-/// A Python-backend model whose initialisation fails, as a model with a missing weights
-/// file would.
-fn broken_model(dir: &std::path::Path) -> std::path::PathBuf {
-    let model = dir.join("broken");
-    std::fs::create_dir_all(model.join("1")).unwrap();
-    std::fs::write(
-        model.join("config.pbtxt"),
-        r#"backend: "python"
-max_batch_size: 0
-input [{ name: "x", data_type: TYPE_FP32, dims: [-1, 4] }]
-output [{ name: "y", data_type: TYPE_FP32, dims: [-1, 1] }]
-instance_group [{ kind: KIND_CPU, count: 1 }]
-"#,
-    )
-    .unwrap();
-    std::fs::write(
-        model.join("1/model.py"),
-        "class TritonPythonModel:\n    def initialize(self, args):\n        raise RuntimeError('weights.json is missing')\n",
-    )
-    .unwrap();
-    model
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_are_json_with_fitting_statuses() {
     let mut stack = Stack::start(StackOptions::default()).await.unwrap();
@@ -63,7 +40,7 @@ async fn errors_are_json_with_fitting_statuses() {
     }
 
     // A model whose load fails: 503 with Triton's reason, and the admin API shows why.
-    let broken = broken_model(stack.dir.path());
+    let broken = mm_tests::models::broken(stack.dir.path()).unwrap();
     let (status, _) = stack.register("broken", &broken, "16Mi").await.unwrap();
     assert_eq!(status, 201);
     let r = stack.infer("broken", &body).await.unwrap();

@@ -1,0 +1,61 @@
+//! Test-only Triton models written into a test's temporary directory: ones whose
+//! behaviour a scenario needs but that are no use as examples (a model that fails to load,
+//! a model that takes as long as asked to answer).
+
+use std::path::{Path, PathBuf};
+
+const PYTHON_CONFIG_HEAD: &str =
+    "backend: \"python\"\nmax_batch_size: 0\ninstance_group [{ kind: KIND_CPU, count: 1 }]\n";
+
+fn write_model(dir: &Path, name: &str, io: &str, model_py: &str) -> anyhow::Result<PathBuf> {
+    let model = dir.join(name);
+    std::fs::create_dir_all(model.join("1"))?;
+    std::fs::write(
+        model.join("config.pbtxt"),
+        format!("{PYTHON_CONFIG_HEAD}{io}"),
+    )?;
+    std::fs::write(model.join("1/model.py"), model_py)?;
+    Ok(model)
+}
+
+/// A Python-backend model whose initialisation fails, as one with a missing weights file
+/// would: `weights.json is missing`.
+pub fn broken(dir: &Path) -> anyhow::Result<PathBuf> {
+    write_model(
+        dir,
+        "broken",
+        "input [{ name: \"x\", data_type: TYPE_FP32, dims: [-1, 4] }]\noutput [{ name: \"y\", data_type: TYPE_FP32, dims: [-1, 1] }]\n",
+        "class TritonPythonModel:\n    def initialize(self, args):\n        raise RuntimeError('weights.json is missing')\n",
+    )
+}
+
+/// A model that sleeps for `seconds` (its one FP32 input, shape [1]) and answers
+/// `slept` = seconds: a request that stays in flight as long as a test needs.
+pub fn sleepy(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
+    write_model(
+        dir,
+        name,
+        "input [{ name: \"seconds\", data_type: TYPE_FP32, dims: [1] }]\noutput [{ name: \"slept\", data_type: TYPE_FP32, dims: [1] }]\n",
+        r#"import time
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            seconds = pb_utils.get_input_tensor_by_name(request, "seconds").as_numpy()
+            time.sleep(float(min(max(seconds[0], 0.0), 30.0)))
+            out = pb_utils.Tensor("slept", seconds.astype(np.float32))
+            responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
+        return responses
+"#,
+    )
+}
+
+/// The infer body for [`sleepy`].
+pub fn sleep_request(seconds: f32) -> serde_json::Value {
+    serde_json::json!({"inputs": [{"name": "seconds", "shape": [1], "datatype": "FP32", "data": [seconds]}]})
+}
