@@ -14,7 +14,7 @@ ENVOY := .tools/bin/envoy
 TEST_TIMEOUT ?= 900
 
 .PHONY: help deps build filter pool-manager lint fmt test unit-test integration-test \
-        envoy-config validate-envoy run up down status clean
+        envoy-config validate-envoy run up down status clean bench
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -65,6 +65,9 @@ down: ## Stop what `make up` started
 
 status: ## Show the processes `make up` started
 	@bash scripts/stack.sh status
+
+bench: deps ## Run the benchmarks and regenerate BENCHMARKS.md (bounded, < 15 min)
+	@bash scripts/bench.sh
 
 clean: down ## Remove build outputs and run state (keeps .tools/)
 	$(CARGO) clean
