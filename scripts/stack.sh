@@ -400,8 +400,8 @@ EOF
   start_proc pool-manager "$POOL_MANAGER_BIN" \
     --listen "$HOST:$POOL_MANAGER_PORT" \
     --model-repository "$REPO" \
-    --replica "name=r0,url=http://$HOST:$R0_HTTP_PORT,memory=$REPLICA_MEMORY" \
-    --replica "name=r1,url=http://$HOST:$R1_HTTP_PORT,memory=$REPLICA_MEMORY"
+    --replica "name=r0,url=http://$HOST:$R0_HTTP_PORT,memory=$REPLICA_MEMORY,grpcPort=$R0_GRPC_PORT" \
+    --replica "name=r1,url=http://$HOST:$R1_HTTP_PORT,memory=$REPLICA_MEMORY,grpcPort=$R1_GRPC_PORT"
   local pm=$STARTED_PID
   say "started pool-manager (pid $pm) on :$POOL_MANAGER_PORT, log $LOGS/pool-manager.log"
   wait_http pool-manager "$pm" "http://$HOST:$POOL_MANAGER_PORT/healthz"

@@ -42,6 +42,8 @@ pub struct ReplicaConfig {
     pub memory: u64,
     /// GPU memory the replica offers to models, in bytes (0: no GPU).
     pub gpu_memory: u64,
+    /// Port of the replica's gRPC endpoint on the same host, if it serves gRPC.
+    pub grpc_port: Option<u16>,
 }
 
 impl ReplicaConfig {
@@ -51,6 +53,7 @@ impl ReplicaConfig {
         url: &str,
         memory: u64,
         gpu_memory: u64,
+        grpc_port: Option<u16>,
     ) -> Result<Self, ConfigError> {
         let field = |reason: String| ConfigError::Field {
             spec: spec.to_owned(),
@@ -64,11 +67,15 @@ impl ReplicaConfig {
         if memory == 0 {
             return Err(field("memory must be greater than zero".into()));
         }
+        if grpc_port == Some(0) {
+            return Err(field("grpcPort must be 1..65535".into()));
+        }
         Ok(Self {
             name,
             url,
             memory,
             gpu_memory,
+            grpc_port,
         })
     }
 
@@ -101,9 +108,9 @@ impl ReplicaConfig {
 impl FromStr for ReplicaConfig {
     type Err = ConfigError;
 
-    /// `name=r0,url=http://127.0.0.1:8000,memory=2Gi[,gpuMemory=16Gi]`
+    /// `name=r0,url=http://127.0.0.1:8000,memory=2Gi[,gpuMemory=16Gi][,grpcPort=8001]`
     fn from_str(spec: &str) -> Result<Self, Self::Err> {
-        let (mut name, mut url, mut memory, mut gpu) = (None, None, None, None);
+        let (mut name, mut url, mut memory, mut gpu, mut grpc) = (None, None, None, None, None);
         for part in spec.split(',') {
             let (key, value) = part
                 .split_once('=')
@@ -113,6 +120,7 @@ impl FromStr for ReplicaConfig {
                 "url" => &mut url,
                 "memory" => &mut memory,
                 "gpuMemory" => &mut gpu,
+                "grpcPort" => &mut grpc,
                 _ => return Err(ConfigError::Shape(spec.to_owned())),
             };
             if slot.replace(value.trim()).is_some() {
@@ -133,7 +141,15 @@ impl FromStr for ReplicaConfig {
             .map(|g| quantity("gpuMemory", g))
             .transpose()?
             .unwrap_or(0);
-        Self::build(spec, name, url, memory, gpu)
+        let grpc = grpc
+            .map(|p| {
+                p.parse::<u16>().map_err(|e| ConfigError::Field {
+                    spec: spec.to_owned(),
+                    reason: format!("grpcPort: {e}"),
+                })
+            })
+            .transpose()?;
+        Self::build(spec, name, url, memory, gpu, grpc)
     }
 }
 
@@ -145,6 +161,7 @@ impl FromStr for ReplicaConfig {
 /// url = "http://127.0.0.1:8000"
 /// memory = "2Gi"
 /// gpu_memory = "16Gi"   # optional
+/// grpc_port = 8001       # optional
 /// ```
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -161,6 +178,8 @@ struct FileReplica {
     memory: Bytes,
     #[serde(default)]
     gpu_memory: Option<Bytes>,
+    #[serde(default)]
+    grpc_port: Option<u16>,
 }
 
 /// Reads replicas from a TOML file.
@@ -176,7 +195,7 @@ pub fn replicas_from_file(path: &Path) -> Result<Vec<ReplicaConfig>, ConfigError
         .iter()
         .map(|r| {
             let gpu = r.gpu_memory.map(|b| b.0).unwrap_or(0);
-            ReplicaConfig::build(&r.name, &r.name, &r.url, r.memory.0, gpu)
+            ReplicaConfig::build(&r.name, &r.name, &r.url, r.memory.0, gpu, r.grpc_port)
         })
         .collect()
 }
@@ -225,6 +244,8 @@ mod tests {
             "name=r0,url=nonsense,memory=1Gi",
             "name=r0,url=http://h:1,memory=lots",
             "name=r0,url=http://h:1,memory=0",
+            "name=r0,url=http://h:1,memory=1,grpcPort=0",
+            "name=r0,url=http://h:1,memory=1,grpcPort=x",
         ] {
             assert!(bad.parse::<ReplicaConfig>().is_err(), "{bad:?}");
         }

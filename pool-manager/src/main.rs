@@ -103,10 +103,14 @@ async fn main() -> anyhow::Result<()> {
         let address = r.resolve().await?;
         let client = TritonClient::new(&r.url, timeouts)?;
         tracing::info!(replica = %r.name, url = %r.url, %address, memory = r.memory, "replica configured");
+        let grpc_address = r
+            .grpc_port
+            .map(|port| std::net::SocketAddr::new(address.ip(), port));
         pool_replicas.push(Replica {
             id: r.name,
             url: r.url,
             address,
+            grpc_address,
             capacity: Resources::new(r.memory, r.gpu_memory),
             client: Arc::new(client),
         });

@@ -161,10 +161,11 @@ pub struct PoolManager {
 }
 
 impl PoolManager {
-    /// Starts the pool-manager for `replicas` (`(name, url, memory)`) with extra flags.
+    /// Starts the pool-manager for `replicas` (each a `--replica` value such as
+    /// `name=r0,url=http://127.0.0.1:8000,memory=1Gi,grpcPort=8001`) with extra flags.
     pub fn spawn(
         repository: &Path,
-        replicas: &[(String, String, String)],
+        replicas: &[String],
         extra: &[String],
         logs: &Path,
     ) -> anyhow::Result<Self> {
@@ -176,9 +177,8 @@ impl PoolManager {
             .arg(repository)
             .args(extra)
             .env("RUST_LOG", "info,pool_manager=debug");
-        for (name, url, memory) in replicas {
-            cmd.arg("--replica")
-                .arg(format!("name={name},url={url},memory={memory}"));
+        for replica in replicas {
+            cmd.arg("--replica").arg(replica);
         }
         let process = Process::spawn("pool-manager", cmd, &logs.join("pool-manager.log"))?;
         Ok(Self {
@@ -418,9 +418,17 @@ impl Stack {
         for r in &mut replicas {
             r.wait_ready().await?;
         }
-        let configured: Vec<(String, String, String)> = replicas
+        let configured: Vec<String> = replicas
             .iter()
-            .map(|r| (r.name.clone(), r.url(), options.replica_memory.clone()))
+            .map(|r| {
+                format!(
+                    "name={},url={},memory={},grpcPort={}",
+                    r.name,
+                    r.url(),
+                    options.replica_memory,
+                    r.grpc_port
+                )
+            })
             .collect();
         let mut pool_manager = PoolManager::spawn(
             &repository,

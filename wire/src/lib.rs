@@ -78,6 +78,91 @@ pub struct RouteResponse {
     /// `IP:PORT` of the replica's HTTP endpoint. Always an IP literal, never a host name:
     /// Envoy's ORIGINAL_DST cluster connects to it as is.
     pub address: String,
+    /// `IP:PORT` of the replica's gRPC endpoint, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_address: Option<String>,
+    /// The model's inputs from its V2 metadata, when known (for KServe V1 translation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<Vec<TensorSpec>>,
+}
+
+/// Path of the routing table: `GET {TABLE_PATH}?since=G&waitMs=W` answers the whole table
+/// at once if its generation differs from `G` (or the pool-manager restarted), and
+/// otherwise holds the call up to `W` milliseconds (at most [`MAX_TABLE_WAIT_MS`]) for a
+/// change: a long poll, so the gateway learns of loads, evictions and failed replicas
+/// within milliseconds without polling hard.
+pub const TABLE_PATH: &str = "/internal/v1/table";
+
+/// Longest hold of a table long poll.
+pub const MAX_TABLE_WAIT_MS: u64 = 30_000;
+
+/// Every routable model and where its loaded copies are: what the gateway routes warm
+/// requests by, with no call to the pool-manager.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RoutingTable {
+    /// Identifies one run of the pool-manager: a new epoch replaces the gateway's table
+    /// whatever the generations (they restart with the process).
+    pub epoch: String,
+    /// Grows with every change of the table within an epoch.
+    pub generation: u64,
+    pub models: Vec<TableEntry>,
+}
+
+/// One routable model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TableEntry {
+    pub model: String,
+    /// Its loaded copies on healthy replicas; never empty in a table.
+    pub replicas: Vec<Endpoint>,
+    /// Its inputs from the V2 metadata, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<Vec<TensorSpec>>,
+}
+
+/// Where one copy is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoint {
+    pub replica: String,
+    /// HTTP `IP:PORT`.
+    pub address: String,
+    /// gRPC `IP:PORT`, when the replica has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_address: Option<String>,
+}
+
+/// A tensor as the V2 model metadata describes it (`-1` for a variable dimension).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TensorSpec {
+    pub name: String,
+    pub datatype: String,
+    pub shape: Vec<i64>,
+}
+
+/// Path of the gateway's failure report: `POST` a [`FailureReport`] when a routed request
+/// found its replica unreachable or without the model. The pool-manager checks the claim
+/// (probes the replica, asks it about the model) and fixes its table; the report alone
+/// changes nothing, so a misbehaving caller cannot unload anything.
+pub const FAILURE_PATH: &str = "/internal/v1/failure";
+
+/// What the gateway saw go wrong on the data path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FailureReport {
+    pub model: String,
+    pub replica: String,
+    pub kind: FailureKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// The connection to the replica failed (refused, reset, timed out).
+    Unreachable,
+    /// The replica answered that it does not have the model loaded.
+    ModelMissing,
 }
 
 /// Every error body on the admin API, the internal API and the gateway.
@@ -154,9 +239,45 @@ mod tests {
             model: None,
             replica: "r0".into(),
             address: "127.0.0.1:8000".into(),
+            grpc_address: None,
+            inputs: None,
         };
         let json = serde_json::to_string(&any).unwrap();
         assert_eq!(json, r#"{"replica":"r0","address":"127.0.0.1:8000"}"#);
+    }
+
+    #[test]
+    fn table_and_failure_reports_use_the_documented_json() {
+        let table = RoutingTable {
+            epoch: "e1".into(),
+            generation: 7,
+            models: vec![TableEntry {
+                model: "m".into(),
+                replicas: vec![Endpoint {
+                    replica: "r0".into(),
+                    address: "127.0.0.1:8000".into(),
+                    grpc_address: Some("127.0.0.1:8001".into()),
+                }],
+                inputs: Some(vec![TensorSpec {
+                    name: "x".into(),
+                    datatype: "FP32".into(),
+                    shape: vec![-1, 4],
+                }]),
+            }],
+        };
+        let json = serde_json::to_string(&table).unwrap();
+        assert_eq!(
+            json,
+            r#"{"epoch":"e1","generation":7,"models":[{"model":"m","replicas":[{"replica":"r0","address":"127.0.0.1:8000","grpcAddress":"127.0.0.1:8001"}],"inputs":[{"name":"x","datatype":"FP32","shape":[-1,4]}]}]}"#
+        );
+        assert_eq!(serde_json::from_str::<RoutingTable>(&json).unwrap(), table);
+        let failure: FailureReport =
+            serde_json::from_str(r#"{"model":"m","replica":"r0","kind":"model_missing"}"#).unwrap();
+        assert_eq!(failure.kind, FailureKind::ModelMissing);
+        assert!(serde_json::from_str::<FailureReport>(
+            r#"{"model":"m","replica":"r0","kind":"x"}"#
+        )
+        .is_err());
     }
 
     #[test]

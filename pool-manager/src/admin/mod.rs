@@ -42,6 +42,8 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/replicas", get(list_replicas))
         .route(mm_wire::ANY_REPLICA_PATH, get(route_any))
         .route(mm_wire::USAGE_PATH, post(report_usage))
+        .route(mm_wire::TABLE_PATH, get(routing_table))
+        .route(mm_wire::FAILURE_PATH, post(report_failure))
         .route(
             &format!("{}{{name}}", mm_wire::ROUTE_PATH_PREFIX),
             get(route_model),
@@ -243,6 +245,68 @@ async fn report_usage(
     })?;
     let applied = state.pool.report_usage(report)?;
     Ok(Json(json!({ "applied": applied })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct TableParams {
+    since: Option<u64>,
+    epoch: Option<String>,
+    wait_ms: Option<u64>,
+}
+
+async fn routing_table(
+    State(state): State<AppState>,
+    query: Result<Query<TableParams>, QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(params) = query.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("invalid query: {}", e.body_text()),
+        )
+    })?;
+    let wait_ms = params.wait_ms.unwrap_or(0);
+    if wait_ms > mm_wire::MAX_TABLE_WAIT_MS {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("waitMs must be at most {}", mm_wire::MAX_TABLE_WAIT_MS),
+        ));
+    }
+    let json = state
+        .pool
+        .routing_table(
+            params.epoch.as_deref(),
+            params.since,
+            std::time::Duration::from_millis(wait_ms),
+        )
+        .await;
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        json.as_str().to_owned(),
+    )
+        .into_response())
+}
+
+async fn report_failure(
+    State(state): State<AppState>,
+    body: Body,
+) -> ApiResult<Json<serde_json::Value>> {
+    let body = axum::body::to_bytes(body, MAX_SPEC_BYTES)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("failure report is larger than {MAX_SPEC_BYTES} bytes"),
+            )
+        })?;
+    let report: mm_wire::FailureReport = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("invalid failure report: {e}"),
+        )
+    })?;
+    state.pool.report_failure(report)?;
+    Ok(Json(json!({ "accepted": true })))
 }
 
 async fn not_found() -> ApiError {

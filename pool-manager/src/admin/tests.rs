@@ -30,6 +30,7 @@ async fn fixture() -> Fixture {
         id: ReplicaId::new("r0").unwrap(),
         url: url::Url::parse("http://127.0.0.1:8000").unwrap(),
         address: "127.0.0.1:8000".parse().unwrap(),
+        grpc_address: Some("127.0.0.1:8001".parse().unwrap()),
         capacity: crate::placement::Resources::new(1 << 30, 0),
         client: Arc::new(FakeReplica::default()) as Arc<dyn ReplicaClient>,
     };
@@ -109,8 +110,16 @@ async fn registers_lists_gets_routes_and_deletes() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         body,
-        serde_json::json!({"model": "m1", "replica": "r0", "address": "127.0.0.1:8000"})
+        serde_json::json!({"model": "m1", "replica": "r0", "address": "127.0.0.1:8000",
+                           "grpcAddress": "127.0.0.1:8001",
+                           "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]})
     );
+    let (status, table) = f
+        .call(Method::GET, "/internal/v1/table?waitMs=0", Body::empty())
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(table["models"][0]["model"], "m1");
+    assert!(table["generation"].as_u64().unwrap() > 0);
 
     let (_, body) = f
         .call(Method::GET, "/api/v1/models/m1", Body::empty())
@@ -146,6 +155,9 @@ async fn bad_requests_get_json_errors_and_change_nothing() {
 
     let good = f.spec("1024");
     let huge = format!(r#"{{"storageUri": "{}"}}"#, "a".repeat(MAX_SPEC_BYTES));
+    let row = |method: Method, uri: &str, body: &str, want| {
+        (method, uri.to_owned(), body.to_owned(), want)
+    };
     let put = |path: &str, body: String, want| {
         (Method::PUT, format!("/api/v1/models/{path}"), body, want)
     };
@@ -243,6 +255,59 @@ async fn bad_requests_get_json_errors_and_change_nothing() {
             Method::GET,
             "/internal/v1/route/..".into(),
             "".into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        row(
+            Method::POST,
+            "/internal/v1/usage",
+            "{}",
+            StatusCode::BAD_REQUEST,
+        ),
+        row(
+            Method::POST,
+            "/internal/v1/usage",
+            r#"{"reporter":"","entries":[]}"#,
+            StatusCode::BAD_REQUEST,
+        ),
+        row(
+            Method::GET,
+            "/internal/v1/usage",
+            "",
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        row(
+            Method::GET,
+            "/internal/v1/table?waitMs=30001",
+            "",
+            StatusCode::BAD_REQUEST,
+        ),
+        row(
+            Method::GET,
+            "/internal/v1/table?since=-1",
+            "",
+            StatusCode::BAD_REQUEST,
+        ),
+        row(
+            Method::GET,
+            "/internal/v1/table?x=1",
+            "",
+            StatusCode::BAD_REQUEST,
+        ),
+        row(
+            Method::POST,
+            "/internal/v1/failure",
+            r#"{"model":"keep"}"#,
+            StatusCode::BAD_REQUEST,
+        ),
+        row(
+            Method::POST,
+            "/internal/v1/failure",
+            r#"{"model":"..","replica":"r0","kind":"unreachable"}"#,
+            StatusCode::BAD_REQUEST,
+        ),
+        put(
+            "m",
+            good.replace('}', r#", "minCopies": 3, "maxCopies": 3}"#),
             StatusCode::BAD_REQUEST,
         ),
     ];

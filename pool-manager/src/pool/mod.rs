@@ -14,6 +14,7 @@
 //! - the table's mutex is never held across an `.await`.
 
 mod place;
+mod routing;
 mod scale;
 mod table;
 
@@ -41,6 +42,8 @@ pub struct Replica {
     pub url: url::Url,
     /// The replica's HTTP endpoint as an IP literal, for Envoy's ORIGINAL_DST cluster.
     pub address: SocketAddr,
+    /// Its gRPC endpoint, if it serves gRPC.
+    pub grpc_address: Option<SocketAddr>,
     pub capacity: Resources,
     pub client: Arc<dyn ReplicaClient>,
 }
@@ -248,6 +251,7 @@ struct Inner {
     next_any: AtomicUsize,
     /// Instants are turned into eviction ranks relative to this.
     epoch: Instant,
+    routing: routing::Routing,
 }
 
 /// The pool; cheap to clone (all clones share one table).
@@ -295,6 +299,7 @@ impl Pool {
                 settings,
                 next_any: AtomicUsize::new(0),
                 epoch: Instant::now(),
+                routing: routing::Routing::new(),
             }),
         }
     }
@@ -521,15 +526,23 @@ impl Pool {
         entry.next_copy = entry.next_copy.wrapping_add(1);
         let replica = tied[entry.next_copy % tied.len()];
         entry.last_used = Some(Instant::now());
-        Ok(Some(self.route_to(Some(model), replica)))
+        let inputs = entry.inputs.clone();
+        Ok(Some(self.route_to(Some(model), replica, inputs)))
     }
 
-    fn route_to(&self, model: Option<&ModelName>, idx: usize) -> RouteResponse {
-        let r = &self.inner.replicas[idx];
+    fn route_to(
+        &self,
+        model: Option<&ModelName>,
+        idx: usize,
+        inputs: Option<Vec<mm_wire::TensorSpec>>,
+    ) -> RouteResponse {
+        let endpoint = self.endpoint(idx);
         RouteResponse {
             model: model.map(ToString::to_string),
-            replica: r.id.to_string(),
-            address: r.address.to_string(),
+            replica: endpoint.replica,
+            address: endpoint.address,
+            grpc_address: endpoint.grpc_address,
+            inputs,
         }
     }
 
@@ -541,7 +554,7 @@ impl Pool {
         (0..n)
             .map(|k| (start + k) % n)
             .find(|&i| t.healthy[i])
-            .map(|i| self.route_to(None, i))
+            .map(|i| self.route_to(None, i, None))
             .ok_or(PoolError::NoHealthyReplica)
     }
 
@@ -655,6 +668,8 @@ impl Pool {
                 .get_or_create(&ReplicaLabel::new(r.id.as_str()))
                 .set(i64::from(t.healthy[i]));
         }
+        drop(t);
+        self.publish();
     }
 
     /// One model's view.

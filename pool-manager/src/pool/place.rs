@@ -52,7 +52,14 @@ impl Pool {
         model: &ModelName,
     ) -> Result<RouteResponse, PoolError> {
         match self.place_copy(model, Purpose::Demand).await? {
-            Some(replica) => Ok(self.route_to(Some(model), replica)),
+            Some(replica) => {
+                let inputs = self
+                    .table()
+                    .models
+                    .get(model)
+                    .and_then(|e| e.inputs.clone());
+                Ok(self.route_to(Some(model), replica, inputs))
+            }
             None => Err(PoolError::Internal(
                 "demand placement placed nothing".into(),
             )),
@@ -269,9 +276,12 @@ impl Pool {
             Err(e) => Err(e),
         };
         let elapsed = started.elapsed();
-        let measured = match outcome {
-            Ok(()) => replica.client.memory_usage(model.as_str()).await.ok(),
-            Err(_) => None,
+        let (measured, inputs) = match outcome {
+            Ok(()) => (
+                replica.client.memory_usage(model.as_str()).await.ok(),
+                replica.client.inputs(model.as_str()).await.ok(),
+            ),
+            Err(_) => (None, None),
         };
         let result = {
             let mut t = self.table();
@@ -286,6 +296,9 @@ impl Pool {
                         c.since = Instant::now();
                     }
                     entry.failure = None;
+                    if inputs.is_some() {
+                        entry.inputs = inputs;
+                    }
                     if let Some(m) = measured {
                         let declared = Resources::new(entry.spec.memory, entry.spec.gpu_memory);
                         let seen = Resources::new(m.cpu, m.gpu);

@@ -70,6 +70,8 @@ pub(super) struct Entry {
     pub scaling: bool,
     /// Round-robin position among equally loaded copies.
     pub next_copy: usize,
+    /// The model's inputs from its V2 metadata, fetched after its first load.
+    pub inputs: Option<Vec<mm_wire::TensorSpec>>,
 }
 
 impl Entry {
@@ -88,6 +90,7 @@ impl Entry {
             cold_ticks: 0,
             scaling: false,
             next_copy: 0,
+            inputs: None,
         }
     }
 
@@ -214,6 +217,8 @@ pub(super) struct Table {
     pub models: BTreeMap<ModelName, Entry>,
     pub healthy: Vec<bool>,
     pub in_flight: InFlight,
+    /// Gateway failure reports being checked, so a burst of them costs one check.
+    pub checking: std::collections::HashSet<(ModelName, usize, mm_wire::FailureKind)>,
 }
 
 impl Table {
@@ -222,6 +227,7 @@ impl Table {
             models: BTreeMap::new(),
             healthy: vec![false; replicas],
             in_flight: InFlight::default(),
+            checking: std::collections::HashSet::new(),
         }
     }
 

@@ -43,6 +43,7 @@ fn fixture(capacities: &[u64], settings: Settings) -> Fixture {
                 id: ReplicaId::new(&format!("r{i}")).unwrap(),
                 url: url::Url::parse(&format!("http://127.0.0.1:{}", 8000 + i)).unwrap(),
                 address: format!("127.0.0.1:{}", 8000 + i).parse().unwrap(),
+                grpc_address: None,
                 capacity: Resources::new(memory, 0),
                 client: fake as Arc<dyn ReplicaClient>,
             }
@@ -595,4 +596,154 @@ async fn pages_through_models_in_name_order() {
         ["d"]
     );
     assert!(!more);
+}
+
+fn parse_table(json: &str) -> mm_wire::RoutingTable {
+    serde_json::from_str(json).unwrap()
+}
+
+#[tokio::test]
+async fn the_routing_table_lists_loaded_copies_with_their_inputs() {
+    let f = fixture(&[1000, 1000], settings()).ready().await;
+    let empty = parse_table(&f.pool.routing_table(None, None, Duration::ZERO).await);
+    assert!(empty.models.is_empty());
+    f.register("a", 100).await;
+    f.register("b", 100).await;
+    let registered = parse_table(&f.pool.routing_table(None, None, Duration::ZERO).await);
+    assert_eq!(
+        registered.generation, empty.generation,
+        "registering routes nothing new"
+    );
+    f.pool.route("a").await.unwrap();
+    let table = parse_table(&f.pool.routing_table(None, None, Duration::ZERO).await);
+    assert!(table.generation > empty.generation);
+    assert_eq!(table.models.len(), 1);
+    assert_eq!(table.models[0].model, "a");
+    assert_eq!(table.models[0].replicas[0].address, "127.0.0.1:8000");
+    assert_eq!(
+        table.models[0].inputs.as_ref().unwrap()[0].shape,
+        vec![-1, 4]
+    );
+    // Routes carry the inputs too (for V1 translation on a miss).
+    let route = f.pool.route("b").await.unwrap();
+    assert_eq!(route.inputs.unwrap()[0].name, "x");
+}
+
+#[tokio::test]
+async fn a_long_poll_returns_at_the_next_change_or_the_time_limit() {
+    let f = fixture(&[1000], settings()).ready().await;
+    f.register("a", 100).await;
+    let first = parse_table(&f.pool.routing_table(None, None, Duration::ZERO).await);
+    let epoch = first.epoch.clone();
+    // Up to date and nothing changes: held for the wait, then the same table.
+    let started = std::time::Instant::now();
+    let same = f
+        .pool
+        .routing_table(
+            Some(&epoch),
+            Some(first.generation),
+            Duration::from_millis(50),
+        )
+        .await;
+    assert!(started.elapsed() >= Duration::from_millis(50));
+    assert_eq!(parse_table(&same).generation, first.generation);
+    // A stale epoch answers at once.
+    let started = std::time::Instant::now();
+    f.pool
+        .routing_table(
+            Some("old-epoch"),
+            Some(first.generation),
+            Duration::from_secs(5),
+        )
+        .await;
+    assert!(started.elapsed() < Duration::from_secs(1));
+    // A load during the poll wakes it.
+    let pool = f.pool.clone();
+    let poll = tokio::spawn(async move {
+        pool.routing_table(
+            Some(&epoch),
+            Some(first.generation),
+            Duration::from_secs(10),
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    f.pool.route("a").await.unwrap();
+    let woken = tokio::time::timeout(Duration::from_secs(2), poll)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(parse_table(&woken).models.len(), 1);
+}
+
+#[tokio::test]
+async fn failure_reports_change_the_table_only_when_the_replica_confirms() {
+    let f = fixture(&[1000, 1000], settings()).ready().await;
+    f.register("m", 100).await;
+    let home = f.pool.route("m").await.unwrap().replica;
+    let idx = usize::from(home == "r1");
+    let report = |kind| mm_wire::FailureReport {
+        model: "m".into(),
+        replica: home.clone(),
+        kind,
+    };
+    // A false claim: the replica still has the model.
+    f.pool
+        .report_failure(report(mm_wire::FailureKind::ModelMissing))
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(f.pool.model("m").unwrap().replicas, vec![home.clone()]);
+    // A true one: the replica lost it (say it restarted).
+    f.fakes[idx].loaded.lock().unwrap().clear();
+    f.pool
+        .report_failure(report(mm_wire::FailureKind::ModelMissing))
+        .unwrap();
+    for _ in 0..100 {
+        if f.pool.model("m").unwrap().replicas.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(f.pool.model("m").unwrap().state, ModelState::Pending);
+    // Unreachable: believed only if a probe fails too.
+    f.pool.route("m").await.unwrap();
+    let home = f.pool.model("m").unwrap().replicas[0].clone();
+    let idx = usize::from(home == "r1");
+    f.pool
+        .report_failure(mm_wire::FailureReport {
+            model: "m".into(),
+            replica: home.clone(),
+            kind: mm_wire::FailureKind::Unreachable,
+        })
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(f.pool.replicas()[idx].healthy);
+    f.fakes[idx].down.store(true, Ordering::SeqCst);
+    f.pool
+        .report_failure(mm_wire::FailureReport {
+            model: "m".into(),
+            replica: home,
+            kind: mm_wire::FailureKind::Unreachable,
+        })
+        .unwrap();
+    for _ in 0..100 {
+        if !f.pool.replicas()[idx].healthy {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(!f.pool.replicas()[idx].healthy);
+    let table = parse_table(&f.pool.routing_table(None, None, Duration::ZERO).await);
+    assert!(
+        table.models.is_empty(),
+        "the unhealthy replica's copy is not routable"
+    );
+    assert!(f
+        .pool
+        .report_failure(mm_wire::FailureReport {
+            model: "../x".into(),
+            replica: "r0".into(),
+            kind: mm_wire::FailureKind::Unreachable,
+        })
+        .is_err());
 }

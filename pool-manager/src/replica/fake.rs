@@ -65,6 +65,21 @@ impl ReplicaClient for FakeReplica {
         Ok(*self.reported_usage.lock().unwrap())
     }
 
+    async fn inputs(&self, _model: &str) -> Result<Vec<mm_wire::TensorSpec>, ReplicaError> {
+        Ok(vec![mm_wire::TensorSpec {
+            name: "x".into(),
+            datatype: "FP32".into(),
+            shape: vec![-1, 4],
+        }])
+    }
+
+    async fn model_ready(&self, model: &str) -> Result<bool, ReplicaError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(ReplicaError::Unreachable("connection refused".into()));
+        }
+        Ok(self.loaded.lock().unwrap().contains(model))
+    }
+
     async fn index(&self) -> Result<Vec<IndexEntry>, ReplicaError> {
         Ok(self
             .loaded()

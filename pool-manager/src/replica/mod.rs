@@ -58,4 +58,8 @@ pub trait ReplicaClient: Send + Sync + 'static {
     /// Memory the loaded `model` uses by the server's own estimate, where it has one
     /// (Triton measures it at load time for some backends; Python models report none).
     async fn memory_usage(&self, model: &str) -> Result<MemoryUsage, ReplicaError>;
+    /// The loaded `model`'s inputs from its V2 metadata (`GET /v2/models/{m}`).
+    async fn inputs(&self, model: &str) -> Result<Vec<mm_wire::TensorSpec>, ReplicaError>;
+    /// Whether the replica has `model` loaded and ready (`GET /v2/models/{m}/ready`).
+    async fn model_ready(&self, model: &str) -> Result<bool, ReplicaError>;
 }

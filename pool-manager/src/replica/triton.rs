@@ -160,6 +160,38 @@ impl ReplicaClient for TritonClient {
         parse_memory_usage(&text)
     }
 
+    async fn inputs(&self, model: &str) -> Result<Vec<mm_wire::TensorSpec>, ReplicaError> {
+        #[derive(Deserialize)]
+        struct Metadata {
+            #[serde(default)]
+            inputs: Vec<mm_wire::TensorSpec>,
+        }
+        let request = self
+            .http
+            .get(format!("{}/v2/models/{model}", self.base))
+            .timeout(self.timeouts.call);
+        let text = finish(request.send().await, self.timeouts.call).await?;
+        let metadata: Metadata =
+            serde_json::from_str(&text).map_err(|e| ReplicaError::BadResponse(e.to_string()))?;
+        Ok(metadata.inputs)
+    }
+
+    async fn model_ready(&self, model: &str) -> Result<bool, ReplicaError> {
+        let request = self
+            .http
+            .get(format!("{}/v2/models/{model}/ready", self.base))
+            .timeout(self.timeouts.call);
+        match finish(request.send().await, self.timeouts.call).await {
+            Ok(_) => Ok(true),
+            // 400: not in the repository; 404: nothing loaded; 503: version not ready.
+            Err(ReplicaError::Rejected {
+                status: 400 | 404 | 503,
+                ..
+            }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     async fn index(&self) -> Result<Vec<IndexEntry>, ReplicaError> {
         #[derive(Deserialize)]
         struct Raw {

@@ -1,0 +1,211 @@
+//! The routing table the gateway routes warm requests by: every model with a loaded copy on
+//! a healthy replica, and where those copies are. It is rebuilt after every change to the
+//! model table and gets a new generation only when what is routable really changed; long
+//! polls (`table`) are woken through a `watch` channel. Failure reports from the gateway
+//! are checked against the replica before anything changes.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use mm_wire::{Endpoint, FailureKind, FailureReport, RoutingTable, TableEntry};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::table::CopyState;
+use super::{Pool, PoolError};
+use crate::spec::ModelName;
+
+/// The latest published table, serialised once for every poller.
+pub(super) struct Published {
+    pub generation: u64,
+    pub models: Vec<TableEntry>,
+    pub json: Arc<String>,
+}
+
+/// Publishing state, owned by the pool.
+pub(super) struct Routing {
+    pub epoch: String,
+    pub published: std::sync::Mutex<Arc<Published>>,
+    pub changes: watch::Sender<u64>,
+}
+
+impl Routing {
+    pub fn new() -> Self {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let epoch = format!("{:x}-{:x}", nanos, std::process::id());
+        let empty = RoutingTable {
+            epoch: epoch.clone(),
+            generation: 0,
+            models: Vec::new(),
+        };
+        let json = Arc::new(serde_json::to_string(&empty).unwrap_or_default());
+        Self {
+            epoch,
+            published: std::sync::Mutex::new(Arc::new(Published {
+                generation: 0,
+                models: Vec::new(),
+                json,
+            })),
+            changes: watch::channel(0).0,
+        }
+    }
+
+    fn current(&self) -> Arc<Published> {
+        self.published
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl Pool {
+    /// Rebuilds the routing table from the model table; publishes a new generation if the
+    /// routable set changed.
+    pub(super) fn publish(&self) {
+        let models: Vec<TableEntry> = {
+            let t = self.table();
+            t.models
+                .iter()
+                .filter(|(_, e)| !e.deleting)
+                .filter_map(|(name, e)| {
+                    let replicas: Vec<Endpoint> = e
+                        .routable(&t.healthy)
+                        .map(|c| self.endpoint(c.replica))
+                        .collect();
+                    (!replicas.is_empty()).then(|| TableEntry {
+                        model: name.to_string(),
+                        replicas,
+                        inputs: e.inputs.clone(),
+                    })
+                })
+                .collect()
+        };
+        let routing = &self.inner.routing;
+        let mut published = routing
+            .published
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if published.models == models {
+            return;
+        }
+        let generation = published.generation + 1;
+        let table = RoutingTable {
+            epoch: routing.epoch.clone(),
+            generation,
+            models,
+        };
+        let json = Arc::new(serde_json::to_string(&table).unwrap_or_default());
+        *published = Arc::new(Published {
+            generation,
+            models: table.models,
+            json,
+        });
+        drop(published);
+        routing.changes.send_replace(generation);
+    }
+
+    pub(super) fn endpoint(&self, replica: usize) -> Endpoint {
+        let r = &self.inner.replicas[replica];
+        Endpoint {
+            replica: r.id.to_string(),
+            address: r.address.to_string(),
+            grpc_address: r.grpc_address.map(|a| a.to_string()),
+        }
+    }
+
+    /// The routing table as JSON. When the caller already has `epoch`/`since`, waits up to
+    /// `wait` for a newer generation first (a long poll).
+    pub async fn routing_table(
+        &self,
+        epoch: Option<&str>,
+        since: Option<u64>,
+        wait: Duration,
+    ) -> Arc<String> {
+        let routing = &self.inner.routing;
+        let mut changes = routing.changes.subscribe();
+        let current = routing.current();
+        let up_to_date = epoch == Some(routing.epoch.as_str()) && since == Some(current.generation);
+        if up_to_date && !wait.is_zero() {
+            // Either a change or the time limit: both answer the current table.
+            let _ =
+                tokio::time::timeout(wait, changes.wait_for(|g| *g != current.generation)).await;
+        }
+        routing.current().json.clone()
+    }
+
+    /// The current generation (for tests and the admin view).
+    pub fn table_generation(&self) -> u64 {
+        self.inner.routing.current().generation
+    }
+
+    /// Takes a gateway failure report: checks it against the replica in the background and
+    /// fixes the table only if the replica confirms (an unreachable replica fails a probe;
+    /// a missing model is not ready there). Unknown models or replicas are ignored.
+    pub fn report_failure(&self, report: FailureReport) -> Result<(), PoolError> {
+        let model =
+            ModelName::new(&report.model).map_err(|e| PoolError::BadReport(e.to_string()))?;
+        let Some(replica) = self
+            .inner
+            .replicas
+            .iter()
+            .position(|r| r.id.as_str() == report.replica)
+        else {
+            return Ok(());
+        };
+        {
+            let mut t = self.table();
+            let key = (model.clone(), replica, report.kind);
+            if !t.checking.insert(key) {
+                return Ok(()); // the same claim is being checked already
+            }
+        }
+        let pool = self.clone();
+        tokio::spawn(async move {
+            pool.verify_failure(&model, replica, report.kind).await;
+            pool.table().checking.remove(&(model, replica, report.kind));
+        });
+        Ok(())
+    }
+
+    async fn verify_failure(&self, model: &ModelName, replica: usize, kind: FailureKind) {
+        let r = &self.inner.replicas[replica];
+        match kind {
+            FailureKind::Unreachable => {
+                let timeout = self.inner.settings.probe_timeout;
+                let ok = matches!(
+                    tokio::time::timeout(timeout, r.client.ready()).await,
+                    Ok(Ok(()))
+                );
+                if !ok {
+                    warn!(replica = %r.id, model = %model, "gateway reported the replica unreachable; probe agrees");
+                    self.table().healthy[replica] = false;
+                    self.update_gauges();
+                }
+            }
+            FailureKind::ModelMissing => {
+                let ready = r.client.model_ready(model.as_str()).await;
+                if matches!(ready, Ok(false)) {
+                    let had_copy = {
+                        let mut t = self.table();
+                        t.models.get_mut(model).is_some_and(|e| {
+                            let before = e.copies.len();
+                            e.copies.retain(|c| {
+                                !(c.replica == replica && c.state == CopyState::Loaded)
+                            });
+                            e.copies.len() != before
+                        })
+                    };
+                    if had_copy {
+                        warn!(replica = %r.id, model = %model,
+                              "gateway reported the model missing; the replica agrees; dropping the copy");
+                        info!(model = %model, "the next request places it again");
+                        self.update_gauges();
+                    }
+                }
+            }
+        }
+    }
+}
