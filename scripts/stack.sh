@@ -400,6 +400,7 @@ EOF
   start_proc pool-manager "$POOL_MANAGER_BIN" \
     --listen "$HOST:$POOL_MANAGER_PORT" \
     --model-repository "$REPO" \
+    --data-dir "$RUN/data" \
     --replica "name=r0,url=http://$HOST:$R0_HTTP_PORT,memory=$REPLICA_MEMORY,grpcPort=$R0_GRPC_PORT" \
     --replica "name=r1,url=http://$HOST:$R1_HTTP_PORT,memory=$REPLICA_MEMORY,grpcPort=$R1_GRPC_PORT"
   local pm=$STARTED_PID

@@ -14,3 +14,4 @@ pub mod replica;
 pub mod repository;
 pub mod sim;
 pub mod spec;
+pub mod store;

@@ -15,6 +15,7 @@ use pool_manager::pool::{Pool, Replica, ScaleSettings, Settings};
 use pool_manager::replica::triton::{Timeouts, TritonClient};
 use pool_manager::repository::ModelRepository;
 use pool_manager::spec::StoragePolicy;
+use pool_manager::store::{Opened, Store};
 
 /// Control plane of the multi-model gateway.
 #[derive(Debug, Parser)]
@@ -78,6 +79,25 @@ struct Args {
     /// Most distinct models that get their own label in mm_model_requests_total.
     #[arg(long, default_value_t = 100)]
     model_metrics_limit: usize,
+    /// Where the durable registry lives (created if missing).
+    #[arg(long, env = "MM_DATA_DIR", default_value = "mm-data")]
+    data_dir: PathBuf,
+    /// How often every replica's index is reconciled with the table.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    reconcile_interval: Duration,
+    /// Leave models a replica has loaded but the registry does not know (default: unload).
+    #[arg(long)]
+    keep_unknown_models: bool,
+    /// Failed probes in a row before a replica is taken out.
+    #[arg(long, default_value_t = 2)]
+    unhealthy_after: u32,
+    /// Most requests held waiting for model loads at once; past it: 503 at once.
+    #[arg(long, default_value_t = 1000)]
+    max_waiting: usize,
+    /// File holding the bearer token that PUT and DELETE on the admin API require (or
+    /// set MM_ADMIN_TOKEN). Unset: no token (keep the admin API on loopback).
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
     /// Log format.
     #[arg(long, env = "MM_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -143,23 +163,42 @@ async fn main() -> anyhow::Result<()> {
             up_ticks: args.scale_up_ticks.max(1),
             down_ticks: args.scale_down_ticks.max(1),
         },
+        max_waiting: args.max_waiting.max(1),
+        unhealthy_after: args.unhealthy_after.max(1),
+        unload_unknown: !args.keep_unknown_models,
         ..Settings::default()
     };
-    let pool = Pool::new(
+    let admin_token = admin_token(args.admin_token_file.as_deref())?;
+    let Opened {
+        store,
+        models,
+        unreadable,
+    } = Store::open(&args.data_dir)?;
+    for bad in &unreadable {
+        tracing::error!(model = %bad.name, reason = %bad.reason, "a stored model could not be read; it is not served");
+    }
+    let pool = Pool::with_store(
         pool_replicas,
         repository,
         StoragePolicy { allowed_roots },
         metrics,
         settings,
+        Some(store),
     );
-    // Know which replicas are up before the first request is placed.
+    tracing::info!(models = models.len(), "registry restored");
+    pool.restore(models);
+    // Know which replicas are up, and what they have loaded, before the first request is
+    // placed: a restarted pool-manager adopts what is loaded instead of loading it twice.
     pool.probe_replicas().await;
+    pool.reconcile().await;
     tokio::spawn(pool.clone().run_probes(args.probe_interval));
     tokio::spawn(pool.clone().run_scaler());
+    tokio::spawn(pool.clone().run_reconcile(args.reconcile_interval));
 
     let app = admin::app(AppState {
         pool,
         metrics: Arc::new(registry),
+        admin_token,
     });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -170,6 +209,25 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     tracing::info!("pool-manager stopped");
     Ok(())
+}
+
+/// The admin token from `--admin-token-file` or `MM_ADMIN_TOKEN`, trimmed; never logged.
+fn admin_token(file: Option<&std::path::Path>) -> anyhow::Result<Option<Arc<str>>> {
+    let raw = match file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("--admin-token-file {}", path.display()))?,
+        ),
+        None => std::env::var("MM_ADMIN_TOKEN").ok(),
+    };
+    match raw.map(|t| t.trim().to_owned()) {
+        Some(t) if t.is_empty() => anyhow::bail!("the admin token is empty"),
+        Some(t) => {
+            tracing::info!("admin API: PUT and DELETE require the bearer token");
+            Ok(Some(Arc::from(t)))
+        }
+        None => Ok(None),
+    }
 }
 
 fn init_logging(format: &str) {

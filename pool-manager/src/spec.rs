@@ -205,6 +205,51 @@ pub struct ModelSpec {
     pub max_copies: u32,
 }
 
+/// A spec as the durable store keeps it: everything needed to serve the model again after a
+/// restart, without touching the disk (the files may be on a volume that mounts later; the
+/// load reports that case).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StoredSpec {
+    pub storage_uri: String,
+    pub memory: u64,
+    pub memory_declared: bool,
+    pub gpu_memory: u64,
+    pub min_copies: u32,
+    pub max_copies: u32,
+}
+
+impl From<&ModelSpec> for StoredSpec {
+    fn from(spec: &ModelSpec) -> Self {
+        Self {
+            storage_uri: spec.storage_uri.as_str().to_owned(),
+            memory: spec.memory,
+            memory_declared: spec.memory_declared,
+            gpu_memory: spec.gpu_memory,
+            min_copies: spec.min_copies,
+            max_copies: spec.max_copies,
+        }
+    }
+}
+
+impl TryFrom<StoredSpec> for ModelSpec {
+    type Error = SpecError;
+
+    fn try_from(s: StoredSpec) -> Result<Self, SpecError> {
+        if s.max_copies == 0 || s.max_copies > MAX_COPIES || s.min_copies > s.max_copies {
+            return Err(SpecError::Copies);
+        }
+        Ok(ModelSpec {
+            storage_uri: StorageUri::parse(&s.storage_uri)?,
+            memory: s.memory.max(1),
+            memory_declared: s.memory_declared,
+            gpu_memory: s.gpu_memory,
+            min_copies: s.min_copies,
+            max_copies: s.max_copies,
+        })
+    }
+}
+
 /// Checks that a spec's files can be used, against the disk. Kept apart from JSON parsing
 /// so parsing stays pure and the disk checks can be bounded by the caller.
 #[derive(Debug, Clone, Default)]

@@ -44,3 +44,13 @@ pub fn envoy_template() -> PathBuf {
 pub fn example_model(name: &str) -> PathBuf {
     root().join("models").join(name)
 }
+
+/// Where install-deps.sh put the Python test clients' packages (tritonclient).
+pub fn python_lib() -> PathBuf {
+    root().join(".tools/pylib")
+}
+
+/// A Python test client under `tests/clients/`.
+pub fn client_script(name: &str) -> PathBuf {
+    root().join("tests/clients").join(name)
+}

@@ -158,6 +158,8 @@ pub struct PoolManager {
     pub port: u16,
     pub process: Process,
     http: reqwest::Client,
+    /// Everything needed to start it again the same way (same port, same data directory).
+    command: (PathBuf, Vec<String>, PathBuf),
 }
 
 impl PoolManager {
@@ -170,22 +172,47 @@ impl PoolManager {
         logs: &Path,
     ) -> anyhow::Result<Self> {
         let port = free_port()?;
-        let mut cmd = Command::new(paths::pool_manager());
-        cmd.arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--model-repository")
-            .arg(repository)
-            .args(extra)
-            .env("RUST_LOG", "info,pool_manager=debug");
+        let mut args = vec![
+            "--listen".to_owned(),
+            format!("127.0.0.1:{port}"),
+            "--model-repository".to_owned(),
+            repository.display().to_string(),
+            "--data-dir".to_owned(),
+            logs.join("pool-manager-data").display().to_string(),
+        ];
+        args.extend(extra.iter().cloned());
         for replica in replicas {
-            cmd.arg("--replica").arg(replica);
+            args.push("--replica".to_owned());
+            args.push(replica.clone());
         }
-        let process = Process::spawn("pool-manager", cmd, &logs.join("pool-manager.log"))?;
+        let command = (paths::pool_manager(), args, logs.to_path_buf());
+        let process = Self::start(&command, 0)?;
         Ok(Self {
             port,
             process,
             http: client(),
+            command,
         })
+    }
+
+    fn start(command: &(PathBuf, Vec<String>, PathBuf), generation: u32) -> anyhow::Result<Process> {
+        let (program, args, logs) = command;
+        let mut cmd = Command::new(program);
+        cmd.args(args).env("RUST_LOG", "info,pool_manager=debug");
+        let log = if generation == 0 {
+            logs.join("pool-manager.log")
+        } else {
+            logs.join(format!("pool-manager.{generation}.log"))
+        };
+        Process::spawn("pool-manager", cmd, &log)
+    }
+
+    /// SIGKILLs the pool-manager (if running) and starts it again with the same flags,
+    /// port and data directory; waits until it is ready.
+    pub async fn restart(&mut self, generation: u32) -> anyhow::Result<()> {
+        self.process.kill();
+        self.process = Self::start(&self.command, generation)?;
+        self.wait_ready().await
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -234,6 +261,7 @@ pub struct Envoy {
     pub admin_port: u16,
     pub process: Process,
     http: reqwest::Client,
+    dir: PathBuf,
 }
 
 impl Envoy {
@@ -243,6 +271,18 @@ impl Envoy {
         let config = render_envoy_config(port, admin_port, pool_manager_port)?;
         let config_path = dir.join("envoy.yaml");
         std::fs::write(&config_path, config)?;
+        let process = Self::start(dir, "envoy.log")?;
+        Ok(Self {
+            port,
+            admin_port,
+            process,
+            http: client(),
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    fn start(dir: &Path, log: &str) -> anyhow::Result<Process> {
+        let config_path = dir.join("envoy.yaml");
         let mut cmd = Command::new(paths::envoy());
         cmd.arg("-c")
             .arg(&config_path)
@@ -254,13 +294,15 @@ impl Envoy {
             .arg("warn")
             .arg("--component-log-level")
             .arg("wasm:info");
-        let process = Process::spawn("envoy", cmd, &dir.join("envoy.log"))?;
-        Ok(Self {
-            port,
-            admin_port,
-            process,
-            http: client(),
-        })
+        Process::spawn("envoy", cmd, &dir.join(log))
+    }
+
+    /// SIGKILLs Envoy and starts it again with the same config (same ports); waits until
+    /// it is ready. Its filter starts with an empty table.
+    pub async fn restart(&mut self, generation: u32) -> anyhow::Result<()> {
+        self.process.kill();
+        self.process = Self::start(&self.dir, &format!("envoy.{generation}.log"))?;
+        self.wait_ready().await
     }
 
     pub fn url(&self, path: &str) -> String {

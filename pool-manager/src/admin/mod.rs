@@ -27,6 +27,30 @@ const MAX_PAGE: usize = 1000;
 pub struct AppState {
     pub pool: Pool,
     pub metrics: Arc<prometheus_client::registry::Registry>,
+    /// When set, PUT and DELETE on the admin API need `Authorization: Bearer <token>`.
+    pub admin_token: Option<Arc<str>>,
+}
+
+/// Checks the bearer token of a mutating admin call (constant-time comparison).
+fn authorize(state: &AppState, headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    let Some(token) = &state.admin_token else {
+        return Ok(());
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let (a, b) = (given.as_bytes(), token.as_bytes());
+    let same = a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0;
+    if same {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "this call needs the admin bearer token (Authorization: Bearer ...)",
+        ))
+    }
 }
 
 /// Builds the router; tests call it without a socket.
@@ -92,6 +116,8 @@ impl From<PoolError> for ApiError {
             PoolError::LoadFailed { .. }
             | PoolError::NoCapacity { .. }
             | PoolError::EvictionFailed { .. }
+            | PoolError::Store(_)
+            | PoolError::Overloaded(_)
             | PoolError::StillLoading { .. }
             | PoolError::NoHealthyReplica => StatusCode::SERVICE_UNAVAILABLE,
             PoolError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -174,9 +200,11 @@ async fn get_model(
 
 async fn put_model(
     State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
     name: Result<Path<String>, PathRejection>,
     body: Body,
 ) -> ApiResult<Response> {
+    authorize(&state, &headers)?;
     let Path(name) = name?;
     // Validate the name before reading a byte of the body.
     mm_wire::validate_model_name(&name)
@@ -199,8 +227,10 @@ async fn put_model(
 
 async fn delete_model(
     State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
     name: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<serde_json::Value>> {
+    authorize(&state, &headers)?;
     let Path(name) = name?;
     state.pool.delete(&name).await?;
     Ok(Json(json!({ "deleted": name })))

@@ -22,6 +22,10 @@ struct Fixture {
 }
 
 async fn fixture() -> Fixture {
+    fixture_with_token(None).await
+}
+
+async fn fixture_with_token(admin_token: Option<&str>) -> Fixture {
     let repo = tempfile::tempdir().unwrap();
     let model_dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(model_dir.path().join("1")).unwrap();
@@ -48,6 +52,7 @@ async fn fixture() -> Fixture {
         app: app(AppState {
             pool,
             metrics: Arc::new(registry),
+            admin_token: admin_token.map(Arc::from),
         }),
         model_dir,
         _repo: repo,
@@ -371,4 +376,49 @@ async fn paging_returns_a_next_token() {
         .await;
     assert_eq!(body["models"][0]["name"], "c");
     assert_eq!(body["next"], serde_json::Value::Null);
+}
+
+#[tokio::test]
+async fn a_configured_token_guards_mutating_calls_only() {
+    let f = fixture_with_token(Some("s3cret")).await;
+    let request = |method: Method, uri: &str, auth: Option<&str>, body: String| {
+        let mut b = Request::builder().method(method).uri(uri);
+        if let Some(a) = auth {
+            b = b.header("authorization", a);
+        }
+        b.body(Body::from(body)).unwrap()
+    };
+    for auth in [
+        None,
+        Some("Bearer wrong"),
+        Some("s3cret"),
+        Some("Bearer s3cret "),
+    ] {
+        let r = f
+            .app
+            .clone()
+            .oneshot(request(Method::PUT, "/api/v1/models/m", auth, f.spec("1")))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{auth:?}");
+    }
+    let r = f
+        .app
+        .clone()
+        .oneshot(request(
+            Method::PUT,
+            "/api/v1/models/m",
+            Some("Bearer s3cret"),
+            f.spec("1"),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let (status, _) = f.call(Method::GET, "/api/v1/models/m", Body::empty()).await;
+    assert_eq!(status, StatusCode::OK, "reads need no token");
+    let (status, body) = f
+        .call(Method::DELETE, "/api/v1/models/m", Body::empty())
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("bearer token"));
 }

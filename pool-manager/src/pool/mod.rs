@@ -14,6 +14,7 @@
 //! - the table's mutex is never held across an `.await`.
 
 mod place;
+mod reconcile;
 mod routing;
 mod scale;
 mod table;
@@ -31,8 +32,10 @@ use crate::placement::{PlacementError, Resources, Watermarks};
 use crate::replica::ReplicaClient;
 use crate::repository::ModelRepository;
 use crate::spec::{ModelName, ModelSpec, ReplicaId, SpecError, StoragePolicy};
+use crate::store::Store;
 use mm_wire::{RouteResponse, UsageReport};
 
+pub use reconcile::Reconciled;
 pub use table::{CopyState, ModelState};
 use table::{Entry, Table};
 
@@ -96,6 +99,12 @@ pub struct Settings {
     /// A usage reporter (one gateway worker) not heard from for this long is forgotten.
     pub report_ttl: Duration,
     pub scale: ScaleSettings,
+    /// Most requests held waiting for a load at once; past it they get 503 at once.
+    pub max_waiting: usize,
+    /// Consecutive failed probes before a replica is taken out of placement and routing.
+    pub unhealthy_after: u32,
+    /// Unload models a replica has loaded that the registry does not know.
+    pub unload_unknown: bool,
 }
 
 impl Default for Settings {
@@ -110,6 +119,9 @@ impl Default for Settings {
             unload_wait: Duration::from_secs(10),
             report_ttl: Duration::from_secs(10),
             scale: ScaleSettings::default(),
+            max_waiting: 1000,
+            unhealthy_after: 2,
+            unload_unknown: true,
         }
     }
 }
@@ -169,6 +181,12 @@ pub enum PoolError {
     /// Server-level request and no replica is healthy (503).
     #[error("no healthy replica")]
     NoHealthyReplica,
+    /// The durable registry could not record the change; nothing changed (503).
+    #[error("the registry could not be saved: {0}")]
+    Store(String),
+    /// Too many requests are already waiting for model loads (503).
+    #[error("too many requests are waiting for models to load ({0}); retry later")]
+    Overloaded(usize),
     /// A usage report that does not follow the contract (400).
     #[error("invalid usage report: {0}")]
     BadReport(String),
@@ -252,6 +270,10 @@ struct Inner {
     /// Instants are turned into eviction ranks relative to this.
     epoch: Instant,
     routing: routing::Routing,
+    store: Option<Store>,
+    name_locks: Vec<tokio::sync::Mutex<()>>,
+    /// Bounds the requests held waiting for a load.
+    waiting: Arc<tokio::sync::Semaphore>,
 }
 
 /// The pool; cheap to clone (all clones share one table).
@@ -267,6 +289,18 @@ impl Pool {
         storage: StoragePolicy,
         metrics: Arc<Metrics>,
         settings: Settings,
+    ) -> Self {
+        Self::with_store(replicas, repository, storage, metrics, settings, None)
+    }
+
+    /// Like [`Pool::new`], recording registrations in `store` before acknowledging them.
+    pub fn with_store(
+        replicas: Vec<Replica>,
+        repository: ModelRepository,
+        storage: StoragePolicy,
+        metrics: Arc<Metrics>,
+        settings: Settings,
+        store: Option<Store>,
     ) -> Self {
         for r in &replicas {
             for (resource, value) in [
@@ -289,6 +323,7 @@ impl Pool {
                 .set(0);
         }
         let table = Table::new(replicas.len());
+        let settings_max_waiting = settings.max_waiting.max(1);
         Self {
             inner: Arc::new(Inner {
                 replicas,
@@ -300,6 +335,9 @@ impl Pool {
                 next_any: AtomicUsize::new(0),
                 epoch: Instant::now(),
                 routing: routing::Routing::new(),
+                store,
+                name_locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
+                waiting: Arc::new(tokio::sync::Semaphore::new(settings_max_waiting)),
             }),
         }
     }
@@ -332,46 +370,51 @@ impl Pool {
             .await
             .map_err(|e| PoolError::Internal(e.to_string()))??;
         self.check_fits(&name, &spec)?;
-        let outcome = loop {
-            let lock = {
-                let mut t = self.table();
-                match t.models.get(&name) {
-                    None => {
-                        t.models.insert(name.clone(), Entry::new(spec.clone()));
-                        break Registered::Created;
-                    }
-                    Some(e) => e.op_lock.clone(),
-                }
-            };
-            let _op = lock.lock().await;
-            let old = {
-                let mut t = self.table();
-                let Some(entry) = t.models.get_mut(&name) else {
-                    continue; // deleted while we waited: register afresh
-                };
-                if !Arc::ptr_eq(&entry.op_lock, &lock) {
-                    continue;
-                }
-                if entry.spec == spec {
-                    break Registered::Unchanged;
-                }
-                let reload = entry.spec.needs_reload(&spec);
-                entry.spec = spec.clone();
-                entry.failure = None;
-                entry.measured = Resources::ZERO;
-                if reload {
-                    for copy in &mut entry.copies {
-                        copy.state = CopyState::Unloading;
-                    }
-                    entry.copies.iter().map(|c| c.replica).collect()
-                } else {
-                    Vec::new()
-                }
-            };
-            for replica in old {
-                let _ = self.unload_copy(&name, replica, "spec changed", true).await;
+        // One registration or delete per name at a time, from the durable write to the
+        // table, so the store and the table agree on which spec won.
+        let _name = self.name_lock(&name).lock().await;
+        let existing = {
+            let t = self.table();
+            t.models
+                .get(&name)
+                .map(|e| (e.spec.clone(), e.op_lock.clone()))
+        };
+        let outcome = match existing {
+            Some((old, _)) if old == spec => Registered::Unchanged,
+            None => {
+                self.persist_put(&name, &spec).await?;
+                self.table()
+                    .models
+                    .insert(name.clone(), Entry::new(spec.clone()));
+                Registered::Created
             }
-            break Registered::Updated;
+            Some((_, lock)) => {
+                self.persist_put(&name, &spec).await?;
+                let _op = lock.lock().await;
+                let old = {
+                    let mut t = self.table();
+                    let entry = t.models.get_mut(&name).ok_or_else(|| {
+                        PoolError::Internal("model vanished under its name lock".into())
+                    })?;
+                    let reload = entry.spec.needs_reload(&spec);
+                    entry.spec = spec.clone();
+                    entry.failure = None;
+                    entry.measured = Resources::ZERO;
+                    if reload {
+                        entry.inputs = None;
+                        for copy in &mut entry.copies {
+                            copy.state = CopyState::Unloading;
+                        }
+                        entry.copies.iter().map(|c| c.replica).collect()
+                    } else {
+                        Vec::new()
+                    }
+                };
+                for replica in old {
+                    let _ = self.unload_copy(&name, replica, "spec changed", true).await;
+                }
+                Registered::Updated
+            }
         };
         self.update_gauges();
         if outcome != Registered::Unchanged {
@@ -385,6 +428,44 @@ impl Pool {
             tokio::spawn(async move { pool.ensure_pinned(&pinned).await });
         }
         Ok((outcome, self.view(&name)?))
+    }
+
+    fn name_lock(&self, name: &ModelName) -> &tokio::sync::Mutex<()> {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(name.as_str());
+        let locks = &self.inner.name_locks;
+        &locks[(hash as usize) % locks.len()]
+    }
+
+    async fn persist_put(&self, name: &ModelName, spec: &ModelSpec) -> Result<(), PoolError> {
+        match &self.inner.store {
+            Some(store) => store
+                .put(name, spec)
+                .await
+                .map_err(|e| PoolError::Store(e.to_string())),
+            None => Ok(()),
+        }
+    }
+
+    async fn persist_delete(&self, name: &ModelName) -> Result<(), PoolError> {
+        match &self.inner.store {
+            Some(store) => store
+                .delete(name)
+                .await
+                .map_err(|e| PoolError::Store(e.to_string())),
+            None => Ok(()),
+        }
+    }
+
+    /// Puts models read back from the durable store into the table (as `Pending`: the
+    /// replicas' own indexes say what is loaded, see [`Pool::reconcile`]).
+    pub fn restore(&self, models: Vec<(ModelName, ModelSpec)>) {
+        let mut t = self.table();
+        for (name, spec) in models {
+            t.models.insert(name, Entry::new(spec));
+        }
+        drop(t);
+        self.update_gauges();
     }
 
     /// Refuses specs no replica could ever hold under its high watermark.
@@ -415,19 +496,25 @@ impl Pool {
         Ok(())
     }
 
-    /// Deletes `name`: unloads it from every replica and removes its staged files.
+    /// Deletes `name`: forgets it durably, then unloads it from every replica and removes
+    /// its staged files.
     pub async fn delete(&self, name: &str) -> Result<(), PoolError> {
         let name = ModelName::new(name)?;
+        let _name = self.name_lock(&name).lock().await;
+        if !self.table().models.contains_key(&name) {
+            return Err(PoolError::UnknownModel(name.to_string()));
+        }
+        self.persist_delete(&name).await?;
         let lock = {
             let mut t = self.table();
             let entry = t
                 .models
                 .get_mut(&name)
-                .filter(|e| !e.deleting)
                 .ok_or_else(|| PoolError::UnknownModel(name.to_string()))?;
             entry.deleting = true;
             entry.op_lock.clone()
         };
+        self.update_gauges();
         let _op = lock.lock().await;
         let replicas: Vec<usize> = {
             let mut t = self.table();
@@ -466,6 +553,10 @@ impl Pool {
             return Ok(route);
         }
         let started = Instant::now();
+        let Ok(_waiting) = self.inner.waiting.clone().try_acquire_owned() else {
+            self.inner.metrics.route(Outcome::Error);
+            return Err(PoolError::Overloaded(self.inner.settings.max_waiting));
+        };
         // The load runs in its own task so that it finishes even if this caller stops
         // waiting; concurrent callers queue on the model's op lock and find it loaded.
         let pool = self.clone();
@@ -611,7 +702,9 @@ impl Pool {
         Ok(applied)
     }
 
-    /// Probes every replica's readiness once, concurrently, and records the results.
+    /// Probes every replica's readiness once, concurrently, and records the results. A
+    /// replica is taken out after `unhealthy_after` failures in a row and back in after one
+    /// success, and is then reconciled (it may have restarted empty).
     pub async fn probe_replicas(&self) {
         let timeout = self.inner.settings.probe_timeout;
         let probes = self.inner.replicas.iter().map(|r| async move {
@@ -621,19 +714,45 @@ impl Pool {
             )
         });
         let results = futures::future::join_all(probes).await;
+        let mut returned = Vec::new();
         {
             let mut t = self.table();
+            let threshold = self.inner.settings.unhealthy_after.max(1);
             for (i, ok) in results.iter().enumerate() {
-                if t.healthy[i] != *ok {
-                    let r = &self.inner.replicas[i];
-                    if *ok {
+                let r = &self.inner.replicas[i];
+                if *ok {
+                    t.probe_failures[i] = 0;
+                    if !t.healthy[i] {
                         info!(replica = %r.id, "replica became healthy");
-                    } else {
-                        tracing::warn!(replica = %r.id, "replica became unhealthy");
+                        t.healthy[i] = true;
+                        returned.push(i);
+                    }
+                } else {
+                    t.probe_failures[i] = t.probe_failures[i].saturating_add(1);
+                    // A replica never seen healthy is out from its first failure.
+                    if t.healthy[i] && t.probe_failures[i] >= threshold {
+                        tracing::warn!(replica = %r.id, failures = t.probe_failures[i],
+                                       "replica became unhealthy");
+                        t.healthy[i] = false;
                     }
                 }
-                t.healthy[i] = *ok;
             }
+        }
+        self.update_gauges();
+        for i in returned {
+            if let Err(e) = self.reconcile_replica(i).await {
+                tracing::warn!(replica = %self.inner.replicas[i].id, error = %e, "reconcile failed");
+            }
+        }
+    }
+
+    /// Takes replica `idx` out of placement and routing at once (a failure confirmed by
+    /// both the data path and a probe).
+    pub(super) fn mark_unhealthy(&self, idx: usize) {
+        {
+            let mut t = self.table();
+            t.healthy[idx] = false;
+            t.probe_failures[idx] = self.inner.settings.unhealthy_after.max(1);
         }
         self.update_gauges();
     }

@@ -99,7 +99,7 @@ impl Pool {
             let present = entry
                 .copies
                 .iter()
-                .filter(|c| c.state != CopyState::Unloading)
+                .filter(|c| c.state != CopyState::Unloading && t.healthy[c.replica])
                 .count();
             match purpose {
                 Purpose::Demand => {

@@ -181,8 +181,7 @@ impl Pool {
                 );
                 if !ok {
                     warn!(replica = %r.id, model = %model, "gateway reported the replica unreachable; probe agrees");
-                    self.table().healthy[replica] = false;
-                    self.update_gauges();
+                    self.mark_unhealthy(replica);
                 }
             }
             FailureKind::ModelMissing => {

@@ -49,10 +49,12 @@ impl Pool {
             if e.deleting || e.scaling {
                 continue;
             }
+            // Copies on unhealthy replicas do not count: a pinned model whose replica died is
+            // placed again elsewhere now, not when the replica returns.
             let present = e
                 .copies
                 .iter()
-                .filter(|c| c.state != CopyState::Unloading)
+                .filter(|c| c.state != CopyState::Unloading && t.healthy[c.replica])
                 .count();
             let backing_off = e.failure.as_ref().is_some_and(|f| now < f.retry_at);
             if present < e.spec.min_copies as usize {

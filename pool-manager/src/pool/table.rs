@@ -216,6 +216,8 @@ impl InFlight {
 pub(super) struct Table {
     pub models: BTreeMap<ModelName, Entry>,
     pub healthy: Vec<bool>,
+    /// Consecutive failed probes per replica.
+    pub probe_failures: Vec<u32>,
     pub in_flight: InFlight,
     /// Gateway failure reports being checked, so a burst of them costs one check.
     pub checking: std::collections::HashSet<(ModelName, usize, mm_wire::FailureKind)>,
@@ -226,6 +228,7 @@ impl Table {
         Self {
             models: BTreeMap::new(),
             healthy: vec![false; replicas],
+            probe_failures: vec![0; replicas],
             in_flight: InFlight::default(),
             checking: std::collections::HashSet::new(),
         }

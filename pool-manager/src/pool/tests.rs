@@ -18,11 +18,13 @@ struct Fixture {
     model_dir: tempfile::TempDir,
 }
 
-/// Settings for tests: no minimum age unless a test sets one, instant backoff checks.
+/// Settings for tests: no minimum age unless a test sets one, room up to capacity, and a
+/// replica out at its first failed probe.
 fn settings() -> Settings {
     Settings {
         min_age: Duration::ZERO,
         watermarks: Watermarks::new(1.0, 1.0).unwrap(),
+        unhealthy_after: 1,
         ..Settings::default()
     }
 }
@@ -401,12 +403,13 @@ async fn the_scaler_re_pins_a_model_that_lost_its_copy() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert_eq!(f.pool.model("p").unwrap().replicas, vec!["r0", "r1"]);
-    // r1 dies and comes back empty.
+    // r1 dies and comes back empty; reconciling it on its return drops the lost copy.
     f.fakes[1].down.store(true, Ordering::SeqCst);
     f.pool.probe_replicas().await;
-    f.pool.forget_copy(&ModelName::new("p").unwrap(), 1);
+    f.fakes[1].loaded.lock().unwrap().clear();
     f.fakes[1].down.store(false, Ordering::SeqCst);
     f.pool.probe_replicas().await;
+    assert_eq!(f.pool.model("p").unwrap().replicas, vec!["r0"]);
     let d = f.pool.scale_tick();
     assert_eq!(d.pin, vec![ModelName::new("p").unwrap()]);
     f.pool.carry_out(d);
@@ -746,4 +749,115 @@ async fn failure_reports_change_the_table_only_when_the_replica_confirms() {
             kind: mm_wire::FailureKind::Unreachable,
         })
         .is_err());
+}
+
+#[tokio::test]
+async fn reconcile_adopts_what_replicas_have_and_drops_what_they_lost() {
+    let f = fixture(&[1000, 1000], settings()).ready().await;
+    f.register("a", 100).await;
+    f.register("b", 100).await;
+    // A previous pool-manager loaded "a" on r1; a stranger loaded "x" on r0.
+    f.fakes[1].loaded.lock().unwrap().insert("a".into());
+    f.fakes[0].loaded.lock().unwrap().insert("x".into());
+    f.pool.reconcile().await;
+    let a = f.pool.model("a").unwrap();
+    assert_eq!(
+        (a.state, a.replicas.clone()),
+        (ModelState::Loaded, vec!["r1".to_string()])
+    );
+    assert!(a.in_flight == 0 && a.copies.len() == 1);
+    assert!(
+        !f.loaded(0).contains(&"x".to_string()),
+        "unknown models are unloaded"
+    );
+    assert_eq!(f.pool.route("a").await.unwrap().replica, "r1");
+    assert_eq!(f.total_loads(), 0, "adopted, not loaded again");
+    // r1 restarts empty: the copy is dropped and the next request places it again.
+    f.fakes[1].loaded.lock().unwrap().clear();
+    let out = f.pool.reconcile_replica(1).await.unwrap();
+    assert_eq!(out.dropped, vec!["a"]);
+    assert_eq!(f.pool.model("a").unwrap().state, ModelState::Pending);
+    f.pool.route("a").await.unwrap();
+    assert_eq!(f.total_loads(), 1);
+}
+
+#[tokio::test]
+async fn a_replica_is_out_only_after_failed_probes_in_a_row() {
+    let f = fixture(
+        &[1000],
+        Settings {
+            unhealthy_after: 2,
+            ..settings()
+        },
+    )
+    .ready()
+    .await;
+    f.fakes[0].down.store(true, Ordering::SeqCst);
+    f.pool.probe_replicas().await;
+    assert!(f.pool.replicas()[0].healthy, "one failure is not enough");
+    f.pool.probe_replicas().await;
+    assert!(!f.pool.replicas()[0].healthy);
+    f.fakes[0].down.store(false, Ordering::SeqCst);
+    f.pool.probe_replicas().await;
+    assert!(f.pool.replicas()[0].healthy, "one success brings it back");
+}
+
+#[tokio::test]
+async fn requests_waiting_for_loads_are_bounded() {
+    let f = fixture(
+        &[1000],
+        Settings {
+            max_waiting: 2,
+            route_wait: Duration::from_millis(300),
+            ..settings()
+        },
+    )
+    .ready()
+    .await;
+    f.fakes[0].load_delay_ms.store(100, Ordering::SeqCst);
+    f.register("m", 100).await;
+    let results = futures::future::join_all((0..5).map(|_| f.pool.route("m"))).await;
+    let overloaded = results
+        .iter()
+        .filter(|r| matches!(r, Err(PoolError::Overloaded(2))))
+        .count();
+    assert_eq!(overloaded, 3, "{results:?}");
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 2);
+    // Once loaded, nothing waits: any number of requests go through.
+    let warm = futures::future::join_all((0..5).map(|_| f.pool.route("m"))).await;
+    assert!(warm.iter().all(Result::is_ok));
+}
+
+#[tokio::test]
+async fn the_durable_store_is_written_before_the_answer() {
+    let data = tempfile::tempdir().unwrap();
+    let repo = tempfile::tempdir().unwrap();
+    let model_dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(model_dir.path().join("1")).unwrap();
+    let opened = crate::store::Store::open(data.path()).unwrap();
+    assert!(opened.models.is_empty());
+    let store = opened.store;
+    let mut reg = prometheus_client::registry::Registry::default();
+    let pool = Pool::with_store(
+        vec![],
+        ModelRepository::open(repo.path()).unwrap(),
+        StoragePolicy::default(),
+        Arc::new(Metrics::register(&mut reg, 10)),
+        settings(),
+        Some(store),
+    );
+    let body = format!(
+        r#"{{"storageUri": "file://{}", "memory": 1}}"#,
+        model_dir.path().display()
+    );
+    // No replica at all: registration is refused and nothing is stored.
+    assert!(pool.register("m", body.as_bytes()).await.is_err());
+    drop(pool);
+    let reopened = loop {
+        match crate::store::Store::open(data.path()) {
+            Ok(o) => break o,
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    };
+    assert!(reopened.models.is_empty());
 }
