@@ -67,6 +67,17 @@ if [ ! -x "$triton/pytriton/tritonserver/bin/tritonserver" ] || [ ! -x "$triton/
   rm -rf "$tmp"
 fi
 
+# 5. A real gRPC client for the tests: NVIDIA's tritonclient (grpc extra), installed into
+#    .tools/pylib for the tests' own python3 (never into the system Python).
+TRITONCLIENT_VERSION=2.51.0
+if ! PYTHONPATH="$tools/pylib" python3 -c "import tritonclient.grpc, numpy" 2>/dev/null; then
+  log "installing tritonclient[grpc]==$TRITONCLIENT_VERSION into .tools/pylib"
+  rm -rf "$tools/pylib.new"
+  python3 -m pip install --quiet --disable-pip-version-check --target "$tools/pylib.new" \
+    "tritonclient[grpc]==$TRITONCLIENT_VERSION" numpy
+  rm -rf "$tools/pylib" && mv "$tools/pylib.new" "$tools/pylib"
+fi
+
 # A wrapper so every caller (Makefile, tests) starts Triton the same way.
 cat > "$tools/bin-tritonserver.tmp" <<WRAP
 #!/usr/bin/env bash
