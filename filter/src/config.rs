@@ -5,6 +5,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use mm_wire::MAX_TABLE_WAIT_MS;
 use serde::Deserialize;
 
 /// Longest route-call timeout accepted: 10 minutes. A model load can take long, but a
@@ -16,6 +17,13 @@ pub const USAGE_REPORT_MS_RANGE: std::ops::RangeInclusive<u64> = 100..=60_000;
 
 /// Longest a usage report call may take: a report that is late is replaced by the next one.
 pub const MAX_USAGE_REPORT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Shortest and longest table refresh tick accepted, in ms.
+pub const TABLE_REFRESH_MS_RANGE: std::ops::RangeInclusive<u64> = 50..=10_000;
+
+/// Shortest and longest hold asked of the pool-manager's table long poll, in ms. A very
+/// short hold would make the leader poll in a tight loop while nothing changes.
+pub const TABLE_WAIT_MS_RANGE: std::ops::RangeInclusive<u64> = 100..=MAX_TABLE_WAIT_MS;
 
 /// How the filter reaches the pool-manager. Every key is optional; absent or empty
 /// configuration means all defaults.
@@ -33,7 +41,19 @@ pub struct Config {
     /// How often each worker sends its usage report, in ms: 100 to 60000
     /// ([`USAGE_REPORT_MS_RANGE`]). Default 1000.
     pub usage_report_ms: u64,
+    /// How often each worker checks for a new routing table in shared data (and the leader
+    /// renews its lease), in ms: 50 to 10000 ([`TABLE_REFRESH_MS_RANGE`]). Default 200.
+    pub table_refresh_ms: u64,
+    /// How long the leader's table long poll asks the pool-manager to hold the call while
+    /// nothing changes, in ms: 100 to 30000 ([`TABLE_WAIT_MS_RANGE`]). Default 10000.
+    pub table_wait_ms: u64,
+    /// Largest request body the gateway passes on, in bytes: 1 KiB to 1 GiB
+    /// ([`MAX_REQUEST_BYTES_RANGE`]). Larger requests get 413. Default 32 MiB.
+    pub max_request_bytes: u64,
 }
+
+/// Allowed values of `max_request_bytes`.
+pub const MAX_REQUEST_BYTES_RANGE: std::ops::RangeInclusive<u64> = 1024..=(1 << 30);
 
 impl Default for Config {
     fn default() -> Self {
@@ -42,6 +62,9 @@ impl Default for Config {
             pool_manager_authority: "pool-manager".to_owned(),
             route_timeout_ms: 70_000,
             usage_report_ms: 1_000,
+            table_refresh_ms: 200,
+            table_wait_ms: 10_000,
+            max_request_bytes: 32 << 20,
         }
     }
 }
@@ -52,8 +75,9 @@ impl Config {
     ///
     /// Errors: not a JSON object of the known keys with the right types
     /// ([`ConfigError::Json`]), an empty or non-printable cluster or authority, or a timeout
-    /// outside 1..=[`MAX_ROUTE_TIMEOUT_MS`], or a report period outside
-    /// [`USAGE_REPORT_MS_RANGE`].
+    /// outside 1..=[`MAX_ROUTE_TIMEOUT_MS`], a report period outside
+    /// [`USAGE_REPORT_MS_RANGE`], a refresh period outside [`TABLE_REFRESH_MS_RANGE`], or a
+    /// table wait outside [`TABLE_WAIT_MS_RANGE`].
     pub fn from_bytes(bytes: Option<&[u8]>) -> Result<Config, ConfigError> {
         let bytes = bytes.unwrap_or_default();
         let Some(first) = bytes.iter().find(|b| !b.is_ascii_whitespace()) else {
@@ -85,6 +109,17 @@ impl Config {
         self.usage_report_period().min(MAX_USAGE_REPORT_TIMEOUT)
     }
 
+    /// The table refresh period as a [`Duration`].
+    pub fn table_refresh_period(&self) -> Duration {
+        Duration::from_millis(self.table_refresh_ms)
+    }
+
+    /// The root context's tick: the shorter of the table refresh and usage report periods
+    /// (each task runs when its own period has passed).
+    pub fn tick_period(&self) -> Duration {
+        self.table_refresh_period().min(self.usage_report_period())
+    }
+
     fn check(&self) -> Result<(), ConfigError> {
         if !is_header_token(&self.pool_manager_cluster) {
             return Err(ConfigError::BadCluster);
@@ -97,6 +132,17 @@ impl Config {
         }
         if !USAGE_REPORT_MS_RANGE.contains(&self.usage_report_ms) {
             return Err(ConfigError::ReportPeriodOutOfRange(self.usage_report_ms));
+        }
+        if !TABLE_REFRESH_MS_RANGE.contains(&self.table_refresh_ms) {
+            return Err(ConfigError::RefreshPeriodOutOfRange(self.table_refresh_ms));
+        }
+        if !TABLE_WAIT_MS_RANGE.contains(&self.table_wait_ms) {
+            return Err(ConfigError::TableWaitOutOfRange(self.table_wait_ms));
+        }
+        if !MAX_REQUEST_BYTES_RANGE.contains(&self.max_request_bytes) {
+            return Err(ConfigError::MaxRequestBytesOutOfRange(
+                self.max_request_bytes,
+            ));
         }
         Ok(())
     }
@@ -121,6 +167,12 @@ pub enum ConfigError {
     TimeoutOutOfRange(u64),
     /// `usage_report_ms` is outside [`USAGE_REPORT_MS_RANGE`].
     ReportPeriodOutOfRange(u64),
+    /// `table_refresh_ms` is outside [`TABLE_REFRESH_MS_RANGE`].
+    RefreshPeriodOutOfRange(u64),
+    /// `table_wait_ms` is outside [`TABLE_WAIT_MS_RANGE`].
+    TableWaitOutOfRange(u64),
+    /// `max_request_bytes` is outside [`MAX_REQUEST_BYTES_RANGE`].
+    MaxRequestBytesOutOfRange(u64),
 }
 
 impl fmt::Display for ConfigError {
@@ -142,6 +194,24 @@ impl fmt::Display for ConfigError {
                 "invalid plugin configuration: usage_report_ms is {ms}, expected {} to {}",
                 USAGE_REPORT_MS_RANGE.start(),
                 USAGE_REPORT_MS_RANGE.end()
+            ),
+            ConfigError::RefreshPeriodOutOfRange(ms) => write!(
+                f,
+                "invalid plugin configuration: table_refresh_ms is {ms}, expected {} to {}",
+                TABLE_REFRESH_MS_RANGE.start(),
+                TABLE_REFRESH_MS_RANGE.end()
+            ),
+            ConfigError::TableWaitOutOfRange(ms) => write!(
+                f,
+                "invalid plugin configuration: table_wait_ms is {ms}, expected {} to {}",
+                TABLE_WAIT_MS_RANGE.start(),
+                TABLE_WAIT_MS_RANGE.end()
+            ),
+            ConfigError::MaxRequestBytesOutOfRange(n) => write!(
+                f,
+                "invalid plugin configuration: max_request_bytes is {n}, expected {} to {}",
+                MAX_REQUEST_BYTES_RANGE.start(),
+                MAX_REQUEST_BYTES_RANGE.end()
             ),
         }
     }
@@ -169,11 +239,15 @@ mod tests {
         assert_eq!(config.usage_report_ms, 1_000);
         assert_eq!(config.usage_report_period(), Duration::from_secs(1));
         assert_eq!(config.usage_report_timeout(), Duration::from_secs(1));
+        assert_eq!(config.table_refresh_ms, 200);
+        assert_eq!(config.table_wait_ms, 10_000);
+        assert_eq!(config.max_request_bytes, 32 << 20);
+        assert_eq!(config.tick_period(), Duration::from_millis(200));
     }
 
     #[test]
     fn reads_every_key() {
-        let json = br#"{"pool_manager_cluster":"pm","pool_manager_authority":"pm.local:9000","route_timeout_ms":1,"usage_report_ms":250}"#;
+        let json = br#"{"pool_manager_cluster":"pm","pool_manager_authority":"pm.local:9000","route_timeout_ms":1,"usage_report_ms":250,"table_refresh_ms":50,"table_wait_ms":30000,"max_request_bytes":4096}"#;
         assert_eq!(
             Config::from_bytes(Some(json)),
             Ok(Config {
@@ -181,8 +255,20 @@ mod tests {
                 pool_manager_authority: "pm.local:9000".into(),
                 route_timeout_ms: 1,
                 usage_report_ms: 250,
+                table_refresh_ms: 50,
+                table_wait_ms: 30_000,
+                max_request_bytes: 4096,
             })
         );
+        for bad in [
+            br#"{"max_request_bytes":1023}"#.as_slice(),
+            br#"{"max_request_bytes":1073741825}"#,
+        ] {
+            assert!(matches!(
+                Config::from_bytes(Some(bad)),
+                Err(ConfigError::MaxRequestBytesOutOfRange(_))
+            ));
+        }
         let partial = br#"{"route_timeout_ms":600000}"#;
         let config = Config::from_bytes(Some(partial)).unwrap();
         assert_eq!(config.route_timeout_ms, MAX_ROUTE_TIMEOUT_MS);
@@ -214,6 +300,51 @@ mod tests {
             br#"{"usage_report_ms":-1}"#,
             br#"{"usage_report_ms":1000.5}"#,
             br#"{"usage_report_ms":null}"#,
+        ] {
+            let err = Config::from_bytes(Some(json)).unwrap_err();
+            assert!(matches!(err, ConfigError::Json(_)), "{err:?}");
+        }
+    }
+
+    #[test]
+    fn table_refresh_and_wait_bounds() {
+        for (refresh, report, tick) in [(50, 1_000, 50), (10_000, 1_000, 1_000), (200, 100, 100)] {
+            let json = format!(r#"{{"table_refresh_ms":{refresh},"usage_report_ms":{report}}}"#);
+            let config = Config::from_bytes(Some(json.as_bytes())).unwrap();
+            assert_eq!(
+                config.table_refresh_period(),
+                Duration::from_millis(refresh)
+            );
+            assert_eq!(config.tick_period(), Duration::from_millis(tick));
+        }
+        for ms in [0, 49, 10_001, u64::MAX] {
+            let json = format!(r#"{{"table_refresh_ms":{ms}}}"#);
+            assert_eq!(
+                Config::from_bytes(Some(json.as_bytes())),
+                Err(ConfigError::RefreshPeriodOutOfRange(ms)),
+                "{ms}"
+            );
+        }
+        for ms in [100, 30_000] {
+            let json = format!(r#"{{"table_wait_ms":{ms}}}"#);
+            assert_eq!(
+                Config::from_bytes(Some(json.as_bytes())).map(|c| c.table_wait_ms),
+                Ok(ms)
+            );
+        }
+        for ms in [0, 99, 30_001, u64::MAX] {
+            let json = format!(r#"{{"table_wait_ms":{ms}}}"#);
+            assert_eq!(
+                Config::from_bytes(Some(json.as_bytes())),
+                Err(ConfigError::TableWaitOutOfRange(ms)),
+                "{ms}"
+            );
+        }
+        for json in [
+            &br#"{"table_refresh_ms":"200"}"#[..],
+            br#"{"table_wait_ms":-1}"#,
+            br#"{"table_wait_ms":null}"#,
+            br#"{"table_refresh":200}"#,
         ] {
             let err = Config::from_bytes(Some(json)).unwrap_err();
             assert!(matches!(err, ConfigError::Json(_)), "{err:?}");
@@ -284,6 +415,14 @@ mod tests {
         assert_eq!(
             ConfigError::ReportPeriodOutOfRange(50).to_string(),
             "invalid plugin configuration: usage_report_ms is 50, expected 100 to 60000"
+        );
+        assert_eq!(
+            ConfigError::RefreshPeriodOutOfRange(1).to_string(),
+            "invalid plugin configuration: table_refresh_ms is 1, expected 50 to 10000"
+        );
+        assert_eq!(
+            ConfigError::TableWaitOutOfRange(1).to_string(),
+            "invalid plugin configuration: table_wait_ms is 1, expected 100 to 30000"
         );
         assert!(ConfigError::BadCluster
             .to_string()

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use mm_wire::{ErrorBody, RouteResponse};
+use mm_wire::{ErrorBody, RouteResponse, TensorSpec};
 
 /// Most bytes of the route-call body the filter reads; an honest answer is far smaller.
 pub const MAX_ROUTE_BODY_BYTES: usize = 64 * 1024;
@@ -21,7 +21,7 @@ pub const INVALID_ROUTE: &str = "pool-manager returned an invalid route";
 /// The outcome of a route call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    /// Send the request to `address`.
+    /// Send the request to `address` (HTTP) or `grpc_address` (gRPC).
     Forward {
         /// `IP:PORT` in canonical form (IPv6 in brackets), as Envoy's ORIGINAL_DST
         /// cluster expects it; never a host name, never port 0 or an unspecified IP.
@@ -29,6 +29,11 @@ pub enum Decision {
         /// The replica's name: 1 to [`MAX_REPLICA_NAME_LEN`] printable ASCII characters,
         /// so it is safe as a header value.
         replica: String,
+        /// The replica's gRPC `IP:PORT`, canonical like `address`; `None` when the answer
+        /// had none or had one that is not a usable socket address.
+        grpc_address: Option<String>,
+        /// The model's inputs, when the pool-manager knows them (for KServe V1).
+        inputs: Option<Vec<TensorSpec>>,
     },
     /// Answer the client with `status` (always 400..=599) and `{"error": message}`.
     Reply {
@@ -88,17 +93,34 @@ pub fn decide(status: Option<u16>, body: &[u8]) -> Decision {
 /// The forward decision for a 200 body, if it is a usable route.
 fn forward(body: &[u8]) -> Option<Decision> {
     let route: RouteResponse = serde_json::from_slice(body).ok()?;
-    let address: SocketAddr = route.address.parse().ok()?;
+    let address = canonical_address(&route.address)?;
+    if !is_valid_replica_name(&route.replica) {
+        return None;
+    }
+    Some(Decision::Forward {
+        address,
+        replica: route.replica,
+        grpc_address: route.grpc_address.as_deref().and_then(canonical_address),
+        inputs: route.inputs,
+    })
+}
+
+/// `address` in the canonical `IP:PORT` form Envoy's ORIGINAL_DST cluster expects (IPv6
+/// in brackets), or `None` unless it is an IP literal with a port, neither 0 nor an
+/// unspecified IP. Host names are refused: the cluster would not resolve them.
+pub fn canonical_address(address: &str) -> Option<String> {
+    let address: SocketAddr = address.parse().ok()?;
     if address.port() == 0 || address.ip().is_unspecified() {
         return None;
     }
-    let replica = route.replica;
-    let replica_ok = (1..=MAX_REPLICA_NAME_LEN).contains(&replica.len())
-        && replica.bytes().all(|b| b.is_ascii_graphic());
-    replica_ok.then(|| Decision::Forward {
-        address: address.to_string(),
-        replica,
-    })
+    Some(address.to_string())
+}
+
+/// Whether a replica name is safe as a header value and in logs: 1 to
+/// [`MAX_REPLICA_NAME_LEN`] printable ASCII characters, no spaces.
+pub fn is_valid_replica_name(replica: &str) -> bool {
+    (1..=MAX_REPLICA_NAME_LEN).contains(&replica.len())
+        && replica.bytes().all(|b| b.is_ascii_graphic())
 }
 
 /// Renders the body of a gateway reply, `{"error":"<message>"}`, with JSON escaping.
@@ -125,6 +147,8 @@ mod tests {
         Decision::Forward {
             address: address.to_owned(),
             replica: replica.to_owned(),
+            grpc_address: None,
+            inputs: None,
         }
     }
 
@@ -168,6 +192,34 @@ mod tests {
         ];
         for (body, want) in cases {
             assert_eq!(&decide(Some(200), body.as_bytes()), want, "{body}");
+        }
+    }
+
+    #[test]
+    fn forwards_the_grpc_address_and_inputs() {
+        let body = r#"{"model":"m","replica":"r0","address":"127.0.0.1:8000","grpcAddress":"[0::1]:8001","inputs":[{"name":"x","datatype":"FP32","shape":[-1,4]}]}"#;
+        assert_eq!(
+            decide(Some(200), body.as_bytes()),
+            Decision::Forward {
+                address: "127.0.0.1:8000".into(),
+                replica: "r0".into(),
+                grpc_address: Some("[::1]:8001".into()),
+                inputs: Some(vec![TensorSpec {
+                    name: "x".into(),
+                    datatype: "FP32".into(),
+                    shape: vec![-1, 4],
+                }]),
+            }
+        );
+        // A gRPC address that is not IP:PORT is dropped; the HTTP route still stands.
+        for grpc in ["localhost:8001", "127.0.0.1:0", "0.0.0.0:8001", ""] {
+            let body =
+                format!(r#"{{"replica":"r0","address":"127.0.0.1:8000","grpcAddress":"{grpc}"}}"#);
+            assert_eq!(
+                decide(Some(200), body.as_bytes()),
+                fwd("127.0.0.1:8000", "r0"),
+                "{grpc}"
+            );
         }
     }
 

@@ -7,9 +7,15 @@
 
 pub mod config;
 pub mod decision;
+pub mod failure;
 pub mod filter_state;
+pub mod grpc;
+pub mod metrics;
+pub mod refresh;
 pub mod route;
+pub mod table;
 pub mod usage;
+pub mod v1;
 
 #[cfg(target_arch = "wasm32")]
 mod glue;

@@ -74,10 +74,17 @@ impl Route {
     /// `{ROUTE_PATH_PREFIX}{name}` for a model, [`ANY_REPLICA_PATH`] for the server.
     /// The name is safe as a path segment because [`parse`] validated it.
     pub fn pool_manager_path(&self) -> String {
-        match self {
-            Route::Model { name, .. } => format!("{ROUTE_PATH_PREFIX}{name}"),
-            Route::Server => ANY_REPLICA_PATH.to_owned(),
-        }
+        pool_manager_path_for(self.model())
+    }
+}
+
+/// The `:path` of the route call for `model` (`{ROUTE_PATH_PREFIX}{model}`), or for any
+/// ready replica ([`ANY_REPLICA_PATH`]) when `None`. The model must have passed
+/// [`validate_model_name`], which makes it safe as a path segment.
+pub fn pool_manager_path_for(model: Option<&str>) -> String {
+    match model {
+        Some(name) => format!("{ROUTE_PATH_PREFIX}{name}"),
+        None => ANY_REPLICA_PATH.to_owned(),
     }
 }
 
@@ -492,6 +499,8 @@ mod tests {
         assert_eq!(route.model(), Some("linear"));
         assert_eq!(Route::Server.pool_manager_path(), "/internal/v1/route");
         assert_eq!(Route::Server.model(), None);
+        assert_eq!(pool_manager_path_for(Some("m")), "/internal/v1/route/m");
+        assert_eq!(pool_manager_path_for(None), "/internal/v1/route");
     }
 
     #[test]

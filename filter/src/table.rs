@@ -1,0 +1,634 @@
+//! The worker's routing table: for each routable model, the endpoints of its loaded copies
+//! (and its inputs, for KServe V1), stamped with the pool-manager's epoch and generation.
+//! Warm requests are routed by [`Table::pick`] alone, with no call to the control plane.
+//! Plain Rust, one per worker VM; every address in it passed [`canonical_address`] and every
+//! replica name [`is_valid_replica_name`], so a pick is always safe to forward to.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use mm_wire::{validate_model_name, RouteResponse, RoutingTable, TensorSpec};
+
+use crate::decision::{canonical_address, is_valid_replica_name};
+
+/// Where one copy of a model can be reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The replica's name (a safe header value).
+    pub replica: String,
+    /// HTTP `IP:PORT`, canonical.
+    pub address: String,
+    /// gRPC `IP:PORT`, canonical, when the replica has one.
+    pub grpc_address: Option<String>,
+}
+
+/// One model's copies and its round-robin cursor.
+#[derive(Debug, Clone, Default)]
+struct ModelRoutes {
+    /// Never empty while the model is in the table; at most one per replica name.
+    targets: Vec<Target>,
+    inputs: Option<Vec<TensorSpec>>,
+    /// Index of the next target [`Table::pick`] hands out (modulo the length).
+    next: usize,
+}
+
+/// What [`Table::from_wire`] left out of a table, for the log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Skipped {
+    /// Entries whose model name is invalid, repeated, or with no usable endpoint.
+    pub models: usize,
+    /// Endpoints whose replica name or address is unusable, or repeated within a model.
+    pub endpoints: usize,
+}
+
+/// Why [`Table::insert_route`] refused a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InsertError {
+    /// The model name does not pass `validate_model_name`.
+    InvalidModel,
+    /// The replica name is not a safe header value or the address is not `IP:PORT`.
+    InvalidEndpoint,
+}
+
+impl fmt::Display for InsertError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            InsertError::InvalidModel => f.write_str("invalid model name"),
+            InsertError::InvalidEndpoint => f.write_str("invalid replica name or address"),
+        }
+    }
+}
+
+impl std::error::Error for InsertError {}
+
+/// A routing table. See the module doc.
+#[derive(Debug, Clone, Default)]
+pub struct Table {
+    /// `None` until a table from the pool-manager was applied.
+    epoch: Option<String>,
+    generation: u64,
+    models: HashMap<String, ModelRoutes>,
+}
+
+impl Table {
+    /// An empty table with no epoch: any table from the pool-manager replaces it.
+    pub fn new() -> Table {
+        Table::default()
+    }
+
+    /// Builds a table from the pool-manager's answer, leaving out what could not be routed
+    /// safely: invalid or repeated model names, endpoints with an unusable replica name or
+    /// address (or a repeated replica), and models left with no endpoint. A `grpcAddress`
+    /// that is not `IP:PORT` is dropped, the endpoint kept for HTTP.
+    pub fn from_wire(table: RoutingTable) -> (Table, Skipped) {
+        let mut skipped = Skipped::default();
+        let mut models = HashMap::with_capacity(table.models.len());
+        for entry in table.models {
+            if validate_model_name(&entry.model).is_err() || models.contains_key(&entry.model) {
+                skipped.models += 1;
+                skipped.endpoints += entry.replicas.len();
+                continue;
+            }
+            let mut targets: Vec<Target> = Vec::with_capacity(entry.replicas.len());
+            for endpoint in entry.replicas {
+                match target(endpoint.replica, &endpoint.address, endpoint.grpc_address) {
+                    Some(t) if !targets.iter().any(|known| known.replica == t.replica) => {
+                        targets.push(t);
+                    }
+                    _ => skipped.endpoints += 1,
+                }
+            }
+            if targets.is_empty() {
+                skipped.models += 1;
+                continue;
+            }
+            models.insert(
+                entry.model,
+                ModelRoutes {
+                    targets,
+                    inputs: entry.inputs,
+                    next: 0,
+                },
+            );
+        }
+        let table = Table {
+            epoch: Some(table.epoch),
+            generation: table.generation,
+            models,
+        };
+        (table, skipped)
+    }
+
+    /// The epoch of the pool-manager table this one came from; `None` before the first.
+    pub fn epoch(&self) -> Option<&str> {
+        self.epoch.as_deref()
+    }
+
+    /// The generation of the pool-manager table this one came from (0 before the first).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Whether a pool-manager table stamped (`epoch`, `generation`) replaces this one: a
+    /// different epoch (the pool-manager restarted) always does, the same epoch only with
+    /// a newer generation.
+    pub fn is_replaced_by(&self, epoch: &str, generation: u64) -> bool {
+        match self.epoch.as_deref() {
+            Some(current) if current == epoch => generation > self.generation,
+            _ => true,
+        }
+    }
+
+    /// Replaces this table with `newer` if [`Table::is_replaced_by`] allows it, and returns
+    /// whether it did. Local changes (inserted routes, removed endpoints) are dropped with
+    /// the old table; the round-robin position of models in both carries over, so workers
+    /// do not all restart on the first copy after every refresh.
+    pub fn replace(&mut self, mut newer: Table) -> bool {
+        let Some(epoch) = newer.epoch.as_deref() else {
+            return false;
+        };
+        if !self.is_replaced_by(epoch, newer.generation) {
+            return false;
+        }
+        for (model, routes) in &mut newer.models {
+            if let Some(old) = self.models.get(model) {
+                routes.next = old.next % routes.targets.len().max(1);
+            }
+        }
+        *self = newer;
+        true
+    }
+
+    /// How many models the table routes.
+    pub fn len(&self) -> usize {
+        self.models.len()
+    }
+
+    /// Whether the table routes no model.
+    pub fn is_empty(&self) -> bool {
+        self.models.is_empty()
+    }
+
+    /// Whether `model` has at least one endpoint.
+    pub fn contains(&self, model: &str) -> bool {
+        self.models.contains_key(model)
+    }
+
+    /// The next endpoint of `model`, round-robin over its copies; `None` if the table does
+    /// not route it.
+    pub fn pick(&mut self, model: &str) -> Option<Target> {
+        let routes = self.models.get_mut(model)?;
+        let index = routes.next % routes.targets.len().max(1);
+        let target = routes.targets.get(index)?.clone();
+        routes.next = index.wrapping_add(1);
+        Some(target)
+    }
+
+    /// The next endpoint of `model` that has a gRPC address, round-robin; `None` if the
+    /// model is not routed or none of its copies has one.
+    pub fn pick_grpc(&mut self, model: &str) -> Option<Target> {
+        let routes = self.models.get_mut(model)?;
+        let len = routes.targets.len();
+        for step in 0..len {
+            let index = routes.next.wrapping_add(step) % len;
+            if let Some(target) = routes.targets.get(index) {
+                if target.grpc_address.is_some() {
+                    routes.next = index.wrapping_add(1);
+                    return Some(target.clone());
+                }
+            }
+        }
+        None
+    }
+
+    /// Some endpoint of some model (the first suitable copy of the alphabetically first
+    /// model that has one), for server-level requests when the pool-manager cannot be
+    /// asked; with `grpc`, only an endpoint with a gRPC address. `None` when there is none.
+    pub fn any(&self, grpc: bool) -> Option<&Target> {
+        let mut models: Vec<(&String, &ModelRoutes)> = self.models.iter().collect();
+        models.sort_by(|a, b| a.0.cmp(b.0));
+        models.into_iter().find_map(|(_, routes)| {
+            routes
+                .targets
+                .iter()
+                .find(|t| !grpc || t.grpc_address.is_some())
+        })
+    }
+
+    /// `model`'s inputs from its V2 metadata, if the table knows them.
+    pub fn inputs(&self, model: &str) -> Option<&[TensorSpec]> {
+        self.models.get(model)?.inputs.as_deref()
+    }
+
+    /// Drops `replica`'s copy of `model` (it failed); a model left with no copy leaves the
+    /// table, so its next request makes a route call. Returns whether anything was removed.
+    pub fn remove(&mut self, model: &str, replica: &str) -> bool {
+        let Some(routes) = self.models.get_mut(model) else {
+            return false;
+        };
+        let before = routes.targets.len();
+        routes.targets.retain(|t| t.replica != replica);
+        let removed = routes.targets.len() != before;
+        if routes.targets.is_empty() {
+            self.models.remove(model);
+        }
+        removed
+    }
+
+    /// Drops every copy on `replica` (it cannot be reached); returns how many were removed.
+    pub fn remove_replica(&mut self, replica: &str) -> usize {
+        let mut removed = 0;
+        self.models.retain(|_, routes| {
+            let before = routes.targets.len();
+            routes.targets.retain(|t| t.replica != replica);
+            removed += before - routes.targets.len();
+            !routes.targets.is_empty()
+        });
+        removed
+    }
+
+    /// Adds the endpoint a route call answered for `model` (the model the request named),
+    /// so the next request for it is routed locally, until the next table from the
+    /// pool-manager replaces this one. An endpoint already known for that replica is
+    /// updated; known inputs are kept when the answer has none.
+    pub fn insert_route(&mut self, model: &str, route: &RouteResponse) -> Result<(), InsertError> {
+        validate_model_name(model).map_err(|_| InsertError::InvalidModel)?;
+        let new = target(
+            route.replica.clone(),
+            &route.address,
+            route.grpc_address.clone(),
+        )
+        .ok_or(InsertError::InvalidEndpoint)?;
+        let routes = self.models.entry(model.to_owned()).or_default();
+        match routes.targets.iter_mut().find(|t| t.replica == new.replica) {
+            Some(known) => *known = new,
+            None => routes.targets.push(new),
+        }
+        if route.inputs.is_some() {
+            routes.inputs.clone_from(&route.inputs);
+        }
+        Ok(())
+    }
+}
+
+/// A checked [`Target`], or `None` if the replica name or HTTP address is unusable. An
+/// unusable gRPC address only drops the gRPC address.
+fn target(replica: String, address: &str, grpc_address: Option<String>) -> Option<Target> {
+    if !is_valid_replica_name(&replica) {
+        return None;
+    }
+    Some(Target {
+        replica,
+        address: canonical_address(address)?,
+        grpc_address: grpc_address.as_deref().and_then(canonical_address),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mm_wire::{Endpoint, TableEntry};
+    use proptest::prelude::*;
+
+    fn endpoint(replica: &str, address: &str, grpc: Option<&str>) -> Endpoint {
+        Endpoint {
+            replica: replica.into(),
+            address: address.into(),
+            grpc_address: grpc.map(str::to_owned),
+        }
+    }
+
+    fn entry(model: &str, replicas: Vec<Endpoint>) -> TableEntry {
+        TableEntry {
+            model: model.into(),
+            replicas,
+            inputs: None,
+        }
+    }
+
+    fn wire(epoch: &str, generation: u64, models: Vec<TableEntry>) -> RoutingTable {
+        RoutingTable {
+            epoch: epoch.into(),
+            generation,
+            models,
+        }
+    }
+
+    fn spec() -> Vec<TensorSpec> {
+        vec![TensorSpec {
+            name: "x".into(),
+            datatype: "FP32".into(),
+            shape: vec![-1, 4],
+        }]
+    }
+
+    fn two_copies() -> Table {
+        let (table, skipped) = Table::from_wire(wire(
+            "e1",
+            3,
+            vec![
+                entry(
+                    "linear",
+                    vec![
+                        endpoint("r0", "127.0.0.1:8000", Some("127.0.0.1:8001")),
+                        endpoint("r1", "127.0.0.1:9000", None),
+                    ],
+                ),
+                entry("xor", vec![endpoint("r1", "127.0.0.1:9000", None)]),
+            ],
+        ));
+        assert_eq!(skipped, Skipped::default());
+        table
+    }
+
+    fn replicas_picked(table: &mut Table, model: &str, n: usize) -> Vec<String> {
+        (0..n)
+            .map(|_| table.pick(model).map(|t| t.replica).unwrap_or_default())
+            .collect()
+    }
+
+    #[test]
+    fn empty_table_routes_nothing_and_takes_any_table() {
+        let mut table = Table::new();
+        assert!(table.is_empty());
+        assert_eq!(table.epoch(), None);
+        assert_eq!(table.generation(), 0);
+        assert_eq!(table.pick("linear"), None);
+        assert!(table.any(false).is_none());
+        assert!(table.is_replaced_by("e", 0));
+        let (empty_newer, _) = Table::from_wire(wire("e", 0, vec![]));
+        assert!(table.replace(empty_newer));
+        assert_eq!(table.epoch(), Some("e"));
+        // A table with no epoch never replaces anything.
+        assert!(!table.replace(Table::new()));
+    }
+
+    #[test]
+    fn picks_copies_round_robin() {
+        let mut table = two_copies();
+        assert_eq!(table.len(), 2);
+        assert_eq!(
+            replicas_picked(&mut table, "linear", 5),
+            ["r0", "r1", "r0", "r1", "r0"]
+        );
+        assert_eq!(replicas_picked(&mut table, "xor", 2), ["r1", "r1"]);
+        assert_eq!(
+            table.pick("linear"),
+            Some(Target {
+                replica: "r1".into(),
+                address: "127.0.0.1:9000".into(),
+                grpc_address: None,
+            })
+        );
+        assert_eq!(table.pick("absent"), None);
+        assert!(table.contains("xor") && !table.contains("absent"));
+    }
+
+    #[test]
+    fn grpc_picks_skip_copies_without_a_grpc_address() {
+        let mut table = two_copies();
+        for _ in 0..3 {
+            let t = table.pick_grpc("linear").unwrap();
+            assert_eq!(t.replica, "r0");
+            assert_eq!(t.grpc_address.as_deref(), Some("127.0.0.1:8001"));
+        }
+        assert_eq!(table.pick_grpc("xor"), None);
+        assert_eq!(table.pick_grpc("absent"), None);
+    }
+
+    #[test]
+    fn replacement_rule_epoch_then_generation() {
+        let mut table = two_copies();
+        assert!(!table.is_replaced_by("e1", 3));
+        assert!(!table.is_replaced_by("e1", 2));
+        assert!(table.is_replaced_by("e1", 4));
+        // A restarted pool-manager starts its generations again: its table still wins.
+        assert!(table.is_replaced_by("e2", 0));
+
+        let (older, _) = Table::from_wire(wire("e1", 2, vec![]));
+        assert!(!table.replace(older));
+        assert_eq!(table.len(), 2);
+        let (same, _) = Table::from_wire(wire("e1", 3, vec![]));
+        assert!(!table.replace(same));
+        let (restarted, _) = Table::from_wire(wire(
+            "e2",
+            1,
+            vec![entry("m", vec![endpoint("r9", "10.0.0.9:8000", None)])],
+        ));
+        assert!(table.replace(restarted));
+        assert_eq!((table.epoch(), table.generation()), (Some("e2"), 1));
+        assert!(!table.contains("linear"));
+        assert_eq!(
+            table.pick("m").map(|t| t.address),
+            Some("10.0.0.9:8000".into())
+        );
+    }
+
+    #[test]
+    fn refresh_keeps_the_round_robin_position() {
+        let mut table = two_copies();
+        assert_eq!(replicas_picked(&mut table, "linear", 1), ["r0"]);
+        let (newer, _) = Table::from_wire(wire(
+            "e1",
+            4,
+            vec![entry(
+                "linear",
+                vec![
+                    endpoint("r0", "127.0.0.1:8000", None),
+                    endpoint("r1", "127.0.0.1:9000", None),
+                ],
+            )],
+        ));
+        assert!(table.replace(newer));
+        assert_eq!(replicas_picked(&mut table, "linear", 2), ["r1", "r0"]);
+    }
+
+    #[test]
+    fn leaves_out_what_cannot_be_routed() {
+        let (mut table, skipped) = Table::from_wire(wire(
+            "e",
+            1,
+            vec![
+                entry("ok", vec![endpoint("r0", "[0:0::1]:8000", Some("bad"))]),
+                entry("../x", vec![endpoint("r0", "127.0.0.1:8000", None)]),
+                entry("ok", vec![endpoint("r5", "127.0.0.1:8005", None)]),
+                entry(
+                    "partly",
+                    vec![
+                        endpoint("r0", "localhost:8000", None),
+                        endpoint("r 1", "127.0.0.1:8000", None),
+                        endpoint("r2", "0.0.0.0:8000", None),
+                        endpoint("r3", "127.0.0.1:0", None),
+                        endpoint("r4", "127.0.0.1:8004", None),
+                        endpoint("r4", "127.0.0.1:9004", None),
+                    ],
+                ),
+                entry("none", vec![endpoint("r0", "nowhere", None)]),
+                entry("empty", vec![]),
+            ],
+        ));
+        assert_eq!(
+            skipped,
+            Skipped {
+                models: 4,
+                endpoints: 8
+            }
+        );
+        assert_eq!(table.len(), 2);
+        assert_eq!(
+            table.pick("ok"),
+            Some(Target {
+                replica: "r0".into(),
+                address: "[::1]:8000".into(),
+                grpc_address: None,
+            })
+        );
+        assert_eq!(replicas_picked(&mut table, "partly", 2), ["r4", "r4"]);
+        assert_eq!(
+            table.pick("partly").map(|t| t.address),
+            Some("127.0.0.1:8004".into())
+        );
+    }
+
+    #[test]
+    fn removing_endpoints_moves_traffic_and_then_drops_the_model() {
+        let mut table = two_copies();
+        assert!(table.remove("linear", "r0"));
+        assert!(!table.remove("linear", "r0"));
+        assert!(!table.remove("absent", "r0"));
+        assert_eq!(replicas_picked(&mut table, "linear", 3), ["r1", "r1", "r1"]);
+        assert!(table.remove("linear", "r1"));
+        assert!(!table.contains("linear"));
+        assert_eq!(table.pick("linear"), None);
+        assert!(table.contains("xor"));
+    }
+
+    #[test]
+    fn removing_a_replica_drops_it_from_every_model() {
+        let mut table = two_copies();
+        assert_eq!(table.remove_replica("r1"), 2);
+        assert_eq!(table.remove_replica("r1"), 0);
+        assert!(!table.contains("xor"));
+        assert_eq!(replicas_picked(&mut table, "linear", 2), ["r0", "r0"]);
+    }
+
+    #[test]
+    fn a_route_call_answer_makes_the_model_warm() {
+        let mut table = two_copies();
+        let route = RouteResponse {
+            model: Some("cold".into()),
+            replica: "r2".into(),
+            address: "127.0.0.1:7000".into(),
+            grpc_address: Some("127.0.0.1:7001".into()),
+            inputs: Some(spec()),
+        };
+        assert_eq!(table.insert_route("cold", &route), Ok(()));
+        assert_eq!(
+            table.pick("cold"),
+            Some(Target {
+                replica: "r2".into(),
+                address: "127.0.0.1:7000".into(),
+                grpc_address: Some("127.0.0.1:7001".into()),
+            })
+        );
+        assert_eq!(table.inputs("cold"), Some(&spec()[..]));
+        // Another copy of a known model joins the rotation; inputs are kept.
+        let other = RouteResponse {
+            model: None,
+            replica: "r3".into(),
+            address: "127.0.0.1:7100".into(),
+            grpc_address: None,
+            inputs: None,
+        };
+        assert_eq!(table.insert_route("cold", &other), Ok(()));
+        assert_eq!(replicas_picked(&mut table, "cold", 2), ["r3", "r2"]);
+        assert_eq!(table.inputs("cold"), Some(&spec()[..]));
+        // The same replica again updates its address instead of adding a copy.
+        let moved = RouteResponse {
+            address: "127.0.0.1:7200".into(),
+            ..other.clone()
+        };
+        assert_eq!(table.insert_route("cold", &moved), Ok(()));
+        let addresses: Vec<String> = (0..2)
+            .filter_map(|_| table.pick("cold").map(|t| t.address))
+            .collect();
+        assert!(
+            addresses.contains(&"127.0.0.1:7200".to_owned()),
+            "{addresses:?}"
+        );
+        assert!(!addresses.contains(&"127.0.0.1:7100".to_owned()));
+        // The insert lives until the next refresh replaces the table.
+        let (newer, _) = Table::from_wire(wire("e1", 4, vec![]));
+        assert!(table.replace(newer));
+        assert!(!table.contains("cold"));
+    }
+
+    #[test]
+    fn refuses_unusable_route_answers() {
+        let mut table = Table::new();
+        let good = RouteResponse {
+            model: None,
+            replica: "r0".into(),
+            address: "127.0.0.1:8000".into(),
+            grpc_address: None,
+            inputs: None,
+        };
+        assert_eq!(
+            table.insert_route("..", &good),
+            Err(InsertError::InvalidModel)
+        );
+        for (replica, address) in [
+            ("r0", "host:1"),
+            ("", "127.0.0.1:1"),
+            ("r\n", "127.0.0.1:1"),
+        ] {
+            let bad = RouteResponse {
+                replica: replica.into(),
+                address: address.into(),
+                ..good.clone()
+            };
+            assert_eq!(
+                table.insert_route("m", &bad),
+                Err(InsertError::InvalidEndpoint)
+            );
+        }
+        assert!(table.is_empty());
+    }
+
+    #[test]
+    fn any_is_stable_and_inputs_follow_the_entry() {
+        let mut table = two_copies();
+        assert_eq!(table.any(false).map(|t| t.replica.as_str()), Some("r0"));
+        assert_eq!(table.any(true).map(|t| t.replica.as_str()), Some("r0"));
+        table.remove("linear", "r0");
+        assert_eq!(table.any(false).map(|t| t.replica.as_str()), Some("r1"));
+        assert_eq!(table.any(true), None);
+        assert_eq!(table.inputs("linear"), None);
+        let mut with_inputs = entry("v1", vec![endpoint("r0", "127.0.0.1:1", None)]);
+        with_inputs.inputs = Some(spec());
+        let (newer, _) = Table::from_wire(wire("e1", 9, vec![with_inputs]));
+        assert!(table.replace(newer));
+        assert_eq!(table.inputs("v1"), Some(&spec()[..]));
+    }
+
+    proptest! {
+        /// Round-robin spreads requests evenly whatever the table holds, and a pick is
+        /// always one of the model's endpoints.
+        #[test]
+        fn picks_are_even_and_from_the_entry(copies in 1usize..6, rounds in 1usize..8) {
+            let replicas: Vec<Endpoint> = (0..copies)
+                .map(|i| endpoint(&format!("r{i}"), &format!("127.0.0.1:{}", 8000 + i), None))
+                .collect();
+            let (mut table, skipped) = Table::from_wire(wire("e", 1, vec![entry("m", replicas)]));
+            prop_assert_eq!(skipped, Skipped::default());
+            let mut counts = vec![0usize; copies];
+            for _ in 0..copies * rounds {
+                let t = table.pick("m").unwrap();
+                let i: usize = t.replica.trim_start_matches('r').parse().unwrap();
+                prop_assert_eq!(t.address, format!("127.0.0.1:{}", 8000 + i));
+                counts[i] += 1;
+            }
+            prop_assert!(counts.iter().all(|&c| c == rounds));
+        }
+    }
+}
