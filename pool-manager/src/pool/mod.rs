@@ -774,8 +774,9 @@ impl Pool {
         m.copies_loaded.set(clamp(
             t.models.values().map(|e| e.loaded_copies() as u64).sum(),
         ));
+        let used_all = t.used_all(self.inner.replicas.len());
         for (i, r) in self.inner.replicas.iter().enumerate() {
-            let used = t.used(i);
+            let used = used_all[i];
             for (resource, value) in [("memory", used.memory), ("gpu_memory", used.gpu_memory)] {
                 let label = ResourceLabel {
                     replica: r.id.to_string(),
@@ -860,13 +861,16 @@ impl Pool {
     /// Every replica's view.
     pub fn replicas(&self) -> Vec<ReplicaView> {
         let t = self.table();
-        let in_flight = t.in_flight.replica_totals(self.inner.replicas.len());
+        let n = self.inner.replicas.len();
+        let in_flight = t.in_flight.replica_totals(n);
+        let used_all = t.used_all(n);
+        let mut models = t.models_by_replica(n);
         self.inner
             .replicas
             .iter()
             .enumerate()
             .map(|(i, r)| {
-                let used = t.used(i);
+                let used = used_all[i];
                 ReplicaView {
                     name: r.id.to_string(),
                     url: r.url.to_string(),
@@ -877,7 +881,7 @@ impl Pool {
                     gpu_capacity_bytes: r.capacity.gpu_memory,
                     gpu_used_bytes: used.gpu_memory,
                     in_flight: in_flight[i],
-                    models: t.models_on(i),
+                    models: std::mem::take(&mut models[i]),
                 }
             })
             .collect()

@@ -125,28 +125,30 @@ impl Pool {
                 .map(|i| entry.holds(i))
                 .collect();
 
-            let in_flight = t.in_flight.replica_totals(self.inner.replicas.len());
+            let n = self.inner.replicas.len();
+            let in_flight = t.in_flight.replica_totals(n);
+            let used = t.used_all(n);
             let mut locks: HashMap<ModelName, OwnedMutexGuard<()>> = HashMap::new();
-            let mut snapshots = Vec::with_capacity(self.inner.replicas.len());
-            for (i, r) in self.inner.replicas.iter().enumerate() {
-                let mut residents = Vec::new();
-                for (name, e) in t.models.iter().filter(|(n, _)| *n != model) {
-                    for c in e.copies.iter().filter(|c| c.replica == i) {
-                        let last = e.last_used.map_or(c.since, |u| u.max(c.since));
-                        let evictable = c.state == CopyState::Loaded
-                            && !e.deleting
-                            && t.in_flight.get(name.as_str(), i) == 0
-                            && now.saturating_duration_since(last) >= settings.min_age
-                            && e.loaded_copies() > e.spec.min_copies as usize
-                            && (locks.contains_key(name)
-                                || match e.op_lock.clone().try_lock_owned() {
-                                    Ok(g) => {
-                                        locks.insert(name.clone(), g);
-                                        true
-                                    }
-                                    Err(_) => false,
-                                });
-                        residents.push(Resident {
+            // One pass over the models, bucketing each copy under its replica.
+            let mut residents: Vec<Vec<Resident<ModelName>>> = (0..n).map(|_| Vec::new()).collect();
+            for (name, e) in t.models.iter().filter(|(n, _)| *n != model) {
+                for c in &e.copies {
+                    let last = e.last_used.map_or(c.since, |u| u.max(c.since));
+                    let evictable = c.state == CopyState::Loaded
+                        && !e.deleting
+                        && t.in_flight.get(name.as_str(), c.replica) == 0
+                        && now.saturating_duration_since(last) >= settings.min_age
+                        && e.loaded_copies() > e.spec.min_copies as usize
+                        && (locks.contains_key(name)
+                            || match e.op_lock.clone().try_lock_owned() {
+                                Ok(g) => {
+                                    locks.insert(name.clone(), g);
+                                    true
+                                }
+                                Err(_) => false,
+                            });
+                    if let Some(slot) = residents.get_mut(c.replica) {
+                        slot.push(Resident {
                             key: name.clone(),
                             size: e.size(),
                             evictable,
@@ -157,15 +159,19 @@ impl Pool {
                         });
                     }
                 }
-                snapshots.push(ReplicaSnapshot {
+            }
+            let snapshots: Vec<ReplicaSnapshot<ModelName>> = residents
+                .into_iter()
+                .enumerate()
+                .map(|(i, residents)| ReplicaSnapshot {
                     healthy: t.healthy[i],
                     holds_model: holds[i],
-                    capacity: r.capacity,
-                    used: t.used(i),
+                    capacity: self.inner.replicas[i].capacity,
+                    used: used[i],
                     in_flight: in_flight[i],
                     residents,
-                });
-            }
+                })
+                .collect();
             let plan = match placement::plan(&snapshots, need, settings.watermarks) {
                 Ok(plan) => plan,
                 Err(source) => {

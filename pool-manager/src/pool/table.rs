@@ -249,12 +249,32 @@ impl Table {
             .fold(Resources::ZERO, |a, b| a + b)
     }
 
-    pub fn models_on(&self, replica: usize) -> Vec<String> {
-        self.models
-            .iter()
-            .filter(|(_, e)| e.holds(replica))
-            .map(|(n, _)| n.to_string())
-            .collect()
+    /// What the copies on each replica take, for `replicas` replicas, in one pass over the
+    /// models (a per-replica scan would be replicas x models, too slow at scale).
+    pub fn used_all(&self, replicas: usize) -> Vec<Resources> {
+        let mut used = vec![Resources::ZERO; replicas];
+        for e in self.models.values() {
+            let size = e.size();
+            for c in &e.copies {
+                if let Some(slot) = used.get_mut(c.replica) {
+                    *slot = *slot + size;
+                }
+            }
+        }
+        used
+    }
+
+    /// The models holding a copy on each replica, in one pass.
+    pub fn models_by_replica(&self, replicas: usize) -> Vec<Vec<String>> {
+        let mut out = vec![Vec::new(); replicas];
+        for (name, e) in &self.models {
+            for c in &e.copies {
+                if let Some(slot) = out.get_mut(c.replica) {
+                    slot.push(name.to_string());
+                }
+            }
+        }
+        out
     }
 }
 
