@@ -195,7 +195,10 @@ impl PoolManager {
         })
     }
 
-    fn start(command: &(PathBuf, Vec<String>, PathBuf), generation: u32) -> anyhow::Result<Process> {
+    fn start(
+        command: &(PathBuf, Vec<String>, PathBuf),
+        generation: u32,
+    ) -> anyhow::Result<Process> {
         let (program, args, logs) = command;
         let mut cmd = Command::new(program);
         cmd.args(args).env("RUST_LOG", "info,pool_manager=debug");

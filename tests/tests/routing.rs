@@ -133,8 +133,7 @@ async fn models_load_on_first_use_and_answer_from_the_replica_the_pool_manager_r
     assert_eq!(server.status, 200);
     assert_eq!(server.json["name"], "triton");
 
-    // KServe V1 paths are parsed and routed to the model's replica (translation is a later
-    // feature; Triton itself answers that it has no V1 endpoint).
+    // KServe V1 predict is routed to the model's replica (and translated; see data_path.rs).
     let (_, view) = stack
         .admin_call(Method::GET, "/api/v1/models/linear", None)
         .await
@@ -148,6 +147,7 @@ async fn models_load_on_first_use_and_answer_from_the_replica_the_pool_manager_r
         )
         .await
         .unwrap();
+    assert_eq!(v1.status, 200, "{}", v1.text);
     assert_eq!(
         v1.replica.as_deref(),
         view["replicas"][0].as_str(),
