@@ -13,7 +13,7 @@ ENVOY := .tools/bin/envoy
 # Bound on each test binary (the whole integration suite takes well under a minute).
 TEST_TIMEOUT ?= 900
 
-.PHONY: help deps build filter pool-manager lint fmt test unit-test integration-test \
+.PHONY: help deps build filter pool-manager lint fmt test unit-test integration-test validate-k8s \
         envoy-config validate-envoy run up down status clean bench
 
 help: ## List the targets
@@ -46,13 +46,16 @@ envoy-config: filter ## Render the default Envoy bootstrap to .run/envoy.yaml
 validate-envoy: envoy-config ## Check the rendered bootstrap (with the built filter) with envoy --mode validate
 	$(ENVOY) --mode validate -c .run/envoy.yaml --use-dynamic-base-id --log-level warn
 
+validate-k8s: build ## Render every k8s overlay and validate it offline (schemas, Envoy config in sync)
+	bash scripts/validate-k8s.sh
+
 unit-test: ## Unit tests of every crate (no external processes)
 	$(CARGO) test --workspace --exclude mm-tests
 
 integration-test: build ## End-to-end tests with real Triton, pool-manager and Envoy
 	timeout $(TEST_TIMEOUT) $(CARGO) test -p mm-tests
 
-test: deps build lint validate-envoy unit-test integration-test ## Everything CI runs
+test: deps build lint validate-envoy validate-k8s unit-test integration-test ## Everything CI runs
 
 run: build ## Start the whole stack in the foreground (Ctrl-C stops it)
 	@bash scripts/stack.sh run
