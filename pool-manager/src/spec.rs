@@ -73,8 +73,20 @@ pub enum SpecError {
     UriTooLong,
     #[error("storageUri {0:?} is not a valid URI")]
     UriMalformed(String),
-    #[error("storageUri scheme {0:?} is not supported (supported: file)")]
+    #[error("storageUri scheme {0:?} is not supported (supported: file, s3, gs, http, https)")]
     UnsupportedScheme(String),
+    #[error("storageUri must be {0}://bucket/path (no user, port, query or fragment; no empty segments)")]
+    ObjectUriShape(&'static str),
+    #[error(
+        "storageUri bucket {0:?} is not a valid bucket name (3-63 of a-z, 0-9, '.', '-', '_')"
+    )]
+    BucketName(String),
+    #[error("an http(s) storageUri must name a .tar.gz, .tgz or .zip archive on a host, with no user info or fragment")]
+    ArchiveUriShape,
+    #[error("sha256 must be 64 hexadecimal characters")]
+    Sha256Format,
+    #[error("sha256 applies only to archive storage URIs (.tar.gz, .tgz, .zip)")]
+    Sha256NotArchive,
     #[error("storageUri must be file:///absolute/path (no host, query or fragment)")]
     FileUriShape,
     #[error("storageUri must not contain '.' or '..' path segments, encoded or not")]
@@ -93,11 +105,17 @@ pub enum SpecError {
 
 const MAX_URI_LEN: usize = 4096;
 
-/// Where a model's files are. Only local directories for now; object stores come later.
+/// Where a model's files are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StorageUri {
     /// A Triton model directory on the pool-manager's disk (`file:///...`).
     File { uri: String, path: PathBuf },
+    /// Files in an object store or behind a URL, pulled into the local cache before a
+    /// load ([`crate::storage`]).
+    Remote {
+        uri: String,
+        location: crate::storage::uri::RemoteLocation,
+    },
 }
 
 impl StorageUri {
@@ -108,7 +126,11 @@ impl StorageUri {
         }
         let url = url::Url::parse(raw).map_err(|_| SpecError::UriMalformed(raw.to_owned()))?;
         if url.scheme() != "file" {
-            return Err(SpecError::UnsupportedScheme(url.scheme().to_owned()));
+            let location = crate::storage::uri::parse_remote(raw, &url)?;
+            return Ok(StorageUri::Remote {
+                uri: raw.to_owned(),
+                location,
+            });
         }
         if url.query().is_some() || url.fragment().is_some() {
             return Err(SpecError::FileUriShape);
@@ -146,12 +168,12 @@ impl StorageUri {
 
     pub fn as_str(&self) -> &str {
         match self {
-            StorageUri::File { uri, .. } => uri,
+            StorageUri::File { uri, .. } | StorageUri::Remote { uri, .. } => uri,
         }
     }
 }
 
-fn percent_decode(segment: &str) -> String {
+pub(crate) fn percent_decode(segment: &str) -> String {
     let bytes = segment.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -183,6 +205,9 @@ struct SpecRequest {
     min_copies: Option<u32>,
     #[serde(default)]
     max_copies: Option<u32>,
+    /// Checksum of an archive URI's file, checked after the download.
+    #[serde(default)]
+    sha256: Option<String>,
 }
 
 /// Most copies of one model the pool will run.
@@ -203,6 +228,8 @@ pub struct ModelSpec {
     pub min_copies: u32,
     /// Most copies traffic may scale the model to.
     pub max_copies: u32,
+    /// The archive's SHA-256 (lowercase hex), checked after each download.
+    pub sha256: Option<String>,
 }
 
 /// A spec as the durable store keeps it: everything needed to serve the model again after a
@@ -217,6 +244,8 @@ pub struct StoredSpec {
     pub gpu_memory: u64,
     pub min_copies: u32,
     pub max_copies: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 impl From<&ModelSpec> for StoredSpec {
@@ -228,6 +257,7 @@ impl From<&ModelSpec> for StoredSpec {
             gpu_memory: spec.gpu_memory,
             min_copies: spec.min_copies,
             max_copies: spec.max_copies,
+            sha256: spec.sha256.clone(),
         }
     }
 }
@@ -239,13 +269,16 @@ impl TryFrom<StoredSpec> for ModelSpec {
         if s.max_copies == 0 || s.max_copies > MAX_COPIES || s.min_copies > s.max_copies {
             return Err(SpecError::Copies);
         }
+        let storage_uri = StorageUri::parse(&s.storage_uri)?;
+        let sha256 = checked_sha256(&storage_uri, s.sha256.as_deref())?;
         Ok(ModelSpec {
-            storage_uri: StorageUri::parse(&s.storage_uri)?,
+            storage_uri,
             memory: s.memory.max(1),
             memory_declared: s.memory_declared,
             gpu_memory: s.gpu_memory,
             min_copies: s.min_copies,
             max_copies: s.max_copies,
+            sha256,
         })
     }
 }
@@ -269,15 +302,22 @@ impl ModelSpec {
         let req: SpecRequest =
             serde_json::from_slice(body).map_err(|e| SpecError::Json(e.to_string()))?;
         let storage_uri = StorageUri::parse(&req.storage_uri)?;
-        let StorageUri::File { uri, path } = &storage_uri;
-        let dir = check_model_dir(uri, path, policy)?;
-        let (memory, memory_declared) = match req.memory {
-            Some(Bytes(0)) => return Err(SpecError::ZeroMemory),
-            Some(Bytes(n)) => (n, true),
-            None => {
-                let on_disk = dir_size(&dir);
+        let sha256 = checked_sha256(&storage_uri, req.sha256.as_deref())?;
+        // A local directory is checked now; remote files are only looked at when pulled.
+        let local = match &storage_uri {
+            StorageUri::File { uri, path } => Some(check_model_dir(uri, path, policy)?),
+            StorageUri::Remote { .. } => None,
+        };
+        let (memory, memory_declared) = match (req.memory, &local) {
+            (Some(Bytes(0)), _) => return Err(SpecError::ZeroMemory),
+            (Some(Bytes(n)), _) => (n, true),
+            (None, Some(dir)) => {
+                let on_disk = dir_size(dir);
                 (on_disk.saturating_mul(ESTIMATE_NUM) / ESTIMATE_DEN, false)
             }
+            // Estimated from the pulled files before the first placement (see
+            // `ModelSpec::estimate_from_files`); nothing is known yet.
+            (None, None) => (0, false),
         };
         let min_copies = req.min_copies.unwrap_or(0);
         let max_copies = req.max_copies.unwrap_or(1);
@@ -291,13 +331,24 @@ impl ModelSpec {
             gpu_memory: req.gpu_memory.map(|b| b.0).unwrap_or(0),
             min_copies,
             max_copies,
+            sha256,
         })
     }
 
-    /// The local directory holding the model's files.
-    pub fn local_dir(&self) -> &Path {
+    /// The local directory holding the model's files; `None` for remote files, which
+    /// are in the cache once pulled.
+    pub fn local_dir(&self) -> Option<&Path> {
         match &self.storage_uri {
-            StorageUri::File { path, .. } => path,
+            StorageUri::File { path, .. } => Some(path),
+            StorageUri::Remote { .. } => None,
+        }
+    }
+
+    /// Sets an undeclared memory size from the size of the model's files (1.25x), as
+    /// registration does for local directories. A declared size is kept.
+    pub fn estimate_from_files(&mut self, bytes: u64) {
+        if !self.memory_declared {
+            self.memory = (bytes.saturating_mul(ESTIMATE_NUM) / ESTIMATE_DEN).max(1);
         }
     }
 
@@ -308,7 +359,19 @@ impl ModelSpec {
     /// Whether a change from `self` to `other` needs the loaded copies reloaded (the files
     /// may differ); other fields are applied in place.
     pub fn needs_reload(&self, other: &ModelSpec) -> bool {
-        self.storage_uri != other.storage_uri
+        self.storage_uri != other.storage_uri || self.sha256 != other.sha256
+    }
+}
+
+/// The spec's `sha256`, checked: well formed, and only for a URI naming an archive.
+fn checked_sha256(uri: &StorageUri, sha256: Option<&str>) -> Result<Option<String>, SpecError> {
+    let Some(text) = sha256 else {
+        return Ok(None);
+    };
+    let sha256 = crate::storage::uri::parse_sha256(text)?;
+    match uri {
+        StorageUri::Remote { location, .. } if location.archive().is_some() => Ok(Some(sha256)),
+        _ => Err(SpecError::Sha256NotArchive),
     }
 }
 
@@ -396,7 +459,7 @@ mod tests {
             ModelSpec::from_json(&body(&uri, "\"64Mi\""), &StoragePolicy::default()).unwrap();
         assert_eq!(spec.memory, 64 << 20);
         assert!(spec.memory_declared);
-        assert_eq!(spec.local_dir(), dir.path());
+        assert_eq!(spec.local_dir(), Some(dir.path()));
     }
 
     #[test]
@@ -444,7 +507,21 @@ mod tests {
             (body(&good, "\"lots\""), "invalid model spec"),
             (body(&good, "-1"), "invalid model spec"),
             (body(&good, "0"), "greater than zero"),
-            (body("s3://bucket/m", "1"), "not supported"),
+            (body("ftp://host/m", "1"), "not supported"),
+            (body("s3://Bucket/m", "1"), "bucket"),
+            (body("https://host/m", "1"), "archive"),
+            (
+                format!(
+                    r#"{{"storageUri": {good:?}, "sha256": "{}"}}"#,
+                    "a".repeat(64)
+                )
+                .into_bytes(),
+                "only to archive",
+            ),
+            (
+                br#"{"storageUri": "https://h/m.zip", "sha256": "abc"}"#.to_vec(),
+                "64 hexadecimal",
+            ),
             (body("file://host/tmp/m", "1"), "file:///absolute"),
             (body("file:///tmp/../etc", "1"), "'..'"),
             (body("file:///tmp/%2e%2e/etc", "1"), "'..'"),
@@ -482,6 +559,36 @@ mod tests {
                 String::from_utf8_lossy(&raw)
             );
         }
+    }
+
+    #[test]
+    fn accepts_remote_uris_without_touching_the_network() {
+        let p = StoragePolicy::default();
+        let raw = br#"{"storageUri": "s3://models/fraud/v3/"}"#;
+        let spec = ModelSpec::from_json(raw, &p).unwrap();
+        assert!(matches!(spec.storage_uri, StorageUri::Remote { .. }));
+        assert_eq!(spec.local_dir(), None);
+        // Undeclared: estimated from the files once pulled.
+        assert!(!spec.memory_declared);
+        let mut pulled = spec.clone();
+        pulled.estimate_from_files(4000);
+        assert_eq!(pulled.memory, 5000);
+        let sha = "AB".repeat(32);
+        let raw = format!(
+            r#"{{"storageUri": "https://example.com/m.tar.gz", "memory": "1Gi", "sha256": "{sha}"}}"#
+        );
+        let spec = ModelSpec::from_json(raw.as_bytes(), &p).unwrap();
+        assert_eq!(spec.sha256.as_deref(), Some("ab".repeat(32).as_str()));
+        let mut declared = spec.clone();
+        declared.estimate_from_files(4000);
+        assert_eq!(declared.memory, 1 << 30);
+        // A new checksum is a new version of the files.
+        let mut other = spec.clone();
+        other.sha256 = Some("cd".repeat(32));
+        assert!(spec.needs_reload(&other));
+        // And the durable form round-trips.
+        let stored = StoredSpec::from(&spec);
+        assert_eq!(ModelSpec::try_from(stored).unwrap(), spec);
     }
 
     #[test]

@@ -20,6 +20,8 @@ pub struct FakeReplica {
     pub loaded: Mutex<BTreeSet<String>>,
     /// What `memory_usage` reports for every model.
     pub reported_usage: Mutex<MemoryUsage>,
+    /// Loads that carried the model's files, with the files' paths.
+    pub file_loads: Mutex<Vec<(String, Vec<String>)>>,
 }
 
 impl FakeReplica {
@@ -45,6 +47,19 @@ impl ReplicaClient for FakeReplica {
         }
         self.loaded.lock().unwrap().insert(model.to_owned());
         Ok(())
+    }
+
+    async fn load_files(
+        &self,
+        model: &str,
+        files: &crate::storage::ModelFiles,
+    ) -> Result<(), ReplicaError> {
+        let paths = files.files.iter().map(|(p, _)| p.clone()).collect();
+        self.file_loads
+            .lock()
+            .unwrap()
+            .push((model.to_owned(), paths));
+        self.load(model).await
     }
 
     async fn unload(&self, model: &str) -> Result<(), ReplicaError> {

@@ -49,6 +49,19 @@ pub struct MemoryUsage {
 pub trait ReplicaClient: Send + Sync + 'static {
     /// Loads `model` from the replica's model repository and returns once it is ready.
     async fn load(&self, model: &str) -> Result<(), ReplicaError>;
+    /// Loads `model` from `files` sent in the request itself (Triton's file override), for
+    /// replicas that share no disk with the pool-manager. Clients that cannot refuse.
+    async fn load_files(
+        &self,
+        model: &str,
+        files: &crate::storage::ModelFiles,
+    ) -> Result<(), ReplicaError> {
+        let _ = (model, files);
+        Err(ReplicaError::Rejected {
+            status: 501,
+            message: "this replica client cannot load models from request files".into(),
+        })
+    }
     /// Unloads `model`; unloading a model that is not loaded is not an error.
     async fn unload(&self, model: &str) -> Result<(), ReplicaError>;
     /// Succeeds when the server is ready to take requests.
@@ -62,4 +75,6 @@ pub trait ReplicaClient: Send + Sync + 'static {
     async fn inputs(&self, model: &str) -> Result<Vec<mm_wire::TensorSpec>, ReplicaError>;
     /// Whether the replica has `model` loaded and ready (`GET /v2/models/{m}/ready`).
     async fn model_ready(&self, model: &str) -> Result<bool, ReplicaError>;
+    /// Sends later calls to `address` (the replica's host name now resolves there).
+    fn set_address(&self, _address: std::net::SocketAddr) {}
 }

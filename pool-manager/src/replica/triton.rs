@@ -32,9 +32,13 @@ impl Default for Timeouts {
 /// A client for one Triton server.
 #[derive(Debug, Clone)]
 pub struct TritonClient {
-    base: String,
+    /// `http://IP:PORT` of the replica; replaced when its name resolves elsewhere.
+    base: std::sync::Arc<std::sync::RwLock<String>>,
     http: reqwest::Client,
     timeouts: Timeouts,
+    /// Models loaded from request files are missing from Triton's repository index; when
+    /// set, `index` adds the ones `/v2/models/stats` lists as loaded.
+    lists_file_loads: bool,
 }
 
 impl TritonClient {
@@ -46,10 +50,49 @@ impl TritonClient {
             .build()
             .map_err(|e| ReplicaError::Unreachable(e.to_string()))?;
         Ok(Self {
-            base: base.as_str().trim_end_matches('/').to_owned(),
+            base: std::sync::Arc::new(std::sync::RwLock::new(
+                base.as_str().trim_end_matches('/').to_owned(),
+            )),
             http,
             timeouts,
+            lists_file_loads: false,
         })
+    }
+
+    /// For `--file-transfer load-request`: models are loaded from request files, which
+    /// Triton 2.51's repository index does not list, so `index` adds them from
+    /// `/v2/models/stats` (which lists every loaded model) as `READY`.
+    pub fn with_file_loads(mut self, yes: bool) -> Self {
+        self.lists_file_loads = yes;
+        self
+    }
+
+    /// Names of the models `/v2/models/stats` reports (every loaded model).
+    async fn loaded_by_stats(&self) -> Result<Vec<String>, ReplicaError> {
+        #[derive(Deserialize)]
+        struct Stats {
+            #[serde(default)]
+            model_stats: Vec<Named>,
+        }
+        #[derive(Deserialize)]
+        struct Named {
+            name: String,
+        }
+        let request = self
+            .http
+            .get(format!("{}/v2/models/stats", self.base()))
+            .timeout(self.timeouts.call);
+        let text = finish(request.send().await, self.timeouts.call).await?;
+        let stats: Stats =
+            serde_json::from_str(&text).map_err(|e| ReplicaError::BadResponse(e.to_string()))?;
+        Ok(stats.model_stats.into_iter().map(|s| s.name).collect())
+    }
+
+    fn base(&self) -> String {
+        self.base
+            .read()
+            .map(|b| b.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
     }
 
     async fn post(
@@ -60,7 +103,7 @@ impl TritonClient {
     ) -> Result<String, ReplicaError> {
         let request = self
             .http
-            .post(format!("{}{path}", self.base))
+            .post(format!("{}{path}", self.base()))
             .header("content-type", "application/json")
             .body(body)
             .timeout(timeout);
@@ -123,6 +166,29 @@ impl ReplicaClient for TritonClient {
         .map(drop)
     }
 
+    async fn load_files(
+        &self,
+        model: &str,
+        files: &crate::storage::ModelFiles,
+    ) -> Result<(), ReplicaError> {
+        use base64::Engine;
+        let mut parameters = serde_json::Map::new();
+        parameters.insert("config".into(), files.config.clone().into());
+        for (path, data) in &files.files {
+            let encoded = base64::engine::general_purpose::STANDARD.encode(data);
+            parameters.insert(format!("file:{path}"), encoded.into());
+        }
+        let body = serde_json::json!({ "parameters": parameters }).to_string();
+        let timeout = self.timeouts.load;
+        let request = self
+            .http
+            .post(format!("{}/v2/repository/models/{model}/load", self.base()))
+            .header("content-type", "application/json")
+            .body(body)
+            .timeout(timeout);
+        finish(request.send().await, timeout).await.map(drop)
+    }
+
     async fn unload(&self, model: &str) -> Result<(), ReplicaError> {
         match self
             .post(
@@ -144,7 +210,7 @@ impl ReplicaClient for TritonClient {
     async fn ready(&self) -> Result<(), ReplicaError> {
         let request = self
             .http
-            .get(format!("{}/v2/health/ready", self.base))
+            .get(format!("{}/v2/health/ready", self.base()))
             .timeout(self.timeouts.call);
         finish(request.send().await, self.timeouts.call)
             .await
@@ -154,7 +220,7 @@ impl ReplicaClient for TritonClient {
     async fn memory_usage(&self, model: &str) -> Result<MemoryUsage, ReplicaError> {
         let request = self
             .http
-            .get(format!("{}/v2/models/{model}/stats", self.base))
+            .get(format!("{}/v2/models/{model}/stats", self.base()))
             .timeout(self.timeouts.call);
         let text = finish(request.send().await, self.timeouts.call).await?;
         parse_memory_usage(&text)
@@ -168,7 +234,7 @@ impl ReplicaClient for TritonClient {
         }
         let request = self
             .http
-            .get(format!("{}/v2/models/{model}", self.base))
+            .get(format!("{}/v2/models/{model}", self.base()))
             .timeout(self.timeouts.call);
         let text = finish(request.send().await, self.timeouts.call).await?;
         let metadata: Metadata =
@@ -179,7 +245,7 @@ impl ReplicaClient for TritonClient {
     async fn model_ready(&self, model: &str) -> Result<bool, ReplicaError> {
         let request = self
             .http
-            .get(format!("{}/v2/models/{model}/ready", self.base))
+            .get(format!("{}/v2/models/{model}/ready", self.base()))
             .timeout(self.timeouts.call);
         match finish(request.send().await, self.timeouts.call).await {
             Ok(_) => Ok(true),
@@ -190,6 +256,11 @@ impl ReplicaClient for TritonClient {
             }) => Ok(false),
             Err(e) => Err(e),
         }
+    }
+
+    fn set_address(&self, address: std::net::SocketAddr) {
+        let mut base = self.base.write().unwrap_or_else(|p| p.into_inner());
+        *base = format!("http://{address}");
     }
 
     async fn index(&self) -> Result<Vec<IndexEntry>, ReplicaError> {
@@ -206,14 +277,26 @@ impl ReplicaClient for TritonClient {
             .await?;
         let raw: Vec<Raw> =
             serde_json::from_str(&text).map_err(|e| ReplicaError::BadResponse(e.to_string()))?;
-        Ok(raw
+        let mut index: Vec<IndexEntry> = raw
             .into_iter()
             .map(|r| IndexEntry {
                 name: r.name,
                 state: r.state,
                 reason: r.reason,
             })
-            .collect())
+            .collect();
+        if self.lists_file_loads {
+            for name in self.loaded_by_stats().await? {
+                if !index.iter().any(|e| e.name == name) {
+                    index.push(IndexEntry {
+                        name,
+                        state: "READY".into(),
+                        reason: String::new(),
+                    });
+                }
+            }
+        }
+        Ok(index)
     }
 }
 
