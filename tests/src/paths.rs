@@ -29,6 +29,16 @@ pub fn pool_manager() -> PathBuf {
     )
 }
 
+/// The `mmctl` client (built with the pool-manager by `make test`).
+pub fn mmctl() -> PathBuf {
+    from_env_or("MM_MMCTL_BIN", root().join("target/debug/mmctl"))
+}
+
+/// Debian's headless-capable Chromium (installed by install-deps.sh).
+pub fn chromium() -> PathBuf {
+    from_env_or("MM_CHROMIUM", PathBuf::from("/usr/bin/chromium"))
+}
+
 pub fn filter_wasm() -> PathBuf {
     from_env_or(
         "MM_FILTER_WASM",

@@ -17,6 +17,10 @@ use serde_json::json;
 
 use crate::pool::{Pool, PoolError, Registered};
 
+mod ops;
+mod summary;
+mod ui;
+
 /// Largest accepted registration body. Specs are a few hundred bytes.
 pub const MAX_SPEC_BYTES: usize = 64 * 1024;
 const DEFAULT_PAGE: usize = 100;
@@ -72,6 +76,8 @@ pub fn app(state: AppState) -> Router {
             &format!("{}{{name}}", mm_wire::ROUTE_PATH_PREFIX),
             get(route_model),
         )
+        .merge(ops::routes())
+        .merge(ui::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -108,7 +114,7 @@ impl IntoResponse for ApiError {
 impl From<PoolError> for ApiError {
     fn from(e: PoolError) -> Self {
         let status = match &e {
-            PoolError::UnknownModel(_) => StatusCode::NOT_FOUND,
+            PoolError::UnknownModel(_) | PoolError::UnknownReplica(_) => StatusCode::NOT_FOUND,
             PoolError::Spec(_)
             | PoolError::TooBig { .. }
             | PoolError::TooManyCopies { .. }

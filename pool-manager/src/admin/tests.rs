@@ -33,8 +33,8 @@ async fn fixture_with_token(admin_token: Option<&str>) -> Fixture {
     let replica = Replica {
         id: ReplicaId::new("r0").unwrap(),
         url: url::Url::parse("http://127.0.0.1:8000").unwrap(),
-        address: "127.0.0.1:8000".parse().unwrap(),
-        grpc_address: Some("127.0.0.1:8001".parse().unwrap()),
+        address: Some("127.0.0.1:8000".parse().unwrap()),
+        grpc_port: Some(8001),
         capacity: crate::placement::Resources::new(1 << 30, 0),
         client: Arc::new(FakeReplica::default()) as Arc<dyn ReplicaClient>,
     };
@@ -421,4 +421,172 @@ async fn a_configured_token_guards_mutating_calls_only() {
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
     assert!(body["error"].as_str().unwrap().contains("bearer token"));
+}
+
+#[tokio::test]
+async fn events_are_listed_paged_and_bounded() {
+    let f = fixture().await;
+    f.call(Method::PUT, "/api/v1/models/m1", f.spec("\"64Mi\""))
+        .await;
+    f.call(Method::GET, "/internal/v1/route/m1", Body::empty())
+        .await;
+    let (status, body) = f.call(Method::GET, "/api/v1/events", Body::empty()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let kinds: Vec<&str> = body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["model"] == "m1")
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["registered", "placed", "loaded"], "{body}");
+    let loaded = body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "loaded")
+        .unwrap();
+    assert_eq!(loaded["replica"], "r0");
+    assert_eq!(loaded["bytes"], 64 << 20);
+    assert!(loaded["seconds"].as_f64().is_some(), "{loaded}");
+
+    let last = body["next"].as_u64().unwrap();
+    let (_, page) = f
+        .call(
+            Method::GET,
+            &format!("/api/v1/events?after={}&limit=1", last - 2),
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(page["events"].as_array().unwrap().len(), 1);
+    assert_eq!(page["events"][0]["seq"], last - 1);
+    assert_eq!(page["next"], last - 1);
+    for bad in ["limit=0", "limit=1001", "after=x", "nope=1"] {
+        let (status, body) = f
+            .call(Method::GET, &format!("/api/v1/events?{bad}"), Body::empty())
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn the_event_stream_replays_after_a_sequence_number() {
+    use futures::StreamExt;
+    let f = fixture().await;
+    f.call(Method::PUT, "/api/v1/models/m1", f.spec("\"64Mi\""))
+        .await;
+    let request = Request::builder()
+        .uri("/api/v1/events/stream?after=0")
+        .body(Body::empty())
+        .unwrap();
+    let response = f.app.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut body = response.into_body().into_data_stream();
+    let mut text = String::new();
+    while !text.contains("registered") {
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(5), body.next())
+            .await
+            .expect("an event within 5 s")
+            .expect("the stream goes on")
+            .unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(text.contains("id: 1"), "{text}");
+    assert!(text.contains("data: {"), "{text}");
+}
+
+#[tokio::test]
+async fn the_summary_counts_route_calls_and_loads() {
+    let f = fixture().await;
+    f.call(Method::PUT, "/api/v1/models/m1", f.spec("\"64Mi\""))
+        .await;
+    f.call(Method::GET, "/internal/v1/route/m1", Body::empty())
+        .await;
+    f.call(Method::GET, "/internal/v1/route/m1", Body::empty())
+        .await;
+    let (status, body) = f.call(Method::GET, "/api/v1/summary", Body::empty()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let m = &body["metrics"];
+    assert_eq!(m["routeCalls"]["miss"], 1, "{body}");
+    assert_eq!(m["routeCalls"]["hit"], 1, "{body}");
+    assert_eq!(m["loads"], 1);
+    assert_eq!(m["loadSeconds"]["count"], 1);
+    assert_eq!(m["hitRate"], 0.5);
+    assert_eq!(m["modelsRegistered"], 1);
+    assert_eq!(body["watermarks"]["high"], 0.8);
+    assert_eq!(body["events"]["capacity"], 1000);
+}
+
+#[tokio::test]
+async fn replicas_drain_and_undrain_with_the_token() {
+    let f = fixture_with_token(Some("s3cret")).await;
+    let call = |method: Method, uri: &str, auth: Option<&str>| {
+        let mut b = Request::builder().method(method).uri(uri);
+        if let Some(a) = auth {
+            b = b.header("authorization", a);
+        }
+        let request = b.body(Body::empty()).unwrap();
+        let app = f.app.clone();
+        async move {
+            let r = app.oneshot(request).await.unwrap();
+            let status = r.status();
+            let bytes = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+            (
+                status,
+                serde_json::from_slice::<serde_json::Value>(&bytes).unwrap(),
+            )
+        }
+    };
+    let (status, _) = call(Method::POST, "/api/v1/replicas/r0/drain", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let auth = Some("Bearer s3cret");
+    let (status, body) = call(Method::POST, "/api/v1/replicas/r0/drain", auth).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        (body["name"].clone(), body["draining"].clone()),
+        ("r0".into(), true.into())
+    );
+    let (_, list) = call(Method::GET, "/api/v1/replicas", None).await;
+    assert_eq!(list["replicas"][0]["draining"], true);
+    let (status, body) = call(Method::POST, "/api/v1/replicas/r9/drain", auth).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("r9"));
+    let (status, _) = call(Method::GET, "/api/v1/replicas/r0/drain", auth).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    let (status, body) = call(Method::POST, "/api/v1/replicas/r0/undrain", auth).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["draining"], false);
+    let (_, events) = call(Method::GET, "/api/v1/events", None).await;
+    let kinds: Vec<&str> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .filter(|k| k.contains("drain"))
+        .collect();
+    assert_eq!(kinds, ["drained", "undrained"]);
+}
+
+#[tokio::test]
+async fn serves_the_status_page() {
+    let f = fixture().await;
+    for (path, kind, needle) in [
+        ("/ui", "text/html", "/ui/app.js"),
+        ("/ui/app.js", "text/javascript", "/api/v1/replicas"),
+        ("/ui/style.css", "text/css", ".replica"),
+    ] {
+        let request = Request::builder().uri(path).body(Body::empty()).unwrap();
+        let response = f.app.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        let content_type = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(content_type.starts_with(kind), "{path}: {content_type}");
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        assert!(String::from_utf8_lossy(&bytes).contains(needle), "{path}");
+    }
 }

@@ -1,0 +1,159 @@
+//! The command line: global flags (admin URL, token, output format) and the commands.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Exit codes, as `--help` shows them.
+pub const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  other error (e.g. an unreadable file)
+  2  usage error (bad flags or arguments)
+  3  not found (model or replica)
+  4  rejected as invalid (bad spec, bad file, bad request)
+  5  unauthorized (missing or wrong admin token)
+  6  server error or unavailable (5xx, timeout)
+  7  cannot connect to the pool-manager";
+
+/// Client of the mm-gateway pool-manager's admin API.
+#[derive(Debug, Parser)]
+#[command(name = "mmctl", version, about, after_help = EXIT_CODES)]
+pub struct Cli {
+    /// Admin API base URL.
+    #[arg(
+        long,
+        global = true,
+        env = "MMCTL_URL",
+        default_value = "http://127.0.0.1:9090"
+    )]
+    pub url: url::Url,
+    /// Bearer token for calls that change something (apply, delete, drain).
+    #[arg(long, global = true, env = "MMCTL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Output format.
+    #[arg(short, long, global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    /// Bound on each call (not on `events --follow`).
+    #[arg(long, global = true, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Aligned columns for people.
+    Table,
+    /// The admin API's JSON (events --follow: one object per line).
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Registered models.
+    #[command(subcommand)]
+    Models(ModelsCommand),
+    /// Configured replicas.
+    #[command(subcommand)]
+    Replicas(ReplicasCommand),
+    /// Recent events (loads, evictions, failures, placements).
+    Events(EventsArgs),
+    /// Pool summary: hit rate, load time, counts.
+    Status,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// List every model (all pages).
+    #[command(alias = "ls")]
+    List,
+    /// Show one model.
+    Get { name: String },
+    /// Register or update the models in a JSON or YAML file: one spec with a `name`, a
+    /// list of them, or `{"models": [...]}`.
+    Apply {
+        /// The file (`-` for standard input).
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// Unload a model everywhere and forget it.
+    #[command(alias = "rm")]
+    Delete { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReplicasCommand {
+    /// List replicas: health, memory, models.
+    #[command(alias = "ls")]
+    List,
+    /// Stop placing copies on a replica and move its copies away as they go idle.
+    Drain { name: String },
+    /// Let a drained replica take copies again.
+    Undrain { name: String },
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Only events after this sequence number.
+    #[arg(long)]
+    pub after: Option<u64>,
+    /// At most this many events (the newest ones without --after).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub limit: u64,
+    /// Keep printing new events as they happen (Ctrl-C stops).
+    #[arg(short, long)]
+    pub follow: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_documented_commands() {
+        let cli = Cli::try_parse_from([
+            "mmctl",
+            "--url",
+            "http://pm:9090",
+            "-o",
+            "json",
+            "models",
+            "apply",
+            "-f",
+            "m.yaml",
+        ])
+        .unwrap();
+        assert_eq!(cli.output, Output::Json);
+        assert_eq!(cli.url.as_str(), "http://pm:9090/");
+        assert!(matches!(
+            cli.command,
+            Command::Models(ModelsCommand::Apply { .. })
+        ));
+        let cli = Cli::try_parse_from(["mmctl", "events", "--follow", "--after", "7"]).unwrap();
+        let Command::Events(args) = cli.command else {
+            panic!("events");
+        };
+        assert!(args.follow);
+        assert_eq!(args.after, Some(7));
+        // Global flags go anywhere.
+        let cli =
+            Cli::try_parse_from(["mmctl", "replicas", "drain", "r0", "--token", "t"]).unwrap();
+        assert_eq!(cli.token.as_deref(), Some("t"));
+    }
+
+    #[test]
+    fn refuses_bad_usage() {
+        for args in [
+            vec!["mmctl"],
+            vec!["mmctl", "models", "get"],
+            vec!["mmctl", "-o", "yaml", "models", "list"],
+            vec!["mmctl", "events", "--limit", "0"],
+            vec!["mmctl", "--url", "not a url", "status"],
+        ] {
+            assert!(Cli::try_parse_from(&args).is_err(), "{args:?}");
+        }
+    }
+}
