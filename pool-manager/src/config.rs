@@ -2,7 +2,6 @@
 //! offers to models, from `--replica` flags and/or a TOML file. Addresses are resolved once
 //! at start-up to IP literals, because Envoy's ORIGINAL_DST cluster connects to an IP:port.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -78,31 +77,6 @@ impl ReplicaConfig {
             grpc_port,
         })
     }
-
-    /// Resolves the URL's host to a socket address (IPv4 preferred).
-    pub async fn resolve(&self) -> Result<SocketAddr, ConfigError> {
-        let err = |reason: String| ConfigError::Resolve {
-            name: self.name.to_string(),
-            url: self.url.to_string(),
-            reason,
-        };
-        let host = self.url.host_str().ok_or_else(|| err("no host".into()))?;
-        let port = self
-            .url
-            .port_or_known_default()
-            .ok_or_else(|| err("no port".into()))?;
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
-            .await
-            .map_err(|e| err(e.to_string()))?
-            .collect();
-        addrs
-            .iter()
-            .find(|a| a.is_ipv4())
-            .or_else(|| addrs.first())
-            .copied()
-            .ok_or_else(|| err("no address".into()))
-    }
 }
 
 impl FromStr for ReplicaConfig {
@@ -150,6 +124,117 @@ impl FromStr for ReplicaConfig {
             })
             .transpose()?;
         Self::build(spec, name, url, memory, gpu, grpc)
+    }
+}
+
+/// Replicas discovered by DNS: one name per StatefulSet pod behind a headless Service,
+/// `{prefix}-{i}.{service}` for `i` in `0..count`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsReplicas {
+    pub prefix: String,
+    pub service: String,
+    pub port: u16,
+    pub grpc_port: Option<u16>,
+    pub memory: u64,
+    pub gpu_memory: u64,
+    pub count: usize,
+}
+
+/// Most replicas one `--replica-dns` may name.
+const MAX_DNS_REPLICAS: usize = 1024;
+
+impl FromStr for DnsReplicas {
+    type Err = ConfigError;
+
+    /// `prefix=triton,service=triton.mm.svc,port=8000,memory=16Gi,count=8[,grpcPort=8001][,gpuMemory=24Gi]`
+    fn from_str(spec: &str) -> Result<Self, Self::Err> {
+        let field = |reason: String| ConfigError::Field {
+            spec: spec.to_owned(),
+            reason,
+        };
+        let mut fields = std::collections::HashMap::new();
+        for part in spec.split(',') {
+            let (key, value) = part
+                .split_once('=')
+                .ok_or_else(|| field("expected key=value pairs".into()))?;
+            if !matches!(
+                key,
+                "prefix" | "service" | "port" | "grpcPort" | "memory" | "gpuMemory" | "count"
+            ) {
+                return Err(field(format!("unknown key {key:?}")));
+            }
+            if fields.insert(key, value.trim()).is_some() {
+                return Err(field(format!("{key} given twice")));
+            }
+        }
+        let need = |key: &str| {
+            fields
+                .get(key)
+                .copied()
+                .ok_or_else(|| field(format!("{key} is required")))
+        };
+        let number = |key: &str, text: &str| {
+            text.parse::<u64>()
+                .map_err(|e| field(format!("{key}: {e}")))
+        };
+        let port = |key: &str, text: &str| {
+            number(key, text).and_then(|n| {
+                u16::try_from(n)
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| field(format!("{key} must be 1..65535")))
+            })
+        };
+        let prefix = need("prefix")?.to_owned();
+        crate::spec::ReplicaId::new(&format!("{prefix}-0")).map_err(|e| field(e.to_string()))?;
+        let service = need("service")?.to_owned();
+        if service.is_empty()
+            || !service
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        {
+            return Err(field("service must be a DNS name".into()));
+        }
+        let count = usize::try_from(number("count", need("count")?)?).unwrap_or(usize::MAX);
+        if count == 0 || count > MAX_DNS_REPLICAS {
+            return Err(field(format!("count must be 1..{MAX_DNS_REPLICAS}")));
+        }
+        Ok(Self {
+            prefix,
+            service,
+            port: port("port", need("port")?)?,
+            grpc_port: fields
+                .get("grpcPort")
+                .map(|p| port("grpcPort", p))
+                .transpose()?,
+            memory: parse_bytes(need("memory")?).map_err(|e| field(format!("memory: {e}")))?,
+            gpu_memory: fields
+                .get("gpuMemory")
+                .map(|g| parse_bytes(g).map_err(|e| field(format!("gpuMemory: {e}"))))
+                .transpose()?
+                .unwrap_or(0),
+            count,
+        })
+    }
+}
+
+impl DnsReplicas {
+    /// The replicas this stands for, named `{prefix}-{i}`.
+    pub fn expand(&self) -> Result<Vec<ReplicaConfig>, ConfigError> {
+        (0..self.count)
+            .map(|i| {
+                let name = format!("{}-{i}", self.prefix);
+                let url = format!("http://{name}.{}:{}", self.service, self.port);
+                ReplicaConfig::build(
+                    &name,
+                    &name,
+                    &url,
+                    self.memory,
+                    self.gpu_memory,
+                    self.grpc_port,
+                )
+            })
+            .collect()
     }
 }
 
@@ -272,13 +357,27 @@ mod tests {
         assert!(matches!(check_replicas(vec![]), Err(ConfigError::Empty)));
     }
 
-    #[tokio::test]
-    async fn resolves_to_an_ip_literal() {
-        let r: ReplicaConfig = "name=r0,url=http://localhost:8000,memory=1Gi"
-            .parse()
-            .unwrap();
-        let addr = r.resolve().await.unwrap();
-        assert!(addr.ip().is_loopback());
-        assert_eq!(addr.port(), 8000);
+    #[test]
+    fn expands_dns_replicas() {
+        let d: DnsReplicas =
+            "prefix=triton,service=triton.mm.svc,port=8000,memory=1Gi,count=3,grpcPort=8001"
+                .parse()
+                .unwrap();
+        let r = d.expand().unwrap();
+        assert_eq!(r.len(), 3);
+        assert_eq!(r[2].name.as_str(), "triton-2");
+        assert_eq!(r[2].url.as_str(), "http://triton-2.triton.mm.svc:8000/");
+        assert_eq!((r[0].memory, r[0].grpc_port), (1 << 30, Some(8001)));
+        for bad in [
+            "prefix=t,service=s,port=1,memory=1,count=0",
+            "prefix=t,service=s,port=0,memory=1,count=1",
+            "prefix=t,service=s/x,port=1,memory=1,count=1",
+            "prefix=../t,service=s,port=1,memory=1,count=1",
+            "prefix=t,service=s,port=1,memory=1",
+            "prefix=t,service=s,port=1,memory=1,count=1,bogus=2",
+            "prefix=t,service=s,port=1,memory=1,count=99999",
+        ] {
+            assert!(bad.parse::<DnsReplicas>().is_err(), "{bad}");
+        }
     }
 }
