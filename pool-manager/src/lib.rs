@@ -6,12 +6,15 @@
 
 pub mod admin;
 pub mod config;
+pub mod events;
 pub mod metrics;
 pub mod placement;
 pub mod pool;
 pub mod quantity;
 pub mod replica;
 pub mod repository;
+pub mod resolve;
 pub mod sim;
 pub mod spec;
+pub mod storage;
 pub mod store;

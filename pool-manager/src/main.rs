@@ -13,16 +13,19 @@ use pool_manager::metrics::Metrics;
 use pool_manager::placement::{Resources, Watermarks};
 use pool_manager::pool::{Pool, Replica, ScaleSettings, Settings};
 use pool_manager::replica::triton::{Timeouts, TritonClient};
+use pool_manager::replica::ReplicaClient;
 use pool_manager::repository::ModelRepository;
+use pool_manager::resolve::Resolver;
 use pool_manager::spec::StoragePolicy;
+use pool_manager::storage::{FileTransfer, Storage};
 use pool_manager::store::{Opened, Store};
 
 /// Control plane of the multi-model gateway.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    /// Address of the admin API (and the filter's internal route call). Loopback by default:
-    /// the admin API has no authentication yet.
+    /// Address of the admin API (and the filter's internal calls). Loopback by default; set
+    /// an admin token before listening anywhere else.
     #[arg(long, env = "MM_LISTEN", default_value = "127.0.0.1:9090")]
     listen: SocketAddr,
     /// Triton model repository shared with the replicas; models are staged here by name.
@@ -31,6 +34,16 @@ struct Args {
     /// A replica: name=NAME,url=http://HOST:PORT,memory=QUANTITY (repeatable).
     #[arg(long = "replica")]
     replicas: Vec<ReplicaConfig>,
+    /// Replicas from DNS, one name per pod of a StatefulSet behind a headless Service:
+    /// prefix=triton,service=triton.mm.svc,port=8000,memory=16Gi,count=8[,grpcPort=8001]
+    /// [,gpuMemory=..] means triton-0.triton.mm.svc .. triton-7.triton.mm.svc; names that do
+    /// not resolve (yet, or any more) are unhealthy, so scaling up to `count` and down is
+    /// followed without a restart (repeatable).
+    #[arg(long = "replica-dns")]
+    replica_dns: Vec<config::DnsReplicas>,
+    /// A hosts-format file consulted before the system resolver, re-read on every lookup.
+    #[arg(long, env = "MM_HOSTS_FILE")]
+    hosts_file: Option<PathBuf>,
     /// TOML file with [[replica]] tables (name, url, memory); adds to --replica.
     #[arg(long, env = "MM_CONFIG")]
     config: Option<PathBuf>,
@@ -101,6 +114,12 @@ struct Args {
     /// Log format.
     #[arg(long, env = "MM_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    /// Model storage: the cache of pulled files and how files reach replicas.
+    #[command(flatten)]
+    storage: pool_manager::storage::StorageArgs,
+    /// Recent events kept for `GET /api/v1/events` (a ring buffer; the oldest go first).
+    #[arg(long = "events", default_value_t = pool_manager::events::DEFAULT_CAPACITY)]
+    events_capacity: usize,
 }
 
 #[tokio::main]
@@ -109,6 +128,9 @@ async fn main() -> anyhow::Result<()> {
     init_logging(&args.log_format);
 
     let mut replicas = args.replicas.clone();
+    for dns in &args.replica_dns {
+        replicas.extend(dns.expand()?);
+    }
     if let Some(path) = &args.config {
         replicas.extend(config::replicas_from_file(path)?);
     }
@@ -119,18 +141,33 @@ async fn main() -> anyhow::Result<()> {
         call: args.call_timeout,
     };
     let mut pool_replicas = Vec::with_capacity(replicas.len());
+    let resolver = Resolver {
+        hosts_file: args.hosts_file.clone(),
+    };
     for r in replicas {
-        let address = r.resolve().await?;
-        let client = TritonClient::new(&r.url, timeouts)?;
-        tracing::info!(replica = %r.name, url = %r.url, %address, memory = r.memory, "replica configured");
-        let grpc_address = r
-            .grpc_port
-            .map(|port| std::net::SocketAddr::new(address.ip(), port));
+        // A name that does not resolve yet (a StatefulSet pod not created yet) is not an
+        // error: the replica is unhealthy until the probes resolve it.
+        let host = r.url.host_str().unwrap_or_default().to_owned();
+        let port = r.url.port_or_known_default().unwrap_or(80);
+        let address = match resolver.resolve(&host, port).await {
+            Ok(a) => Some(a),
+            Err(e) => {
+                tracing::warn!(replica = %r.name, error = %e, "replica does not resolve yet");
+                None
+            }
+        };
+        let client = TritonClient::new(&r.url, timeouts)?
+            .with_file_loads(args.storage.file_transfer == FileTransfer::LoadRequest);
+        if let Some(a) = address {
+            client.set_address(a);
+        }
+        tracing::info!(replica = %r.name, url = %r.url, address = ?address, memory = r.memory,
+                       gpu_memory = r.gpu_memory, "replica configured");
         pool_replicas.push(Replica {
             id: r.name,
             url: r.url,
             address,
-            grpc_address,
+            grpc_port: r.grpc_port,
             capacity: Resources::new(r.memory, r.gpu_memory),
             client: Arc::new(client),
         });
@@ -166,6 +203,10 @@ async fn main() -> anyhow::Result<()> {
         max_waiting: args.max_waiting.max(1),
         unhealthy_after: args.unhealthy_after.max(1),
         unload_unknown: !args.keep_unknown_models,
+        events_capacity: args.events_capacity.max(1),
+        resolver: Resolver {
+            hosts_file: args.hosts_file.clone(),
+        },
         ..Settings::default()
     };
     let admin_token = admin_token(args.admin_token_file.as_deref())?;
@@ -185,6 +226,10 @@ async fn main() -> anyhow::Result<()> {
         settings,
         Some(store),
     );
+    let storage = Storage::open(&args.storage, &args.data_dir, &mut registry)?;
+    tracing::info!(file_transfer = ?args.storage.file_transfer, cache = %storage.cache().root().display(),
+                   "model storage ready");
+    pool.attach_storage(storage);
     tracing::info!(models = models.len(), "registry restored");
     pool.restore(models);
     // Know which replicas are up, and what they have loaded, before the first request is
@@ -195,6 +240,7 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(pool.clone().run_scaler());
     tokio::spawn(pool.clone().run_reconcile(args.reconcile_interval));
 
+    let closing = pool.clone();
     let app = admin::app(AppState {
         pool,
         metrics: Arc::new(registry),
@@ -205,7 +251,11 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", args.listen))?;
     tracing::info!(listen = %args.listen, "pool-manager serving");
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            // Open event streams would hold the graceful shutdown open forever.
+            closing.events().close();
+        })
         .await?;
     tracing::info!("pool-manager stopped");
     Ok(())

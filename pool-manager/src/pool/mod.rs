@@ -13,6 +13,8 @@
 //!   for its `minCopies`, is never chosen for eviction;
 //! - the table's mutex is never held across an `.await`.
 
+mod drain;
+mod files;
 mod place;
 mod reconcile;
 mod routing;
@@ -27,6 +29,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tracing::info;
 
+use crate::events::{EventKind, NewEvent};
 use crate::metrics::{Metrics, Outcome, ReplicaLabel, ResourceLabel};
 use crate::placement::{PlacementError, Resources, Watermarks};
 use crate::replica::ReplicaClient;
@@ -35,6 +38,7 @@ use crate::spec::{ModelName, ModelSpec, ReplicaId, SpecError, StoragePolicy};
 use crate::store::Store;
 use mm_wire::{RouteResponse, UsageReport};
 
+pub use drain::DrainPass;
 pub use reconcile::Reconciled;
 pub use table::{CopyState, ModelState};
 use table::{Entry, Table};
@@ -43,10 +47,11 @@ use table::{Entry, Table};
 pub struct Replica {
     pub id: ReplicaId,
     pub url: url::Url,
-    /// The replica's HTTP endpoint as an IP literal, for Envoy's ORIGINAL_DST cluster.
-    pub address: SocketAddr,
-    /// Its gRPC endpoint, if it serves gRPC.
-    pub grpc_address: Option<SocketAddr>,
+    /// The replica's HTTP endpoint as an IP literal (for Envoy's ORIGINAL_DST cluster), if
+    /// its name resolved at start; the probes resolve it again and follow changes.
+    pub address: Option<SocketAddr>,
+    /// Port of its gRPC endpoint on the same address, if it serves gRPC.
+    pub grpc_port: Option<u16>,
     pub capacity: Resources,
     pub client: Arc<dyn ReplicaClient>,
 }
@@ -105,6 +110,10 @@ pub struct Settings {
     pub unhealthy_after: u32,
     /// Unload models a replica has loaded that the registry does not know.
     pub unload_unknown: bool,
+    /// How replica host names are resolved (again on every probe).
+    pub resolver: crate::resolve::Resolver,
+    /// Events kept for the admin API's event list.
+    pub events_capacity: usize,
 }
 
 impl Default for Settings {
@@ -122,6 +131,8 @@ impl Default for Settings {
             max_waiting: 1000,
             unhealthy_after: 2,
             unload_unknown: true,
+            resolver: crate::resolve::Resolver::default(),
+            events_capacity: crate::events::DEFAULT_CAPACITY,
         }
     }
 }
@@ -190,6 +201,9 @@ pub enum PoolError {
     /// A usage report that does not follow the contract (400).
     #[error("invalid usage report: {0}")]
     BadReport(String),
+    /// No replica of that name is configured (404).
+    #[error("replica '{0}' is not configured")]
+    UnknownReplica(String),
     /// A bug or a panicked task (500).
     #[error("internal error: {0}")]
     Internal(String),
@@ -249,6 +263,8 @@ pub struct ReplicaView {
     pub gpu_used_bytes: u64,
     pub in_flight: u64,
     pub models: Vec<String>,
+    /// Takes no new copies; its copies are moving away (see `POST .../drain`).
+    pub draining: bool,
 }
 
 /// What a registration did.
@@ -274,6 +290,10 @@ struct Inner {
     name_locks: Vec<tokio::sync::Mutex<()>>,
     /// Bounds the requests held waiting for a load.
     waiting: Arc<tokio::sync::Semaphore>,
+    events: crate::events::Events,
+    drains: drain::Drains,
+    /// The model cache and how files reach replicas ([`Pool::attach_storage`]).
+    model_storage: std::sync::OnceLock<Arc<crate::storage::Storage>>,
 }
 
 /// The pool; cheap to clone (all clones share one table).
@@ -322,8 +342,11 @@ impl Pool {
                 .get_or_create(&ReplicaLabel::new(r.id.as_str()))
                 .set(0);
         }
-        let table = Table::new(replicas.len());
+        let mut table = Table::new(replicas.len());
+        table.addresses = replicas.iter().map(|r| r.address).collect();
         let settings_max_waiting = settings.max_waiting.max(1);
+        let settings_events_capacity = settings.events_capacity;
+        let replica_count = replicas.len();
         Self {
             inner: Arc::new(Inner {
                 replicas,
@@ -336,8 +359,11 @@ impl Pool {
                 epoch: Instant::now(),
                 routing: routing::Routing::new(),
                 store,
-                name_locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
+                name_locks: (0..1024).map(|_| tokio::sync::Mutex::new(())).collect(),
                 waiting: Arc::new(tokio::sync::Semaphore::new(settings_max_waiting)),
+                events: crate::events::Events::new(settings_events_capacity),
+                drains: drain::Drains::new(replica_count),
+                model_storage: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -349,6 +375,11 @@ impl Pool {
             .table
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The pool's recent events.
+    pub fn events(&self) -> &crate::events::Events {
+        &self.inner.events
     }
 
     pub fn settings(&self) -> &Settings {
@@ -421,6 +452,16 @@ impl Pool {
             info!(model = %name, uri = spec.storage_uri.as_str(), memory = spec.memory,
                   gpu_memory = spec.gpu_memory, min_copies = spec.min_copies,
                   max_copies = spec.max_copies, ?outcome, "model registered");
+            let kind = if outcome == Registered::Created {
+                EventKind::Registered
+            } else {
+                EventKind::Updated
+            };
+            self.events().record(
+                NewEvent::new(kind)
+                    .model(&name)
+                    .size(spec.memory, spec.gpu_memory),
+            );
         }
         if spec.min_copies > 0 && outcome != Registered::Unchanged {
             let pool = self.clone();
@@ -541,6 +582,8 @@ impl Pool {
         self.table().models.remove(&name);
         self.update_gauges();
         info!(model = %name, "model deleted");
+        self.events()
+            .record(NewEvent::new(EventKind::Deleted).model(&name));
         Ok(())
     }
 
@@ -618,23 +661,26 @@ impl Pool {
         let replica = tied[entry.next_copy % tied.len()];
         entry.last_used = Some(Instant::now());
         let inputs = entry.inputs.clone();
-        Ok(Some(self.route_to(Some(model), replica, inputs)))
+        Ok(self.route_to(t, Some(model), replica, inputs))
     }
 
+    /// Where to send a request for `model` on replica `idx`; `None` if the replica's name
+    /// does not resolve now.
     fn route_to(
         &self,
+        t: &Table,
         model: Option<&ModelName>,
         idx: usize,
         inputs: Option<Vec<mm_wire::TensorSpec>>,
-    ) -> RouteResponse {
-        let endpoint = self.endpoint(idx);
-        RouteResponse {
+    ) -> Option<RouteResponse> {
+        let endpoint = self.endpoint(t, idx)?;
+        Some(RouteResponse {
             model: model.map(ToString::to_string),
             replica: endpoint.replica,
             address: endpoint.address,
             grpc_address: endpoint.grpc_address,
             inputs,
-        }
+        })
     }
 
     /// Any healthy replica, round-robin: for requests that name no model.
@@ -644,8 +690,8 @@ impl Pool {
         let start = self.inner.next_any.fetch_add(1, Ordering::Relaxed);
         (0..n)
             .map(|k| (start + k) % n)
-            .find(|&i| t.healthy[i])
-            .map(|i| self.route_to(None, i, None))
+            .filter(|&i| t.healthy[i])
+            .find_map(|i| self.route_to(&t, None, i, None))
             .ok_or(PoolError::NoHealthyReplica)
     }
 
@@ -707,13 +753,44 @@ impl Pool {
     /// success, and is then reconciled (it may have restarted empty).
     pub async fn probe_replicas(&self) {
         let timeout = self.inner.settings.probe_timeout;
+        let resolver = &self.inner.settings.resolver;
         let probes = self.inner.replicas.iter().map(|r| async move {
-            matches!(
-                tokio::time::timeout(timeout, r.client.ready()).await,
-                Ok(Ok(()))
-            )
+            // Resolve the name again: a replica's pod may have come back elsewhere, or be
+            // gone (a StatefulSet scaled down), or be new.
+            let host = r.url.host_str().unwrap_or_default();
+            let port = r.url.port_or_known_default().unwrap_or(80);
+            let address = resolver.resolve(host, port).await;
+            if let Ok(a) = address {
+                r.client.set_address(a);
+            }
+            let ready = address.is_ok()
+                && matches!(
+                    tokio::time::timeout(timeout, r.client.ready()).await,
+                    Ok(Ok(()))
+                );
+            (address.ok(), ready)
         });
-        let results = futures::future::join_all(probes).await;
+        let outcomes = futures::future::join_all(probes).await;
+        let mut moved = false;
+        {
+            let mut t = self.table();
+            for (i, (address, _)) in outcomes.iter().enumerate() {
+                if let Some(a) = address {
+                    if t.addresses[i] != Some(*a) {
+                        if t.addresses[i].is_some() {
+                            info!(replica = %self.inner.replicas[i].id, address = %a,
+                                  "replica moved to a new address");
+                        }
+                        t.addresses[i] = Some(*a);
+                        moved = true;
+                    }
+                }
+            }
+        }
+        if moved {
+            self.publish();
+        }
+        let results: Vec<bool> = outcomes.iter().map(|(_, ready)| *ready).collect();
         let mut returned = Vec::new();
         {
             let mut t = self.table();
@@ -724,6 +801,8 @@ impl Pool {
                     t.probe_failures[i] = 0;
                     if !t.healthy[i] {
                         info!(replica = %r.id, "replica became healthy");
+                        self.events()
+                            .record(NewEvent::new(EventKind::ReplicaHealthy).replica(&r.id));
                         t.healthy[i] = true;
                         returned.push(i);
                     }
@@ -733,6 +812,11 @@ impl Pool {
                     if t.healthy[i] && t.probe_failures[i] >= threshold {
                         tracing::warn!(replica = %r.id, failures = t.probe_failures[i],
                                        "replica became unhealthy");
+                        self.events().record(
+                            NewEvent::new(EventKind::ReplicaUnhealthy)
+                                .replica(&r.id)
+                                .reason(format!("{} failed probes", t.probe_failures[i])),
+                        );
                         t.healthy[i] = false;
                     }
                 }
@@ -751,6 +835,13 @@ impl Pool {
     pub(super) fn mark_unhealthy(&self, idx: usize) {
         {
             let mut t = self.table();
+            if t.healthy[idx] {
+                self.events().record(
+                    NewEvent::new(EventKind::ReplicaUnhealthy)
+                        .replica(&self.inner.replicas[idx].id)
+                        .reason("unreachable from the gateway; a probe agrees"),
+                );
+            }
             t.healthy[idx] = false;
             t.probe_failures[idx] = self.inner.settings.unhealthy_after.max(1);
         }
@@ -874,13 +965,14 @@ impl Pool {
                 ReplicaView {
                     name: r.id.to_string(),
                     url: r.url.to_string(),
-                    address: r.address.to_string(),
+                    address: t.addresses[i].map(|a| a.to_string()).unwrap_or_default(),
                     healthy: t.healthy[i],
                     capacity_bytes: r.capacity.memory,
                     used_bytes: used.memory,
                     gpu_capacity_bytes: r.capacity.gpu_memory,
                     gpu_used_bytes: used.gpu_memory,
                     in_flight: in_flight[i],
+                    draining: self.is_draining(i),
                     models: std::mem::take(&mut models[i]),
                 }
             })

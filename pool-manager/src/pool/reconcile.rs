@@ -15,6 +15,7 @@ use tracing::{info, warn};
 
 use super::table::{Copy, CopyState};
 use super::Pool;
+use crate::events::{EventKind, NewEvent};
 use crate::metrics::ReplicaLabel;
 use crate::replica::ReplicaError;
 use crate::spec::ModelName;
@@ -135,6 +136,14 @@ impl Pool {
         if out != Reconciled::default() {
             info!(replica = %replica.id, adopted = ?out.adopted, dropped = ?out.dropped,
                   unloaded_unknown = ?out.unloaded_unknown, "reconciled with the replica's index");
+            self.events().record(
+                NewEvent::new(EventKind::Reconciled)
+                    .replica(&replica.id)
+                    .reason(format!(
+                        "adopted {:?}, dropped {:?}, unloaded unknown {:?}",
+                        out.adopted, out.dropped, out.unloaded_unknown
+                    )),
+            );
             self.update_gauges();
         }
         Ok(out)

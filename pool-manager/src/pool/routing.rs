@@ -73,7 +73,7 @@ impl Pool {
                 .filter_map(|(name, e)| {
                     let replicas: Vec<Endpoint> = e
                         .routable(&t.healthy)
-                        .map(|c| self.endpoint(c.replica))
+                        .filter_map(|c| self.endpoint(&t, c.replica))
                         .collect();
                     (!replicas.is_empty()).then(|| TableEntry {
                         model: name.to_string(),
@@ -107,13 +107,17 @@ impl Pool {
         routing.changes.send_replace(generation);
     }
 
-    pub(super) fn endpoint(&self, replica: usize) -> Endpoint {
+    /// Where replica `replica` is now; `None` while its name does not resolve.
+    pub(super) fn endpoint(&self, t: &super::table::Table, replica: usize) -> Option<Endpoint> {
         let r = &self.inner.replicas[replica];
-        Endpoint {
+        let address = (*t.addresses.get(replica)?)?;
+        Some(Endpoint {
             replica: r.id.to_string(),
-            address: r.address.to_string(),
-            grpc_address: r.grpc_address.map(|a| a.to_string()),
-        }
+            address: address.to_string(),
+            grpc_address: r
+                .grpc_port
+                .map(|port| std::net::SocketAddr::new(address.ip(), port).to_string()),
+        })
     }
 
     /// The routing table as JSON. When the caller already has `epoch`/`since`, waits up to

@@ -10,6 +10,7 @@ use tracing::{info, warn};
 use super::place::Purpose;
 use super::table::CopyState;
 use super::Pool;
+use crate::events::{EventKind, NewEvent};
 use crate::metrics::ReasonLabel;
 use crate::spec::ModelName;
 
@@ -170,7 +171,8 @@ impl Pool {
                 .max_by_key(|&r| {
                     let used = t.used(r).memory as f64;
                     let cap = self.inner.replicas[r].capacity.memory.max(1) as f64;
-                    (used / cap * 1e6) as u64
+                    // A copy on a draining replica goes first.
+                    (self.is_draining(r), (used / cap * 1e6) as u64)
                 });
             let Some(replica) = fullest else {
                 return;
@@ -190,7 +192,13 @@ impl Pool {
                     .copies_removed
                     .get_or_create(&ReasonLabel { reason: "scale" })
                     .inc();
-                info!(model = %model, replica = %self.inner.replicas[replica].id, "extra copy removed");
+                info!(model = %model, replica = %self.inner.replicas[replica].id, reason = "scale", "extra copy removed");
+                self.events().record(
+                    NewEvent::new(EventKind::CopyRemoved)
+                        .model(model)
+                        .replica(&self.inner.replicas[replica].id)
+                        .reason("scaled down"),
+                );
             }
             Err(_) => {
                 if let Some(e) = self.table().models.get_mut(model) {

@@ -218,6 +218,8 @@ pub(super) struct Table {
     pub healthy: Vec<bool>,
     /// Consecutive failed probes per replica.
     pub probe_failures: Vec<u32>,
+    /// Each replica's current IP address (`None` while its name does not resolve).
+    pub addresses: Vec<Option<std::net::SocketAddr>>,
     pub in_flight: InFlight,
     /// Gateway failure reports being checked, so a burst of them costs one check.
     pub checking: std::collections::HashSet<(ModelName, usize, mm_wire::FailureKind)>,
@@ -229,6 +231,7 @@ impl Table {
             models: BTreeMap::new(),
             healthy: vec![false; replicas],
             probe_failures: vec![0; replicas],
+            addresses: vec![None; replicas],
             in_flight: InFlight::default(),
             checking: std::collections::HashSet::new(),
         }
