@@ -11,6 +11,26 @@ mkdir -p "$out"
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 
+# The load generator and the plots' font (Debian packages).
+need=()
+command -v wrk >/dev/null || need+=(wrk)
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
+if [ ${#need[@]} -gt 0 ]; then
+  log "apt-get install ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# Parts that run the real stack: warm path, cold path, churn, control-plane scale.
+BENCH_ARGS=${BENCH_ARGS:-}
+log "building (release pool-manager is not needed: the stack runs what make test runs)"
+cargo build -q -p pool-manager --bins
+cargo build -q -p mm-filter --release --target wasm32-wasip1
+cargo build -q --release -p mm-bench
+# shellcheck disable=SC2086
+log "mm-bench $BENCH_ARGS"
+timeout 780 target/release/mm-bench --out "$out" $BENCH_ARGS
+
 # Part: the trace simulator's policy comparison (pure placement code, fake replicas).
 SIM_ARGS=${SIM_ARGS:---models 10000 --requests 200000 --zipf 1.0 --replicas 4 --replica-capacity 4Gi --size-min 16Mi --size-max 512Mi --high 0.8 --low 0.6 --min-age 0 --seed 42}
 log "trace simulator: mm-sim $SIM_ARGS"
@@ -33,7 +53,19 @@ mv "$out/sim.md.tmp" "$out/sim.md"
   echo "- cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //') x $(nproc)"
   echo "- memory: $(free -g | awk '/Mem:/ {print $2}') GiB"
   echo "- kernel: $(uname -r); rustc: $(rustc --version | cut -d' ' -f2)"
+  echo "## How to run"
   echo
+  echo '```sh'
+  echo "make bench      # or: BENCH_ARGS='--parts warm,cold --rounds 5' make bench"
+  echo '```'
+  echo
+  echo "Exact parts run: \`target/release/mm-bench --out $out ${BENCH_ARGS}\` (defaults: 3 interleaved"
+  echo "rounds of 8 s per warm target, 5 cold samples, a 60 s churn trace, 100,000 models on"
+  echo "1,000 fake replicas) and \`mm-sim ${SIM_ARGS}\`."
+  echo
+  for part in warm cold churn scale; do
+    [ -f "$out/$part.md" ] && { cat "$out/$part.md"; echo; }
+  done
   cat "$out/sim.md"
 } > BENCHMARKS.md.tmp
 mv BENCHMARKS.md.tmp BENCHMARKS.md
