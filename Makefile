@@ -25,8 +25,8 @@ deps: ## Install Envoy, Triton, the wasm target and python3-numpy (idempotent)
 filter: deps ## Build the Wasm filter (release, wasm32-wasip1)
 	$(CARGO) build -p mm-filter --release --target $(WASM_TARGET)
 
-pool-manager: ## Build the pool-manager binary
-	$(CARGO) build -p pool-manager --bins
+pool-manager: ## Build the pool-manager and mmctl binaries
+	$(CARGO) build -p pool-manager -p mmctl --bins
 
 build: filter pool-manager ## Build everything the stack runs
 

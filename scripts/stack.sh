@@ -406,6 +406,7 @@ EOF
   local pm=$STARTED_PID
   say "started pool-manager (pid $pm) on :$POOL_MANAGER_PORT, log $LOGS/pool-manager.log"
   wait_http pool-manager "$pm" "http://$HOST:$POOL_MANAGER_PORT/healthz"
+  say "status page: http://$HOST:$POOL_MANAGER_PORT/ui (mmctl: MMCTL_URL=http://$HOST:$POOL_MANAGER_PORT target/debug/mmctl models list)"
 
   # 3. Envoy with the Wasm filter.
   GATEWAY_ADDRESS=$HOST GATEWAY_PORT=$GATEWAY_PORT ENVOY_ADMIN_PORT=$ENVOY_ADMIN_PORT \

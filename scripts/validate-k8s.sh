@@ -209,8 +209,10 @@ timeout 60 "$envoy" --mode validate -c "$tmp/istio-bootstrap.json" --disable-hot
 pass "envoy --mode validate accepts the EnvoyFilter's clusters and routes, and the filter accepts the WasmPlugin's pluginConfig"
 
 # pool-manager: the real binary parses each Deployment's flags and its pool.toml. It gets
-# as far as resolving the first replica's host (which does not exist here) only when
-# every flag, value and pool.toml entry was accepted; nothing is written before that.
+# as far as configuring the replicas (names that do not resolve here are only unhealthy)
+# only when every flag, value and pool.toml entry was accepted; it then stops at the first
+# path that exists only in the pod (the allowed storage root or the data directory), before
+# writing anything.
 for dir in "$tmp"/extract/*/; do
   [[ -f $dir/pool-manager-args.json ]] || continue
   mapfile -t args < <(python3 - "$dir/pool-manager-args.json" "$dir/pool.toml" <<'PY'
@@ -221,10 +223,10 @@ PY
 )
   first=$(head -1 "$dir/replica-hosts.txt")
   RUST_BACKTRACE=0 timeout 30 "$pool_manager" "${args[@]}" >"$tmp/pm.log" 2>&1 && fail "pool-manager started?"
-  grep -q "cannot resolve http://$first:" "$tmp/pm.log" \
+  { grep -q "replica configured" "$tmp/pm.log" && grep -q "http://$first:" "$tmp/pm.log"; } \
     || { cat "$tmp/pm.log" >&2; fail "$(basename "$dir"): pool-manager refuses its flags or pool.toml"; }
 done
-pass "pool-manager accepts every Deployment's flags and pool.toml (stops only at resolving triton-0.triton, absent here)"
+pass "pool-manager accepts every Deployment's flags and pool.toml (configures every replica, stops at the pod-only paths)"
 
 # Triton: every flag is one tritonserver 2.51 (the 24.10 image's version) knows.
 "$tritonserver" --help >"$tmp/triton-help.txt" 2>&1 || true

@@ -7,6 +7,7 @@
 pub mod models;
 pub mod paths;
 pub mod process;
+pub mod servers;
 pub mod stack;
 
 pub use stack::{Envoy, PoolManager, Stack, StackOptions, Triton};

@@ -14,9 +14,25 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-/// A free TCP port on 127.0.0.1 (the OS picks it; a small race remains until the server
-/// binds it, which is acceptable on a test machine).
+/// A free TCP port on 127.0.0.1, from 20000..32000: below Linux's ephemeral range
+/// (32768..), so an outgoing connection cannot take it between this check and the
+/// server's bind (ports picked with bind(0) come from that range and can). Start points
+/// differ per process and call, and each candidate is checked by binding it.
 pub fn free_port() -> anyhow::Result<u16> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let seed = std::process::id().wrapping_mul(7919)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+    for _ in 0..2000 {
+        let k = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20000 + (seed.wrapping_add(k.wrapping_mul(104_729)) % 12000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
     let listener = TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
 }

@@ -47,6 +47,8 @@ fn client() -> reqwest::Client {
 /// A real Triton server in explicit model-control mode.
 pub struct Triton {
     pub name: String,
+    /// The loopback address it listens on.
+    pub ip: String,
     pub http_port: u16,
     pub grpc_port: u16,
     pub metrics_port: u16,
@@ -55,30 +57,45 @@ pub struct Triton {
 }
 
 impl Triton {
-    /// Starts a replica on free ports reading models from `repository`.
+    /// Starts a replica on free ports of 127.0.0.1 reading models from `repository`.
     pub fn spawn(name: &str, repository: &Path, logs: &Path) -> anyhow::Result<Self> {
-        let (http_port, grpc_port, metrics_port) = (free_port()?, free_port()?, free_port()?);
+        let ports = (free_port()?, free_port()?, free_port()?);
+        Self::spawn_at(name, "127.0.0.1", ports, repository, logs)
+    }
+
+    /// Starts a replica on `ip` (any 127.x.y.z address) and the given (http, grpc,
+    /// metrics) ports: several replicas can then share ports on different addresses, as
+    /// pods behind one headless Service do.
+    pub fn spawn_at(
+        name: &str,
+        ip: &str,
+        (http_port, grpc_port, metrics_port): (u16, u16, u16),
+        repository: &Path,
+        logs: &Path,
+    ) -> anyhow::Result<Self> {
         let mut cmd = Command::new(paths::tritonserver());
         cmd.arg(format!("--model-repository={}", repository.display()))
             .arg("--model-control-mode=explicit")
             .arg("--strict-readiness=false")
             // Our configs are complete; auto-complete costs ~1.2 s per Python model load.
             .arg("--disable-auto-complete-config")
-            .arg("--http-address=127.0.0.1")
-            .arg("--grpc-address=127.0.0.1")
-            .arg("--metrics-address=127.0.0.1")
+            .arg(format!("--http-address={ip}"))
+            .arg(format!("--grpc-address={ip}"))
+            .arg(format!("--metrics-address={ip}"))
             .arg(format!("--http-port={http_port}"))
             .arg(format!("--grpc-port={grpc_port}"))
             .arg(format!("--metrics-port={metrics_port}"))
             .arg("--exit-timeout-secs=5")
             // Python backends of two servers on one machine must not share shm names.
             .arg(format!(
-                "--backend-config=python,shm-region-prefix-name=mmtest{}{name}",
-                std::process::id()
+                "--backend-config=python,shm-region-prefix-name=mmtest{}{name}{}",
+                std::process::id(),
+                ip.replace('.', "")
             ));
         let process = Process::spawn(name, cmd, &logs.join(format!("{name}.log")))?;
         Ok(Self {
             name: name.to_owned(),
+            ip: ip.to_owned(),
             http_port,
             grpc_port,
             metrics_port,
@@ -88,7 +105,7 @@ impl Triton {
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.http_port)
+        format!("http://{}:{}", self.ip, self.http_port)
     }
 
     pub async fn wait_ready(&mut self) -> anyhow::Result<()> {
@@ -461,7 +478,15 @@ impl Stack {
             .map(|i| Triton::spawn(&format!("r{i}"), &repository, dir.path()))
             .collect::<anyhow::Result<Vec<_>>>()?;
         for r in &mut replicas {
-            r.wait_ready().await?;
+            // A port taken between choosing and binding it: start again on other ports.
+            let mut tries = 0;
+            while let Err(e) = r.wait_ready().await {
+                tries += 1;
+                if tries > 3 || !r.process.log_tail(200).contains("already in use") {
+                    return Err(e);
+                }
+                *r = Triton::spawn(&r.name.clone(), &repository, dir.path())?;
+            }
         }
         let configured: Vec<String> = replicas
             .iter()

@@ -126,7 +126,28 @@ async fn four_models_cycle_through_room_for_two_evicting_lru_first() {
         let r = stack.infer(name, &body).await.unwrap();
         assert_eq!(r.status, 200, "step {step} {name}: {}", r.text);
         assert_close(&r.output(output).unwrap(), &want, name);
-        let ready = stack.ready_models("r0").await.unwrap();
+        // The gateway reports requests in flight once a second; a report taken while this
+        // request was still being answered protects its model from eviction until the next
+        // one. Wait (bounded) until the pool-manager sees nothing in flight, so the next
+        // step's eviction order is LRU alone.
+        let stack_ref = &stack;
+        eventually(
+            "no request in flight",
+            Duration::from_secs(5),
+            || async move {
+                let (_, models) = stack_ref
+                    .admin_call(Method::GET, "/api/v1/models", None)
+                    .await?;
+                let busy = models["models"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|m| m["inFlight"].as_u64().unwrap_or(0) > 0);
+                Ok((!busy).then_some(()))
+            },
+        )
+        .await
+        .unwrap();
         let want_ready: Vec<String> = if step == 0 {
             vec![name.to_string()]
         } else {
@@ -135,7 +156,17 @@ async fn four_models_cycle_through_room_for_two_evicting_lru_first() {
             v.sort();
             v
         };
-        assert_eq!(ready, want_ready, "step {step}: READY on the replica");
+        // Triton finishes an unload shortly after answering it: wait (bounded) for its
+        // own index to show exactly the two expected models.
+        let stack = &stack;
+        let want = &want_ready;
+        eventually(
+            &format!("step {step}: READY on the replica is {want:?}"),
+            Duration::from_secs(5),
+            || async move { Ok((stack.ready_models("r0").await? == *want).then_some(())) },
+        )
+        .await
+        .unwrap();
     }
     let evictions = stack
         .pool_manager
@@ -279,7 +310,12 @@ async fn a_pinned_model_is_loaded_at_once_and_never_evicted() {
             ready.contains(&"always_on".to_string()),
             "pinned model evicted: {ready:?}"
         );
-        assert_eq!(ready.len(), 2, "{ready:?}");
+        let stack_ref = &stack;
+        eventually("two models READY", Duration::from_secs(5), || async move {
+            Ok((stack_ref.ready_models("r0").await?.len() == 2).then_some(()))
+        })
+        .await
+        .unwrap();
     }
     assert_eq!(
         stack

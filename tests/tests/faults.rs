@@ -352,7 +352,7 @@ async fn bad_inputs_get_clear_4xx_and_change_nothing() {
         (
             Method::PUT,
             "/api/v1/models/m".into(),
-            r#"{"storageUri": "s3://bucket/m"}"#.into(),
+            r#"{"storageUri": "ftp://host/m"}"#.into(),
             400,
         ),
         (
