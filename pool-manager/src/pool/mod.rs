@@ -447,7 +447,17 @@ impl Pool {
                 Registered::Updated
             }
         };
-        self.update_gauges();
+        match outcome {
+            // A new model is loaded nowhere: nothing routable or placed changed, so only the
+            // registry size moves (a full gauge and table pass per registration would be
+            // quadratic over a bulk registration of many models).
+            Registered::Created => {
+                let n = self.table().models.len() as u64;
+                self.inner.metrics.models_registered.set(clamp(n));
+            }
+            Registered::Updated => self.update_gauges(),
+            Registered::Unchanged => {}
+        }
         if outcome != Registered::Unchanged {
             info!(model = %name, uri = spec.storage_uri.as_str(), memory = spec.memory,
                   gpu_memory = spec.gpu_memory, min_copies = spec.min_copies,
