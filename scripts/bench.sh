@@ -53,6 +53,7 @@ mv "$out/sim.md.tmp" "$out/sim.md"
   echo "- cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //') x $(nproc)"
   echo "- memory: $(free -g | awk '/Mem:/ {print $2}') GiB"
   echo "- kernel: $(uname -r); rustc: $(rustc --version | cut -d' ' -f2)"
+  echo
   echo "## How to run"
   echo
   echo '```sh'

@@ -168,6 +168,7 @@ async fn main() -> anyhow::Result<()> {
                      | registration, 256 concurrent clients (durable: each acknowledged after its commit) | {:.0} models/s ({:.1} s in all) |\n\
                      | RSS before / after registering | {:.0} MiB / {:.0} MiB |\n\
                      | memory per registered model (RSS delta / models) | **{:.0} bytes** |\n\
+                     | cold route call: placement over all replicas and models plus an instant fake load, mean of {} | {:.1} ms |\n\
                      | route decision for a loaded model ({} loaded), HTTP round trip, p50 / p99 | {:.3} ms / {:.3} ms |\n\
                      | admin list, pages of {}, p50 / p99 per page | {:.1} ms / {:.1} ms |\n\
                      | routing table the filter polls ({} models loaded) | {} bytes, {:.1} ms to fetch |\n",
@@ -178,6 +179,8 @@ async fn main() -> anyhow::Result<()> {
                     s.rss_before_mib,
                     s.rss_after_mib,
                     s.bytes_per_model,
+                    s.loaded,
+                    s.cold_route_ms,
                     s.loaded,
                     s.route_p50_ms,
                     s.route_p99_ms,

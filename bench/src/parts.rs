@@ -426,6 +426,8 @@ pub struct Scale {
     pub rss_after_mib: f64,
     pub bytes_per_model: f64,
     pub loaded: usize,
+    /// Mean time of a cold route call (placement and an instant fake load) while loading.
+    pub cold_route_ms: f64,
     pub route_p50_ms: f64,
     pub route_p99_ms: f64,
     pub list_page: usize,
@@ -507,7 +509,8 @@ pub async fn scale(models: usize, replicas: usize) -> anyhow::Result<Scale> {
     let rss_after = rss_mib(pid)?;
 
     // Load some models (fake replicas load instantly), then time route decisions for them.
-    let loaded = 1000.min(models);
+    let loaded = 300.min(models);
+    let t = Instant::now();
     for i in 0..loaded {
         let r = http
             .get(pm.url(&format!("/internal/v1/route/s{i:06}")))
@@ -515,6 +518,7 @@ pub async fn scale(models: usize, replicas: usize) -> anyhow::Result<Scale> {
             .await?;
         anyhow::ensure!(r.status().is_success(), "route: {}", r.text().await?);
     }
+    let cold_route_ms = t.elapsed().as_secs_f64() * 1000.0 / loaded.max(1) as f64;
     let mut route = Vec::new();
     for k in 0..5000 {
         let i = (k * 7919) % loaded;
@@ -565,6 +569,7 @@ pub async fn scale(models: usize, replicas: usize) -> anyhow::Result<Scale> {
         rss_after_mib: rss_after,
         bytes_per_model: (rss_after - rss_before) * 1024.0 * 1024.0 / models as f64,
         loaded,
+        cold_route_ms,
         route_p50_ms: percentile(&mut route.clone(), 0.5),
         route_p99_ms: percentile(&mut route, 0.99),
         list_page: page,
