@@ -197,6 +197,24 @@ struct Outstanding {
 }
 
 impl Gateway {
+    /// POSTs a JSON body to `path` on the pool-manager cluster; the answer comes to
+    /// `on_http_call_response` under the returned token.
+    fn post_json(&self, path: &str, body: &[u8], timeout: Duration) -> Result<u32, Status> {
+        let headers = vec![
+            (":method", "POST"),
+            (":path", path),
+            (":authority", self.config.pool_manager_authority.as_str()),
+            ("content-type", "application/json"),
+        ];
+        hostcalls::dispatch_http_call(
+            &self.config.pool_manager_cluster,
+            headers,
+            Some(body),
+            vec![],
+            timeout,
+        )
+    }
+
     fn new(id: u32) -> Gateway {
         let now = now_nanos();
         // The main-thread VM starts first and creates the lease key, so the workers'
@@ -456,19 +474,7 @@ impl Gateway {
             let Ok(body) = serde_json::to_vec(&report) else {
                 continue;
             };
-            let headers = vec![
-                (":method", "POST"),
-                (":path", FAILURE_PATH),
-                (":authority", self.config.pool_manager_authority.as_str()),
-                ("content-type", "application/json"),
-            ];
-            match hostcalls::dispatch_http_call(
-                &self.config.pool_manager_cluster,
-                headers,
-                Some(&body),
-                vec![],
-                FAILURE_REPORT_TIMEOUT,
-            ) {
+            match self.post_json(FAILURE_PATH, &body, FAILURE_REPORT_TIMEOUT) {
                 Ok(token) => {
                     info!(
                         "failure report {token}: model {} replica {} {:?}",
@@ -536,19 +542,7 @@ impl Gateway {
                 return;
             }
         };
-        let headers = vec![
-            (":method", "POST"),
-            (":path", USAGE_PATH),
-            (":authority", self.config.pool_manager_authority.as_str()),
-            ("content-type", "application/json"),
-        ];
-        match hostcalls::dispatch_http_call(
-            &self.config.pool_manager_cluster,
-            headers,
-            Some(&body),
-            vec![],
-            self.config.usage_report_timeout(),
-        ) {
+        match self.post_json(USAGE_PATH, &body, self.config.usage_report_timeout()) {
             Ok(token) => {
                 debug!(
                     "usage report {token} sent: reporter {}, {} entries, {} in flight, {} pairs kept for later",
