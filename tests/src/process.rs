@@ -17,18 +17,23 @@ use anyhow::{bail, Context};
 /// A free TCP port on 127.0.0.1, from 20000..32000: below Linux's ephemeral range
 /// (32768..), so an outgoing connection cannot take it between this check and the
 /// server's bind (ports picked with bind(0) come from that range and can). Start points
-/// differ per process and call, and each candidate is checked by binding it.
+/// differ per process, and each candidate is checked by binding it.
 pub fn free_port() -> anyhow::Result<u16> {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    let seed = std::process::id().wrapping_mul(7919)
-        ^ std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
+    // One start point per process: successive calls then walk a permutation of the range
+    // (the stride is coprime with 12000), so one process never gets the same port twice.
+    static SEED: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let seed = *SEED.get_or_init(|| {
+        std::process::id().wrapping_mul(7919)
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0)
+    });
     for _ in 0..2000 {
         let k = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = 20000 + (seed.wrapping_add(k.wrapping_mul(104_729)) % 12000) as u16;
+        let port = 20000 + ((seed % 12000 + k.wrapping_mul(8729) % 12000) % 12000) as u16;
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return Ok(port);
         }
@@ -136,5 +141,20 @@ impl Drop for Process {
             );
         }
         self.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::free_port;
+
+    #[test]
+    fn free_ports_do_not_repeat_within_a_process() {
+        let ports: Vec<u16> = (0..500).map(|_| free_port().unwrap()).collect();
+        let mut unique = ports.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), ports.len());
+        assert!(ports.iter().all(|p| (20000..32000).contains(p)));
     }
 }
