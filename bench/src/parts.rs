@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use mm_tests::paths::{envoy, example_model, root};
 use mm_tests::process::{free_port, Process};
-use mm_tests::stack::eventually;
 use mm_tests::{Stack, StackOptions};
 use rand::{RngExt, SeedableRng};
 use serde::Serialize;
@@ -49,27 +48,7 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
 }
 
 async fn route_calls(stack: &Stack) -> f64 {
-    stack
-        .pool_manager
-        .metric("mm_route_requests_total")
-        .await
-        .unwrap_or(0.0)
-}
-
-async fn wait_warm(stack: &Stack, model: &str, body: &Value) -> anyhow::Result<()> {
-    eventually(
-        "model warm in every worker",
-        Duration::from_secs(15),
-        || async {
-            let before = route_calls(stack).await;
-            for _ in 0..20 {
-                let r = stack.infer(model, body).await?;
-                anyhow::ensure!(r.status == 200, "{}", r.text);
-            }
-            Ok((route_calls(stack).await == before).then_some(()))
-        },
-    )
-    .await
+    stack.route_calls().await.unwrap_or(0.0)
 }
 
 // ---------------------------------------------------------------- warm path
@@ -126,7 +105,9 @@ pub async fn warm(budget: Budget, scratch: &Path) -> anyhow::Result<Warm> {
         .await?;
     anyhow::ensure!(status == 201, "register: {body}");
     let req = linear_body();
-    wait_warm(&stack, "linear", &req).await?;
+    stack
+        .wait_warm("linear", &req, Duration::from_secs(15))
+        .await?;
     let replica = &stack.replicas[0];
     let (mut plain, plain_port, plain_admin) = plain_envoy(replica.http_port, stack.dir.path())?;
     let http = reqwest::Client::new();

@@ -610,6 +610,50 @@ impl Stack {
         Ok(names)
     }
 
+    /// Route calls the pool-manager has answered so far (every outcome).
+    pub async fn route_calls(&self) -> anyhow::Result<f64> {
+        self.pool_manager.metric("mm_route_requests_total").await
+    }
+
+    /// Infers through the gateway until an answer is 200 (bounded by `timeout`): for a
+    /// model that is being placed again, or tables that are converging.
+    pub async fn infer_until_ok(
+        &self,
+        what: &str,
+        model: &str,
+        body: &Value,
+        timeout: Duration,
+    ) -> anyhow::Result<GatewayResponse> {
+        eventually(what, timeout, || async {
+            let r = self.infer(model, body).await?;
+            Ok((r.status == 200).then_some(r))
+        })
+        .await
+    }
+
+    /// Waits (at most `timeout`) until requests for `model` are answered from the filter's
+    /// table on every Envoy worker: 20 requests in a row, all 200, with no route call.
+    pub async fn wait_warm(
+        &self,
+        model: &str,
+        body: &Value,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        eventually(
+            &format!("{model} in every worker's table"),
+            timeout,
+            || async {
+                let before = self.route_calls().await?;
+                for _ in 0..20 {
+                    let r = self.infer(model, body).await?;
+                    anyhow::ensure!(r.status == 200, "{}", r.text);
+                }
+                Ok((self.route_calls().await? == before).then_some(()))
+            },
+        )
+        .await
+    }
+
     /// `POST /v2/models/{model}/infer` through the gateway.
     pub async fn infer(&self, model: &str, body: &Value) -> anyhow::Result<GatewayResponse> {
         self.gateway_call(

@@ -10,36 +10,12 @@ use std::time::Duration;
 
 use common::{assert_close, example};
 use mm_tests::paths::{client_script, example_model, python_lib};
-use mm_tests::stack::eventually;
 use mm_tests::{Stack, StackOptions};
 use reqwest::Method;
 use serde_json::{json, Value};
 
 async fn route_calls(stack: &Stack) -> f64 {
-    stack
-        .pool_manager
-        .metric("mm_route_requests_total")
-        .await
-        .unwrap()
-}
-
-/// Waits until requests for `model` are answered from the filter's table on every Envoy
-/// worker (no route call for 20 requests in a row).
-async fn wait_until_warm(stack: &Stack, model: &str, body: &Value) {
-    eventually(
-        "the model in every worker's table",
-        Duration::from_secs(10),
-        || async {
-            let before = route_calls(stack).await;
-            for _ in 0..20 {
-                let r = stack.infer(model, body).await?;
-                anyhow::ensure!(r.status == 200, "{}", r.text);
-            }
-            Ok((route_calls(stack).await == before).then_some(()))
-        },
-    )
-    .await
-    .unwrap();
+    stack.route_calls().await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -54,8 +30,14 @@ async fn warm_requests_make_no_pool_manager_calls_and_outlive_it() {
     }
     let (linear, linear_out, linear_want) = example("linear");
     let (anomaly, anomaly_out, anomaly_want) = example("anomaly");
-    wait_until_warm(&stack, "linear", &linear).await;
-    wait_until_warm(&stack, "anomaly", &anomaly).await;
+    stack
+        .wait_warm("linear", &linear, Duration::from_secs(10))
+        .await
+        .unwrap();
+    stack
+        .wait_warm("anomaly", &anomaly, Duration::from_secs(10))
+        .await
+        .unwrap();
 
     let before = route_calls(&stack).await;
     for i in 0..1000 {
@@ -238,23 +220,25 @@ async fn a_dead_replica_is_routed_around() {
         .unwrap();
     assert_eq!(status, 201);
     let (body, out, want) = example("linear");
-    wait_until_warm(&stack, "linear", &body).await;
+    stack
+        .wait_warm("linear", &body, Duration::from_secs(10))
+        .await
+        .unwrap();
     let home = stack.infer("linear", &body).await.unwrap().replica.unwrap();
     let dead = stack.replicas.iter().position(|r| r.name == home).unwrap();
     stack.replicas[dead].process.kill();
 
     // Requests fail fast while the gateway notices, then the model is served again from
     // the other replica (re-loaded there on demand).
-    let served = eventually(
-        "the model served from the other replica",
-        Duration::from_secs(15),
-        || async {
-            let r = stack.infer("linear", &body).await?;
-            Ok((r.status == 200).then_some(r))
-        },
-    )
-    .await
-    .unwrap();
+    let served = stack
+        .infer_until_ok(
+            "the model served from the other replica",
+            "linear",
+            &body,
+            Duration::from_secs(15),
+        )
+        .await
+        .unwrap();
     assert_ne!(served.replica.as_deref(), Some(home.as_str()));
     assert_close(&served.output(out).unwrap(), &want, "after failover");
     let (_, replicas) = stack

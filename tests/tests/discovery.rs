@@ -158,16 +158,15 @@ async fn replicas_are_discovered_by_name_and_followed_as_they_scale() {
     stack.replicas[0].process.kill();
     write_hosts(&hosts, &[("127.0.0.3", "triton-1")]);
     wait_health(&stack, "triton-0", false).await;
-    let moved = eventually(
-        "linear served by triton-1",
-        Duration::from_secs(15),
-        || async {
-            let r = stack.infer("linear", &body).await?;
-            Ok((r.status == 200).then_some(r))
-        },
-    )
-    .await
-    .unwrap();
+    let moved = stack
+        .infer_until_ok(
+            "linear served by triton-1",
+            "linear",
+            &body,
+            Duration::from_secs(15),
+        )
+        .await
+        .unwrap();
     assert_eq!(moved.replica.as_deref(), Some("triton-1"));
     assert_close(
         &moved.output(out).unwrap(),

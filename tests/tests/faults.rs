@@ -105,16 +105,15 @@ async fn a_killed_replica_s_models_are_served_again_within_ten_seconds() {
     stack.replicas[idx].process.kill();
     let killed = Instant::now();
     let (body, _, _) = example("linear");
-    let recovered = eventually(
-        "linear served again after its replica died",
-        Duration::from_secs(10),
-        || async {
-            let r = stack.infer("linear", &body).await?;
-            Ok((r.status == 200).then_some(r))
-        },
-    )
-    .await
-    .unwrap();
+    let recovered = stack
+        .infer_until_ok(
+            "linear served again after its replica died",
+            "linear",
+            &body,
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
     let took = killed.elapsed();
     println!("linear served again {took:?} after its replica was killed");
     assert_ne!(recovered.replica.as_deref(), Some(victim.as_str()));
@@ -168,12 +167,10 @@ async fn the_pool_manager_killed_under_load_loses_nothing() {
     assert_eq!(loads_before, 2.0);
     // Let every Envoy worker get the table.
     let (body, _, _) = example("linear");
-    eventually("linear warm", Duration::from_secs(5), || async {
-        let r = stack.infer("linear", &body).await?;
-        Ok((r.status == 200).then_some(()))
-    })
-    .await
-    .unwrap();
+    stack
+        .infer_until_ok("linear warm", "linear", &body, Duration::from_secs(5))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let load = Load::start(stack.envoy.url(""), "linear");
@@ -258,26 +255,10 @@ async fn a_restarted_envoy_rebuilds_its_table_and_serves() {
     assert_eq!(r.status, 200, "{}", r.text);
     assert_close(&r.output(out).unwrap(), &want, "after an Envoy restart");
     // The table comes back from the pool-manager: warm again without route calls.
-    let routes = || async {
-        stack
-            .pool_manager
-            .metric("mm_route_requests_total")
-            .await
-            .unwrap()
-    };
-    eventually(
-        "warm after the restart",
-        Duration::from_secs(10),
-        || async {
-            let before = routes().await;
-            for _ in 0..20 {
-                anyhow::ensure!(stack.infer("linear", &body).await?.status == 200);
-            }
-            Ok((routes().await == before).then_some(()))
-        },
-    )
-    .await
-    .unwrap();
+    stack
+        .wait_warm("linear", &body, Duration::from_secs(10))
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
