@@ -33,6 +33,38 @@ fn room_for_two() -> StackOptions {
     }
 }
 
+/// Waits (bounded) until the pool-manager has the gateway's usage report for the `count`th
+/// request to `model` and sees nothing in flight. Reports come once a second per Envoy
+/// worker; until then a finished request still counts as in flight (protecting its model
+/// from eviction) and its recency is not known, so a scenario about eviction order waits.
+async fn wait_reported(stack: &Stack, model: &str, count: f64) {
+    let label = format!("model=\"{model}\"");
+    eventually(
+        "the request reported and nothing in flight",
+        Duration::from_secs(5),
+        || {
+            let label = label.clone();
+            async move {
+                let counted = stack
+                    .pool_manager
+                    .metric_where("mm_model_requests_total", &label)
+                    .await?;
+                let (_, models) = stack
+                    .admin_call(Method::GET, "/api/v1/models", None)
+                    .await?;
+                let busy = models["models"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|m| m["inFlight"].as_u64().unwrap_or(0) > 0);
+                Ok((counted >= count && !busy).then_some(()))
+            }
+        },
+    )
+    .await
+    .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_concurrent_first_requests_cause_one_load() {
     let stack = Stack::start(StackOptions::default()).await.unwrap();
@@ -122,32 +154,13 @@ async fn four_models_cycle_through_room_for_two_evicting_lru_first() {
     // Two rounds in order: every request after the first two evicts the least recently
     // used model, which is always the one requested two steps before.
     let order = names.iter().chain(names.iter());
+    let mut sent = std::collections::HashMap::<&str, f64>::new();
     for (step, name) in order.enumerate() {
         let r = stack.infer(name, &body).await.unwrap();
         assert_eq!(r.status, 200, "step {step} {name}: {}", r.text);
         assert_close(&r.output(output).unwrap(), &want, name);
-        // The gateway reports requests in flight once a second; a report taken while this
-        // request was still being answered protects its model from eviction until the next
-        // one. Wait (bounded) until the pool-manager sees nothing in flight, so the next
-        // step's eviction order is LRU alone.
-        let stack_ref = &stack;
-        eventually(
-            "no request in flight",
-            Duration::from_secs(5),
-            || async move {
-                let (_, models) = stack_ref
-                    .admin_call(Method::GET, "/api/v1/models", None)
-                    .await?;
-                let busy = models["models"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .any(|m| m["inFlight"].as_u64().unwrap_or(0) > 0);
-                Ok((!busy).then_some(()))
-            },
-        )
-        .await
-        .unwrap();
+        *sent.entry(name).or_default() += 1.0;
+        wait_reported(&stack, name, sent[name]).await;
         let want_ready: Vec<String> = if step == 0 {
             vec![name.to_string()]
         } else {
@@ -242,16 +255,15 @@ async fn models_with_requests_in_flight_are_not_unloaded() {
 
     // Once the requests are over (and reported so), the same request evicts one of them.
     let (body, output, want) = example("linear");
-    let served = eventually(
-        "linear placed once nothing is in flight",
-        Duration::from_secs(10),
-        || async {
-            let r = stack.infer("linear", &body).await?;
-            Ok((r.status == 200).then_some(r))
-        },
-    )
-    .await
-    .unwrap();
+    let served = stack
+        .infer_until_ok(
+            "linear placed once nothing is in flight",
+            "linear",
+            &body,
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
     assert_close(&served.output(output).unwrap(), &want, "linear");
     assert_eq!(
         stack
@@ -301,10 +313,13 @@ async fn a_pinned_model_is_loaded_at_once_and_never_evicted() {
         assert_eq!(status, 201);
     }
     let (body, output, want) = example("linear");
+    let mut sent = std::collections::HashMap::<&str, f64>::new();
     for name in ["a", "b", "c", "a", "b", "c"] {
         let r = stack.infer(name, &body).await.unwrap();
         assert_eq!(r.status, 200, "{name}: {}", r.text);
         assert_close(&r.output(output).unwrap(), &want, name);
+        *sent.entry(name).or_default() += 1.0;
+        wait_reported(&stack, name, sent[name]).await;
         let ready = stack.ready_models("r0").await.unwrap();
         assert!(
             ready.contains(&"always_on".to_string()),
