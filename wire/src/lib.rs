@@ -5,6 +5,9 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod redact;
+pub use redact::{redact_uri, scrub_uris};
+
 /// Longest model name accepted anywhere. Triton uses the name as a directory name, so it
 /// must stay well below common file-name limits (255 bytes).
 pub const MAX_MODEL_NAME_LEN: usize = 128;
