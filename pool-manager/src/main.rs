@@ -218,17 +218,24 @@ async fn main() -> anyhow::Result<()> {
     for bad in &unreadable {
         tracing::error!(model = %bad.name, reason = %bad.reason, "a stored model could not be read; it is not served");
     }
+    let mut storage = Storage::open(&args.storage, &args.data_dir, &mut registry)?;
+    tracing::info!(file_transfer = ?args.storage.file_transfer, cache = %storage.cache().root().display(),
+                   "model storage ready");
+    if let Some(watcher) = storage.take_watcher() {
+        tokio::spawn(watcher.run());
+    }
+    let policy = StoragePolicy {
+        allowed_roots,
+        stores: storage.catalog().clone(),
+    };
     let pool = Pool::with_store(
         pool_replicas,
         repository,
-        StoragePolicy { allowed_roots },
+        policy,
         metrics,
         settings,
         Some(store),
     );
-    let storage = Storage::open(&args.storage, &args.data_dir, &mut registry)?;
-    tracing::info!(file_transfer = ?args.storage.file_transfer, cache = %storage.cache().root().display(),
-                   "model storage ready");
     pool.attach_storage(storage);
     tracing::info!(models = models.len(), "registry restored");
     pool.restore(models);

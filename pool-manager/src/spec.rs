@@ -8,6 +8,8 @@ use std::path::{Component, Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::quantity::{self, Bytes};
+use crate::storage::uri::{RemoteLocation, RemoteSource, StoreKey};
+use crate::storage::{StoreCatalog, StoreType};
 
 /// A model name that passed [`mm_wire::validate_model_name`]: safe as a path segment and as a
 /// Triton model-repository directory name.
@@ -71,9 +73,9 @@ pub enum SpecError {
     Json(String),
     #[error("storageUri is longer than {MAX_URI_LEN} bytes")]
     UriTooLong,
-    #[error("storageUri {0:?} is not a valid URI")]
+    #[error("storageUri {:?} is not a valid URI", mm_wire::redact_uri(.0))]
     UriMalformed(String),
-    #[error("storageUri scheme {0:?} is not supported (supported: file, s3, gs, http, https)")]
+    #[error("storageUri scheme {0:?} is not supported (supported: file, s3, gs, az, http, https)")]
     UnsupportedScheme(String),
     #[error("storageUri must be {0}://bucket/path (no user, port, query or fragment; no empty segments)")]
     ObjectUriShape(&'static str),
@@ -81,8 +83,38 @@ pub enum SpecError {
         "storageUri bucket {0:?} is not a valid bucket name (3-63 of a-z, 0-9, '.', '-', '_')"
     )]
     BucketName(String),
-    #[error("an http(s) storageUri must name a .tar.gz, .tgz or .zip archive on a host, with no user info or fragment")]
+    #[error(
+        "container {0:?} is not a valid Azure container name (3-63 of a-z, 0-9 and single '-')"
+    )]
+    ContainerName(String),
+    #[error("Azure storage account {0:?} is not valid (3-24 of a-z, 0-9)")]
+    AzureAccount(String),
+    #[error("an http(s) storageUri must name a .tar.gz, .tgz or .zip archive on a host, with no fragment")]
     ArchiveUriShape,
+    #[error("storage.key {0:?} is not a valid store key (1-63 of A-Z, a-z, 0-9, '_', '-', '.')")]
+    StoreKey(String),
+    #[error(
+        "storage.key {0:?} is not a store in the pool-manager's storage settings (known: {1})"
+    )]
+    UnknownStore(String, String),
+    #[error("storage.key {key:?} is a {kind} store: {reason}")]
+    StoreMismatch {
+        key: String,
+        kind: &'static str,
+        reason: &'static str,
+    },
+    #[error(
+        "give storageUri, or storage.key with storage.path (not both storageUri and storage.path)"
+    )]
+    NoSource,
+    #[error("storage.path must be a path of ordinary names inside the store (no empty, '.' or '..' segments)")]
+    StorePath,
+    #[error("storage.bucket applies only with storage.path")]
+    BucketWithoutPath,
+    #[error("modelFormat {name:?} is not one a Triton replica loads: {reason}")]
+    ModelFormat { name: String, reason: String },
+    #[error("pool must be 1-253 characters of a-z, 0-9, '-' and '.'")]
+    PoolName,
     #[error("sha256 must be 64 hexadecimal characters")]
     Sha256Format,
     #[error("sha256 applies only to archive storage URIs (.tar.gz, .tgz, .zip)")]
@@ -91,11 +123,14 @@ pub enum SpecError {
     FileUriShape,
     #[error("storageUri must not contain '.' or '..' path segments, encoded or not")]
     Traversal,
-    #[error("storageUri {0} is outside the allowed storage roots")]
+    #[error("storageUri {} is outside the allowed storage roots", mm_wire::redact_uri(.0))]
     OutsideRoots(String),
-    #[error("storageUri {uri} is not a readable directory: {reason}")]
+    #[error(
+        "storageUri {} is not a readable directory: {reason}",
+        mm_wire::redact_uri(uri)
+    )]
     NotADirectory { uri: String, reason: String },
-    #[error("storageUri {0} is not a Triton model directory: it has no numeric version subdirectory (e.g. 1/)")]
+    #[error("storageUri {} is not a Triton model directory: it has no numeric version subdirectory (e.g. 1/)", mm_wire::redact_uri(.0))]
     NotTritonLayout(String),
     #[error("memory must be greater than zero")]
     ZeroMemory,
@@ -110,27 +145,33 @@ const MAX_URI_LEN: usize = 4096;
 pub enum StorageUri {
     /// A Triton model directory on the pool-manager's disk (`file:///...`).
     File { uri: String, path: PathBuf },
-    /// Files in an object store or behind a URL, pulled into the local cache before a
-    /// load ([`crate::storage`]).
-    Remote {
-        uri: String,
-        location: crate::storage::uri::RemoteLocation,
-    },
+    /// Files in an object store, behind a URL, or in a named store, pulled into the local
+    /// cache before a load ([`crate::storage`]).
+    Remote(RemoteSource),
 }
 
 impl StorageUri {
     /// Parses and checks a URI without touching the disk.
     pub fn parse(raw: &str) -> Result<Self, SpecError> {
+        Self::parse_with_store(raw, None)
+    }
+
+    /// Parses a URI reached with the settings of the named store `store` (if any).
+    pub fn parse_with_store(raw: &str, store: Option<StoreKey>) -> Result<Self, SpecError> {
         if raw.len() > MAX_URI_LEN {
             return Err(SpecError::UriTooLong);
         }
         let url = url::Url::parse(raw).map_err(|_| SpecError::UriMalformed(raw.to_owned()))?;
         if url.scheme() != "file" {
             let location = crate::storage::uri::parse_remote(raw, &url)?;
-            return Ok(StorageUri::Remote {
+            return Ok(StorageUri::Remote(RemoteSource::Uri {
                 uri: raw.to_owned(),
                 location,
-            });
+                store,
+            }));
+        }
+        if store.is_some() {
+            return Err(SpecError::FileUriShape);
         }
         if url.query().is_some() || url.fragment().is_some() {
             return Err(SpecError::FileUriShape);
@@ -166,10 +207,155 @@ impl StorageUri {
         })
     }
 
-    pub fn as_str(&self) -> &str {
-        match self {
-            StorageUri::File { uri, .. } | StorageUri::Remote { uri, .. } => uri,
+    /// A path in a named store (ModelMesh's `storage.key` + `storage.path`).
+    pub fn store_path(
+        store: StoreKey,
+        path: &str,
+        bucket: Option<String>,
+    ) -> Result<Self, SpecError> {
+        if path.len() > MAX_URI_LEN {
+            return Err(SpecError::UriTooLong);
         }
+        let path = crate::storage::uri::checked_key(path.trim_start_matches('/'), || {
+            SpecError::StorePath
+        })?;
+        if path.is_empty() {
+            return Err(SpecError::StorePath);
+        }
+        if let Some(b) = &bucket {
+            // Checked when the store's type is known (at the pull); the shape here.
+            if b.is_empty() || b.len() > 63 || b.contains(['/', '?', '#', '@']) {
+                return Err(SpecError::BucketName(b.clone()));
+            }
+        }
+        Ok(StorageUri::Remote(RemoteSource::Path {
+            store,
+            path,
+            bucket,
+        }))
+    }
+
+    /// The `storageUri` as registered, credentials included: only for the durable store.
+    /// `None` for a named-store path. Anything shown goes through `Display` instead.
+    pub fn secret_uri(&self) -> Option<&str> {
+        match self {
+            StorageUri::File { uri, .. } | StorageUri::Remote(RemoteSource::Uri { uri, .. }) => {
+                Some(uri)
+            }
+            StorageUri::Remote(RemoteSource::Path { .. }) => None,
+        }
+    }
+
+    /// The `storageUri` as views show it: user info and query string redacted.
+    pub fn redacted_uri(&self) -> Option<String> {
+        self.secret_uri().map(mm_wire::redact_uri)
+    }
+
+    /// The named store, path and bucket, as views and the durable store hold them.
+    pub fn store_ref(&self) -> Option<StoreRef> {
+        match self {
+            StorageUri::File { .. } => None,
+            StorageUri::Remote(RemoteSource::Uri { store, .. }) => {
+                store.as_ref().map(|key| StoreRef {
+                    key: key.as_str().to_owned(),
+                    path: None,
+                    bucket: None,
+                })
+            }
+            StorageUri::Remote(RemoteSource::Path {
+                store,
+                path,
+                bucket,
+            }) => Some(StoreRef {
+                key: store.as_str().to_owned(),
+                path: Some(path.clone()),
+                bucket: bucket.clone(),
+            }),
+        }
+    }
+}
+
+/// Shows where the files are, never with credentials.
+impl fmt::Display for StorageUri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StorageUri::File { uri, .. } => f.write_str(&mm_wire::redact_uri(uri)),
+            StorageUri::Remote(source) => source.fmt(f),
+        }
+    }
+}
+
+/// `storage` in a spec, a view and the durable store: a named store (ModelMesh's
+/// `storage.key`), and the path in it (or a `storageUri` to reach with its settings).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreRef {
+    pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// The bucket (container) in the store, instead of the store's default bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<String>,
+}
+
+/// The model format a spec declares (KServe's `modelFormat`, TrainedModel's `framework`):
+/// recorded, shown and exported, and checked against what a Triton replica loads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelFormat {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+/// Model formats a Triton replica loads, each a Triton model directory (`config.pbtxt`
+/// and version folders) for the backend named: the formats KServe's and ModelMesh's
+/// Triton runtimes declare, plus Triton's own backends.
+pub const TRITON_FORMATS: &[&str] = &[
+    "triton",
+    "onnx",
+    "pytorch",
+    "tensorflow",
+    "tensorrt",
+    "python",
+    "openvino",
+];
+
+impl ModelFormat {
+    /// Lowercases the name and refuses formats a Triton replica cannot load.
+    fn checked(mut self) -> Result<Self, SpecError> {
+        self.name = self.name.trim().to_ascii_lowercase();
+        if TRITON_FORMATS.contains(&self.name.as_str()) {
+            return Ok(self);
+        }
+        let reason = match self.name.as_str() {
+            "keras" => "convert the model to a TensorFlow SavedModel (ModelMesh's Triton adapter did this; this gateway does not)".to_owned(),
+            "sklearn" | "xgboost" | "lightgbm" | "pmml" | "mlflow" | "huggingface" | "paddle"
+            | "spark" | "catboost" => format!(
+                "it needs a runtime other than Triton (MLServer, KServe's own servers); a Triton replica loads {}",
+                TRITON_FORMATS.join(", ")
+            ),
+            _ => format!("a Triton replica loads {}", TRITON_FORMATS.join(", ")),
+        };
+        Err(SpecError::ModelFormat {
+            name: self.name,
+            reason,
+        })
+    }
+}
+
+fn checked_pool(pool: Option<String>) -> Result<Option<String>, SpecError> {
+    match pool {
+        Some(p)
+            if p.is_empty()
+                || p.len() > 253
+                || !p.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.')
+                }) =>
+        {
+            Err(SpecError::PoolName)
+        }
+        other => Ok(other),
     }
 }
 
@@ -196,7 +382,16 @@ pub(crate) fn percent_decode(segment: &str) -> String {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct SpecRequest {
-    storage_uri: String,
+    #[serde(default)]
+    storage_uri: Option<String>,
+    /// A named store (and a path in it).
+    #[serde(default)]
+    storage: Option<StoreRef>,
+    #[serde(default)]
+    model_format: Option<ModelFormat>,
+    /// The pool (KServe InferenceService) the model was declared for: recorded.
+    #[serde(default)]
+    pool: Option<String>,
     #[serde(default)]
     memory: Option<Bytes>,
     #[serde(default)]
@@ -230,6 +425,8 @@ pub struct ModelSpec {
     pub max_copies: u32,
     /// The archive's SHA-256 (lowercase hex), checked after each download.
     pub sha256: Option<String>,
+    pub model_format: Option<ModelFormat>,
+    pub pool: Option<String>,
 }
 
 /// A spec as the durable store keeps it: everything needed to serve the model again after a
@@ -238,7 +435,11 @@ pub struct ModelSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StoredSpec {
-    pub storage_uri: String,
+    /// With credentials, as registered (the only place that keeps them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_uri: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<StoreRef>,
     pub memory: u64,
     pub memory_declared: bool,
     pub gpu_memory: u64,
@@ -246,12 +447,19 @@ pub struct StoredSpec {
     pub max_copies: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_format: Option<ModelFormat>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
 }
 
 impl From<&ModelSpec> for StoredSpec {
     fn from(spec: &ModelSpec) -> Self {
         Self {
-            storage_uri: spec.storage_uri.as_str().to_owned(),
+            storage_uri: spec.storage_uri.secret_uri().map(str::to_owned),
+            storage: spec.storage_uri.store_ref(),
+            model_format: spec.model_format.clone(),
+            pool: spec.pool.clone(),
             memory: spec.memory,
             memory_declared: spec.memory_declared,
             gpu_memory: spec.gpu_memory,
@@ -269,7 +477,9 @@ impl TryFrom<StoredSpec> for ModelSpec {
         if s.max_copies == 0 || s.max_copies > MAX_COPIES || s.min_copies > s.max_copies {
             return Err(SpecError::Copies);
         }
-        let storage_uri = StorageUri::parse(&s.storage_uri)?;
+        // Store keys are not checked against the settings here: a store removed from
+        // them fails the model's pulls with a message, it does not lose the model.
+        let storage_uri = storage_of(s.storage_uri.as_deref(), s.storage)?;
         let sha256 = checked_sha256(&storage_uri, s.sha256.as_deref())?;
         Ok(ModelSpec {
             storage_uri,
@@ -279,6 +489,8 @@ impl TryFrom<StoredSpec> for ModelSpec {
             min_copies: s.min_copies,
             max_copies: s.max_copies,
             sha256,
+            model_format: s.model_format,
+            pool: s.pool,
         })
     }
 }
@@ -290,6 +502,8 @@ pub struct StoragePolicy {
     /// When non-empty, `file://` URIs must resolve (after following links) inside one of
     /// these directories.
     pub allowed_roots: Vec<PathBuf>,
+    /// The named stores a `storage.key` may choose.
+    pub stores: StoreCatalog,
 }
 
 /// Files are estimated to take this much more memory once loaded than on disk (1.25x).
@@ -300,13 +514,16 @@ impl ModelSpec {
     /// Parses a registration body and checks its storage against the disk.
     pub fn from_json(body: &[u8], policy: &StoragePolicy) -> Result<Self, SpecError> {
         let req: SpecRequest =
-            serde_json::from_slice(body).map_err(|e| SpecError::Json(e.to_string()))?;
-        let storage_uri = StorageUri::parse(&req.storage_uri)?;
+            serde_json::from_slice(body).map_err(|e| SpecError::Json(scrub_json_error(&e)))?;
+        let storage_uri = storage_of(req.storage_uri.as_deref(), req.storage)?;
+        check_store(&storage_uri, &policy.stores)?;
         let sha256 = checked_sha256(&storage_uri, req.sha256.as_deref())?;
+        let model_format = req.model_format.map(ModelFormat::checked).transpose()?;
+        let pool = checked_pool(req.pool)?;
         // A local directory is checked now; remote files are only looked at when pulled.
         let local = match &storage_uri {
             StorageUri::File { uri, path } => Some(check_model_dir(uri, path, policy)?),
-            StorageUri::Remote { .. } => None,
+            StorageUri::Remote(_) => None,
         };
         let (memory, memory_declared) = match (req.memory, &local) {
             (Some(Bytes(0)), _) => return Err(SpecError::ZeroMemory),
@@ -332,6 +549,8 @@ impl ModelSpec {
             min_copies,
             max_copies,
             sha256,
+            model_format,
+            pool,
         })
     }
 
@@ -340,7 +559,7 @@ impl ModelSpec {
     pub fn local_dir(&self) -> Option<&Path> {
         match &self.storage_uri {
             StorageUri::File { path, .. } => Some(path),
-            StorageUri::Remote { .. } => None,
+            StorageUri::Remote(_) => None,
         }
     }
 
@@ -370,9 +589,87 @@ fn checked_sha256(uri: &StorageUri, sha256: Option<&str>) -> Result<Option<Strin
     };
     let sha256 = crate::storage::uri::parse_sha256(text)?;
     match uri {
-        StorageUri::Remote { location, .. } if location.archive().is_some() => Ok(Some(sha256)),
+        StorageUri::Remote(source) if source.archive().is_some() => Ok(Some(sha256)),
         _ => Err(SpecError::Sha256NotArchive),
     }
+}
+
+/// The storage a spec names: `storageUri` (optionally with `storage.key`), or
+/// `storage.key` + `storage.path`.
+fn storage_of(uri: Option<&str>, store: Option<StoreRef>) -> Result<StorageUri, SpecError> {
+    match (uri, store) {
+        (Some(uri), None) => StorageUri::parse(uri),
+        (
+            Some(uri),
+            Some(StoreRef {
+                key,
+                path: None,
+                bucket: None,
+            }),
+        ) => StorageUri::parse_with_store(uri, Some(StoreKey::new(&key)?)),
+        (
+            None,
+            Some(StoreRef {
+                key,
+                path: Some(path),
+                bucket,
+            }),
+        ) => StorageUri::store_path(StoreKey::new(&key)?, &path, bucket),
+        (
+            _,
+            Some(StoreRef {
+                path: None,
+                bucket: Some(_),
+                ..
+            }),
+        ) => Err(SpecError::BucketWithoutPath),
+        _ => Err(SpecError::NoSource),
+    }
+}
+
+/// Refuses a `storage.key` the settings do not have, or one of the wrong type for the URI.
+fn check_store(storage: &StorageUri, stores: &StoreCatalog) -> Result<(), SpecError> {
+    let StorageUri::Remote(source) = storage else {
+        return Ok(());
+    };
+    let Some(key) = source.store() else {
+        return Ok(());
+    };
+    let Some(kind) = stores.get(key.as_str()) else {
+        let known = stores.keys();
+        let known = if known.is_empty() {
+            "none".to_owned()
+        } else {
+            known.join(", ")
+        };
+        return Err(SpecError::UnknownStore(key.as_str().to_owned(), known));
+    };
+    let mismatch = |reason| SpecError::StoreMismatch {
+        key: key.as_str().to_owned(),
+        kind: kind.as_str(),
+        reason,
+    };
+    match (source, kind) {
+        (RemoteSource::Path { .. }, StoreType::Http) if source.archive().is_none() => Err(
+            mismatch("storage.path must name a .tar.gz, .tgz or .zip archive"),
+        ),
+        (RemoteSource::Path { .. }, _) => Ok(()),
+        (RemoteSource::Uri { location, .. }, _) => {
+            let scheme = match location {
+                RemoteLocation::Object { scheme, .. } => scheme.as_str(),
+                RemoteLocation::Http { .. } => "http",
+            };
+            match (scheme, kind) {
+                ("s3", StoreType::S3) | ("gs", StoreType::Gcs) | ("az", StoreType::Azure) => Ok(()),
+                _ => Err(mismatch("its storageUri must use the store's scheme (s3://, gs:// or az://), or use storage.path")),
+            }
+        }
+    }
+}
+
+/// serde_json's message without the offending value (a URI with credentials, say).
+fn scrub_json_error(e: &serde_json::Error) -> String {
+    mm_wire::scrub_uris(&e.to_string())
 }
 
 fn check_model_dir(uri: &str, path: &Path, policy: &StoragePolicy) -> Result<PathBuf, SpecError> {
@@ -499,7 +796,37 @@ mod tests {
         let p = StoragePolicy::default();
         let cases: Vec<(Vec<u8>, &str)> = vec![
             (b"{".to_vec(), "invalid model spec"),
-            (b"[]".to_vec(), "invalid model spec"),
+            (b"[]".to_vec(), "give storageUri"),
+            (b"{}".to_vec(), "give storageUri"),
+            (
+                br#"{"storage": {"key": "nope", "path": "m"}}"#.to_vec(),
+                "not a store in the pool-manager's storage settings (known: none)",
+            ),
+            (
+                br#"{"storage": {"key": "a", "bucket": "b"}, "storageUri": "s3://bkt/m"}"#.to_vec(),
+                "storage.bucket applies only with storage.path",
+            ),
+            (
+                br#"{"storageUri": "s3://bkt/m", "storage": {"key": "a", "path": "m"}}"#.to_vec(),
+                "not both",
+            ),
+            (
+                br#"{"storage": {"key": "a b", "path": "m"}}"#.to_vec(),
+                "not a valid store key",
+            ),
+            (
+                format!(r#"{{"storageUri": {good:?}, "modelFormat": {{"name": "sklearn"}}}}"#)
+                    .into_bytes(),
+                "needs a runtime other than Triton",
+            ),
+            (
+                format!(r#"{{"storageUri": {good:?}, "pool": "Not A Pool"}}"#).into_bytes(),
+                "pool must be",
+            ),
+            (
+                br#"{"storageUri": "https://u:pw@h/m.zip?sig=secret", "sha256": "abc"}"#.to_vec(),
+                "64 hexadecimal",
+            ),
             (
                 format!(r#"{{"storageUri": {good:?}, "memory": "1Gi", "extra": 1}}"#).into_bytes(),
                 "unknown field",
@@ -592,17 +919,84 @@ mod tests {
     }
 
     #[test]
+    fn named_stores_are_chosen_by_key_and_checked_against_the_settings() {
+        let policy = StoragePolicy::default();
+        let mut stores = std::collections::BTreeMap::new();
+        stores.insert("minio".to_owned(), StoreType::S3);
+        stores.insert("web".to_owned(), StoreType::Http);
+        policy.stores.set(stores);
+        let ok = |raw: &str| ModelSpec::from_json(raw.as_bytes(), &policy).unwrap();
+        let err = |raw: &str| {
+            ModelSpec::from_json(raw.as_bytes(), &policy)
+                .unwrap_err()
+                .to_string()
+        };
+        let spec = ok(
+            r#"{"storage": {"key": "minio", "path": "/sklearn/m/"}, "modelFormat": {"name": "ONNX", "version": "1"}, "pool": "triton-pool"}"#,
+        );
+        assert_eq!(
+            spec.storage_uri.store_ref(),
+            Some(StoreRef {
+                key: "minio".into(),
+                path: Some("sklearn/m".into()),
+                bucket: None
+            })
+        );
+        assert_eq!(spec.storage_uri.secret_uri(), None);
+        assert_eq!(spec.model_format.as_ref().unwrap().name, "onnx");
+        assert_eq!(ModelSpec::try_from(StoredSpec::from(&spec)).unwrap(), spec);
+        let keyed_uri = ok(r#"{"storageUri": "s3://models/m", "storage": {"key": "minio"}}"#);
+        assert_eq!(
+            keyed_uri.storage_uri.to_string(),
+            "s3://models/m (store minio)"
+        );
+        assert!(
+            err(r#"{"storageUri": "gs://models/m", "storage": {"key": "minio"}}"#)
+                .contains("is a s3 store")
+        );
+        assert!(err(r#"{"storage": {"key": "web", "path": "m/dir"}}"#).contains(".tar.gz"));
+        ok(r#"{"storage": {"key": "web", "path": "m/v1.tar.gz"}}"#);
+        assert!(err(r#"{"storage": {"key": "minio", "path": "a/../b"}}"#).contains("'..'"));
+        assert!(err(r#"{"storage": {"key": "other", "path": "m"}}"#).contains("known: minio, web"));
+    }
+
+    #[test]
+    fn only_the_stored_spec_keeps_a_uri_s_credentials() {
+        let raw = "https://user:pw@host.example/x.tar.gz?X-Amz-Signature=secret";
+        let spec = ModelSpec::from_json(
+            format!(r#"{{"storageUri": "{raw}", "memory": "1Mi"}}"#).as_bytes(),
+            &StoragePolicy::default(),
+        )
+        .unwrap();
+        assert_eq!(spec.storage_uri.secret_uri(), Some(raw));
+        let stored = StoredSpec::from(&spec);
+        assert_eq!(stored.storage_uri.as_deref(), Some(raw));
+        for shown in [
+            spec.storage_uri.to_string(),
+            spec.storage_uri.redacted_uri().unwrap(),
+            format!("{:?}", SpecError::UriMalformed(raw.to_owned()).to_string()),
+        ] {
+            assert!(
+                !shown.contains("secret") && !shown.contains("pw"),
+                "{shown}"
+            );
+        }
+    }
+
+    #[test]
     fn enforces_allowed_roots() {
         let dir = model_dir();
         let uri = format!("file://{}", dir.path().display());
         let other = tempfile::tempdir().unwrap();
         let policy = StoragePolicy {
             allowed_roots: vec![other.path().canonicalize().unwrap()],
+            ..StoragePolicy::default()
         };
         let err = ModelSpec::from_json(&body(&uri, "1"), &policy).unwrap_err();
         assert!(matches!(err, SpecError::OutsideRoots(_)));
         let policy = StoragePolicy {
             allowed_roots: vec![dir.path().parent().unwrap().canonicalize().unwrap()],
+            ..StoragePolicy::default()
         };
         assert!(ModelSpec::from_json(&body(&uri, "1"), &policy).is_ok());
     }

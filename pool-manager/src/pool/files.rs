@@ -52,7 +52,7 @@ impl Pool {
                 .is_some_and(|f| Instant::now() < f.retry_at);
             (entry.spec.clone(), backing_off)
         };
-        let (uri, location) = match &spec.storage_uri {
+        let source = match &spec.storage_uri {
             StorageUri::File { path, .. } => {
                 return Ok(Some(Files {
                     dir: path.clone(),
@@ -60,16 +60,17 @@ impl Pool {
                 }))
             }
             StorageUri::Remote { .. } if backing_off => return Ok(None),
-            StorageUri::Remote { uri, location } => (uri, location),
+            StorageUri::Remote(source) => source,
         };
-        let pull_failed = |e: &PullError| format!("pulling {uri} failed: {e}");
+        // `source` shows no credentials.
+        let pull_failed = |e: &PullError| format!("pulling {source} failed: {e}");
         let Some(storage) = self.inner.model_storage.get() else {
             return Err(self.files_failed(model, pull_failed(&PullError::NoCache)));
         };
-        let key = CacheKey::new(model, uri, spec.sha256.as_deref());
+        let key = CacheKey::new(model, &source.identity(), spec.sha256.as_deref());
         let lease = match storage
             .cache()
-            .get(&key, location, spec.sha256.as_deref())
+            .get(&key, source, spec.sha256.as_deref())
             .await
         {
             Ok(lease) => lease,
@@ -107,9 +108,11 @@ impl Pool {
             .iter()
             .filter(|(_, e)| !e.copies.is_empty())
             .filter_map(|(name, e)| match &e.spec.storage_uri {
-                StorageUri::Remote { uri, .. } => {
-                    Some(CacheKey::new(name, uri, e.spec.sha256.as_deref()))
-                }
+                StorageUri::Remote(source) => Some(CacheKey::new(
+                    name,
+                    &source.identity(),
+                    e.spec.sha256.as_deref(),
+                )),
                 StorageUri::File { .. } => None,
             })
             .collect()
@@ -205,7 +208,7 @@ mod tests {
     use crate::repository::ModelRepository;
     use crate::spec::{ReplicaId, StoragePolicy};
     use crate::storage::archive::Limits;
-    use crate::storage::{CacheLimits, Fetcher, ModelCache, StorageMetrics, StoreConfig};
+    use crate::storage::{CacheLimits, FetchOptions, Fetcher, ModelCache, StorageMetrics};
 
     struct Fixture {
         pool: Pool,
@@ -245,7 +248,14 @@ mod tests {
                 },
                 pull_timeout: Duration::from_secs(5),
             };
-            let fetcher = Fetcher::new(&StoreConfig::default(), 2, Duration::from_secs(5)).unwrap();
+            let options = FetchOptions {
+                concurrency: 2,
+                egress: crate::storage::egress::EgressPolicy {
+                    allow_private: true,
+                },
+                connect_timeout: Duration::from_secs(5),
+            };
+            let fetcher = Arc::new(Fetcher::new(Default::default(), options).unwrap());
             let metrics = StorageMetrics::register(&mut reg);
             let cache = ModelCache::open(cache_dir.path(), limits, fetcher, metrics).unwrap();
             assert!(pool.attach_storage(Storage::new(cache, transfer, 1 << 20)));

@@ -228,7 +228,16 @@ pub struct CopyView {
 #[serde(rename_all = "camelCase")]
 pub struct ModelView {
     pub name: String,
-    pub storage_uri: String,
+    /// Redacted: no user info, no query string (only the durable store keeps them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storage_uri: Option<String>,
+    /// The named store (and path) the files come from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storage: Option<crate::spec::StoreRef>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_format: Option<crate::spec::ModelFormat>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
     pub memory: u64,
     pub memory_declared: bool,
     pub gpu_memory: u64,
@@ -386,6 +395,37 @@ impl Pool {
         &self.inner.settings
     }
 
+    /// Parses and checks a registration (spec, storage, fits), changing nothing.
+    async fn checked_spec(
+        &self,
+        name: &str,
+        body: &[u8],
+    ) -> Result<(ModelName, ModelSpec), PoolError> {
+        let name = ModelName::new(name)?;
+        let body = body.to_vec();
+        let storage = self.inner.storage.clone();
+        let spec = tokio::task::spawn_blocking(move || ModelSpec::from_json(&body, &storage))
+            .await
+            .map_err(|e| PoolError::Internal(e.to_string()))??;
+        self.check_fits(&name, &spec)?;
+        Ok((name, spec))
+    }
+
+    /// What [`Pool::register`] would do with this spec (a dry run): the same checks and
+    /// the same errors, and nothing changed.
+    pub async fn check_registration(
+        &self,
+        name: &str,
+        body: &[u8],
+    ) -> Result<Registered, PoolError> {
+        let (name, spec) = self.checked_spec(name, body).await?;
+        Ok(match self.table().models.get(&name) {
+            None => Registered::Created,
+            Some(e) if e.spec == spec => Registered::Unchanged,
+            Some(_) => Registered::Updated,
+        })
+    }
+
     /// Registers `name` with the JSON spec `body`, or updates it. A new `storageUri` unloads
     /// the old version everywhere (the next request loads the new one); other changes apply
     /// in place. A pinned model (`minCopies >= 1`) starts loading at once.
@@ -394,13 +434,7 @@ impl Pool {
         name: &str,
         body: &[u8],
     ) -> Result<(Registered, ModelView), PoolError> {
-        let name = ModelName::new(name)?;
-        let body = body.to_vec();
-        let storage = self.inner.storage.clone();
-        let spec = tokio::task::spawn_blocking(move || ModelSpec::from_json(&body, &storage))
-            .await
-            .map_err(|e| PoolError::Internal(e.to_string()))??;
-        self.check_fits(&name, &spec)?;
+        let (name, spec) = self.checked_spec(name, body).await?;
         // One registration or delete per name at a time, from the durable write to the
         // table, so the store and the table agree on which spec won.
         let _name = self.name_lock(&name).lock().await;
@@ -459,7 +493,7 @@ impl Pool {
             Registered::Unchanged => {}
         }
         if outcome != Registered::Unchanged {
-            info!(model = %name, uri = spec.storage_uri.as_str(), memory = spec.memory,
+            info!(model = %name, storage = %spec.storage_uri, memory = spec.memory,
                   gpu_memory = spec.gpu_memory, min_copies = spec.min_copies,
                   max_copies = spec.max_copies, ?outcome, "model registered");
             let kind = if outcome == Registered::Created {
@@ -911,7 +945,10 @@ impl Pool {
         let replica_name = |i: usize| self.inner.replicas[i].id.to_string();
         ModelView {
             name: name.to_string(),
-            storage_uri: e.spec.storage_uri.as_str().to_owned(),
+            storage_uri: e.spec.storage_uri.redacted_uri(),
+            storage: e.spec.storage_uri.store_ref(),
+            model_format: e.spec.model_format.clone(),
+            pool: e.spec.pool.clone(),
             memory: e.spec.memory,
             memory_declared: e.spec.memory_declared,
             gpu_memory: e.spec.gpu_memory,

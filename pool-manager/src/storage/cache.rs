@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 
 use super::archive::Limits;
 use super::fetch::{hex, Fetcher, PullError};
-use super::uri::RemoteLocation;
+use super::uri::RemoteSource;
 use super::StorageMetrics;
 use crate::spec::ModelName;
 
@@ -95,7 +95,7 @@ struct CacheInner {
     root: PathBuf,
     partial: PathBuf,
     limits: CacheLimits,
-    fetcher: Fetcher,
+    fetcher: Arc<Fetcher>,
     metrics: StorageMetrics,
     state: Mutex<CacheState>,
     flights: Mutex<HashMap<CacheKey, Arc<tokio::sync::Mutex<()>>>>,
@@ -152,7 +152,7 @@ impl ModelCache {
     pub fn open(
         root: &Path,
         limits: CacheLimits,
-        fetcher: Fetcher,
+        fetcher: Arc<Fetcher>,
         metrics: StorageMetrics,
     ) -> std::io::Result<Self> {
         std::fs::create_dir_all(root)?;
@@ -237,7 +237,7 @@ impl ModelCache {
     pub async fn get(
         &self,
         key: &CacheKey,
-        location: &RemoteLocation,
+        location: &RemoteSource,
         sha256: Option<&str>,
     ) -> Result<Lease, PullError> {
         let metrics = &self.inner.metrics;
@@ -297,7 +297,7 @@ impl ModelCache {
     async fn pull(
         &self,
         key: &CacheKey,
-        location: &RemoteLocation,
+        location: &RemoteSource,
         sha256: Option<&str>,
         work: &Path,
     ) -> Result<Lease, PullError> {
@@ -465,7 +465,8 @@ fn clamp(v: u64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::fetch::StoreConfig;
+    use crate::storage::egress::EgressPolicy;
+    use crate::storage::fetch::FetchOptions;
     use crate::storage::uri::{parse_remote, ArchiveKind};
     use std::io::Write;
 
@@ -512,7 +513,15 @@ mod tests {
     fn cache(root: &Path, size: u64) -> (ModelCache, prometheus_client::registry::Registry) {
         let mut reg = prometheus_client::registry::Registry::with_prefix("mm");
         let metrics = StorageMetrics::register(&mut reg);
-        let fetcher = Fetcher::new(&StoreConfig::default(), 2, Duration::from_secs(10)).unwrap();
+        // The test servers are on loopback.
+        let options = FetchOptions {
+            concurrency: 2,
+            egress: EgressPolicy {
+                allow_private: true,
+            },
+            connect_timeout: Duration::from_secs(5),
+        };
+        let fetcher = Arc::new(Fetcher::new(Default::default(), options).unwrap());
         let limits = CacheLimits {
             size,
             high: 0.9,
@@ -529,8 +538,12 @@ mod tests {
         )
     }
 
-    fn location(url: &str) -> RemoteLocation {
-        parse_remote(url, &url::Url::parse(url).unwrap()).unwrap()
+    fn location(url: &str) -> RemoteSource {
+        RemoteSource::Uri {
+            uri: url.to_owned(),
+            location: parse_remote(url, &url::Url::parse(url).unwrap()).unwrap(),
+            store: None,
+        }
     }
 
     fn key(model: &str, uri: &str) -> CacheKey {

@@ -3,26 +3,35 @@
 //! checked against its `sha256` and unpacked. Nothing here is visible to anyone else; the
 //! cache ([`super::cache`]) renames the result into place only once it is complete.
 //!
-//! Object stores are reached through `object_store` (S3 and S3-compatible stores, GCS),
-//! configured from the environment (`AWS_*`, `GOOGLE_*`, as their own SDKs do) and then
-//! from the `--storage-config` file. Archives on web servers are fetched with `reqwest`.
+//! Object stores (S3 and S3-compatible stores, GCS, Azure Blob) are reached through
+//! `object_store`, with the environment's and `[s3]`/`[gcs]`/`[azure]` default settings or
+//! a named store's ([`super::settings`]). Archives on web servers are fetched with
+//! `reqwest` under the egress policy ([`super::egress`]): a URI from a model's spec may
+//! not reach link-local, reserved (or, without `--allow-private-storage`, loopback and
+//! private) addresses, nor be redirected to another host.
+//!
+//! Error texts never carry a URL's credentials: reqwest's errors are taken without their
+//! URL, and every message is passed through [`mm_wire::scrub_uris`].
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
-use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
-use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
+use object_store::aws::AmazonS3Builder;
+use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
+use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::ObjectStore;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Semaphore;
 
 use super::archive::{self, ArchiveError, Limits};
-use super::uri::{ObjectScheme, RemoteLocation};
+use super::egress::{self, EgressPolicy};
+use super::settings::{HttpAuth, Settings, StoreTarget};
+use super::uri::{ArchiveKind, ObjectScheme, RemoteLocation, RemoteSource, StoreKey};
 use super::StorageMetrics;
 
 /// Why a pull failed. Each message is shown as the model's `lastError`.
@@ -43,6 +52,13 @@ pub enum PullError {
     /// The download broke off or never started.
     #[error("download failed: {0}")]
     Download(String),
+    /// The address the URI leads to is not one pulls may reach.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The spec names a store that the storage settings do not have (any more), or one
+    /// of another type.
+    #[error("{0}")]
+    StoreSettings(String),
     /// The archive is not the one the spec's `sha256` names.
     #[error("sha256 mismatch: the spec says {expected}, the download is {actual}")]
     Checksum { expected: String, actual: String },
@@ -70,6 +86,8 @@ impl PullError {
             | PullError::Empty
             | PullError::HttpStatus(_)
             | PullError::Download(_) => "download",
+            PullError::Refused(_) => "refused",
+            PullError::StoreSettings(_) => "settings",
             PullError::Checksum { .. } => "checksum",
             PullError::Archive(ArchiveError::TooLarge(_) | ArchiveError::TooManyFiles(_))
             | PullError::LargerThanCache(_)
@@ -83,31 +101,53 @@ impl PullError {
     }
 }
 
-/// Object-store settings from the `--storage-config` TOML file: `[s3]` and `[gcs]` tables
-/// of `object_store` configuration keys (`endpoint`, `region`, `access_key_id`,
-/// `allow_http`, `service_account_path`, ...), applied over the environment.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StoreConfig {
-    #[serde(default)]
-    pub s3: HashMap<String, toml::Value>,
-    #[serde(default)]
-    pub gcs: HashMap<String, toml::Value>,
+/// How pulls behave, whatever the settings file says.
+#[derive(Debug, Clone, Copy)]
+pub struct FetchOptions {
+    /// Downloads at once, over all pulls.
+    pub concurrency: usize,
+    /// Which addresses URIs from specs may reach.
+    pub egress: EgressPolicy,
+    pub connect_timeout: Duration,
 }
 
-fn value_text(value: &toml::Value) -> String {
-    match value {
-        toml::Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
+/// Which store client a location is reached with (clients are cached by this).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ClientKey {
+    store: Option<StoreKey>,
+    scheme: ObjectScheme,
+    account: Option<String>,
+    bucket: String,
 }
 
-/// Downloads remote models; cheap to share.
+/// Where one pull reads from, resolved against the current settings.
+enum Target {
+    Object {
+        store: Arc<dyn ObjectStore>,
+        key: String,
+        archive: Option<ArchiveKind>,
+        label: &'static str,
+    },
+    Http {
+        client: reqwest::Client,
+        url: url::Url,
+        auth: HttpAuth,
+        archive: ArchiveKind,
+        label: &'static str,
+    },
+}
+
+/// Downloads remote models; cheap to share. Its settings can be replaced while it runs
+/// (a reloaded `--storage-config`); pulls already under way keep the clients they have.
 pub struct Fetcher {
-    http: reqwest::Client,
-    s3: Vec<(AmazonS3ConfigKey, String)>,
-    gcs: Vec<(GoogleConfigKey, String)>,
-    stores: Mutex<HashMap<(ObjectScheme, String), Arc<dyn ObjectStore>>>,
+    settings: RwLock<Arc<Settings>>,
+    /// Clients for URIs from specs: the egress policy applies.
+    guarded: reqwest::Client,
+    /// Clients for named `http` stores, whose endpoints the operator configured: private
+    /// addresses are allowed, link-local and reserved ones still not.
+    trusted: reqwest::Client,
+    egress: EgressPolicy,
+    stores: Mutex<HashMap<ClientKey, Arc<dyn ObjectStore>>>,
     /// Bounds the downloads running at once, over all pulls.
     downloads: Arc<Semaphore>,
     concurrency: usize,
@@ -122,136 +162,305 @@ pub struct Fetched {
 }
 
 impl Fetcher {
-    /// A fetcher with `concurrency` downloads at once; `request_timeout` bounds one object
-    /// download. Fails on a configuration key `object_store` does not know.
-    pub fn new(
-        config: &StoreConfig,
-        concurrency: usize,
-        request_timeout: Duration,
-    ) -> Result<Self, String> {
-        let timeouts = [
-            ("timeout", format!("{}s", request_timeout.as_secs().max(1))),
-            ("connect_timeout", "10s".to_owned()),
-        ];
-        let mut s3 = Vec::new();
-        let mut gcs = Vec::new();
-        for (key, value) in &timeouts {
-            s3.push((parse_key::<AmazonS3ConfigKey>(key, "s3")?, value.clone()));
-            gcs.push((parse_key::<GoogleConfigKey>(key, "gcs")?, value.clone()));
-        }
-        // The environment, as AmazonS3Builder::from_env and its GCS twin read it, then the
-        // file: later keys win.
-        for (key, value) in std::env::vars() {
-            let lower = key.to_ascii_lowercase();
-            if key.starts_with("AWS_") {
-                if let Ok(k) = lower.parse() {
-                    s3.push((k, value));
-                }
-            } else if key.starts_with("GOOGLE_") {
-                if let Ok(k) = lower.parse() {
-                    gcs.push((k, value));
-                }
-            }
-        }
-        for (key, value) in &config.s3 {
-            s3.push((parse_key(key, "s3")?, value_text(value)));
-        }
-        for (key, value) in &config.gcs {
-            gcs.push((parse_key(key, "gcs")?, value_text(value)));
-        }
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| e.to_string())?;
-        let concurrency = concurrency.max(1);
+    pub fn new(settings: Settings, options: FetchOptions) -> Result<Self, String> {
+        let build = |policy| {
+            egress::http_client(policy, options.connect_timeout).map_err(|e| e.to_string())
+        };
+        let concurrency = options.concurrency.max(1);
         Ok(Self {
-            http,
-            s3,
-            gcs,
+            settings: RwLock::new(Arc::new(settings)),
+            guarded: build(options.egress)?,
+            trusted: build(EgressPolicy {
+                allow_private: true,
+            })?,
+            egress: options.egress,
             stores: Mutex::new(HashMap::new()),
             downloads: Arc::new(Semaphore::new(concurrency)),
             concurrency,
         })
     }
 
-    fn store(&self, scheme: ObjectScheme, bucket: &str) -> Result<Arc<dyn ObjectStore>, PullError> {
+    /// Replaces the settings; the next pull builds its clients from them.
+    pub fn replace_settings(&self, settings: Settings) {
+        *self
+            .settings
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(settings);
+        self.stores
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+    }
+
+    fn settings(&self) -> Arc<Settings> {
+        self.settings
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Where `source` is, under the current settings.
+    fn resolve(&self, source: &RemoteSource) -> Result<Target, PullError> {
+        let settings = self.settings();
+        let named = |key: &StoreKey| {
+            settings.stores.get(key).ok_or_else(|| {
+                PullError::StoreSettings(format!(
+                    "storage.key {key:?} is not a store in the storage settings (--storage-config)"
+                ))
+            })
+        };
+        match source {
+            RemoteSource::Uri {
+                location: RemoteLocation::Http { url, archive },
+                store,
+                ..
+            } => {
+                if let Some(key) = store {
+                    let kind = named(key)?.kind;
+                    return Err(PullError::StoreSettings(format!(
+                        "storage.key {key:?} is a {} store: an http(s) storageUri takes no storage.key",
+                        kind.as_str()
+                    )));
+                }
+                // IP literals are connected to without the resolver: checked here.
+                self.egress
+                    .check_url(url)
+                    .map_err(|e| PullError::Refused(e.to_string()))?;
+                Ok(Target::Http {
+                    client: self.guarded.clone(),
+                    url: url.clone(),
+                    auth: HttpAuth::None,
+                    archive: *archive,
+                    label: if url.scheme() == "https" {
+                        "https"
+                    } else {
+                        "http"
+                    },
+                })
+            }
+            RemoteSource::Uri {
+                location:
+                    RemoteLocation::Object {
+                        scheme,
+                        account,
+                        bucket,
+                        key,
+                        archive,
+                    },
+                store,
+                ..
+            } => {
+                let target = match store {
+                    Some(k) => Some((k, named(k)?)),
+                    None => None,
+                };
+                let client = ClientKey {
+                    store: store.clone(),
+                    scheme: *scheme,
+                    account: account.clone(),
+                    bucket: bucket.clone(),
+                };
+                Ok(Target::Object {
+                    store: self.object_store(&settings, client, target.map(|(_, s)| &s.target))?,
+                    key: key.clone(),
+                    archive: *archive,
+                    label: scheme.as_str(),
+                })
+            }
+            RemoteSource::Path {
+                store: key,
+                path,
+                bucket,
+            } => {
+                let store = named(key)?;
+                let archive = path.rsplit('/').next().and_then(super::uri::archive_kind);
+                if let StoreTarget::Http { base, auth } = &store.target {
+                    let mut url = base.clone();
+                    url.path_segments_mut()
+                        .map_err(|()| PullError::StoreSettings("bad http store endpoint".into()))?
+                        .pop_if_empty()
+                        .extend(path.split('/'));
+                    let archive = archive.ok_or_else(|| {
+                        PullError::StoreSettings(format!(
+                            "store {key} is an http store: storage.path must name a .tar.gz, .tgz or .zip archive"
+                        ))
+                    })?;
+                    return Ok(Target::Http {
+                        client: self.trusted.clone(),
+                        label: if url.scheme() == "https" {
+                            "https"
+                        } else {
+                            "http"
+                        },
+                        url,
+                        auth: auth.clone(),
+                        archive,
+                    });
+                }
+                let scheme = match store.kind {
+                    super::settings::StoreType::S3 => ObjectScheme::S3,
+                    super::settings::StoreType::Gcs => ObjectScheme::Gcs,
+                    _ => ObjectScheme::Azure,
+                };
+                let bucket = bucket
+                    .clone()
+                    .or_else(|| store.bucket.clone())
+                    .ok_or_else(|| {
+                        PullError::StoreSettings(format!(
+                            "store {key} has no default bucket: the spec must give storage.bucket"
+                        ))
+                    })?;
+                let client = ClientKey {
+                    store: Some(key.clone()),
+                    scheme,
+                    account: None,
+                    bucket,
+                };
+                Ok(Target::Object {
+                    store: self.object_store(&settings, client, Some(&store.target))?,
+                    key: path.clone(),
+                    archive,
+                    label: scheme.as_str(),
+                })
+            }
+        }
+    }
+
+    /// The cached client for `key`, built from `named` (a store's settings) or the
+    /// defaults for its scheme.
+    fn object_store(
+        &self,
+        settings: &Settings,
+        key: ClientKey,
+        named: Option<&StoreTarget>,
+    ) -> Result<Arc<dyn ObjectStore>, PullError> {
         let mut stores = self
             .stores
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(store) = stores.get(&(scheme, bucket.to_owned())) {
+        if let Some(store) = stores.get(&key) {
             return Ok(store.clone());
         }
-        let built: Arc<dyn ObjectStore> = match scheme {
-            ObjectScheme::S3 => {
-                let mut b = AmazonS3Builder::new();
-                for (k, v) in &self.s3 {
-                    b = b.with_config(*k, v);
-                }
-                Arc::new(b.with_bucket_name(bucket).build().map_err(store_error)?)
-            }
-            ObjectScheme::Gcs => {
-                let mut b = GoogleCloudStorageBuilder::new();
-                for (k, v) in &self.gcs {
-                    b = b.with_config(*k, v);
-                }
-                Arc::new(b.with_bucket_name(bucket).build().map_err(store_error)?)
-            }
+        let mismatch = |kind: &str| {
+            PullError::StoreSettings(format!(
+                "storage.key {:?} is a {kind} store, not one for {}:// URIs",
+                key.store.as_ref().map_or("", StoreKey::as_str),
+                key.scheme.as_str()
+            ))
         };
-        stores.insert((scheme, bucket.to_owned()), built.clone());
+        let built: Arc<dyn ObjectStore> = match (key.scheme, named) {
+            (ObjectScheme::S3, None | Some(StoreTarget::S3(_))) => {
+                let options = match named {
+                    Some(StoreTarget::S3(o)) => o,
+                    _ => &settings.s3,
+                };
+                let mut b = AmazonS3Builder::new();
+                for (k, v) in options {
+                    b = b.with_config(*k, v);
+                }
+                Arc::new(
+                    b.with_bucket_name(&key.bucket)
+                        .build()
+                        .map_err(store_error)?,
+                )
+            }
+            (ObjectScheme::Gcs, None | Some(StoreTarget::Gcs(_))) => {
+                let options = match named {
+                    Some(StoreTarget::Gcs(o)) => o,
+                    _ => &settings.gcs,
+                };
+                let mut b = GoogleCloudStorageBuilder::new();
+                for (k, v) in options {
+                    b = b.with_config(*k, v);
+                }
+                Arc::new(
+                    b.with_bucket_name(&key.bucket)
+                        .build()
+                        .map_err(store_error)?,
+                )
+            }
+            (ObjectScheme::Azure, None | Some(StoreTarget::Azure(_))) => {
+                let options = match named {
+                    Some(StoreTarget::Azure(o)) => o,
+                    _ => &settings.azure,
+                };
+                let mut b = MicrosoftAzureBuilder::new();
+                for (k, v) in options {
+                    b = b.with_config(*k, v);
+                }
+                if let Some(account) = &key.account {
+                    b = b.with_config(AzureConfigKey::AccountName, account);
+                }
+                Arc::new(
+                    b.with_container_name(&key.bucket)
+                        .build()
+                        .map_err(store_error)?,
+                )
+            }
+            (_, Some(StoreTarget::S3(_))) => return Err(mismatch("s3")),
+            (_, Some(StoreTarget::Gcs(_))) => return Err(mismatch("gcs")),
+            (_, Some(StoreTarget::Azure(_))) => return Err(mismatch("azure")),
+            (_, Some(StoreTarget::Http { .. })) => return Err(mismatch("http")),
+        };
+        stores.insert(key, built.clone());
         Ok(built)
     }
 
-    /// Downloads `location` into the empty directory `work`, checks `sha256` (archives) and
+    /// Downloads `source` into the empty directory `work`, checks `sha256` (archives) and
     /// the limits, and finds the Triton model directory.
     pub async fn fetch(
         &self,
-        location: &RemoteLocation,
+        source: &RemoteSource,
         sha256: Option<&str>,
         work: &Path,
         limits: Limits,
         metrics: &StorageMetrics,
     ) -> Result<Fetched, PullError> {
-        let label = location.scheme_label();
+        let target = self.resolve(source)?;
         let model_dir = work.join("model");
         tokio::fs::create_dir(&model_dir).await?;
-        let bytes = match location {
-            RemoteLocation::Object {
-                scheme,
-                bucket,
+        let bytes = match target {
+            Target::Object {
+                store,
                 key,
                 archive: None,
+                label,
             } => {
-                let store = self.store(*scheme, bucket)?;
-                self.fetch_prefix(store, key, &model_dir, limits, metrics, label)
+                self.fetch_prefix(store, &key, &model_dir, limits, metrics, label)
                     .await?
             }
-            RemoteLocation::Object {
-                scheme,
-                bucket,
+            Target::Object {
+                store,
                 key,
                 archive: Some(kind),
+                label,
             } => {
-                let store = self.store(*scheme, bucket)?;
                 let file = work.join("archive");
                 let path = object_store::path::Path::from(key.as_str());
                 let _permit = self.permit().await?;
                 let got = store.get(&path).await.map_err(store_error)?;
-                let stream = got
-                    .into_stream()
-                    .map_err(|e| PullError::Store(e.to_string()));
+                let stream = got.into_stream().map_err(store_error);
                 download(stream, &file, limits.max_bytes, sha256, metrics, label).await?;
-                unpack(file, *kind, model_dir.clone(), limits).await?
+                unpack(file, kind, model_dir.clone(), limits).await?
             }
-            RemoteLocation::Http { url, archive } => {
+            Target::Http {
+                client,
+                url,
+                auth,
+                archive,
+                label,
+            } => {
                 let file = work.join("archive");
                 let _permit = self.permit().await?;
-                let response = self
-                    .http
-                    .get(url.clone())
-                    .send()
-                    .await
-                    .map_err(|e| PullError::Download(error_chain(&e)))?;
+                let mut request = client.get(url);
+                request = match auth {
+                    HttpAuth::None => request,
+                    HttpAuth::Basic { username, password } => {
+                        request.basic_auth(username, password)
+                    }
+                    HttpAuth::Bearer(token) => request.bearer_auth(token),
+                };
+                let response = request.send().await.map_err(http_error)?;
                 if !response.status().is_success() {
                     return Err(PullError::HttpStatus(response.status().as_u16()));
                 }
@@ -261,11 +470,9 @@ impl Fetcher {
                 {
                     return Err(PullError::DownloadTooLarge(limits.max_bytes));
                 }
-                let stream = response
-                    .bytes_stream()
-                    .map_err(|e| PullError::Download(error_chain(&e)));
+                let stream = response.bytes_stream().map_err(http_error);
                 download(stream, &file, limits.max_bytes, sha256, metrics, label).await?;
-                unpack(file, *archive, model_dir.clone(), limits).await?
+                unpack(file, archive, model_dir.clone(), limits).await?
             }
         };
         let root = tokio::task::spawn_blocking(move || archive::model_root(&model_dir))
@@ -338,9 +545,7 @@ impl Fetcher {
                     }
                     let _permit = self.permit().await?;
                     let got = store.get(&location).await.map_err(store_error)?;
-                    let stream = got
-                        .into_stream()
-                        .map_err(|e| PullError::Store(e.to_string()));
+                    let stream = got.into_stream().map_err(store_error);
                     // Listed sizes were checked; a larger object than listed is refused.
                     let n = download(stream, &dest, size, None, metrics, label).await?;
                     written.fetch_add(n, Ordering::Relaxed);
@@ -427,17 +632,26 @@ pub(super) fn hex(bytes: &[u8]) -> String {
         })
 }
 
-fn parse_key<K: std::str::FromStr>(key: &str, table: &str) -> Result<K, String> {
-    key.to_ascii_lowercase()
-        .parse()
-        .map_err(|_| format!("[{table}] key {key:?} is not an object_store setting"))
-}
-
 fn store_error(e: object_store::Error) -> PullError {
     PullError::Store(match e {
         object_store::Error::NotFound { path, .. } => format!("{path} not found"),
-        other => error_chain(&other),
+        other => mm_wire::scrub_uris(&error_chain(&other)),
     })
+}
+
+/// A reqwest error without its URL (which may hold credentials), with its causes: a
+/// refused address or redirect says so.
+fn http_error(e: reqwest::Error) -> PullError {
+    let e = e.without_url();
+    let text = mm_wire::scrub_uris(&error_chain(&e));
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        if s.is::<egress::Refused>() || s.is::<egress::CrossHostRedirect>() {
+            return PullError::Refused(mm_wire::scrub_uris(&s.to_string()));
+        }
+        source = s.source();
+    }
+    PullError::Download(text)
 }
 
 /// An error with its causes, which is what an operator needs ("error sending request" alone
@@ -459,24 +673,103 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn config_keys_are_checked() {
-        let mut config = StoreConfig::default();
-        config.s3.insert(
-            "endpoint".into(),
-            toml::Value::String("http://127.0.0.1:9000".into()),
-        );
-        config
-            .s3
-            .insert("allow_http".into(), toml::Value::Boolean(true));
-        assert!(Fetcher::new(&config, 4, Duration::from_secs(60)).is_ok());
-        config
-            .s3
-            .insert("no_such_key".into(), toml::Value::Integer(1));
-        let err = Fetcher::new(&config, 4, Duration::from_secs(60))
-            .err()
-            .unwrap();
-        assert!(err.contains("no_such_key"), "{err}");
+    fn fetcher(allow_private: bool) -> Fetcher {
+        Fetcher::new(
+            Settings::default(),
+            FetchOptions {
+                concurrency: 2,
+                egress: EgressPolicy { allow_private },
+                connect_timeout: Duration::from_secs(5),
+            },
+        )
+        .unwrap()
+    }
+
+    fn http_source(url: &str) -> RemoteSource {
+        RemoteSource::Uri {
+            uri: url.to_owned(),
+            location: super::super::uri::parse_remote(url, &url::Url::parse(url).unwrap()).unwrap(),
+            store: None,
+        }
+    }
+
+    /// A server that answers every request with a redirect to `to`.
+    async fn redirector(to: String) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let to = to.clone();
+                tokio::spawn(async move {
+                    use tokio::io::AsyncReadExt;
+                    let mut buf = [0u8; 4096];
+                    let _ = socket.read(&mut buf).await;
+                    let head = format!(
+                        "HTTP/1.1 302 Found\r\nlocation: {to}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                    );
+                    let _ = socket.write_all(head.as_bytes()).await;
+                });
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    async fn pull_error(fetcher: &Fetcher, url: &str) -> PullError {
+        let work = tempfile::tempdir().unwrap();
+        let mut reg = prometheus_client::registry::Registry::default();
+        let metrics = StorageMetrics::register(&mut reg);
+        let limits = Limits {
+            max_bytes: 1 << 20,
+            max_files: 10,
+        };
+        fetcher
+            .fetch(&http_source(url), None, work.path(), limits, &metrics)
+            .await
+            .unwrap_err()
+    }
+
+    #[tokio::test]
+    async fn loopback_and_metadata_addresses_are_refused_by_address_and_by_name() {
+        let strict = fetcher(false);
+        for url in [
+            "http://127.0.0.1:9/m.zip",
+            "http://localhost:9/m.zip",
+            "http://[::1]:9/m.zip",
+            "http://user:pw@127.0.0.1:9/m.zip?sig=secret",
+        ] {
+            let e = pull_error(&strict, url).await;
+            assert!(matches!(e, PullError::Refused(_)), "{url}: {e:?}");
+            let text = e.to_string();
+            assert!(
+                text.contains("loopback") && text.contains("--allow-private-storage"),
+                "{url}: {text}"
+            );
+            assert!(
+                !text.contains("secret") && !text.contains("pw"),
+                "{url}: {text}"
+            );
+        }
+        let open = fetcher(true);
+        for url in ["http://169.254.169.254/m.zip", "http://0.0.0.0:9/m.zip"] {
+            let e = pull_error(&open, url).await;
+            assert!(matches!(e, PullError::Refused(_)), "{url}: {e:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn redirects_to_another_host_are_refused_and_errors_carry_no_secrets() {
+        let open = fetcher(true);
+        // 127.0.0.2 is another host than 127.0.0.1 (and nothing listens there).
+        let base = redirector("http://127.0.0.2:9/m.zip".into()).await;
+        let e = pull_error(&open, &format!("{base}/m.zip?X-Amz-Signature=secret")).await;
+        assert!(matches!(e, PullError::Refused(_)), "{e:?}");
+        assert!(e.to_string().contains("redirected to 127.0.0.2"), "{e}");
+        assert!(!e.to_string().contains("secret"), "{e}");
+        // A connection failure names no URL either.
+        let e = pull_error(&open, "http://u:pw@127.0.0.1:9/m.zip?sig=secret").await;
+        let text = e.to_string();
+        assert!(matches!(e, PullError::Download(_)), "{e:?}");
+        assert!(!text.contains("secret") && !text.contains("pw"), "{text}");
     }
 
     #[test]

@@ -1,19 +1,25 @@
 //! Model storage: where a model's files come from and how they reach a replica, with no
-//! sidecar next to the replicas. Remote files (`s3://`, `gs://`, `http(s)://` archives) are
-//! pulled by the pool-manager into a local cache on the model's first load ([`cache`],
-//! [`fetch`], [`archive`]), then handed to the replica either through the shared model
-//! repository directory or inside Triton's load request ([`transfer`]).
+//! sidecar next to the replicas. Remote files (`s3://`, `gs://`, `az://`, `http(s)://`
+//! archives, paths in named stores) are pulled by the pool-manager into a local cache on
+//! the model's first load ([`cache`], [`fetch`], [`archive`]) under an egress policy
+//! ([`egress`]), then handed to the replica either through the shared model repository
+//! directory or inside Triton's load request ([`transfer`]). The object-store settings and
+//! named stores come from `--storage-config` ([`settings`]), reloaded when it changes
+//! ([`StorageWatcher`]).
 //!
 //! Registration never touches the network ([`uri`] checks the URI's shape only); a failed
 //! pull marks the model `Failed` with the reason, like a failed load.
 
 pub mod archive;
 pub mod cache;
+pub mod egress;
 pub mod fetch;
+pub mod settings;
 pub mod transfer;
 pub mod uri;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -24,7 +30,8 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
 pub use cache::{CacheKey, CacheLimits, Lease, ModelCache};
-pub use fetch::{Fetcher, PullError, StoreConfig};
+pub use fetch::{FetchOptions, Fetcher, PullError};
+pub use settings::{StoreCatalog, StoreType};
 pub use transfer::ModelFiles;
 
 /// How model files reach a replica.
@@ -73,11 +80,20 @@ pub struct StorageArgs {
     /// a larger model fails to load with a message saying so.
     #[arg(long, default_value = "256Mi", value_parser = parse_quantity)]
     pub max_inline_bytes: u64,
-    /// TOML file with [s3] and [gcs] tables of object_store settings (endpoint, region,
-    /// access_key_id, secret_access_key, allow_http, service_account_path, ...), applied
-    /// over the AWS_* and GOOGLE_* environment variables.
+    /// TOML file with [s3], [gcs] and [azure] tables of object_store settings (applied
+    /// over the AWS_*, GOOGLE_* and AZURE_* environment variables) and named stores
+    /// ([stores.<key>]: type, endpoint, region, bucket, credentials or credentials_file)
+    /// that specs choose with storage.key. Re-read when it (or a credentials file) changes.
     #[arg(long, env = "MM_STORAGE_CONFIG")]
     pub storage_config: Option<PathBuf>,
+    /// How often --storage-config and its credentials files are checked for changes.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub storage_config_poll: Duration,
+    /// Let model URIs reach loopback and private addresses (RFC 1918, unique local...);
+    /// link-local addresses (cloud metadata) are refused whatever this says. Named stores'
+    /// endpoints, set by the operator, are not subject to it.
+    #[arg(long)]
+    pub allow_private_storage: bool,
 }
 
 fn parse_quantity(text: &str) -> Result<u64, String> {
@@ -87,8 +103,8 @@ fn parse_quantity(text: &str) -> Result<u64, String> {
 /// Why model storage could not be set up at start.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
-    #[error("--storage-config {path}: {reason}")]
-    Config { path: PathBuf, reason: String },
+    #[error("--storage-config {0}")]
+    Config(#[from] settings::SettingsError),
     #[error("object store settings: {0}")]
     Store(String),
     #[error("cache directory {path}: {source}")]
@@ -107,6 +123,8 @@ pub struct Storage {
     cache: ModelCache,
     transfer: FileTransfer,
     max_inline_bytes: u64,
+    catalog: StoreCatalog,
+    watcher: Option<StorageWatcher>,
 }
 
 impl Storage {
@@ -125,19 +143,39 @@ impl Storage {
         if args.cache_size == 0 || args.max_model_bytes == 0 {
             return Err(StorageError::ZeroSize);
         }
-        let config = match &args.storage_config {
-            Some(path) => {
-                let bad = |reason: String| StorageError::Config {
-                    path: path.clone(),
-                    reason,
-                };
-                let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-                toml::from_str::<StoreConfig>(&text).map_err(|e| bad(e.to_string()))?
-            }
-            None => StoreConfig::default(),
+        let bounds = settings::ClientBounds {
+            request_timeout: args.pull_timeout,
+            connect_timeout: CONNECT_TIMEOUT,
         };
-        let fetcher = Fetcher::new(&config, args.download_concurrency, args.pull_timeout)
-            .map_err(StorageError::Store)?;
+        let loaded = settings::load(args.storage_config.as_deref(), bounds)?;
+        if let Some(path) = &args.storage_config {
+            if !path.exists() {
+                tracing::warn!(path = %path.display(),
+                               "--storage-config does not exist (yet): no named stores until it appears");
+            }
+        }
+        let catalog = StoreCatalog::default();
+        catalog.set(loaded.settings.catalog());
+        tracing::info!(stores = ?catalog.keys(), allow_private = args.allow_private_storage,
+                       "storage settings read");
+        let options = FetchOptions {
+            concurrency: args.download_concurrency,
+            egress: egress::EgressPolicy {
+                allow_private: args.allow_private_storage,
+            },
+            connect_timeout: CONNECT_TIMEOUT,
+        };
+        let fetcher =
+            Arc::new(Fetcher::new(loaded.settings, options).map_err(StorageError::Store)?);
+        let watcher = args.storage_config.clone().map(|path| StorageWatcher {
+            path,
+            bounds,
+            files: loaded.files,
+            fingerprint: loaded.fingerprint,
+            fetcher: fetcher.clone(),
+            catalog: catalog.clone(),
+            interval: args.storage_config_poll.max(Duration::from_millis(50)),
+        });
         let metrics = StorageMetrics::register(registry);
         let dir = args
             .cache_dir
@@ -159,7 +197,10 @@ impl Storage {
                 source,
             }
         })?;
-        Ok(Self::new(cache, args.file_transfer, args.max_inline_bytes))
+        let mut storage = Self::new(cache, args.file_transfer, args.max_inline_bytes);
+        storage.catalog = catalog;
+        storage.watcher = watcher;
+        Ok(storage)
     }
 
     pub fn new(cache: ModelCache, transfer: FileTransfer, max_inline_bytes: u64) -> Self {
@@ -167,6 +208,8 @@ impl Storage {
             cache,
             transfer,
             max_inline_bytes,
+            catalog: StoreCatalog::default(),
+            watcher: None,
         }
     }
 
@@ -180,6 +223,74 @@ impl Storage {
 
     pub fn max_inline_bytes(&self) -> u64 {
         self.max_inline_bytes
+    }
+
+    /// The named stores, kept current by the watcher; registration checks keys against it.
+    pub fn catalog(&self) -> &StoreCatalog {
+        &self.catalog
+    }
+
+    /// The task that reloads `--storage-config` when it changes (None without one); take
+    /// it once and spawn [`StorageWatcher::run`].
+    pub fn take_watcher(&mut self) -> Option<StorageWatcher> {
+        self.watcher.take()
+    }
+}
+
+/// Bound on connecting to a store or web server.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Re-reads `--storage-config` (and the credentials files it names) when their contents
+/// change, as a Kubernetes Secret volume does when the Secret is updated: the next pulls
+/// use the new settings, and registration knows the new store keys. A file that fails to
+/// parse leaves the previous settings in force (logged, without values).
+pub struct StorageWatcher {
+    path: PathBuf,
+    bounds: settings::ClientBounds,
+    files: Vec<PathBuf>,
+    fingerprint: [u8; 32],
+    fetcher: Arc<Fetcher>,
+    catalog: StoreCatalog,
+    interval: Duration,
+}
+
+impl StorageWatcher {
+    /// Checks for changes every poll interval, forever.
+    pub async fn run(mut self) {
+        let mut tick = tokio::time::interval(self.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let files = self.files.clone();
+            let Ok(now) = tokio::task::spawn_blocking(move || settings::fingerprint(&files)).await
+            else {
+                continue;
+            };
+            if now != self.fingerprint {
+                self.reload().await;
+            }
+        }
+    }
+
+    /// Reads the files again and applies them if they parse.
+    async fn reload(&mut self) {
+        let (path, bounds) = (self.path.clone(), self.bounds);
+        let loaded = tokio::task::spawn_blocking(move || settings::load(Some(&path), bounds)).await;
+        match loaded {
+            Ok(Ok(loaded)) => {
+                self.catalog.set(loaded.settings.catalog());
+                self.fetcher.replace_settings(loaded.settings);
+                self.files = loaded.files;
+                self.fingerprint = loaded.fingerprint;
+                tracing::info!(stores = ?self.catalog.keys(), "storage settings reloaded");
+            }
+            Ok(Err(e)) => {
+                // Not retried until the files change again.
+                self.fingerprint = settings::fingerprint(&self.files);
+                tracing::error!(error = %e, "storage settings not reloaded: the previous ones stay in force");
+            }
+            Err(e) => tracing::error!(error = %e, "storage settings reload panicked"),
+        }
     }
 }
 
@@ -245,7 +356,7 @@ impl StorageMetrics {
         );
         reg.register(
             "storage_pull_failures",
-            "Model pulls that failed, by reason (download, checksum, unsafe_archive, too_large, layout, corrupt, timeout, io)",
+            "Model pulls that failed, by reason (download, refused, settings, checksum, unsafe_archive, too_large, layout, corrupt, timeout, io)",
             m.pull_failures.clone(),
         );
         reg.register(

@@ -1,8 +1,10 @@
-//! Remote storage URIs (`s3://`, `gs://`, `http(s)://`), parsed and checked without any
-//! network I/O: registration stays fast, and the pull happens on the model's first load.
+//! Remote storage URIs (`s3://`, `gs://`, `az://`, `https://<account>.blob.core.windows.net`,
+//! `http(s)://` archives) and named-store paths, parsed and checked without any network
+//! I/O: registration stays fast, and the pull happens on the model's first load.
 //!
-//! Invariant: a parsed location names a bucket and a key (or an archive URL) whose every
-//! path segment is an ordinary name (no `.`, `..`, backslash or NUL, encoded or not).
+//! Invariants: a parsed location names a bucket and a key (or an archive URL) whose every
+//! path segment is an ordinary name (no `.`, `..`, backslash or NUL, encoded or not); a
+//! source's `Display` never shows credentials (user info, query strings).
 
 use std::fmt;
 
@@ -15,6 +17,8 @@ pub enum ObjectScheme {
     S3,
     /// Google Cloud Storage.
     Gcs,
+    /// Azure Blob Storage.
+    Azure,
 }
 
 impl ObjectScheme {
@@ -22,6 +26,7 @@ impl ObjectScheme {
         match self {
             ObjectScheme::S3 => "s3",
             ObjectScheme::Gcs => "gs",
+            ObjectScheme::Azure => "az",
         }
     }
 }
@@ -63,6 +68,10 @@ pub enum RemoteLocation {
     /// layout) or one archive object.
     Object {
         scheme: ObjectScheme,
+        /// The Azure storage account a `https://<account>.blob.core.windows.net` URI names
+        /// (`az://` takes it from the store's settings).
+        account: Option<String>,
+        /// The bucket (S3, GCS) or container (Azure).
         bucket: String,
         /// Decoded key, no leading or trailing `/`; empty for the bucket's root.
         key: String,
@@ -91,15 +100,174 @@ impl RemoteLocation {
     }
 }
 
+/// The key of a named store (`[stores.<key>]` in `--storage-config`; `storage.key` in a
+/// spec, as in ModelMesh's `storage-config` secret): 1 to 63 of `[A-Za-z0-9_.-]`, starting
+/// with a letter or digit.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StoreKey(String);
+
+impl StoreKey {
+    pub fn new(key: &str) -> Result<Self, SpecError> {
+        let bytes = key.as_bytes();
+        let ok = (1..=63).contains(&bytes.len())
+            && bytes[0].is_ascii_alphanumeric()
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+        if ok {
+            Ok(Self(key.to_owned()))
+        } else {
+            Err(SpecError::StoreKey(key.to_owned()))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for StoreKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where a remote model's files are, as registered: a URI (reached with the environment's
+/// default settings, or with a named store's), or a path in a named store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemoteSource {
+    /// `storageUri`, optionally with `storage.key` choosing the store settings (endpoint,
+    /// credentials) to reach it with. `uri` may hold credentials: never shown.
+    Uri {
+        uri: String,
+        location: RemoteLocation,
+        store: Option<StoreKey>,
+    },
+    /// `storage.key` + `storage.path` (+ `storage.bucket`, else the store's default
+    /// bucket): resolved against the store's settings at each pull, so a reloaded
+    /// `--storage-config` applies.
+    Path {
+        store: StoreKey,
+        /// Checked, percent-decoded, no leading or trailing `/`.
+        path: String,
+        bucket: Option<String>,
+    },
+}
+
+impl RemoteSource {
+    /// The named store this source uses, if any.
+    pub fn store(&self) -> Option<&StoreKey> {
+        match self {
+            RemoteSource::Uri { store, .. } => store.as_ref(),
+            RemoteSource::Path { store, .. } => Some(store),
+        }
+    }
+
+    /// The archive format, if the source is one file to unpack.
+    pub fn archive(&self) -> Option<ArchiveKind> {
+        match self {
+            RemoteSource::Uri { location, .. } => location.archive(),
+            RemoteSource::Path { path, .. } => path.rsplit('/').next().and_then(archive_kind),
+        }
+    }
+
+    /// What identifies this version of the files (hashed into the cache key; may hold
+    /// secrets, so it is never shown). A URI without a store is the URI itself, as before
+    /// named stores existed, so existing cache entries keep their names.
+    pub fn identity(&self) -> String {
+        match self {
+            RemoteSource::Uri {
+                uri, store: None, ..
+            } => uri.clone(),
+            RemoteSource::Uri {
+                uri,
+                store: Some(key),
+                ..
+            } => format!("{uri}\nstore={key}"),
+            RemoteSource::Path {
+                store,
+                path,
+                bucket,
+            } => format!(
+                "store={store}\nbucket={}\npath={path}",
+                bucket.as_deref().unwrap_or("")
+            ),
+        }
+    }
+}
+
+/// Shows the source without credentials: the URI redacted, or the store and path.
+impl fmt::Display for RemoteSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RemoteSource::Uri { uri, store, .. } => {
+                f.write_str(&mm_wire::redact_uri(uri))?;
+                match store {
+                    Some(key) => write!(f, " (store {key})"),
+                    None => Ok(()),
+                }
+            }
+            RemoteSource::Path {
+                store,
+                path,
+                bucket,
+            } => {
+                write!(f, "store {store} path {path:?}")?;
+                match bucket {
+                    Some(b) => write!(f, " in bucket {b}"),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+}
+
 /// Parses a remote URI already known to be a valid URL with scheme `s3`, `gs`, `http` or
 /// `https`. `raw` is checked as typed, because the `url` crate normalises `..` away.
 pub fn parse_remote(raw: &str, url: &url::Url) -> Result<RemoteLocation, SpecError> {
     match url.scheme() {
         "s3" => parse_object(raw, url, ObjectScheme::S3),
         "gs" => parse_object(raw, url, ObjectScheme::Gcs),
+        "az" => parse_object(raw, url, ObjectScheme::Azure),
+        "https" if url.query().is_none() && azure_account(url).is_some() => {
+            parse_azure_https(raw, url)
+        }
         "http" | "https" => parse_http(raw, url),
         other => Err(SpecError::UnsupportedScheme(other.to_owned())),
     }
+}
+
+/// The account of an Azure Blob endpoint `https://<account>.blob.core.windows.net`.
+fn azure_account(url: &url::Url) -> Option<&str> {
+    url.host_str()?
+        .strip_suffix(".blob.core.windows.net")
+        .filter(|a| !a.contains('.'))
+}
+
+/// `https://<account>.blob.core.windows.net/<container>/<prefix>` without a query string:
+/// a blob "directory" or archive reached with the store's credentials. (With a query
+/// string, usually a SAS token, it is an archive URL fetched as is: see [`parse_http`].)
+fn parse_azure_https(raw: &str, url: &url::Url) -> Result<RemoteLocation, SpecError> {
+    let shape = || SpecError::ObjectUriShape("https://<account>.blob.core.windows.net/container");
+    if url.fragment().is_some() || !url.username().is_empty() || url.port().is_some() {
+        return Err(shape());
+    }
+    let account = azure_account(url).ok_or_else(shape)?;
+    if !(3..=24).contains(&account.len())
+        || !account
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    {
+        return Err(SpecError::AzureAccount(account.to_owned()));
+    }
+    let rest = strip_scheme(raw).ok_or_else(shape)?;
+    let path = rest.split_once('/').map_or("", |(_, p)| p);
+    let (container, key) = path.split_once('/').unwrap_or((path, ""));
+    let mut location = object_location(ObjectScheme::Azure, container, key, shape)?;
+    if let RemoteLocation::Object { account: a, .. } = &mut location {
+        *a = Some(account.to_owned());
+    }
+    Ok(location)
 }
 
 fn parse_object(
@@ -118,9 +286,31 @@ fn parse_object(
     }
     let rest = strip_scheme(raw).ok_or_else(shape)?;
     let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
-    if !valid_bucket(bucket) {
-        return Err(SpecError::BucketName(bucket.to_owned()));
-    }
+    object_location(scheme, bucket, key, shape)
+}
+
+/// A checked object location: a valid bucket (or container) name and a key of ordinary
+/// segments; a trailing `/` is allowed, empty segments are not.
+fn object_location(
+    scheme: ObjectScheme,
+    bucket: &str,
+    key: &str,
+    shape: impl Fn() -> SpecError,
+) -> Result<RemoteLocation, SpecError> {
+    check_bucket(scheme, bucket)?;
+    let key = checked_key(key, shape)?;
+    let archive = key.rsplit('/').next().and_then(archive_kind);
+    Ok(RemoteLocation::Object {
+        scheme,
+        account: None,
+        bucket: bucket.to_owned(),
+        key,
+        archive,
+    })
+}
+
+/// A key (or named-store path) of ordinary, percent-decoded segments joined by `/`.
+pub(crate) fn checked_key(key: &str, shape: impl Fn() -> SpecError) -> Result<String, SpecError> {
     let key = key.strip_suffix('/').unwrap_or(key);
     let mut segments = Vec::new();
     if !key.is_empty() {
@@ -131,21 +321,29 @@ fn parse_object(
             segments.push(checked_segment(segment)?);
         }
     }
-    let archive = segments.last().and_then(|s| archive_kind(s));
-    Ok(RemoteLocation::Object {
-        scheme,
-        bucket: bucket.to_owned(),
-        key: segments.join("/"),
-        archive,
-    })
+    Ok(segments.join("/"))
 }
 
+/// Checks a bucket (S3, GCS) or container (Azure) name.
+pub(crate) fn check_bucket(scheme: ObjectScheme, bucket: &str) -> Result<(), SpecError> {
+    let ok = match scheme {
+        ObjectScheme::Azure => valid_container(bucket),
+        ObjectScheme::S3 | ObjectScheme::Gcs => valid_bucket(bucket),
+    };
+    if ok {
+        Ok(())
+    } else if scheme == ObjectScheme::Azure {
+        Err(SpecError::ContainerName(bucket.to_owned()))
+    } else {
+        Err(SpecError::BucketName(bucket.to_owned()))
+    }
+}
+
+/// An archive on a web server. User info (`https://user:password@host/...`) is sent as
+/// HTTP basic credentials and a query string (a pre-signed URL) is kept; neither is ever
+/// shown (see [`mm_wire::redact_uri`]).
 fn parse_http(raw: &str, url: &url::Url) -> Result<RemoteLocation, SpecError> {
-    if url.host_str().is_none_or(str::is_empty)
-        || !url.username().is_empty()
-        || url.password().is_some()
-        || url.fragment().is_some()
-    {
+    if url.host_str().is_none_or(str::is_empty) || url.fragment().is_some() {
         return Err(SpecError::ArchiveUriShape);
     }
     let rest = strip_scheme(raw).ok_or(SpecError::ArchiveUriShape)?;
@@ -181,8 +379,9 @@ fn checked_segment(segment: &str) -> Result<String, SpecError> {
 }
 
 /// S3 and GCS bucket names: 3 to 63 characters of lowercase letters, digits, `.`, `-`
-/// and `_`, starting and ending with a letter or digit (GCS allows longer dotted names;
-/// those are refused here rather than guessed at).
+/// and `_`, starting and ending with a letter or digit, and not shaped like an IP address
+/// (S3 forbids those; with virtual-hosted addressing the bucket becomes a host name).
+/// GCS allows longer dotted names; those are refused here rather than guessed at.
 fn valid_bucket(bucket: &str) -> bool {
     let bytes = bucket.as_bytes();
     (3..=63).contains(&bytes.len())
@@ -191,6 +390,20 @@ fn valid_bucket(bucket: &str) -> bool {
         })
         && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
         && bytes.last().is_some_and(u8::is_ascii_alphanumeric)
+        && bucket.parse::<std::net::Ipv4Addr>().is_err()
+}
+
+/// Azure container names: 3 to 63 characters of lowercase letters, digits and single `-`,
+/// starting and ending with a letter or digit.
+fn valid_container(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    (3..=63).contains(&bytes.len())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
+        && bytes.last().is_some_and(u8::is_ascii_alphanumeric)
+        && !name.contains("--")
 }
 
 /// Checks an optional `sha256` from a spec: 64 hex characters, returned lowercase.
@@ -216,6 +429,7 @@ mod tests {
             parse("s3://models-eu/fraud/v3/").unwrap(),
             RemoteLocation::Object {
                 scheme: ObjectScheme::S3,
+                account: None,
                 bucket: "models-eu".into(),
                 key: "fraud/v3".into(),
                 archive: None,
@@ -225,6 +439,7 @@ mod tests {
             parse("gs://b-1/a%20b/m.TGZ").unwrap(),
             RemoteLocation::Object {
                 scheme: ObjectScheme::Gcs,
+                account: None,
                 bucket: "b-1".into(),
                 key: "a b/m.TGZ".into(),
                 archive: Some(ArchiveKind::TarGz),
@@ -262,7 +477,11 @@ mod tests {
             ("s3://bucket/a%5Cb", "'..'"),
             ("https://example.com/model", "archive"),
             ("https://example.com/", "archive"),
-            ("https://u:p@example.com/m.zip", "archive"),
+            ("s3://10.0.0.1/m", "bucket"),
+            ("az://Models/m", "container"),
+            ("az://a--b/m", "container"),
+            ("https://acct.blob.core.windows.net/Bad/m", "container"),
+            ("https://ab.blob.core.windows.net/c1c/m", "account"),
             ("https://example.com/m.zip#x", "archive"),
             ("https://example.com/a/../m.zip", "'..'"),
             ("https://example.com/%2e%2e/m.zip", "'..'"),
@@ -271,6 +490,53 @@ mod tests {
             let err = parse(raw).unwrap_err().to_string();
             assert!(err.contains(want), "{raw}: got {err:?}, want {want:?}");
         }
+    }
+
+    #[test]
+    fn parses_azure_uris() {
+        assert_eq!(
+            parse("az://models/fraud/v3").unwrap(),
+            RemoteLocation::Object {
+                scheme: ObjectScheme::Azure,
+                account: None,
+                bucket: "models".into(),
+                key: "fraud/v3".into(),
+                archive: None,
+            }
+        );
+        assert_eq!(
+            parse("https://acct1.blob.core.windows.net/models/m.tar.gz").unwrap(),
+            RemoteLocation::Object {
+                scheme: ObjectScheme::Azure,
+                account: Some("acct1".into()),
+                bucket: "models".into(),
+                key: "m.tar.gz".into(),
+                archive: Some(ArchiveKind::TarGz),
+            }
+        );
+        // With a SAS token it is a pre-signed URL: fetched as is.
+        let sas = parse("https://acct1.blob.core.windows.net/models/m.zip?sv=1&sig=x").unwrap();
+        assert!(matches!(sas, RemoteLocation::Http { .. }), "{sas:?}");
+    }
+
+    #[test]
+    fn http_archives_may_carry_credentials_that_display_never_shows() {
+        let raw = "https://user:pw@example.com/m.tar.gz?X-Amz-Signature=secret";
+        let source = RemoteSource::Uri {
+            uri: raw.into(),
+            location: parse(raw).unwrap(),
+            store: None,
+        };
+        let shown = source.to_string();
+        assert_eq!(shown, "https://REDACTED@example.com/m.tar.gz?REDACTED");
+        assert_eq!(source.identity(), raw);
+        let keyed = RemoteSource::Path {
+            store: StoreKey::new("localMinIO").unwrap(),
+            path: "sklearn/m".into(),
+            bucket: None,
+        };
+        assert_eq!(keyed.to_string(), "store localMinIO path \"sklearn/m\"");
+        assert!(StoreKey::new("a b").is_err() && StoreKey::new("").is_err());
     }
 
     #[test]
