@@ -204,10 +204,20 @@ async fn get_model(
     Ok(Json(json!(state.pool.model(&name)?)))
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct PutParams {
+    /// Check the spec and say what would happen (created, updated, unchanged), changing
+    /// nothing: `mmctl models apply` checks every document of a file before applying any.
+    #[serde(default)]
+    dry_run: bool,
+}
+
 async fn put_model(
     State(state): State<AppState>,
     headers: axum::http::HeaderMap,
     name: Result<Path<String>, PathRejection>,
+    query: Result<Query<PutParams>, QueryRejection>,
     body: Body,
 ) -> ApiResult<Response> {
     authorize(&state, &headers)?;
@@ -223,12 +233,27 @@ async fn put_model(
                 format!("request body is larger than {MAX_SPEC_BYTES} bytes"),
             )
         })?;
+    let Query(params) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    if params.dry_run {
+        let what = state.pool.check_registration(&name, &body).await?;
+        return Ok(
+            Json(json!({ "dryRun": true, "result": registered_text(what) })).into_response(),
+        );
+    }
     let (what, view) = state.pool.register(&name, &body).await?;
     let status = match what {
         Registered::Created => StatusCode::CREATED,
         Registered::Updated | Registered::Unchanged => StatusCode::OK,
     };
     Ok((status, Json(view)).into_response())
+}
+
+fn registered_text(what: Registered) -> &'static str {
+    match what {
+        Registered::Created => "created",
+        Registered::Updated => "updated",
+        Registered::Unchanged => "unchanged",
+    }
 }
 
 async fn delete_model(

@@ -590,3 +590,36 @@ async fn serves_the_status_page() {
         assert!(String::from_utf8_lossy(&bytes).contains(needle), "{path}");
     }
 }
+
+#[tokio::test]
+async fn a_dry_run_says_what_a_registration_would_do_and_changes_nothing() {
+    let f = fixture().await;
+    let uri = "/api/v1/models/m1?dryRun=true";
+    let (status, body) = f.call(Method::PUT, uri, f.spec("\"64Mi\"")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body,
+        serde_json::json!({"dryRun": true, "result": "created"})
+    );
+    assert_eq!(f.registry().await["models"], serde_json::json!([]));
+    let (status, body) = f
+        .call(Method::PUT, uri, r#"{"storageUri": "ftp://x/m"}"#)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, _) = f
+        .call(Method::PUT, "/api/v1/models/m1", f.spec("\"64Mi\""))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (_, body) = f.call(Method::PUT, uri, f.spec("\"64Mi\"")).await;
+    assert_eq!(body["result"], "unchanged");
+    let (_, body) = f.call(Method::PUT, uri, f.spec("\"32Mi\"")).await;
+    assert_eq!(body["result"], "updated");
+    let (_, view) = f
+        .call(Method::GET, "/api/v1/models/m1", Body::empty())
+        .await;
+    assert_eq!(view["memory"], 64 << 20, "the dry run changed nothing");
+    let (status, _) = f
+        .call(Method::PUT, "/api/v1/models/m1?dryRun=maybe", f.spec("1"))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
