@@ -322,6 +322,14 @@ pub const TRITON_FORMATS: &[&str] = &[
 ];
 
 impl ModelFormat {
+    /// What a spec that names no format is: a Triton model directory, for any backend.
+    pub fn triton() -> Self {
+        Self {
+            name: "triton".into(),
+            version: None,
+        }
+    }
+
     /// Lowercases the name and refuses formats a Triton replica cannot load.
     fn checked(mut self) -> Result<Self, SpecError> {
         self.name = self.name.trim().to_ascii_lowercase();
@@ -489,7 +497,7 @@ impl TryFrom<StoredSpec> for ModelSpec {
             min_copies: s.min_copies,
             max_copies: s.max_copies,
             sha256,
-            model_format: s.model_format,
+            model_format: Some(s.model_format.unwrap_or_else(ModelFormat::triton)),
             pool: s.pool,
         })
     }
@@ -518,7 +526,10 @@ impl ModelSpec {
         let storage_uri = storage_of(req.storage_uri.as_deref(), req.storage)?;
         check_store(&storage_uri, &policy.stores)?;
         let sha256 = checked_sha256(&storage_uri, req.sha256.as_deref())?;
-        let model_format = req.model_format.map(ModelFormat::checked).transpose()?;
+        let model_format = Some(match req.model_format {
+            Some(f) => f.checked()?,
+            None => ModelFormat::triton(),
+        });
         let pool = checked_pool(req.pool)?;
         // A local directory is checked now; remote files are only looked at when pulled.
         let local = match &storage_uri {
@@ -573,6 +584,18 @@ impl ModelSpec {
 
     pub fn memory_text(&self) -> String {
         quantity::format_bytes(self.memory)
+    }
+
+    /// Whether registering `new` again would change nothing: the same spec, where an
+    /// undeclared size counts as the estimate `self` has made since from the same files.
+    pub fn is_unchanged_by(&self, new: &ModelSpec) -> bool {
+        let same_files = self.storage_uri == new.storage_uri && self.sha256 == new.sha256;
+        if same_files && !self.memory_declared && !new.memory_declared {
+            let mut new = new.clone();
+            new.memory = self.memory;
+            return *self == new;
+        }
+        self == new
     }
 
     /// Whether a change from `self` to `other` needs the loaded copies reloaded (the files

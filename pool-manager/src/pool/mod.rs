@@ -238,6 +238,9 @@ pub struct ModelView {
     pub model_format: Option<crate::spec::ModelFormat>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pool: Option<String>,
+    /// The archive's checksum, when the spec gives one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
     pub memory: u64,
     pub memory_declared: bool,
     pub gpu_memory: u64,
@@ -421,7 +424,7 @@ impl Pool {
         let (name, spec) = self.checked_spec(name, body).await?;
         Ok(match self.table().models.get(&name) {
             None => Registered::Created,
-            Some(e) if e.spec == spec => Registered::Unchanged,
+            Some(e) if e.spec.is_unchanged_by(&spec) => Registered::Unchanged,
             Some(_) => Registered::Updated,
         })
     }
@@ -445,7 +448,7 @@ impl Pool {
                 .map(|e| (e.spec.clone(), e.op_lock.clone()))
         };
         let outcome = match existing {
-            Some((old, _)) if old == spec => Registered::Unchanged,
+            Some((old, _)) if old.is_unchanged_by(&spec) => Registered::Unchanged,
             None => {
                 self.persist_put(&name, &spec).await?;
                 self.table()
@@ -949,6 +952,7 @@ impl Pool {
             storage: e.spec.storage_uri.store_ref(),
             model_format: e.spec.model_format.clone(),
             pool: e.spec.pool.clone(),
+            sha256: e.spec.sha256.clone(),
             memory: e.spec.memory,
             memory_declared: e.spec.memory_declared,
             gpu_memory: e.spec.gpu_memory,
