@@ -72,12 +72,27 @@ pub enum ModelsCommand {
     List,
     /// Show one model.
     Get { name: String },
-    /// Register or update the models in a JSON or YAML file: one spec with a `name`, a
-    /// list of them, or `{"models": [...]}`.
+    /// Register or update the models in a JSON or YAML file (several YAML documents may
+    /// follow each other): mmctl specs (one with a `name`, a list, or `{"models": [...]}`),
+    /// KServe TrainedModels and ModelMesh InferenceServices. Every document is checked
+    /// (on the server too) before any is applied; each one's outcome is reported.
     Apply {
         /// The file (`-` for standard input).
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
+    },
+    /// Write registered models out as YAML documents `models apply` reads back. A
+    /// storageUri holding credentials is written redacted (with a warning): put the real
+    /// one back before applying.
+    Export {
+        /// The documents' form.
+        #[arg(long, value_enum, default_value = "modelmesh")]
+        format: crate::manifests::ExportFormat,
+        /// spec.inferenceService of TrainedModels whose spec records no pool.
+        #[arg(long, default_value = "mm-gateway")]
+        inference_service: String,
+        /// Only these models (default: all).
+        names: Vec<String>,
     },
     /// Unload a model everywhere and forget it.
     #[command(alias = "rm")]

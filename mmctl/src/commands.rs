@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use crate::cli::{Cli, Command, EventsArgs, ModelsCommand, Output, ReplicasCommand};
 use crate::client::{Client, Error};
 use crate::format::{bytes, seconds, usage};
-use crate::specs;
+use crate::manifests::{self, Document, Refusal};
 use crate::table::Table;
 
 /// Largest spec file read (the server takes 64 KiB per model).
@@ -23,6 +23,11 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), Error> {
         Command::Models(ModelsCommand::List) => models_list(&client, o, out),
         Command::Models(ModelsCommand::Get { name }) => models_get(&client, name, o, out),
         Command::Models(ModelsCommand::Apply { file }) => models_apply(&client, file, o, out),
+        Command::Models(ModelsCommand::Export {
+            format,
+            inference_service,
+            names,
+        }) => models_export(&client, *format, inference_service, names, out),
         Command::Models(ModelsCommand::Delete { name }) => {
             let (_, body) = client.call(Method::DELETE, &model_path(name), None)?;
             match o {
@@ -248,30 +253,67 @@ fn models_apply(
     let json = file
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("json"));
-    let specs = specs::parse(&text, json)
-        .map_err(|e| Error::Invalid(format!("{}: {}", file.display(), inner(&e))))?;
+    // 1. Every document parsed and checked here; 2. every one checked by the server (a dry
+    // run); 3. only then applied. A refusal at 1 or 2 applies nothing.
+    let documents = match manifests::parse(&text, json) {
+        Ok(d) => d,
+        Err(r) => return refused(file, &r.refusals, &r.documents, o, out),
+    };
+    let mut planned = Vec::with_capacity(documents.len());
+    let mut refusals = Vec::new();
+    for d in &documents {
+        let path = format!("{}?dryRun=true", model_path(&d.name));
+        match client.call(Method::PUT, &path, Some(&d.spec)) {
+            Ok((_, answer)) => planned.push(answer["result"].as_str().unwrap_or("").to_owned()),
+            Err(e @ (Error::Connect { .. } | Error::Unauthorized(_) | Error::Server(_))) => {
+                return Err(e)
+            }
+            Err(e) => {
+                planned.push(String::new());
+                refusals.push(Refusal {
+                    index: d.index,
+                    kind: d.kind.into(),
+                    name: Some(d.name.clone()),
+                    reason: inner(&e),
+                });
+            }
+        }
+    }
+    if !refusals.is_empty() {
+        return refused(file, &refusals, &documents, o, out);
+    }
     let mut first_error: Option<Error> = None;
     let mut results = Vec::new();
-    let mut t = Table::new(&["NAME", "RESULT", "STATE", "MEMORY>"]);
-    for spec in specs {
-        match client.call(Method::PUT, &model_path(&spec.name), Some(&spec.spec)) {
+    let mut t = Table::new(&["DOC>", "KIND", "NAME", "RESULT", "STATE", "MEMORY>"]);
+    for (d, plan) in documents.iter().zip(planned) {
+        match client.call(Method::PUT, &model_path(&d.name), Some(&d.spec)) {
             Ok((status, model)) => {
-                let result = if status == StatusCode::CREATED {
-                    "created"
-                } else {
-                    "configured"
+                let result = match (status, plan.as_str()) {
+                    (StatusCode::CREATED, _) => "created",
+                    (_, "unchanged") => "unchanged",
+                    _ => "updated",
                 };
                 t.row(vec![
-                    spec.name.clone(),
+                    d.index.to_string(),
+                    d.kind.into(),
+                    d.name.clone(),
                     result.into(),
                     str_of(&model, "state").to_owned(),
                     memory_text(&model),
                 ]);
-                results.push(json!({"name": spec.name, "result": result, "model": model}));
+                results.push(json!({"document": d.index, "kind": d.kind, "name": d.name, "result": result, "model": model}));
             }
             Err(e) => {
-                t.row(vec![spec.name.clone(), format!("error: {}", inner(&e))]);
-                results.push(json!({"name": spec.name, "result": "error", "error": e.to_string(), "exitCode": e.exit_code()}));
+                t.row(vec![
+                    d.index.to_string(),
+                    d.kind.into(),
+                    d.name.clone(),
+                    format!("error: {}", inner(&e)),
+                ]);
+                results.push(
+                    json!({"document": d.index, "kind": d.kind, "name": d.name, "result": "error",
+                                    "error": e.to_string(), "exitCode": e.exit_code()}),
+                );
                 first_error.get_or_insert(e);
             }
         }
@@ -284,6 +326,95 @@ fn models_apply(
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// Reports a file that is not applied: each refused document with its reason, the others
+/// as not applied; exit code 4.
+fn refused(
+    file: &std::path::Path,
+    refusals: &[Refusal],
+    documents: &[Document],
+    o: Output,
+    out: &mut dyn Write,
+) -> Result<(), Error> {
+    let mut rows: Vec<(usize, String, String, String)> = refusals
+        .iter()
+        .map(|r| {
+            (
+                r.index,
+                r.kind.clone(),
+                r.name.clone().unwrap_or_else(|| "-".into()),
+                format!("refused: {}", r.reason),
+            )
+        })
+        .collect();
+    for d in documents {
+        if !refusals
+            .iter()
+            .any(|r| r.index == d.index && r.name.as_deref() == Some(&d.name))
+        {
+            rows.push((d.index, d.kind.into(), d.name.clone(), "not applied".into()));
+        }
+    }
+    rows.sort_by_key(|r| r.0);
+    match o {
+        Output::Json => {
+            let items: Vec<Value> = rows
+                .iter()
+                .map(|(i, kind, name, result)| {
+                    let (result, error) = match result.strip_prefix("refused: ") {
+                        Some(reason) => ("refused", Some(reason)),
+                        None => ("not applied", None),
+                    };
+                    json!({"document": i, "kind": kind, "name": name, "result": result, "error": error})
+                })
+                .collect();
+            print_json(out, &Value::Array(items))?;
+        }
+        Output::Table => {
+            let mut t = Table::new(&["DOC>", "KIND", "NAME", "RESULT"]);
+            for (i, kind, name, result) in rows {
+                t.row(vec![i.to_string(), kind, name, result]);
+            }
+            write(out, &t.render())?;
+        }
+    }
+    Err(Error::Invalid(format!(
+        "{}: {} document(s) refused; nothing was applied",
+        file.display(),
+        refusals.len()
+    )))
+}
+
+fn models_export(
+    client: &Client,
+    format: manifests::ExportFormat,
+    inference_service: &str,
+    names: &[String],
+    out: &mut dyn Write,
+) -> Result<(), Error> {
+    let views = if names.is_empty() {
+        all_models(client)?
+    } else {
+        names
+            .iter()
+            .map(|n| client.get(&model_path(n)))
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    let (documents, redacted) = manifests::to_documents(&views, format, inference_service);
+    let mut text = String::new();
+    for d in &documents {
+        let yaml =
+            serde_norway::to_string(d).map_err(|e| Error::Other(format!("encoding YAML: {e}")))?;
+        text.push_str("---\n");
+        text.push_str(&yaml);
+    }
+    for name in redacted {
+        eprintln!(
+            "mmctl: model {name}: its storageUri holds credentials and was written redacted; put the real URI back before applying"
+        );
+    }
+    write(out, &text)
 }
 
 /// An error's message without its category prefix (for a table cell).

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod client;
 pub mod commands;
 pub mod format;
+pub mod manifests;
 pub mod specs;
 pub mod table;
 

@@ -1,6 +1,7 @@
-//! Model specs from a file for `models apply`: JSON or YAML holding one spec with a `name`,
-//! a list of them, or `{"models": [...]}`. Each becomes a name and the JSON body of its
-//! `PUT /api/v1/models/{name}` (the spec without `name`); the server validates the rest.
+//! mmctl's own model specs (one form of document `models apply` reads, see
+//! [`crate::manifests`]): one spec with a `name`, a list of them, or `{"models": [...]}`.
+//! Each becomes a name and the JSON body of its `PUT /api/v1/models/{name}` (the spec
+//! without `name`); the server validates the rest.
 
 use serde_json::Value;
 
@@ -21,29 +22,35 @@ pub fn parse(text: &str, json: bool) -> Result<Vec<Named>, Error> {
     } else {
         serde_norway::from_str(text).map_err(|e| Error::Invalid(format!("not valid YAML: {e}")))?
     };
+    parse_value(value).map_err(Error::Invalid)
+}
+
+/// The specs of one document: a spec with a `name`, a list of them, or
+/// `{"models": [...]}`.
+pub fn parse_value(value: Value) -> Result<Vec<Named>, String> {
     let items =
         match value {
             Value::Array(items) => items,
             Value::Object(mut object) if !object.contains_key("name") => {
                 match object.remove("models") {
                     Some(Value::Array(items)) if object.is_empty() => items,
-                    _ => return Err(Error::Invalid(
+                    _ => return Err(
                         "expected a spec with a \"name\", a list of them, or {\"models\": [...]}"
                             .into(),
-                    )),
+                    ),
                 }
             }
             single @ Value::Object(_) => vec![single],
             Value::Null => Vec::new(),
             other => {
-                return Err(Error::Invalid(format!(
+                return Err(format!(
                     "expected a spec or a list of specs, not {}",
                     kind(&other)
-                )))
+                ))
             }
         };
     if items.is_empty() {
-        return Err(Error::Invalid("the file holds no model spec".into()));
+        return Err("the file holds no model spec".into());
     }
     let mut seen = std::collections::HashSet::new();
     items
@@ -51,23 +58,28 @@ pub fn parse(text: &str, json: bool) -> Result<Vec<Named>, Error> {
         .enumerate()
         .map(|(i, item)| {
             let Value::Object(mut object) = item else {
-                return Err(Error::Invalid(format!(
+                return Err(format!(
                     "spec #{}: expected an object, not {}",
                     i + 1,
                     kind(&item)
-                )));
+                ));
             };
             let name = match object.remove("name") {
                 Some(Value::String(name)) if !name.is_empty() => name,
                 _ => {
-                    return Err(Error::Invalid(format!(
+                    return Err(format!(
                         "spec #{}: \"name\" (a non-empty string) is required",
                         i + 1
-                    )))
+                    ))
                 }
             };
             if !seen.insert(name.clone()) {
-                return Err(Error::Invalid(format!("model {name:?} appears twice")));
+                return Err(format!("model {name:?} appears twice"));
+            }
+            if let Some(uri) = object.get("storageUri").and_then(Value::as_str) {
+                if uri.contains("REDACTED@") || uri.contains("?REDACTED") {
+                    return Err(format!("spec {name:?}: storageUri was redacted by `mmctl models export` (it held credentials): put the real URI back"));
+                }
             }
             Ok(Named {
                 name,
