@@ -91,6 +91,34 @@ if ! PYTHONPATH="$tools/pylib" python3 -c "import tritonclient.grpc, numpy, moto
   rm -rf "$tools/pylib" && mv "$tools/pylib.new" "$tools/pylib"
 fi
 
+# 6. Storage emulators for the model-storage tests, each in its own folder: Azurite (Azure
+#    Blob, from npm) and gcp-storage-emulator (GCS, from PyPI). Node and npm come with the
+#    machine; Debian's npm is the fallback.
+AZURITE_VERSION=3.37.0
+GCS_EMULATOR_VERSION=2026.7.19
+azurite="$tools/azurite"
+if ! grep -qs "\"version\": \"$AZURITE_VERSION\"" "$azurite/node_modules/azurite/package.json" \
+    || [ ! -x "$azurite/node_modules/.bin/azurite-blob" ]; then
+  if ! command -v npm >/dev/null; then
+    log "apt-get install npm (for azurite)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq npm >/dev/null
+  fi
+  log "installing azurite@$AZURITE_VERSION into .tools/azurite"
+  rm -rf "$azurite.new" && mkdir -p "$azurite.new"
+  (cd "$azurite.new" && timeout 900 npm install --no-audit --no-fund --loglevel=error \
+      "azurite@$AZURITE_VERSION" >/dev/null)
+  rm -rf "$azurite" && mv "$azurite.new" "$azurite"
+fi
+if ! PYTHONPATH="$tools/gcs-pylib" python3 -c "import gcp_storage_emulator, importlib.metadata as m; assert m.version('gcp-storage-emulator') == '$GCS_EMULATOR_VERSION'" 2>/dev/null; then
+  log "installing gcp-storage-emulator==$GCS_EMULATOR_VERSION into .tools/gcs-pylib"
+  rm -rf "$tools/gcs-pylib.new"
+  python3 -m pip install --quiet --disable-pip-version-check --target "$tools/gcs-pylib.new" \
+    "gcp-storage-emulator==$GCS_EMULATOR_VERSION"
+  rm -rf "$tools/gcs-pylib" && mv "$tools/gcs-pylib.new" "$tools/gcs-pylib"
+fi
+
 # A wrapper so every caller (Makefile, tests) starts Triton the same way.
 cat > "$tools/bin-tritonserver.tmp" <<WRAP
 #!/usr/bin/env bash

@@ -64,3 +64,16 @@ pub fn python_lib() -> PathBuf {
 pub fn client_script(name: &str) -> PathBuf {
     root().join("tests/clients").join(name)
 }
+
+/// Azurite's Blob service (installed by install-deps.sh from npm).
+pub fn azurite_blob() -> PathBuf {
+    from_env_or(
+        "MM_AZURITE_BLOB",
+        root().join(".tools/azurite/node_modules/.bin/azurite-blob"),
+    )
+}
+
+/// Where install-deps.sh put gcp-storage-emulator.
+pub fn gcs_emulator_lib() -> PathBuf {
+    root().join(".tools/gcs-pylib")
+}

@@ -1,8 +1,9 @@
 //! Storage servers for the model-storage scenarios, each a real implementation on a free
 //! loopback port, killed on drop: an S3-compatible object store (moto in server mode,
-//! installed into `.tools/pylib` by install-deps.sh) and a plain HTTP file server
-//! (Python's `http.server`) serving model archives. Plus the archives themselves, good and
-//! malicious, built in memory.
+//! installed into `.tools/pylib` by install-deps.sh), Azure Blob (Azurite, from npm), GCS
+//! (gcp-storage-emulator, from PyPI), a plain HTTP file server (Python's `http.server`)
+//! serving model archives and a server that only redirects. Plus the archives themselves,
+//! good and malicious, built in memory.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -25,12 +26,26 @@ fn client() -> reqwest::Client {
 }
 
 async fn wait_http(process: &mut Process, url: &str, what: &str) -> anyhow::Result<()> {
-    let http = client();
+    wait_answer(process, url, what, true).await
+}
+
+/// Waits until `url` answers (with a success status if `success`).
+async fn wait_answer(
+    process: &mut Process,
+    url: &str,
+    what: &str,
+    success: bool,
+) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .build()?;
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
         process.check_alive()?;
         if let Ok(r) = http.get(url).send().await {
-            if r.status().is_success() {
+            if r.status().is_success() || !success {
                 return Ok(());
             }
         }
@@ -168,6 +183,233 @@ impl FileServer {
 
     pub fn url(&self, name: &str) -> String {
         format!("http://127.0.0.1:{}/{name}", self.port)
+    }
+}
+
+/// Azurite's Blob service with the emulator's well-known account; requests are signed with
+/// its published key (Shared Key), as any Azure client does.
+pub struct AzuriteServer {
+    pub port: u16,
+    pub process: Process,
+    http: reqwest::Client,
+}
+
+impl AzuriteServer {
+    pub const ACCOUNT: &'static str = "devstoreaccount1";
+    /// Azurite's published development key (not a secret).
+    pub const KEY: &'static str =
+        "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+    const VERSION: &'static str = "2021-08-06";
+
+    pub async fn start(logs: &Path) -> anyhow::Result<Self> {
+        let port = free_port()?;
+        let data = logs.join("azurite");
+        std::fs::create_dir_all(&data)?;
+        let mut cmd = Command::new(paths::azurite_blob());
+        cmd.args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
+            .arg("--location")
+            .arg(&data)
+            .args(["--skipApiVersionCheck", "--silent"]);
+        let mut process = Process::spawn("azurite", cmd, &logs.join("azurite.log"))?;
+        // Any answer (403 without credentials) means it listens.
+        let url = format!("http://127.0.0.1:{port}/{}", Self::ACCOUNT);
+        wait_answer(&mut process, &url, "azurite", false).await?;
+        Ok(Self {
+            port,
+            process,
+            http: client(),
+        })
+    }
+
+    /// The account's Blob endpoint, path-style as Azurite serves it.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}/{}", self.port, Self::ACCOUNT)
+    }
+
+    /// A Shared Key signed request (`resource` is `/container[/blob]`).
+    async fn signed(
+        &self,
+        method: reqwest::Method,
+        resource: &str,
+        query: &[(&str, &str)],
+        extra: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> anyhow::Result<()> {
+        use base64::Engine;
+        let date = httpdate::fmt_http_date(std::time::SystemTime::now());
+        let mut headers: Vec<(String, String)> = vec![
+            ("x-ms-date".into(), date),
+            ("x-ms-version".into(), Self::VERSION.into()),
+        ];
+        headers.extend(
+            extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        headers.sort();
+        let length = if body.is_empty() {
+            String::new()
+        } else {
+            body.len().to_string()
+        };
+        let mut to_sign = format!("{method}\n\n\n{length}\n\n\n\n\n\n\n\n\n");
+        for (k, v) in &headers {
+            to_sign.push_str(&format!("{k}:{v}\n"));
+        }
+        to_sign.push_str(&format!("/{0}/{0}{resource}", Self::ACCOUNT));
+        let mut sorted = query.to_vec();
+        sorted.sort();
+        for (k, v) in sorted {
+            to_sign.push_str(&format!("\n{k}:{v}"));
+        }
+        let key = base64::engine::general_purpose::STANDARD.decode(Self::KEY)?;
+        let tag = ring::hmac::sign(
+            &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key),
+            to_sign.as_bytes(),
+        );
+        let signature = base64::engine::general_purpose::STANDARD.encode(tag.as_ref());
+        let mut request = self
+            .http
+            .request(method.clone(), format!("{}{resource}", self.endpoint()))
+            .query(query)
+            .header(
+                "authorization",
+                format!("SharedKey {}:{signature}", Self::ACCOUNT),
+            )
+            .body(body);
+        for (k, v) in &headers {
+            request = request.header(k.as_str(), v.as_str());
+        }
+        let r = request.send().await?;
+        if !r.status().is_success() {
+            let status = r.status();
+            bail!(
+                "azurite {method} {resource}: HTTP {status}: {}",
+                r.text().await?
+            );
+        }
+        Ok(())
+    }
+
+    pub async fn create_container(&self, name: &str) -> anyhow::Result<()> {
+        let query = [("restype", "container")];
+        self.signed(
+            reqwest::Method::PUT,
+            &format!("/{name}"),
+            &query,
+            &[],
+            Vec::new(),
+        )
+        .await
+    }
+
+    pub async fn put(&self, container: &str, blob: &str, data: Vec<u8>) -> anyhow::Result<()> {
+        let extra = [("x-ms-blob-type", "BlockBlob")];
+        self.signed(
+            reqwest::Method::PUT,
+            &format!("/{container}/{blob}"),
+            &[],
+            &extra,
+            data,
+        )
+        .await
+    }
+
+    /// Uploads every file below `dir` under `prefix/`.
+    pub async fn put_dir(&self, container: &str, prefix: &str, dir: &Path) -> anyhow::Result<()> {
+        for (relative, path) in files_below(dir)? {
+            self.put(
+                container,
+                &format!("{prefix}/{relative}"),
+                std::fs::read(&path)?,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+/// gcp-storage-emulator: the GCS JSON API, no authentication, data in memory.
+pub struct GcsServer {
+    pub port: u16,
+    pub process: Process,
+    http: reqwest::Client,
+}
+
+impl GcsServer {
+    pub async fn start(logs: &Path) -> anyhow::Result<Self> {
+        let port = free_port()?;
+        let mut cmd = Command::new("python3");
+        cmd.args(["-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1"])
+            .args(["--port", &port.to_string(), "--in-memory"])
+            .env("PYTHONPATH", paths::gcs_emulator_lib());
+        let mut process = Process::spawn("gcs-emulator", cmd, &logs.join("gcs-emulator.log"))?;
+        let endpoint = format!("http://127.0.0.1:{port}");
+        wait_http(&mut process, &format!("{endpoint}/"), "gcs emulator").await?;
+        Ok(Self {
+            port,
+            process,
+            http: client(),
+        })
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub async fn create_bucket(&self, bucket: &str) -> anyhow::Result<()> {
+        let r = self
+            .http
+            .post(format!("{}/storage/v1/b?project=test", self.endpoint()))
+            .json(&serde_json::json!({ "name": bucket }))
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            bail!("creating bucket {bucket}: HTTP {}", r.status());
+        }
+        Ok(())
+    }
+
+    pub async fn put(&self, bucket: &str, name: &str, data: Vec<u8>) -> anyhow::Result<()> {
+        let r = self
+            .http
+            .post(format!(
+                "{}/upload/storage/v1/b/{bucket}/o",
+                self.endpoint()
+            ))
+            .query(&[("uploadType", "media"), ("name", name)])
+            .header("content-type", "application/octet-stream")
+            .body(data)
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            bail!("uploading {bucket}/{name}: HTTP {}", r.status());
+        }
+        Ok(())
+    }
+}
+
+/// A server that answers every request with `302 Location: <location>`.
+pub struct RedirectServer {
+    pub port: u16,
+    pub process: Process,
+}
+
+impl RedirectServer {
+    pub async fn start(location: &str, logs: &Path) -> anyhow::Result<Self> {
+        let port = free_port()?;
+        let mut cmd = Command::new("python3");
+        cmd.arg(paths::client_script("redirect_server.py"))
+            .arg(port.to_string())
+            .arg(location);
+        let mut process = Process::spawn("redirect", cmd, &logs.join("redirect.log"))?;
+        let url = format!("http://127.0.0.1:{port}/");
+        wait_answer(&mut process, &url, "redirect server", false).await?;
+        Ok(Self { port, process })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}/{path}", self.port)
     }
 }
 

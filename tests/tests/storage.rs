@@ -59,6 +59,8 @@ impl Storage {
             self.config.display().to_string(),
             "--cache-dir".to_owned(),
             self.cache_dir.display().to_string(),
+            // The test servers are on loopback.
+            "--allow-private-storage".to_owned(),
         ];
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         args

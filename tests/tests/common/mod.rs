@@ -36,3 +36,42 @@ pub fn assert_close(got: &[f64], want: &[f64], what: &str) {
         assert!((g - w).abs() < 1e-5, "{what}: got {got:?}, want {want:?}");
     }
 }
+
+/// What one `mmctl` run printed, and its exit code.
+#[derive(Debug)]
+pub struct MmctlRun {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs the real `mmctl` against the admin API at `url` (bounded: 60 s), feeding `stdin`.
+pub async fn mmctl(url: &str, args: &[&str], stdin: Option<&str>) -> MmctlRun {
+    use tokio::io::AsyncWriteExt;
+    let mut cmd = tokio::process::Command::new(mm_tests::paths::mmctl());
+    cmd.args(args)
+        .env_remove("MMCTL_TOKEN")
+        .env("MMCTL_URL", url)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().expect("mmctl starts (built by make test)");
+    let mut input = child.stdin.take().expect("stdin");
+    let text = stdin.unwrap_or("").to_owned();
+    let feed = async move {
+        let _ = input.write_all(text.as_bytes()).await;
+        drop(input);
+    };
+    let (_, out) = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        tokio::join!(feed, child.wait_with_output())
+    })
+    .await
+    .unwrap_or_else(|_| panic!("mmctl {args:?} did not finish"));
+    let out = out.expect("mmctl output");
+    MmctlRun {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
