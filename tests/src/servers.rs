@@ -329,7 +329,10 @@ impl AzuriteServer {
     }
 }
 
-/// gcp-storage-emulator: the GCS JSON API, no authentication, data in memory.
+/// fake-gcs-server: the GCS JSON API and, with `-public-host` set to its own address, the
+/// XML API that object_store's GCS client speaks (list with `list-type=2`, object GETs
+/// with `Last-Modified`); no authentication, data in memory. (gcp-storage-emulator serves
+/// neither of those two, so object_store cannot use it.)
 pub struct GcsServer {
     pub port: u16,
     pub process: Process,
@@ -339,13 +342,28 @@ pub struct GcsServer {
 impl GcsServer {
     pub async fn start(logs: &Path) -> anyhow::Result<Self> {
         let port = free_port()?;
-        let mut cmd = Command::new("python3");
-        cmd.args(["-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1"])
-            .args(["--port", &port.to_string(), "--in-memory"])
-            .env("PYTHONPATH", paths::gcs_emulator_lib());
-        let mut process = Process::spawn("gcs-emulator", cmd, &logs.join("gcs-emulator.log"))?;
-        let endpoint = format!("http://127.0.0.1:{port}");
-        wait_http(&mut process, &format!("{endpoint}/"), "gcs emulator").await?;
+        let address = format!("127.0.0.1:{port}");
+        let mut cmd = Command::new(paths::fake_gcs_server());
+        cmd.args([
+            "-scheme",
+            "http",
+            "-host",
+            "127.0.0.1",
+            "-port",
+            &port.to_string(),
+        ])
+        .args([
+            "-backend",
+            "memory",
+            "-public-host",
+            &address,
+            "-log-level",
+            "warn",
+        ]);
+        let mut process =
+            Process::spawn("fake-gcs-server", cmd, &logs.join("fake-gcs-server.log"))?;
+        let url = format!("http://{address}/storage/v1/b?project=test");
+        wait_http(&mut process, &url, "fake-gcs-server").await?;
         Ok(Self {
             port,
             process,
@@ -384,6 +402,21 @@ impl GcsServer {
             .await?;
         if !r.status().is_success() {
             bail!("uploading {bucket}/{name}: HTTP {}", r.status());
+        }
+        Ok(())
+    }
+}
+
+impl GcsServer {
+    /// Uploads every file below `dir` under `prefix/`.
+    pub async fn put_dir(&self, bucket: &str, prefix: &str, dir: &Path) -> anyhow::Result<()> {
+        for (relative, path) in files_below(dir)? {
+            self.put(
+                bucket,
+                &format!("{prefix}/{relative}"),
+                std::fs::read(&path)?,
+            )
+            .await?;
         }
         Ok(())
     }

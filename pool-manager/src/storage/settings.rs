@@ -546,7 +546,7 @@ fn gcs_key(
             key.insert("disable_oauth".into(), true.into());
         }
     }
-    for field in ["client_email", "private_key"] {
+    for field in ["client_email", "private_key", "private_key_id"] {
         key.entry(field).or_insert_with(|| "".into());
     }
     serde_json::to_string(&key)
