@@ -42,7 +42,7 @@ CRD_SCHEMAS = {
 }
 
 # Secrets the manifests use but never contain (created by hand, see k8s/README.md).
-EXTERNAL_SECRETS = {"pool-manager-admin"}
+EXTERNAL_SECRETS = {"pool-manager-admin", "pool-manager-storage"}
 
 # pool.toml keys the pool-manager accepts (pool-manager/src/config.rs, deny_unknown_fields).
 POOL_TOML_KEYS = {"name", "url", "memory", "gpu_memory", "grpc_port"}

@@ -21,6 +21,23 @@ use serde_json::{json, Value};
 const S3_SECRET: &str = "named-s3-secret-value";
 const LATE_SECRET: &str = "late-store-secret-value";
 
+/// Writes `storage.toml` into `mount` the way the kubelet updates a mounted Secret: the
+/// contents in a new timestamped directory, then the `..data` symlink swapped to it in one
+/// rename, with `storage.toml -> ..data/storage.toml` never changing.
+fn write_secret(mount: &Path, version: u32, text: &str) {
+    let dir = mount.join(format!("..2026_v{version}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("storage.toml"), text).unwrap();
+    let tmp = mount.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(dir.file_name().unwrap(), &tmp).unwrap();
+    std::fs::rename(&tmp, mount.join("..data")).unwrap();
+    let link = mount.join("storage.toml");
+    if std::fs::symlink_metadata(&link).is_err() {
+        std::os::unix::fs::symlink("..data/storage.toml", &link).unwrap();
+    }
+}
+
 async fn put(stack: &Stack, name: &str, spec: &Value) -> (u16, Value) {
     stack
         .admin_call(
@@ -151,12 +168,15 @@ async fn azure_gcs_s3_and_http_stores_serve_models_chosen_by_key_and_reload() {
         .unwrap();
     std::fs::write(served.join("archives/xor.tar.gz"), &xor_tgz).unwrap();
 
-    let config = dir.path().join("storage.toml");
-    std::fs::write(
-        &config,
-        settings(dir.path(), &azurite, &gcs, &s3, &web, false),
-    )
-    .unwrap();
+    // Mounted as a Kubernetes Secret volume is.
+    let mount = dir.path().join("secret");
+    std::fs::create_dir_all(&mount).unwrap();
+    let config = mount.join("storage.toml");
+    write_secret(
+        &mount,
+        1,
+        &settings(dir.path(), &azurite, &gcs, &s3, &web, false),
+    );
     // No --allow-private-storage: object stores and named stores are the operator's, so
     // the egress policy (for URIs from specs) does not stop them.
     let stack = Stack::start(StackOptions {
@@ -265,11 +285,11 @@ async fn azure_gcs_s3_and_http_stores_serve_models_chosen_by_key_and_reload() {
             .contains("storage.key \"late\" is not a store"),
         "{refused}"
     );
-    std::fs::write(
-        &config,
-        settings(dir.path(), &azurite, &gcs, &s3, &web, true),
-    )
-    .unwrap();
+    write_secret(
+        &mount,
+        2,
+        &settings(dir.path(), &azurite, &gcs, &s3, &web, true),
+    );
     eventually(
         "the reloaded settings to know store late",
         Duration::from_secs(10),
@@ -288,7 +308,7 @@ async fn azure_gcs_s3_and_http_stores_serve_models_chosen_by_key_and_reload() {
     .unwrap();
     register_and_infer(&stack, "late-linear", late.clone(), "linear").await;
     // A broken file: the previous settings stay in force.
-    std::fs::write(&config, "[stores.late\ntype = \"azure\"\n").unwrap();
+    write_secret(&mount, 3, "[stores.late\ntype = \"azure\"\n");
     let log = stack.pool_manager.process.log_path().to_path_buf();
     eventually(
         "the refused reload in the log",
