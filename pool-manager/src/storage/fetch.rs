@@ -271,59 +271,75 @@ impl Fetcher {
                 store: key,
                 path,
                 bucket,
-            } => {
-                let store = named(key)?;
-                let archive = path.rsplit('/').next().and_then(super::uri::archive_kind);
-                if let StoreTarget::Http { base, auth } = &store.target {
-                    let mut url = base.clone();
-                    url.path_segments_mut()
-                        .map_err(|()| PullError::StoreSettings("bad http store endpoint".into()))?
-                        .pop_if_empty()
-                        .extend(path.split('/'));
-                    let archive = archive.ok_or_else(|| {
-                        PullError::StoreSettings(format!(
-                            "store {key} is an http store: storage.path must name a .tar.gz, .tgz or .zip archive"
-                        ))
-                    })?;
-                    return Ok(Target::Http {
-                        client: self.trusted.clone(),
-                        label: if url.scheme() == "https" {
-                            "https"
-                        } else {
-                            "http"
-                        },
-                        url,
-                        auth: auth.clone(),
-                        archive,
-                    });
-                }
-                let scheme = match store.kind {
-                    super::settings::StoreType::S3 => ObjectScheme::S3,
-                    super::settings::StoreType::Gcs => ObjectScheme::Gcs,
-                    _ => ObjectScheme::Azure,
-                };
-                let bucket = bucket
-                    .clone()
-                    .or_else(|| store.bucket.clone())
-                    .ok_or_else(|| {
-                        PullError::StoreSettings(format!(
-                            "store {key} has no default bucket: the spec must give storage.bucket"
-                        ))
-                    })?;
-                let client = ClientKey {
-                    store: Some(key.clone()),
-                    scheme,
-                    account: None,
-                    bucket,
-                };
-                Ok(Target::Object {
-                    store: self.object_store(&settings, client, Some(&store.target))?,
-                    key: path.clone(),
-                    archive,
-                    label: scheme.as_str(),
-                })
-            }
+            } => self.resolve_path(&settings, named(key)?, key, path, bucket.as_ref()),
         }
+    }
+
+    /// A path in a named store: under an http store's base URL, or in a bucket of an
+    /// object store (the spec's, else the store's default).
+    fn resolve_path(
+        &self,
+        settings: &Settings,
+        store: &super::settings::NamedStore,
+        key: &StoreKey,
+        path: &str,
+        bucket: Option<&String>,
+    ) -> Result<Target, PullError> {
+        let archive = path.rsplit('/').next().and_then(super::uri::archive_kind);
+        if let StoreTarget::Http { base, auth } = &store.target {
+            let mut url = base.clone();
+            url.path_segments_mut()
+                .map_err(|()| PullError::StoreSettings("bad http store endpoint".into()))?
+                .pop_if_empty()
+                .extend(path.split('/'));
+            let archive = archive.ok_or_else(|| {
+                PullError::StoreSettings(format!(
+                    "store {key} is an http store: storage.path must name a .tar.gz, .tgz or .zip archive"
+                ))
+            })?;
+            // The operator's endpoint: private addresses allowed, not link-local.
+            EgressPolicy {
+                allow_private: true,
+            }
+            .check_url(&url)
+            .map_err(|e| PullError::Refused(e.to_string()))?;
+            return Ok(Target::Http {
+                client: self.trusted.clone(),
+                label: if url.scheme() == "https" {
+                    "https"
+                } else {
+                    "http"
+                },
+                url,
+                auth: auth.clone(),
+                archive,
+            });
+        }
+        let scheme = match store.kind {
+            super::settings::StoreType::S3 => ObjectScheme::S3,
+            super::settings::StoreType::Gcs => ObjectScheme::Gcs,
+            _ => ObjectScheme::Azure,
+        };
+        let bucket = bucket
+            .cloned()
+            .or_else(|| store.bucket.clone())
+            .ok_or_else(|| {
+                PullError::StoreSettings(format!(
+                    "store {key} has no default bucket: the spec must give storage.bucket"
+                ))
+            })?;
+        let client = ClientKey {
+            store: Some(key.clone()),
+            scheme,
+            account: None,
+            bucket,
+        };
+        Ok(Target::Object {
+            store: self.object_store(settings, client, Some(&store.target))?,
+            key: path.to_owned(),
+            archive,
+            label: scheme.as_str(),
+        })
     }
 
     /// The cached client for `key`, built from `named` (a store's settings) or the

@@ -251,7 +251,7 @@ pub fn load(path: Option<&Path>, bounds: ClientBounds) -> Result<Loaded, Setting
     extend_keys(&mut settings.azure, &config.azure, "[azure]").map_err(&bad)?;
     for (name, table) in config.stores {
         let key = StoreKey::new(&name).map_err(|e| bad(format!("[stores.{name}]: {e}")))?;
-        let (store, credentials_file) = resolve_store(&name, table, bounds, &mut hasher)
+        let (store, credentials_file) = resolve_store(table, bounds, &mut hasher)
             .map_err(|reason| bad(format!("[stores.{name}]: {reason}")))?;
         files.extend(credentials_file);
         settings.stores.insert(key, store);
@@ -360,7 +360,6 @@ fn without_quoted(message: &str) -> String {
 /// Credentials from the table and/or the credentials file (JSON or TOML; for `gcs`, a
 /// service-account key file). Returns the resolved store and the file to watch.
 fn resolve_store(
-    name: &str,
     t: StoreTable,
     bounds: ClientBounds,
     hasher: &mut Sha256,
@@ -460,7 +459,6 @@ fn resolve_store(
             }
         }
     };
-    let _ = name;
     Ok((
         NamedStore {
             kind: t.kind,
