@@ -4,6 +4,15 @@
 //! response becomes `{"predictions": [...]}`. Plain Rust with no host calls; every input is
 //! bounded ([`MAX_BODY_BYTES`], [`MAX_DEPTH`], [`MAX_VALUES`]) and no input can panic.
 //!
+//! The instances make the input tensor in one of two layouts (see [`v1_request_to_v2`]):
+//! as rows of its first dimension (the batch, for a model that batches), or, for a single
+//! instance that has the input's whole shape (a model without a batch dimension), as the
+//! tensor itself. The V2 metadata cannot tell a batch dimension from a variable first
+//! dimension (both are -1), so the layout is read from the instances' nesting. The
+//! response is translated without the request at hand: a whole-tensor request carries the
+//! V2 `id` [`WHOLE_TENSOR_ID`], which the server echoes in its response (as V2 requires),
+//! and that response becomes a single prediction.
+//!
 //! The request is translated while it is parsed (a `serde` seed writes each value straight
 //! into a flat, typed buffer), so no JSON tree of the request is ever built; a body's
 //! nesting is checked with a linear byte scan before any recursive parser sees it.
@@ -25,6 +34,11 @@ pub const MAX_DEPTH: usize = 32;
 /// values (numbers, strings, arrays, objects, ...) in all.
 pub const MAX_VALUES: usize = 4_000_000;
 
+/// The V2 request `id` of a translated request whose only instance was the whole input
+/// tensor. V2 servers echo a request's `id` in the response, so [`v2_response_to_v1`]
+/// knows to answer one prediction; a V1 body cannot set `id` itself.
+pub const WHOLE_TENSOR_ID: &str = "mm-v1-whole-tensor";
+
 /// Why a body could not be translated. `Display` is one sentence for the client. Every
 /// error of [`v1_request_to_v2`] is the client's (400); an error of [`v2_response_to_v1`]
 /// means the model server answered something that is not a translatable V2 response (502).
@@ -42,8 +56,8 @@ pub enum V1Error {
     InputCount(usize),
     /// The input's datatype has no V1 translation (`BYTES`, `BF16`, anything unknown).
     UnsupportedDatatype(String),
-    /// The input's metadata shape has no batch dimension, a dimension below -1, or more
-    /// dimensions than a body may nest.
+    /// The input's metadata shape has a dimension below -1, or more dimensions than a
+    /// body may nest (`MAX_DEPTH - 2`).
     InputShape { name: String, shape: Vec<i64> },
     /// The request body is not valid JSON (syntax, trailing bytes, number out of range).
     Json(String),
@@ -53,9 +67,13 @@ pub enum V1Error {
     InstancesNotArray,
     /// The input has a fixed batch size and the request has another number of instances.
     BatchSize { expected: usize, found: usize },
-    /// An instance is nested deeper or shallower than the input's shape (without its
-    /// batch dimension), or holds an object.
+    /// An instance is nested deeper or shallower than a row of the input (its shape
+    /// without the first dimension) and, for instance 0, than the whole input; or it
+    /// holds an object.
     InstanceShape { index: usize, shape: Vec<i64> },
+    /// Instance 0 has the input's whole shape, so it is the whole tensor and no other
+    /// instance may follow it.
+    WholeNotAlone { shape: Vec<i64> },
     /// A dimension of an instance differs from the input's fixed size for it.
     DimLength {
         index: usize,
@@ -139,19 +157,31 @@ impl fmt::Display for V1Error {
                 f,
                 "the model takes exactly {expected} instances per request; the request has {found}"
             ),
-            V1Error::InstanceShape { index, shape } => match shape.get(1..) {
-                Some(inner) if !inner.is_empty() => write!(
-                    f,
-                    "instance {index} must be an array of shape {}, as the input's shape is {}",
-                    Shape(inner),
-                    Shape(shape)
-                ),
-                _ => write!(
-                    f,
-                    "instance {index} must be a scalar, as the input's shape is {}",
-                    Shape(shape)
-                ),
-            },
+            V1Error::InstanceShape { index, shape } => {
+                write!(f, "instance {index} must be ")?;
+                match shape.get(1..) {
+                    Some(inner) if !inner.is_empty() => {
+                        write!(f, "an array of shape {}", Shape(inner))?
+                    }
+                    _ => f.write_str("a scalar")?,
+                }
+                if *index == 0 && !shape.is_empty() {
+                    write!(
+                        f,
+                        " (a row of the input, whose shape is {0}) or, as the only instance, \
+                         an array of shape {0}",
+                        Shape(shape)
+                    )
+                } else {
+                    write!(f, ", as the input's shape is {}", Shape(shape))
+                }
+            }
+            V1Error::WholeNotAlone { shape } => write!(
+                f,
+                "instance 0 has the input's whole shape {}, so it must be the only instance \
+                 (several instances are rows of the input's first dimension)",
+                Shape(shape)
+            ),
             V1Error::DimLength {
                 index,
                 dim,
@@ -241,18 +271,28 @@ impl<T: fmt::Display> fmt::Display for Shape<'_, T> {
 /// Translates a KServe V1 predict request into a V2 infer request for a model whose
 /// metadata lists `inputs`.
 ///
-/// The model must have exactly one input; its shape's first dimension is the batch (-1,
-/// or a fixed size the instance count must equal) and each instance must have the shape
-/// of the rest, a -1 there taking any length that is the same in every instance (a rank-1
-/// input takes scalar instances). BOOL takes JSON booleans, INT*/UINT* JSON integers in
-/// range, FP16/FP32/FP64 JSON numbers (written as floats, e.g. `1.0`). The answer is
-/// `{"inputs":[{"name","shape":[N,...],"datatype","data":[row-major values]}]}`.
+/// The model must have exactly one input, of metadata shape `S`. The instances make the
+/// tensor in one of two layouts, told apart by how deep instance 0 nests its values:
+/// - **Rows** (every batching model, and what V1 means by instances): each instance is
+///   one row of `S`'s first dimension, of shape `S[1..]` (a scalar when `S` has rank 1).
+///   N instances make the tensor `[N, S[1..]]`; a fixed first dimension (a model without
+///   a batch dimension) takes exactly that many instances.
+/// - **Whole** (a model without a batch dimension): a single instance of the shape `S`
+///   itself is the whole tensor, e.g. `{"instances": [[1,2,3,4]]}` for `S = [4]`. It must
+///   be the only instance, and the request carries the V2 `id` [`WHOLE_TENSOR_ID`].
+///
+/// A -1 in `S` takes any length that is the same throughout the request (every instance,
+/// every array of that dimension). For a fixed first dimension both layouts give the same
+/// tensor. An instance 0 that holds no value at all (only empty arrays) reads as a row.
+/// BOOL takes JSON booleans, INT*/UINT* JSON integers in range, FP16/FP32/FP64 JSON
+/// numbers (written as floats, e.g. `1.0`). The answer is `{["id",] "inputs":[{"name",
+/// "shape","datatype","data":[row-major values]}]}`.
 ///
 /// Errors: a body over [`MAX_BODY_BYTES`], nested deeper than [`MAX_DEPTH`] or with more
 /// than [`MAX_VALUES`] scalars; a model without exactly one input or with an unsupported
 /// datatype or unusable shape; anything that is not `{"instances": [non-empty array]}`;
-/// an instance of the wrong shape or with a value of the wrong kind or out of range (the
-/// message names the instance). Never panics.
+/// an instance that fits neither layout, a value of the wrong kind or out of range (the
+/// message names the instance); an instance after a whole-tensor one. Never panics.
 pub fn v1_request_to_v2(body: &[u8], inputs: &[TensorSpec]) -> Result<Vec<u8>, V1Error> {
     if body.len() > MAX_BODY_BYTES {
         return Err(V1Error::TooLarge);
@@ -263,7 +303,7 @@ pub fn v1_request_to_v2(body: &[u8], inputs: &[TensorSpec]) -> Result<Vec<u8>, V
     };
     let kind = Kind::of(&input.datatype)
         .ok_or_else(|| V1Error::UnsupportedDatatype(input.datatype.clone()))?;
-    let (batch, dims) = instance_dims(input)?;
+    let (batch, readings) = readings(input)?;
     // Anything but an object (an array, a number, an empty body) gets the message that
     // says what is expected rather than a parser error.
     if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
@@ -274,7 +314,7 @@ pub fn v1_request_to_v2(body: &[u8], inputs: &[TensorSpec]) -> Result<Vec<u8>, V
     let mut translate = Translate {
         kind,
         shape: &input.shape,
-        dims,
+        readings,
         data: kind.empty_data(),
         instance: 0,
         error: None,
@@ -292,19 +332,27 @@ pub fn v1_request_to_v2(body: &[u8], inputs: &[TensorSpec]) -> Result<Vec<u8>, V
                 .unwrap_or(V1Error::Json(err.to_string())))
         }
     };
-    if let Some(expected) = batch {
-        if count != expected {
-            return Err(V1Error::BatchSize {
-                expected,
-                found: count,
-            });
+    // The instances are read: one reading is left (`Instances` settles it).
+    let Some(reading) = translate.readings.first() else {
+        return Err(V1Error::NotInstances);
+    };
+    let mut shape = Vec::with_capacity(reading.dims.len() + 1);
+    let id = match reading.layout {
+        Layout::Rows => {
+            if let Some(expected) = batch.filter(|&expected| expected != count) {
+                return Err(V1Error::BatchSize {
+                    expected,
+                    found: count,
+                });
+            }
+            shape.push(to_i64(count));
+            None
         }
-    }
-
-    let mut shape = Vec::with_capacity(translate.dims.len() + 1);
-    shape.push(to_i64(count));
-    shape.extend(translate.dims.iter().map(|dim| to_i64(dim.len())));
+        Layout::Whole => Some(WHOLE_TENSOR_ID),
+    };
+    shape.extend(reading.dims.iter().map(|dim| to_i64(dim.len())));
     let request = V2Request {
+        id,
         inputs: [V2Input {
             name: &input.name,
             shape,
@@ -320,14 +368,16 @@ pub fn v1_request_to_v2(body: &[u8], inputs: &[TensorSpec]) -> Result<Vec<u8>, V
 /// With one output, `predictions` has one element per row of the output's first (batch)
 /// dimension, nested per the other dimensions (a rank-1 output gives scalars). With
 /// several, each prediction is an object `{output name: row}`, and all outputs must have
-/// the same batch size. `data` may be flat or nested (both are V2); its numbers, booleans
-/// and strings are kept as they come.
+/// the same batch size. The answer to a whole-tensor request (its `id` is
+/// [`WHOLE_TENSOR_ID`]) is a single prediction, the whole output (or `{name: output}` per
+/// output), whatever the outputs' shapes (a rank-0 output gives a scalar). `data` may be
+/// flat or nested (both are V2); its numbers, booleans and strings are kept as they come.
 ///
 /// Errors: a body over [`MAX_BODY_BYTES`], nested deeper than [`MAX_DEPTH`] or with more
 /// than [`MAX_VALUES`] JSON values; anything that is not a V2 response with JSON data; no
-/// outputs, two outputs with one name, an output whose shape is empty, has a negative
-/// dimension, more than [`MAX_DEPTH`] dimensions or does not match its data; batch sizes
-/// that differ. Never panics.
+/// outputs, two outputs with one name, an output whose shape has a negative dimension,
+/// more than [`MAX_DEPTH`] dimensions or does not match its data; in rows, an empty shape
+/// or batch sizes that differ. Never panics.
 pub fn v2_response_to_v1(body: &[u8]) -> Result<Vec<u8>, V1Error> {
     if body.len() > MAX_BODY_BYTES {
         return Err(V1Error::TooLarge);
@@ -340,18 +390,66 @@ pub fn v2_response_to_v1(body: &[u8]) -> Result<Vec<u8>, V1Error> {
     if response.outputs.is_empty() {
         return Err(V1Error::NoOutputs);
     }
+    let whole = response.id.as_ref().and_then(Value::as_str) == Some(WHOLE_TENSOR_ID);
+    let all_dims = check_outputs(&response.outputs, whole)?;
+    let rows = match all_dims.first() {
+        _ if whole => 1,
+        Some(dims) => dims.first().copied().unwrap_or(0),
+        None => 0,
+    };
 
+    // Every check is done: what remains cannot fail, so the data can be moved out. In
+    // rows, each prediction takes one row of every output; whole, the one prediction
+    // takes all of them.
+    let mut columns: Vec<(String, &[usize], std::vec::IntoIter<Value>)> = response
+        .outputs
+        .into_iter()
+        .zip(&all_dims)
+        .map(|(output, dims)| {
+            let row_dims = if whole {
+                dims.as_slice()
+            } else {
+                dims.get(1..).unwrap_or_default()
+            };
+            (output.name, row_dims, output.data.0.into_iter())
+        })
+        .collect();
+    let predictions: Vec<Value> = match columns.as_mut_slice() {
+        [(_, dims, values)] => (0..rows).map(|_| nest(values, dims)).collect(),
+        _ => (0..rows)
+            .map(|_| {
+                let mut row = Map::new();
+                for (name, dims, values) in columns.iter_mut() {
+                    row.insert(name.clone(), nest(values, dims));
+                }
+                Value::Object(row)
+            })
+            .collect(),
+    };
+    let mut answer = Map::new();
+    answer.insert("predictions".to_owned(), Value::Array(predictions));
+    serde_json::to_vec(&Value::Object(answer))
+        .map_err(|err| V1Error::ResponseFormat(err.to_string()))
+}
+
+/// Checks every output's name and shape and returns the shapes as sizes; in rows
+/// (`whole` false), also that every output has a first dimension and all the same one.
+fn check_outputs(outputs: &[V2Output], whole: bool) -> Result<Vec<Vec<usize>>, V1Error> {
     let mut names = std::collections::BTreeSet::new();
-    let mut all_dims = Vec::with_capacity(response.outputs.len());
+    let mut all_dims = Vec::with_capacity(outputs.len());
     let mut budget = 2 * MAX_VALUES;
     let mut batch: Option<(usize, &str)> = None;
-    for output in &response.outputs {
+    for output in outputs {
         if !names.insert(output.name.as_str()) {
             return Err(V1Error::DuplicateOutput(output.name.clone()));
+        }
+        if output.shape.is_empty() && !whole {
+            return Err(V1Error::OutputNoBatch(output.name.clone()));
         }
         let dims = output_dims(output, &mut budget)?;
         let rows = dims.first().copied().unwrap_or(0);
         match batch {
+            _ if whole => {}
             None => batch = Some((rows, &output.name)),
             Some((first_batch, first)) if first_batch != rows => {
                 return Err(V1Error::BatchMismatch {
@@ -365,35 +463,7 @@ pub fn v2_response_to_v1(body: &[u8]) -> Result<Vec<u8>, V1Error> {
         }
         all_dims.push(dims);
     }
-    let rows = batch.map_or(0, |(rows, _)| rows);
-
-    // Every check is done: what remains cannot fail, so the data can be moved out.
-    let mut columns: Vec<(String, Vec<usize>, std::vec::IntoIter<Value>)> = response
-        .outputs
-        .into_iter()
-        .zip(all_dims)
-        .map(|(output, dims)| (output.name, dims, output.data.0.into_iter()))
-        .collect();
-    let predictions: Vec<Value> = match columns.as_mut_slice() {
-        [(_, dims, values)] => {
-            let row_dims = dims.get(1..).unwrap_or_default();
-            (0..rows).map(|_| nest(values, row_dims)).collect()
-        }
-        _ => (0..rows)
-            .map(|_| {
-                let mut row = Map::new();
-                for (name, dims, values) in columns.iter_mut() {
-                    let row_dims = dims.get(1..).unwrap_or_default();
-                    row.insert(name.clone(), nest(values, row_dims));
-                }
-                Value::Object(row)
-            })
-            .collect(),
-    };
-    let mut answer = Map::new();
-    answer.insert("predictions".to_owned(), Value::Array(predictions));
-    serde_json::to_vec(&Value::Object(answer))
-        .map_err(|err| V1Error::ResponseFormat(err.to_string()))
+    Ok(all_dims)
 }
 
 /// Checks the nesting of a JSON body with a linear scan that no input can make recurse,
@@ -433,29 +503,38 @@ fn scan(body: &[u8]) -> Result<usize, V1Error> {
     Ok(values)
 }
 
-/// The input's fixed batch size (`None` for -1) and the dimensions of one instance.
-fn instance_dims(input: &TensorSpec) -> Result<(Option<usize>, Vec<Dim>), V1Error> {
+/// The input's fixed first dimension (`None` for -1) and the readings of the instances
+/// to try: rows (when the input has a first dimension) and the whole tensor.
+fn readings(input: &TensorSpec) -> Result<(Option<usize>, Vec<Reading>), V1Error> {
     let bad = || V1Error::InputShape {
         name: input.name.clone(),
         shape: input.shape.clone(),
     };
-    let (&batch, rest) = input.shape.split_first().ok_or_else(bad)?;
     // The body's object and `instances` array take two levels of the nesting allowed.
-    if rest.len() + 2 > MAX_DEPTH {
+    if input.shape.len() + 2 > MAX_DEPTH {
         return Err(bad());
     }
-    let batch = match batch {
-        -1 => None,
-        n => Some(usize::try_from(n).map_err(|_| bad())?),
-    };
-    let dims = rest
+    let whole = input
+        .shape
         .iter()
         .map(|&dim| match dim {
             -1 => Ok(Dim::Variable(None)),
             n => usize::try_from(n).map(Dim::Fixed).map_err(|_| bad()),
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok((batch, dims))
+    let mut readings = Vec::with_capacity(2);
+    let batch = match whole.split_first() {
+        Some((first, rest)) => {
+            readings.push(Reading::new(Layout::Rows, rest.to_vec()));
+            match first {
+                Dim::Fixed(n) => Some(*n),
+                Dim::Variable(_) => None,
+            }
+        }
+        None => None,
+    };
+    readings.push(Reading::new(Layout::Whole, whole));
+    Ok((batch, readings))
 }
 
 /// `usize` to the `i64` of a V2 shape; lengths here are far below `i64::MAX`.
@@ -486,6 +565,80 @@ impl Dim {
         match self {
             Dim::Fixed(len) | Dim::Variable(Some(Seen { len, .. })) => *len,
             Dim::Variable(None) => 0,
+        }
+    }
+}
+
+/// How the instances make up the input tensor (see [`v1_request_to_v2`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// Each instance is a row of the input's first dimension.
+    Rows,
+    /// The only instance is the whole tensor.
+    Whole,
+}
+
+/// One way of reading the instances, and what it has learnt of their dimensions.
+#[derive(Debug)]
+struct Reading {
+    layout: Layout,
+    /// The shape of one instance under this layout.
+    dims: Vec<Dim>,
+    /// Why the instances read so far do not fit this layout.
+    error: Option<V1Error>,
+}
+
+impl Reading {
+    fn new(layout: Layout, dims: Vec<Dim>) -> Reading {
+        Reading {
+            layout,
+            dims,
+            error: None,
+        }
+    }
+
+    /// The dimension of the input's shape that an instance's depth 0 is.
+    fn first_dim(&self) -> usize {
+        match self.layout {
+            Layout::Rows => 1,
+            Layout::Whole => 0,
+        }
+    }
+
+    /// Checks the length of an array of instance `index` met at `depth` against what the
+    /// shape says or, for a -1 dimension, against the first array met there.
+    fn array_len(&mut self, index: usize, depth: usize, found: usize) -> Result<(), V1Error> {
+        let dim = depth + self.first_dim();
+        match self.dims.get_mut(depth) {
+            // Arrays deeper than the shape were refused on the way in.
+            None => Ok(()),
+            Some(Dim::Fixed(expected)) if *expected != found => Err(V1Error::DimLength {
+                index,
+                dim,
+                expected: *expected,
+                found,
+            }),
+            Some(Dim::Fixed(_)) => Ok(()),
+            Some(Dim::Variable(seen @ None)) => {
+                *seen = Some(Seen {
+                    len: found,
+                    instance: index,
+                });
+                Ok(())
+            }
+            Some(Dim::Variable(Some(seen))) if seen.len != found => {
+                if seen.instance == index {
+                    Err(V1Error::Ragged { index, dim })
+                } else {
+                    Err(V1Error::DimMismatch {
+                        index,
+                        dim,
+                        expected: seen.len,
+                        found,
+                    })
+                }
+            }
+            Some(Dim::Variable(Some(_))) => Ok(()),
         }
     }
 }
@@ -608,6 +761,8 @@ enum Scalar {
 
 #[derive(Serialize)]
 struct V2Request<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'static str>,
     inputs: [V2Input<'a>; 1],
 }
 
@@ -672,8 +827,9 @@ struct Translate<'a> {
     kind: Kind,
     /// The input's metadata shape, for messages.
     shape: &'a [i64],
-    /// The shape of one instance, learnt as the instances are read.
-    dims: Vec<Dim>,
+    /// The layouts the instances may still have (rows first); at least one has no error.
+    /// Instance 0 decides, and from instance 1 on only its layout is left.
+    readings: Vec<Reading>,
     data: Data,
     /// Index of the instance being read.
     instance: usize,
@@ -711,12 +867,95 @@ impl Translate<'_> {
         }
     }
 
+    /// Applies `check` to every layout still possible and keeps what it refuses; stops
+    /// the parse once no layout is left.
+    fn narrow<E: de::Error>(
+        &mut self,
+        check: impl Fn(&mut Reading) -> Result<(), V1Error>,
+    ) -> Result<(), E> {
+        for reading in &mut self.readings {
+            if reading.error.is_none() {
+                reading.error = check(reading).err();
+            }
+        }
+        if self.readings.iter().any(|r| r.error.is_none()) {
+            return Ok(());
+        }
+        let err = self.best_error();
+        Err(self.fail(err))
+    }
+
+    /// The error to report when no layout fits: the rows reading's, unless it only says
+    /// the nesting is wrong and the whole-tensor reading got further.
+    fn best_error(&mut self) -> V1Error {
+        let mut errors = self.readings.iter_mut().filter_map(|r| r.error.take());
+        match (errors.next(), errors.next()) {
+            (Some(V1Error::InstanceShape { .. }), Some(whole))
+                if !matches!(whole, V1Error::InstanceShape { .. }) =>
+            {
+                whole
+            }
+            (Some(err), _) => err,
+            (None, _) => self.wrong_shape(),
+        }
+    }
+
+    /// Instance 0 has been read: keep the first layout that fits it (rows, when no value
+    /// told them apart).
+    fn settle(&mut self) {
+        if let Some(fits) = self.readings.iter().position(|r| r.error.is_none()) {
+            self.readings.swap(0, fits);
+            self.readings.truncate(1);
+        }
+    }
+
+    /// Whether the layout is settled as the whole tensor.
+    fn is_whole(&self) -> bool {
+        matches!(self.readings.as_slice(), [r] if r.layout == Layout::Whole)
+    }
+
+    /// Checks that a scalar or another non-array value at `depth` is where the shape has
+    /// its values.
+    fn at_leaf<E: de::Error>(&mut self, depth: usize) -> Result<(), E> {
+        let index = self.instance;
+        let shape = self.shape;
+        self.narrow(|r| {
+            if depth == r.dims.len() {
+                Ok(())
+            } else {
+                Err(V1Error::InstanceShape {
+                    index,
+                    shape: shape.to_vec(),
+                })
+            }
+        })
+    }
+
+    /// Checks that an array may start at `depth`.
+    fn enter_array<E: de::Error>(&mut self, depth: usize) -> Result<(), E> {
+        let index = self.instance;
+        let shape = self.shape;
+        self.narrow(|r| {
+            if depth < r.dims.len() {
+                Ok(())
+            } else {
+                Err(V1Error::InstanceShape {
+                    index,
+                    shape: shape.to_vec(),
+                })
+            }
+        })
+    }
+
+    /// Checks the length of an array that ended at `depth`.
+    fn leave_array<E: de::Error>(&mut self, depth: usize, len: usize) -> Result<(), E> {
+        let index = self.instance;
+        self.narrow(|r| r.array_len(index, depth, len))
+    }
+
     /// Appends one scalar met at `depth` (0 is the instance itself).
     fn scalar<E: de::Error>(&mut self, depth: usize, value: Scalar) -> Result<(), E> {
-        if depth < self.dims.len() {
-            let err = self.wrong_shape();
-            return Err(self.fail(err));
-        }
+        self.at_leaf(depth)?;
         if self.data.len() >= MAX_VALUES {
             return Err(self.fail(V1Error::TooManyValues));
         }
@@ -726,43 +965,6 @@ impl Translate<'_> {
             Err(Fault::Range) => self.out_of_range(),
         };
         Err(self.fail(err))
-    }
-
-    /// Checks the length of an array met at `depth` against what the instance shape says
-    /// or, for a -1 dimension, against the first array met there.
-    fn array_len(&mut self, depth: usize, found: usize) -> Result<(), V1Error> {
-        let index = self.instance;
-        let dim = depth + 1;
-        match self.dims.get_mut(depth) {
-            None => Err(self.wrong_shape()),
-            Some(Dim::Fixed(expected)) if *expected != found => Err(V1Error::DimLength {
-                index,
-                dim,
-                expected: *expected,
-                found,
-            }),
-            Some(Dim::Fixed(_)) => Ok(()),
-            Some(Dim::Variable(seen @ None)) => {
-                *seen = Some(Seen {
-                    len: found,
-                    instance: index,
-                });
-                Ok(())
-            }
-            Some(Dim::Variable(Some(seen))) if seen.len != found => {
-                if seen.instance == index {
-                    Err(V1Error::Ragged { index, dim })
-                } else {
-                    Err(V1Error::DimMismatch {
-                        index,
-                        dim,
-                        expected: seen.len,
-                        found,
-                    })
-                }
-            }
-            Some(Dim::Variable(Some(_))) => Ok(()),
-        }
     }
 }
 
@@ -859,6 +1061,9 @@ impl<'de> Visitor<'de> for Instances<'_, '_> {
             if seq.next_element_seed(seed)?.is_none() {
                 break;
             }
+            if count == 0 {
+                translate.settle();
+            }
             count += 1;
         }
         if count == 0 {
@@ -907,6 +1112,10 @@ impl<'de> DeserializeSeed<'de> for Element<'_, '_> {
     type Value = ();
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        if self.depth == 0 && self.translate.instance > 0 && self.translate.is_whole() {
+            let shape = self.translate.shape.to_vec();
+            return Err(self.translate.fail(V1Error::WholeNotAlone { shape }));
+        }
         deserializer.deserialize_any(self)
     }
 }
@@ -914,11 +1123,8 @@ impl<'de> DeserializeSeed<'de> for Element<'_, '_> {
 impl Element<'_, '_> {
     /// A string, null or object: not an array, and not a value of any supported datatype.
     fn other<E: de::Error>(self) -> Result<(), E> {
-        let err = if self.depth < self.translate.dims.len() {
-            self.translate.wrong_shape()
-        } else {
-            self.translate.wrong_kind()
-        };
+        self.translate.at_leaf(self.depth)?;
+        let err = self.translate.wrong_kind();
         Err(self.translate.fail(err))
     }
 }
@@ -932,10 +1138,7 @@ impl<'de> Visitor<'de> for Element<'_, '_> {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         let translate = self.translate;
-        if self.depth >= translate.dims.len() {
-            let err = translate.wrong_shape();
-            return Err(translate.fail(err));
-        }
+        translate.enter_array(self.depth)?;
         let mut len = 0;
         loop {
             let seed = Element {
@@ -947,10 +1150,7 @@ impl<'de> Visitor<'de> for Element<'_, '_> {
             }
             len += 1;
         }
-        match translate.array_len(self.depth, len) {
-            Ok(()) => Ok(()),
-            Err(err) => Err(translate.fail(err)),
-        }
+        translate.leave_array(self.depth, len)
     }
 
     fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
@@ -985,6 +1185,9 @@ impl<'de> Visitor<'de> for Element<'_, '_> {
 /// The parts of a V2 infer response the translation reads; other keys are ignored.
 #[derive(Deserialize)]
 struct V2Response {
+    /// The request's `id`, echoed: [`WHOLE_TENSOR_ID`] marks a whole-tensor request.
+    #[serde(default)]
+    id: Option<Value>,
     outputs: Vec<V2Output>,
 }
 
@@ -1067,9 +1270,6 @@ fn output_dims(output: &V2Output, budget: &mut usize) -> Result<Vec<usize>, V1Er
         shape: output.shape.clone(),
         values,
     };
-    if output.shape.is_empty() {
-        return Err(V1Error::OutputNoBatch(name.clone()));
-    }
     if output.shape.len() > MAX_DEPTH {
         return Err(V1Error::OutputTooLarge(name.clone()));
     }
@@ -1126,6 +1326,12 @@ mod tests {
 
     fn v2(name: &str, datatype: &str, shape: Value, data: Value) -> Result<Value, V1Error> {
         Ok(json!({"inputs": [{"name": name, "shape": shape, "datatype": datatype, "data": data}]}))
+    }
+
+    /// The V2 request of a whole-tensor V1 request.
+    fn whole(name: &str, datatype: &str, shape: Value, data: Value) -> Result<Value, V1Error> {
+        Ok(json!({"id": WHOLE_TENSOR_ID,
+                  "inputs": [{"name": name, "shape": shape, "datatype": datatype, "data": data}]}))
     }
 
     #[test]
@@ -1203,11 +1409,63 @@ mod tests {
                 spec("e", "FP32", &[-1, -1, -1]),
                 v2("e", "FP32", json!([1, 1, 0]), json!([])),
             ),
-            // A model without batching: the first dimension is the instance count.
+            // A model without batching: the instances are rows of its first dimension,
+            // as many as it says...
             (
                 r#"{"instances":[1,2,3,4]}"#,
                 spec("v", "FP64", &[4]),
                 v2("v", "FP64", json!([4]), json!([1.0, 2.0, 3.0, 4.0])),
+            ),
+            // ... or the only instance is the whole tensor.
+            (
+                r#"{"instances":[[1,2,3,4]]}"#,
+                spec("v", "FP64", &[4]),
+                whole("v", "FP64", json!([4]), json!([1.0, 2.0, 3.0, 4.0])),
+            ),
+            (
+                r#"{"instances":[[[1,2,3],[4,5,6]]]}"#,
+                spec("m", "INT32", &[2, -1]),
+                whole("m", "INT32", json!([2, 3]), json!([1, 2, 3, 4, 5, 6])),
+            ),
+            (
+                r#"{"instances":[[1,2,3],[4,5,6]]}"#,
+                spec("m", "INT32", &[2, -1]),
+                v2("m", "INT32", json!([2, 3]), json!([1, 2, 3, 4, 5, 6])),
+            ),
+            // A first dimension of 1: one row, or the whole tensor, make the same tensor.
+            (
+                r#"{"instances":[[1,2,3,4]]}"#,
+                spec("x", "FP32", &[1, 4]),
+                v2("x", "FP32", json!([1, 4]), json!([1.0, 2.0, 3.0, 4.0])),
+            ),
+            (
+                r#"{"instances":[[[1,2,3,4]]]}"#,
+                spec("x", "FP32", &[1, 4]),
+                whole("x", "FP32", json!([1, 4]), json!([1.0, 2.0, 3.0, 4.0])),
+            ),
+            // A -1 first dimension (a batch, or a variable dimension of a model without
+            // one): a single instance of the whole shape is the whole tensor too.
+            (
+                r#"{"instances":[[[1,2],[3,4],[5,6]]]}"#,
+                spec("x", "UINT8", &[-1, 2]),
+                whole("x", "UINT8", json!([3, 2]), json!([1, 2, 3, 4, 5, 6])),
+            ),
+            // A rank-0 input takes one scalar instance.
+            (
+                r#"{"instances":[5]}"#,
+                spec("s", "INT32", &[]),
+                whole("s", "INT32", json!([]), json!([5])),
+            ),
+            // No value tells the layouts apart: rows, unless only the whole tensor fits.
+            (
+                r#"{"instances":[[]]}"#,
+                spec("e", "FP32", &[-1, -1]),
+                v2("e", "FP32", json!([1, 0]), json!([])),
+            ),
+            (
+                r#"{"instances":[[]]}"#,
+                spec("e", "FP32", &[-1]),
+                whole("e", "FP32", json!([0]), json!([])),
             ),
         ];
         for (body, input, want) in cases {
@@ -1255,7 +1513,84 @@ mod tests {
             ),
             (r#"{"instances":[1,2,3,4]}"#, x.clone(), shape(0)),
             (r#"{"instances":[[1,2,3,4],5]}"#, x.clone(), shape(1)),
-            (r#"{"instances":[[[1],[2],[3],[4]]]}"#, x.clone(), shape(0)),
+            (
+                r#"{"instances":[[1,2,3,4],[[1,2,3,4]]]}"#,
+                x.clone(),
+                shape(1),
+            ),
+            (r#"{"instances":[[[[1,2,3,4]]]]}"#, x.clone(), shape(0)),
+            (r#"{"instances":[[1,[2,3,4]]]}"#, x.clone(), shape(0)),
+            // Deeper than a row: read as the whole tensor, whose rows have 4 values.
+            (
+                r#"{"instances":[[[1],[2],[3],[4]]]}"#,
+                x.clone(),
+                V1Error::DimLength {
+                    index: 0,
+                    dim: 1,
+                    expected: 4,
+                    found: 1,
+                },
+            ),
+            (
+                r#"{"instances":[[[1,2,3,4]],[[1,2,3,4]]]}"#,
+                x.clone(),
+                V1Error::WholeNotAlone { shape: vec![-1, 4] },
+            ),
+            // A model without a batch dimension, input [4].
+            (
+                r#"{"instances":[[1,2,3,4],[5,6,7,8]]}"#,
+                spec("v", "FP32", &[4]),
+                V1Error::WholeNotAlone { shape: vec![4] },
+            ),
+            (
+                r#"{"instances":[[1,2,3,4],5]}"#,
+                spec("v", "FP32", &[4]),
+                V1Error::WholeNotAlone { shape: vec![4] },
+            ),
+            (
+                r#"{"instances":[[1,2,3]]}"#,
+                spec("v", "FP32", &[4]),
+                V1Error::DimLength {
+                    index: 0,
+                    dim: 0,
+                    expected: 4,
+                    found: 3,
+                },
+            ),
+            (
+                r#"{"instances":[1,2,3]}"#,
+                spec("v", "FP32", &[4]),
+                V1Error::BatchSize {
+                    expected: 4,
+                    found: 3,
+                },
+            ),
+            (
+                r#"{"instances":[1,[2]]}"#,
+                spec("v", "FP32", &[4]),
+                V1Error::InstanceShape {
+                    index: 1,
+                    shape: vec![4],
+                },
+            ),
+            (
+                r#"{"instances":[[[1,2],[3]]]}"#,
+                spec("v", "FP32", &[-1, -1]),
+                V1Error::Ragged { index: 0, dim: 1 },
+            ),
+            (
+                r#"{"instances":[5,6]}"#,
+                spec("s", "INT32", &[]),
+                V1Error::WholeNotAlone { shape: vec![] },
+            ),
+            (
+                r#"{"instances":[[5]]}"#,
+                spec("s", "INT32", &[]),
+                V1Error::InstanceShape {
+                    index: 0,
+                    shape: vec![],
+                },
+            ),
             (r#"{"instances":[{"a":1}]}"#, x.clone(), shape(0)),
             (r#"{"instances":["abcd"]}"#, x.clone(), shape(0)),
             (
@@ -1392,10 +1727,10 @@ mod tests {
             ),
             (
                 r#"{"instances":[1]}"#,
-                spec("s", "FP32", &[]),
+                spec("s", "FP32", &[1; MAX_DEPTH - 1]),
                 V1Error::InputShape {
                     name: "s".to_owned(),
-                    shape: vec![],
+                    shape: vec![1; MAX_DEPTH - 1],
                 },
             ),
             (
@@ -1551,6 +1886,64 @@ mod tests {
     }
 
     #[test]
+    fn translates_whole_tensor_responses() {
+        let id = WHOLE_TENSOR_ID;
+        let cases: &[(Value, Value)] = &[
+            // A model without a batch dimension: its output is the one prediction.
+            (
+                json!({"id":id,"outputs":[{"name":"y","datatype":"FP32","shape":[4],"data":[1,3,6,10]}]}),
+                json!({"predictions":[[1,3,6,10]]}),
+            ),
+            (
+                json!({"id":id,"outputs":[{"name":"y","datatype":"INT32","shape":[2,2],"data":[1,2,3,4]}]}),
+                json!({"predictions":[[[1,2],[3,4]]]}),
+            ),
+            // Rank 0: a scalar; and an output with no data.
+            (
+                json!({"id":id,"outputs":[{"name":"s","datatype":"FP64","shape":[],"data":[5]}]}),
+                json!({"predictions":[5]}),
+            ),
+            (
+                json!({"id":id,"outputs":[{"name":"e","datatype":"FP32","shape":[0,3],"data":[]}]}),
+                json!({"predictions":[[]]}),
+            ),
+            // Several outputs need not share a first dimension.
+            (
+                json!({"id":id,"outputs":[
+                    {"name":"a","datatype":"FP32","shape":[2],"data":[1,2]},
+                    {"name":"b","datatype":"BOOL","shape":[3,1],"data":[true,false,true]}]}),
+                json!({"predictions":[{"a":[1,2],"b":[[true],[false],[true]]}]}),
+            ),
+            // Any other id is a rows response.
+            (
+                json!({"id":"mine","outputs":[{"name":"y","datatype":"FP32","shape":[4],"data":[1,3,6,10]}]}),
+                json!({"predictions":[1,3,6,10]}),
+            ),
+            (
+                json!({"id":7,"outputs":[{"name":"y","datatype":"FP32","shape":[2],"data":[1,3]}]}),
+                json!({"predictions":[1,3]}),
+            ),
+        ];
+        for (body, want) in cases {
+            assert_eq!(response(&body.to_string()).as_ref(), Ok(want), "{body}");
+        }
+        let bad = json!({"id":id,"outputs":[{"name":"y","shape":[2,2],"data":[1,2,3]}]});
+        assert_eq!(
+            response(&bad.to_string()),
+            Err(V1Error::OutputShape {
+                name: "y".to_owned(),
+                shape: vec![2, 2],
+                values: 3,
+            })
+        );
+        let bad = json!({"id":id,"outputs":[{"name":"y","shape":[],"data":[]}]});
+        assert!(matches!(
+            response(&bad.to_string()),
+            Err(V1Error::OutputShape { .. })
+        ));
+    }
+
+    #[test]
     fn refuses_bad_responses() {
         let cases: &[(&str, V1Error)] = &[
             (
@@ -1641,9 +2034,22 @@ mod tests {
                 shape: vec![-1, 4],
             },
             V1Error::InstanceShape {
-                index: 0,
+                index: 1,
                 shape: vec![-1],
             },
+            V1Error::InstanceShape {
+                index: 0,
+                shape: vec![-1, 4],
+            },
+            V1Error::InstanceShape {
+                index: 0,
+                shape: vec![4],
+            },
+            V1Error::InstanceShape {
+                index: 0,
+                shape: vec![],
+            },
+            V1Error::WholeNotAlone { shape: vec![4] },
             V1Error::OutOfRange {
                 index: 3,
                 datatype: "INT8",
@@ -1656,7 +2062,14 @@ mod tests {
             "datatype BYTES is not supported by V1 translation",
             "expected a JSON object whose only key is \"instances\"",
             "instance 2 must be an array of shape [4], as the input's shape is [-1,4]",
-            "instance 0 must be a scalar, as the input's shape is [-1]",
+            "instance 1 must be a scalar, as the input's shape is [-1]",
+            "instance 0 must be an array of shape [4] (a row of the input, whose shape is \
+             [-1,4]) or, as the only instance, an array of shape [-1,4]",
+            "instance 0 must be a scalar (a row of the input, whose shape is [4]) or, as the \
+             only instance, an array of shape [4]",
+            "instance 0 must be a scalar, as the input's shape is []",
+            "instance 0 has the input's whole shape [4], so it must be the only instance \
+             (several instances are rows of the input's first dimension)",
             "instance 3 holds a value out of range for datatype INT8",
         ];
         for (err, want) in errors.iter().zip(want) {
@@ -1764,8 +2177,89 @@ mod tests {
             })
     }
 
+    /// An input shape (each dimension fixed or -1) with the sizes of one whole tensor
+    /// for it, a datatype and the tensor as one instance: (datatype, shape, dims, instance).
+    fn whole_tensor() -> impl Strategy<Value = (&'static str, Vec<i64>, Vec<usize>, Value)> {
+        (
+            proptest::sample::select(vec!["BOOL", "INT8", "UINT16", "INT64", "UINT64", "FP32"]),
+            proptest::collection::vec((1usize..4, any::<bool>()), 0..4),
+        )
+            .prop_flat_map(|(datatype, dims)| {
+                let count = dims.iter().map(|(d, _)| d).product::<usize>();
+                (
+                    Just((datatype, dims)),
+                    proptest::collection::vec(scalar_for(datatype), count),
+                )
+            })
+            .prop_map(|((datatype, dims), values)| {
+                let shape = dims
+                    .iter()
+                    .map(|&(d, variable)| if variable { -1 } else { d as i64 })
+                    .collect();
+                let dims: Vec<usize> = dims.iter().map(|&(d, _)| d).collect();
+                let tensor = instance(&dims, &mut values.into_iter());
+                (datatype, shape, dims, tensor)
+            })
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn a_single_whole_instance_is_the_tensor(
+            (datatype, shape, dims, tensor) in whole_tensor(),
+        ) {
+            let body = serde_json::to_vec(&json!({ "instances": [tensor] })).unwrap();
+            let out = v1_request_to_v2(&body, &[spec("x", datatype, &shape)]).unwrap();
+            let out: Value = serde_json::from_slice(&out).unwrap();
+            prop_assert_eq!(&out["id"], WHOLE_TENSOR_ID);
+            let input = &out["inputs"][0];
+            prop_assert_eq!(&input["shape"], &json!(dims));
+            prop_assert_eq!(
+                input["data"].as_array().unwrap().len(),
+                dims.iter().product::<usize>()
+            );
+
+            // The server echoes the id: the output comes back as one prediction.
+            let response = json!({"id": out["id"], "outputs": [{
+                "name": "y", "datatype": datatype, "shape": input["shape"], "data": input["data"],
+            }]});
+            let back = v2_response_to_v1(response.to_string().as_bytes()).unwrap();
+            let back: Value = serde_json::from_slice(&back).unwrap();
+            prop_assert_eq!(back["predictions"].as_array().unwrap().len(), 1);
+            if !datatype.starts_with("FP") {
+                prop_assert_eq!(&back, &json!({ "predictions": [tensor] }));
+            }
+
+            // A second instance, whatever it is, is refused.
+            let body = serde_json::to_vec(&json!({ "instances": [tensor, tensor] })).unwrap();
+            prop_assert_eq!(
+                v1_request_to_v2(&body, &[spec("x", datatype, &shape)]),
+                Err(V1Error::WholeNotAlone { shape: shape.clone() })
+            );
+        }
+
+        #[test]
+        fn rows_and_whole_agree_on_a_fixed_first_dimension(
+            (datatype, shape, _dims, tensor) in whole_tensor(),
+        ) {
+            let Some(rows) = tensor.as_array().filter(|rows| !rows.is_empty()) else {
+                return Ok(());
+            };
+            let mut shape = shape;
+            shape[0] = rows.len() as i64;
+            let input = [spec("x", datatype, &shape)];
+            let as_rows = json!({ "instances": rows }).to_string();
+            let as_whole = json!({ "instances": [tensor] }).to_string();
+            let as_rows: Value =
+                serde_json::from_slice(&v1_request_to_v2(as_rows.as_bytes(), &input).unwrap())
+                    .unwrap();
+            let as_whole: Value =
+                serde_json::from_slice(&v1_request_to_v2(as_whole.as_bytes(), &input).unwrap())
+                    .unwrap();
+            prop_assert_eq!(&as_rows["inputs"], &as_whole["inputs"]);
+            prop_assert!(as_rows.get("id").is_none());
+        }
 
         #[test]
         fn never_panics_on_bytes(
@@ -1801,6 +2295,8 @@ mod tests {
             let body = serde_json::to_vec(&json!({ "instances": instances })).unwrap();
             let out = v1_request_to_v2(&body, &[spec("x", datatype, &shape)]).unwrap();
             let out: Value = serde_json::from_slice(&out).unwrap();
+            // Rows, as for any batching model: no whole-tensor id.
+            prop_assert!(out.get("id").is_none(), "{}", out);
             let input = &out["inputs"][0];
             let mut want_shape = vec![n];
             want_shape.extend(&dims);

@@ -59,3 +59,27 @@ class TritonPythonModel:
 pub fn sleep_request(seconds: f32) -> serde_json::Value {
     serde_json::json!({"inputs": [{"name": "seconds", "shape": [1], "datatype": "FP32", "data": [seconds]}]})
 }
+
+/// A model without a batch dimension (`max_batch_size: 0`): its one FP32 input `v` has
+/// shape [4] and its output `y`, shape [4], is the running sum of `v`. For KServe V1
+/// requests whose single instance is the whole tensor.
+pub fn running_sum(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
+    write_model(
+        dir,
+        name,
+        "input [{ name: \"v\", data_type: TYPE_FP32, dims: [4] }]\noutput [{ name: \"y\", data_type: TYPE_FP32, dims: [4] }]\n",
+        r#"import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            v = pb_utils.get_input_tensor_by_name(request, "v").as_numpy()
+            y = np.cumsum(v).astype(np.float32)
+            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("y", y)]))
+        return responses
+"#,
+    )
+}

@@ -254,3 +254,87 @@ async fn a_dead_replica_is_routed_around() {
         .clone();
     assert_eq!(dead_view["healthy"], false, "{dead_view}");
 }
+
+/// KServe V1 for a model without a batch dimension (input `[4]`, `max_batch_size: 0`): a
+/// single instance of the input's whole shape is the tensor and its answer is one
+/// prediction, the same numbers V2 gives; instances that are rows of the first dimension
+/// still work, and anything that is neither is a clear 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v1_predict_takes_the_whole_tensor_of_a_model_without_batching() {
+    let stack = Stack::start(StackOptions::default()).await.unwrap();
+    let model = mm_tests::models::running_sum(stack.dir.path(), "running_sum").unwrap();
+    let (status, _) = stack.register("running_sum", &model, "16Mi").await.unwrap();
+    assert_eq!(status, 201);
+
+    // V1 first, so the cold request's route call is the one carrying the input's shape.
+    let v1 = stack
+        .gateway_call(
+            Method::POST,
+            "/v1/models/running_sum:predict",
+            Some(&json!({"instances": [[1, 2, 3, 4]]})),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(v1.status, 200, "{}", v1.text);
+    let v2 = stack
+        .infer(
+            "running_sum",
+            &json!({"inputs": [{"name": "v", "shape": [4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(v2.status, 200, "{}", v2.text);
+    assert_eq!(v2.json["outputs"][0]["shape"], json!([4]), "{}", v2.text);
+    let v2_values = v2.output("y").unwrap();
+    assert_close(&v2_values, &[1.0, 3.0, 6.0, 10.0], "V2 outputs");
+    let predictions = v1.json["predictions"].as_array().unwrap();
+    assert_eq!(
+        predictions.len(),
+        1,
+        "one instance, one prediction: {}",
+        v1.text
+    );
+    let prediction: Vec<f64> = serde_json::from_value(predictions[0].clone()).unwrap();
+    assert_close(&prediction, &v2_values, "V1 prediction against V2 outputs");
+
+    // Rows of the first dimension: four scalar instances, four predictions.
+    let rows = stack
+        .gateway_call(
+            Method::POST,
+            "/v1/models/running_sum:predict",
+            Some(&json!({"instances": [1, 2, 3, 4]})),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.status, 200, "{}", rows.text);
+    let rows: Vec<f64> = serde_json::from_value(rows.json["predictions"].clone()).unwrap();
+    assert_close(&rows, &v2_values, "V1 rows against V2 outputs");
+
+    for (bad, says) in [
+        (
+            json!({"instances": [[1, 2, 3, 4], [5, 6, 7, 8]]}),
+            "must be the only instance",
+        ),
+        (json!({"instances": [[1, 2, 3]]}), "length 3 in dimension 0"),
+        (json!({"instances": [1, 2, 3]}), "exactly 4 instances"),
+        (
+            json!({"instances": [[[1, 2, 3, 4]]]}),
+            "or, as the only instance",
+        ),
+    ] {
+        let r = stack
+            .gateway_call(
+                Method::POST,
+                "/v1/models/running_sum:predict",
+                Some(&bad),
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 400, "{bad}: {}", r.text);
+        let error = r.json["error"].as_str().unwrap_or_default();
+        assert!(error.contains(says), "{bad}: {error:?} lacks {says:?}");
+    }
+}
