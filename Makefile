@@ -14,7 +14,7 @@ ENVOY := .tools/bin/envoy
 TEST_TIMEOUT ?= 900
 
 .PHONY: help deps build filter pool-manager lint fmt test unit-test integration-test validate-k8s \
-        envoy-config validate-envoy run up down status clean bench
+        envoy-config validate-envoy run up down status clean bench fuzz
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -71,6 +71,9 @@ status: ## Show the processes `make up` started
 
 bench: deps ## Run the benchmarks and regenerate BENCHMARKS.md (bounded, < 15 min)
 	@bash scripts/bench.sh
+
+fuzz: ## Fuzz the filter's parsers (cargo-fuzz, FUZZ_SECONDS=60 each) and the admin API; not in `make test`
+	@bash scripts/fuzz.sh
 
 clean: down ## Remove build outputs and run state (keeps .tools/)
 	$(CARGO) clean
