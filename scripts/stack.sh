@@ -50,7 +50,11 @@ POOL_MANAGER_BIN=${POOL_MANAGER_BIN:-$root/target/debug/pool-manager}
 FILTER_WASM=${FILTER_WASM:-$root/target/wasm32-wasip1/release/mm_filter.wasm}
 TRITONSERVER=${TRITONSERVER:-$root/.tools/bin/tritonserver}
 ENVOY=${ENVOY:-$root/.tools/bin/envoy}
-if [ -x /usr/bin/python3 ]; then PY=/usr/bin/python3; else PY=python3; fi
+# The script's own small Python helpers, isolated (-I) from the caller's PYTHONPATH,
+# PYTHONHOME and user site: a venv or a stray PYTHONHOME must not break them. (Triton gets
+# an environment of its own from the .tools/bin/tritonserver wrapper.)
+if [ -x /usr/bin/python3 ]; then PYBIN=/usr/bin/python3; else PYBIN=python3; fi
+py() { "$PYBIN" -I "$@"; }
 
 # The example models: name, memory to declare, a sample request (from models/README.md).
 MODELS=(linear xor_mlp anomaly)
@@ -269,7 +273,7 @@ check_prereqs() {
   [ -f "$FILTER_WASM" ] || die "$FILTER_WASM is missing (build the filter with make)"
   command -v curl >/dev/null || die "curl is required"
   command -v setsid >/dev/null || die "setsid (util-linux) is required"
-  "$PY" -c 'import json, urllib.parse' 2>/dev/null || die "python3 is required"
+  py -c 'import json, urllib.parse' 2>/dev/null || die "python3 is required"
   local p seen=" "
   for p in "$GATEWAY_PORT" "$ENVOY_ADMIN_PORT" "$POOL_MANAGER_PORT" "$R0_HTTP_PORT" "$R0_GRPC_PORT" \
     "$R0_METRICS_PORT" "$R1_HTTP_PORT" "$R1_GRPC_PORT" "$R1_METRICS_PORT"; do
@@ -340,7 +344,7 @@ start_replica() { # name http grpc metrics
 register_model() { # name
   local name=$1 dir="$root/models/$1" body out code
   [ -f "$dir/config.pbtxt" ] || die "example model $dir is missing"
-  body=$("$PY" -c '
+  body=$(py -c '
 import json, sys, urllib.parse
 print(json.dumps({"storageUri": "file://" + urllib.parse.quote(sys.argv[1]), "memory": sys.argv[2]}))
 ' "$dir" "${MODEL_MEMORY[$name]}")
@@ -495,7 +499,7 @@ cmd_status() {
 
 # Checks one inference answer against the expected values in models/README.md.
 check_answer() { # model response-json
-  "$PY" -c '
+  py -c '
 import json, math, sys
 name, raw = sys.argv[1], sys.argv[2]
 want = {

@@ -309,6 +309,7 @@ pub async fn churn(seconds: u64) -> anyhow::Result<Churn> {
         replicas: 2,
         replica_memory: "400Mi".into(),
         pool_manager_args: ["--min-age", "1s"].map(String::from).to_vec(),
+        ..StackOptions::default()
     })
     .await?;
     for i in 0..models {

@@ -59,8 +59,19 @@ pub struct Triton {
 impl Triton {
     /// Starts a replica on free ports of 127.0.0.1 reading models from `repository`.
     pub fn spawn(name: &str, repository: &Path, logs: &Path) -> anyhow::Result<Self> {
+        Self::spawn_with_env(name, repository, logs, &[])
+    }
+
+    /// [`Triton::spawn`] with extra environment variables for the `tritonserver` wrapper:
+    /// what a user's shell would hand it (an activated venv, a stray `PYTHONHOME`...).
+    pub fn spawn_with_env(
+        name: &str,
+        repository: &Path,
+        logs: &Path,
+        env: &[(String, String)],
+    ) -> anyhow::Result<Self> {
         let ports = (free_port()?, free_port()?, free_port()?);
-        Self::spawn_at(name, "127.0.0.1", ports, repository, logs)
+        Self::start(name, "127.0.0.1", ports, repository, logs, env)
     }
 
     /// Starts a replica on `ip` (any 127.x.y.z address) and the given (http, grpc,
@@ -69,11 +80,23 @@ impl Triton {
     pub fn spawn_at(
         name: &str,
         ip: &str,
-        (http_port, grpc_port, metrics_port): (u16, u16, u16),
+        ports: (u16, u16, u16),
         repository: &Path,
         logs: &Path,
     ) -> anyhow::Result<Self> {
+        Self::start(name, ip, ports, repository, logs, &[])
+    }
+
+    fn start(
+        name: &str,
+        ip: &str,
+        (http_port, grpc_port, metrics_port): (u16, u16, u16),
+        repository: &Path,
+        logs: &Path,
+        env: &[(String, String)],
+    ) -> anyhow::Result<Self> {
         let mut cmd = Command::new(paths::tritonserver());
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
         cmd.arg(format!("--model-repository={}", repository.display()))
             .arg("--model-control-mode=explicit")
             .arg("--strict-readiness=false")
@@ -436,7 +459,8 @@ pub fn render_envoy_config(
     Ok(rendered)
 }
 
-/// Options for [`Stack::start`].
+/// Options for [`Stack::start`]. Build them with `..StackOptions::default()` so that new
+/// switches reach every scenario with their default.
 #[derive(Debug, Clone)]
 pub struct StackOptions {
     pub replicas: usize,
@@ -444,6 +468,9 @@ pub struct StackOptions {
     pub replica_memory: String,
     /// Extra pool-manager flags.
     pub pool_manager_args: Vec<String>,
+    /// Extra environment variables for every Triton replica's `tritonserver` wrapper: the
+    /// shell a user starts the stack from (an activated venv, `PYTHONPATH`, ...).
+    pub replica_env: Vec<(String, String)>,
 }
 
 impl Default for StackOptions {
@@ -452,6 +479,7 @@ impl Default for StackOptions {
             replicas: 2,
             replica_memory: "1Gi".into(),
             pool_manager_args: Vec::new(),
+            replica_env: Vec::new(),
         }
     }
 }
@@ -474,8 +502,9 @@ impl Stack {
         std::fs::create_dir_all(&repository)?;
         // Start every replica first, then wait for them together: Triton's start-up
         // dominates the stack's and the replicas do not depend on each other.
+        let env = &options.replica_env;
         let mut replicas = (0..options.replicas)
-            .map(|i| Triton::spawn(&format!("r{i}"), &repository, dir.path()))
+            .map(|i| Triton::spawn_with_env(&format!("r{i}"), &repository, dir.path(), env))
             .collect::<anyhow::Result<Vec<_>>>()?;
         for r in &mut replicas {
             // A port taken between choosing and binding it: start again on other ports.
@@ -485,7 +514,7 @@ impl Stack {
                 if tries > 3 || !r.process.log_tail(200).contains("already in use") {
                     return Err(e);
                 }
-                *r = Triton::spawn(&r.name.clone(), &repository, dir.path())?;
+                *r = Triton::spawn_with_env(&r.name.clone(), &repository, dir.path(), env)?;
             }
         }
         let configured: Vec<String> = replicas

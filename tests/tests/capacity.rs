@@ -30,6 +30,7 @@ fn room_for_two() -> StackOptions {
         ]
         .map(String::from)
         .to_vec(),
+        ..StackOptions::default()
     }
 }
 

@@ -112,6 +112,7 @@ async fn the_shipped_manifests_apply_serve_refuse_and_export() {
         replicas: 1,
         replica_memory: "1Gi".into(),
         pool_manager_args: vec!["--storage-config".into(), config.display().to_string()],
+        ..StackOptions::default()
     })
     .await
     .unwrap();

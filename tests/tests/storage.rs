@@ -174,6 +174,7 @@ async fn remote_models_are_pulled_on_first_request_cached_evicted_and_pulled_aga
             "--max-model-files",
             "50",
         ]),
+        ..StackOptions::default()
     })
     .await
     .unwrap();
@@ -365,6 +366,7 @@ async fn bad_archives_and_sources_are_refused_with_a_reason_and_leave_nothing_be
         replicas: 1,
         replica_memory: "1Gi".into(),
         pool_manager_args: storage.args(&["--max-model-bytes", "1Mi", "--max-model-files", "50"]),
+        ..StackOptions::default()
     })
     .await
     .unwrap();
@@ -459,6 +461,7 @@ async fn replicas_without_a_shared_disk_get_the_files_in_the_load_request() {
             "--reconcile-interval",
             "500ms",
         ]),
+        ..StackOptions::default()
     })
     .await
     .unwrap();

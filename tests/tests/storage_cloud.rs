@@ -188,6 +188,7 @@ async fn azure_gcs_s3_and_http_stores_serve_models_chosen_by_key_and_reload() {
             "--storage-config-poll".into(),
             "200ms".into(),
         ],
+        ..StackOptions::default()
     })
     .await
     .unwrap();

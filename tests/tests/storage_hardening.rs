@@ -58,6 +58,7 @@ async fn secrets_in_storage_uris_never_leave_the_stored_spec_and_redirects_stay_
         replicas: 1,
         replica_memory: "1Gi".into(),
         pool_manager_args: vec!["--allow-private-storage".into()],
+        ..StackOptions::default()
     })
     .await
     .unwrap();
@@ -192,6 +193,7 @@ async fn without_allow_private_storage_a_pull_cannot_reach_loopback() {
         replicas: 1,
         replica_memory: "1Gi".into(),
         pool_manager_args: Vec::new(),
+        ..StackOptions::default()
     })
     .await
     .unwrap();

@@ -79,6 +79,7 @@ async fn the_status_page_shows_each_replica_with_its_models() {
         ]
         .map(String::from)
         .to_vec(),
+        ..StackOptions::default()
     })
     .await
     .unwrap();
