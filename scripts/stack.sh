@@ -12,7 +12,9 @@
 #
 # State lives in the ignored .run/ folder: pids ("name pid" per line, written as each process
 # starts), logs/<name>.log, model-repository/ (shared by the replicas and the pool-manager),
-# envoy.yaml (rendered), stack.env (ports and shm prefixes of the running stack).
+# envoy.yaml (rendered), stack.env (ports and shm prefixes of the running stack),
+# gateway-token (mode 0600, new on every `up`: the secret the filter sends with its calls
+# to the pool-manager's /internal/v1/* routes; Envoy gets it in MM_GATEWAY_TOKEN).
 #
 # Environment overrides (defaults in brackets): GATEWAY_PORT [8080], ENVOY_ADMIN_PORT [9901],
 # POOL_MANAGER_PORT [9090], R0_HTTP_PORT [8000], R0_GRPC_PORT [8001], R0_METRICS_PORT [8002],
@@ -29,6 +31,7 @@ RUN="$root/.run"
 LOGS="$RUN/logs"
 PIDS="$RUN/pids"
 STACK_ENV="$RUN/stack.env"
+GATEWAY_TOKEN_FILE="$RUN/gateway-token"
 REPO="$RUN/model-repository"
 ENVOY_YAML="$RUN/envoy.yaml"
 
@@ -45,6 +48,8 @@ R1_METRICS_PORT=${R1_METRICS_PORT:-8012}
 REPLICA_MEMORY=${REPLICA_MEMORY:-2Gi}
 STACK_WAIT_SECS=${STACK_WAIT_SECS:-60}
 STOP_WAIT_SECS=10
+# The stack's own token is the only one: never one exported in the caller's shell.
+unset MM_GATEWAY_TOKEN
 
 POOL_MANAGER_BIN=${POOL_MANAGER_BIN:-$root/target/debug/pool-manager}
 FILTER_WASM=${FILTER_WASM:-$root/target/wasm32-wasip1/release/mm_filter.wasm}
@@ -197,7 +202,7 @@ stop_all() {
   local base_id
   base_id=$(cat "$RUN/envoy.base-id" 2>/dev/null || true)
   if [[ "$base_id" =~ ^[0-9]+$ ]]; then rm -f "/dev/shm/envoy_shared_memory_${base_id}0"; fi
-  rm -f "$RUN/envoy.base-id"
+  rm -f "$RUN/envoy.base-id" "$GATEWAY_TOKEN_FILE"
   # Python backend shared memory left behind by a killed Triton (our prefixes are unique).
   if [ -f "$STACK_ENV" ]; then
     local prefix
@@ -358,6 +363,28 @@ print(json.dumps({"storageUri": "file://" + urllib.parse.quote(sys.argv[1]), "me
   esac
 }
 
+# A fresh random gateway token (256 bits, hex) in GATEWAY_TOKEN_FILE, readable by this user
+# only; sets GATEWAY_TOKEN.
+new_gateway_token() {
+  GATEWAY_TOKEN=$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')
+  [[ "$GATEWAY_TOKEN" =~ ^[0-9a-f]{64}$ ]] || die "could not read 32 random bytes from /dev/urandom"
+  rm -f "$GATEWAY_TOKEN_FILE"
+  (umask 077 && printf '%s\n' "$GATEWAY_TOKEN" >"$GATEWAY_TOKEN_FILE")
+}
+
+# The pool-manager's gateway-token flags. A binary without --gateway-token-file (older than
+# the check) gets none, and the stack says loudly that its internal routes are open.
+gateway_token_args() {
+  local help
+  help=$("$POOL_MANAGER_BIN" --help 2>&1 || true)
+  if grep -q -- '--gateway-token-file' <<<"$help"; then
+    GATEWAY_TOKEN_ARGS=(--gateway-token-file "$GATEWAY_TOKEN_FILE")
+  else
+    GATEWAY_TOKEN_ARGS=()
+    warn "warning: $POOL_MANAGER_BIN has no --gateway-token-file: its /internal/v1/* routes accept reports from anyone"
+  fi
+}
+
 cmd_up() {
   check_prereqs
   lock
@@ -400,8 +427,11 @@ EOF
   wait_http r1 "$r1" "http://$HOST:$R1_HTTP_PORT/v2/health/ready"
   say "replicas ready ($((SECONDS - t0))s)"
 
-  # 2. The pool-manager.
+  # 2. The pool-manager, with the gateway token the filter will send.
+  new_gateway_token
+  gateway_token_args
   start_proc pool-manager "$POOL_MANAGER_BIN" \
+    "${GATEWAY_TOKEN_ARGS[@]}" \
     --listen "$HOST:$POOL_MANAGER_PORT" \
     --model-repository "$REPO" \
     --data-dir "$RUN/data" \
@@ -420,8 +450,10 @@ EOF
   # Envoy (1.40, this build) terminates itself when its parent process exits (it gets a
   # SIGTERM the moment this script ends), so it runs under a small bash that stays its
   # parent. The recorded PID is that bash: it leads the session, its command line names
-  # envoy and .run/envoy.yaml, and it exits when Envoy does.
-  start_proc envoy bash -c '"$0" "$@" & wait $!' \
+  # envoy and .run/envoy.yaml, and it exits when Envoy does. The token goes in Envoy's
+  # environment (never on a command line, which any user can read), from where the
+  # template's host_env_keys hands it to the filter.
+  MM_GATEWAY_TOKEN=$GATEWAY_TOKEN start_proc envoy bash -c '"$0" "$@" & wait $!' \
     "$ENVOY" -c "$ENVOY_YAML" --use-dynamic-base-id --base-id-path "$RUN/envoy.base-id" \
     --concurrency 2 --log-level warn
   local ev=$STARTED_PID

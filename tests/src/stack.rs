@@ -241,7 +241,10 @@ impl PoolManager {
     ) -> anyhow::Result<Process> {
         let (program, args, logs) = command;
         let mut cmd = Command::new(program);
-        cmd.args(args).env("RUST_LOG", "info,pool_manager=debug");
+        cmd.args(args)
+            .env("RUST_LOG", "info,pool_manager=debug")
+            // Only what the test passes (`--gateway-token-file`), never the shell's.
+            .env_remove(GATEWAY_TOKEN_ENV);
         let log = if generation == 0 {
             logs.join("pool-manager.log")
         } else {
@@ -298,6 +301,13 @@ impl PoolManager {
     }
 }
 
+/// The environment variable Envoy hands the filter's Wasm VM the gateway token in
+/// (`vm_config.environment_variables.host_env_keys` in the template).
+pub const GATEWAY_TOKEN_ENV: &str = "MM_GATEWAY_TOKEN";
+
+/// The header the filter sends the gateway token in (cross-lane contract, issue 12 item 5).
+pub const GATEWAY_TOKEN_HEADER: &str = "x-mm-gateway-token";
+
 /// Real Envoy running the rendered bootstrap with the real filter.
 pub struct Envoy {
     pub port: u16,
@@ -305,28 +315,47 @@ pub struct Envoy {
     pub process: Process,
     http: reqwest::Client,
     dir: PathBuf,
+    /// Given to every start in `MM_GATEWAY_TOKEN`, restarts included.
+    gateway_token: Option<String>,
 }
 
 impl Envoy {
     /// Renders `envoy/gateway.yaml.tmpl` for these ports and starts Envoy.
     pub fn spawn(pool_manager_port: u16, dir: &Path) -> anyhow::Result<Self> {
+        Self::spawn_with_token(pool_manager_port, dir, None)
+    }
+
+    /// [`Envoy::spawn`] with the gateway token in its environment (`MM_GATEWAY_TOKEN`),
+    /// where the filter reads it, for this start and every restart.
+    pub fn spawn_with_token(
+        pool_manager_port: u16,
+        dir: &Path,
+        gateway_token: Option<&str>,
+    ) -> anyhow::Result<Self> {
         let (port, admin_port) = (free_port()?, free_port()?);
         let config = render_envoy_config(port, admin_port, pool_manager_port)?;
         let config_path = dir.join("envoy.yaml");
         std::fs::write(&config_path, config)?;
-        let process = Self::start(dir, "envoy.log")?;
+        let gateway_token = gateway_token.map(str::to_owned);
+        let process = Self::start(dir, "envoy.log", gateway_token.as_deref())?;
         Ok(Self {
             port,
             admin_port,
             process,
             http: client(),
             dir: dir.to_path_buf(),
+            gateway_token,
         })
     }
 
-    fn start(dir: &Path, log: &str) -> anyhow::Result<Process> {
+    fn start(dir: &Path, log: &str, gateway_token: Option<&str>) -> anyhow::Result<Process> {
         let config_path = dir.join("envoy.yaml");
         let mut cmd = Command::new(paths::envoy());
+        match gateway_token {
+            Some(token) => cmd.env(GATEWAY_TOKEN_ENV, token),
+            // Never one inherited from the shell that runs the tests.
+            None => cmd.env_remove(GATEWAY_TOKEN_ENV),
+        };
         cmd.arg("-c")
             .arg(&config_path)
             // No hot restart: no shared-memory segment is left behind in /dev/shm.
@@ -344,7 +373,11 @@ impl Envoy {
     /// it is ready. Its filter starts with an empty table.
     pub async fn restart(&mut self, generation: u32) -> anyhow::Result<()> {
         self.process.kill();
-        self.process = Self::start(&self.dir, &format!("envoy.{generation}.log"))?;
+        self.process = Self::start(
+            &self.dir,
+            &format!("envoy.{generation}.log"),
+            self.gateway_token.as_deref(),
+        )?;
         self.wait_ready().await
     }
 
@@ -412,7 +445,20 @@ pub fn sum_metric(text: &str, name: &str, label: &str) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use super::sum_metric;
+    use super::{sum_metric, write_gateway_token};
+
+    #[test]
+    fn gateway_tokens_are_random_hex_in_a_file_only_the_user_reads() {
+        use std::os::unix::fs::PermissionsExt;
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (token, file) = write_gateway_token(a.path()).unwrap();
+        assert_eq!(token.len(), 64);
+        assert!(token.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), token);
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_ne!(write_gateway_token(b.path()).unwrap().0, token);
+    }
 
     #[test]
     fn sums_series_by_name_and_label() {
@@ -471,6 +517,10 @@ pub struct StackOptions {
     /// Extra environment variables for every Triton replica's `tritonserver` wrapper: the
     /// shell a user starts the stack from (an activated venv, `PYTHONPATH`, ...).
     pub replica_env: Vec<(String, String)>,
+    /// Generate a random gateway token ([`Stack::gateway_token`]) and give it to the
+    /// pool-manager (`--gateway-token-file`, a 0600 file in the stack's directory) and to
+    /// Envoy (`MM_GATEWAY_TOKEN`, which the filter reads); restarts keep it.
+    pub gateway_token: bool,
 }
 
 impl Default for StackOptions {
@@ -480,14 +530,36 @@ impl Default for StackOptions {
             replica_memory: "1Gi".into(),
             pool_manager_args: Vec::new(),
             replica_env: Vec::new(),
+            // Off until the pool-manager checks it and the filter sends it (issue 12 item 5).
+            gateway_token: false,
         }
     }
+}
+
+/// A fresh random token (256 bits from the kernel, hex) in `dir/gateway-token`, mode 0600.
+fn write_gateway_token(dir: &Path) -> anyhow::Result<(String, PathBuf)> {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let path = dir.join("gateway-token");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?
+        .write_all(token.as_bytes())?;
+    Ok((token, path))
 }
 
 /// A whole running stack. Fields drop in order: Envoy, pool-manager, replicas, then the
 /// temporary directory holding the repository and the logs.
 pub struct Stack {
     pub envoy: Envoy,
+    /// The token the filter and the pool-manager share, if [`StackOptions::gateway_token`].
+    pub gateway_token: Option<String>,
     pub pool_manager: PoolManager,
     pub replicas: Vec<Triton>,
     pub repository: PathBuf,
@@ -529,17 +601,24 @@ impl Stack {
                 )
             })
             .collect();
-        let mut pool_manager = PoolManager::spawn(
-            &repository,
-            &configured,
-            &options.pool_manager_args,
-            dir.path(),
-        )?;
+        let mut pool_manager_args = options.pool_manager_args.clone();
+        let gateway_token = if options.gateway_token {
+            let (token, file) = write_gateway_token(dir.path())?;
+            pool_manager_args.push("--gateway-token-file".to_owned());
+            pool_manager_args.push(file.display().to_string());
+            Some(token)
+        } else {
+            None
+        };
+        let mut pool_manager =
+            PoolManager::spawn(&repository, &configured, &pool_manager_args, dir.path())?;
         pool_manager.wait_ready().await?;
-        let mut envoy = Envoy::spawn(pool_manager.port, dir.path())?;
+        let mut envoy =
+            Envoy::spawn_with_token(pool_manager.port, dir.path(), gateway_token.as_deref())?;
         envoy.wait_ready().await?;
         Ok(Self {
             envoy,
+            gateway_token,
             pool_manager,
             replicas,
             repository,
@@ -586,6 +665,24 @@ impl Stack {
             request = request
                 .header("content-type", "application/json")
                 .body(body);
+        }
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        let text = response.text().await?;
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+    }
+
+    /// A call to the pool-manager's `/internal/v1/*` routes as the filter makes it: JSON
+    /// body, and the stack's gateway token (if it has one) in `x-mm-gateway-token`.
+    /// Returns status and the JSON body (Null if not JSON).
+    pub async fn internal_call(&self, path: &str, body: &Value) -> anyhow::Result<(u16, Value)> {
+        let mut request = self
+            .http
+            .post(self.pool_manager.url(path))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        if let Some(token) = &self.gateway_token {
+            request = request.header(GATEWAY_TOKEN_HEADER, token);
         }
         let response = request.send().await?;
         let status = response.status().as_u16();

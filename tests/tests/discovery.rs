@@ -87,6 +87,7 @@ async fn replicas_are_discovered_by_name_and_followed_as_they_scale() {
     envoy.wait_ready().await.unwrap();
     let mut stack = Stack {
         envoy,
+        gateway_token: None,
         pool_manager,
         replicas: vec![t0],
         repository,

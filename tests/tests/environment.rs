@@ -1,7 +1,9 @@
-//! The shell a user starts the stack from does not reach the replicas: with a Python
-//! virtual environment activated, or `PYTHONPATH`/`PYTHONHOME` pointing somewhere wrong,
-//! Triton's Python backend still runs the interpreter and packages install-deps.sh set up,
-//! and every example model answers through the gateway (issue 12 item 1).
+//! What each process of the stack gets from its environment. The shell a user starts the
+//! stack from does not reach the replicas: with a Python virtual environment activated, or
+//! `PYTHONPATH`/`PYTHONHOME` pointing somewhere wrong, Triton's Python backend still runs
+//! the interpreter and packages install-deps.sh set up, and every example model answers
+//! through the gateway (issue 12 item 1). Envoy gets the gateway token in
+//! `MM_GATEWAY_TOKEN` (issue 12 item 5), restarts included.
 
 mod common;
 
@@ -105,4 +107,43 @@ async fn every_example_model_answers_whatever_python_the_callers_shell_has() {
         .unwrap();
         every_example_answers(&stack, shell).await;
     }
+}
+
+/// `MM_GATEWAY_TOKEN` as the process `pid` got it (its environment at exec).
+fn token_in_environ(pid: u32) -> Option<String> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    environ
+        .split(|b| *b == 0)
+        .filter_map(|kv| std::str::from_utf8(kv).ok())
+        .find_map(|kv| kv.strip_prefix("MM_GATEWAY_TOKEN="))
+        .map(str::to_owned)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_gets_the_gateway_token_in_its_environment_across_restarts() {
+    use mm_tests::process::free_port;
+    use mm_tests::Envoy;
+    let dir = tempfile::tempdir().unwrap();
+    // Envoy needs no pool-manager to start (its cluster is resolved lazily).
+    let unused = free_port().unwrap();
+    let token = "0123456789abcdef0123456789abcdef";
+    let mut envoy = Envoy::spawn_with_token(unused, dir.path(), Some(token)).unwrap();
+    envoy.wait_ready().await.unwrap();
+    assert_eq!(
+        token_in_environ(envoy.process.pid()).as_deref(),
+        Some(token)
+    );
+    let first = envoy.process.pid();
+    envoy.restart(1).await.unwrap();
+    assert_ne!(envoy.process.pid(), first);
+    assert_eq!(
+        token_in_environ(envoy.process.pid()).as_deref(),
+        Some(token)
+    );
+    drop(envoy);
+
+    let without = tempfile::tempdir().unwrap();
+    let mut envoy = Envoy::spawn(unused, without.path()).unwrap();
+    envoy.wait_ready().await.unwrap();
+    assert_eq!(token_in_environ(envoy.process.pid()), None);
 }
