@@ -191,6 +191,9 @@ bootstrap = {
                                 "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
                                                   "value": json.dumps(cfg)},
                                 "vm_config": {"runtime": "envoy.wasm.runtime.v8",
+                                              "environment_variables": {
+                                                  "host_env_keys": istio["host_env_keys"],
+                                                  "key_values": istio["inline_env"]},
                                               "code": {"local": {"filename": sys.argv[2]}}}}}},
                         {"name": "envoy.filters.http.router", "typed_config": {
                             "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},

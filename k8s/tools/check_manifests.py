@@ -42,7 +42,11 @@ CRD_SCHEMAS = {
 }
 
 # Secrets the manifests use but never contain (created by hand, see k8s/README.md).
-EXTERNAL_SECRETS = {"pool-manager-admin", "pool-manager-storage"}
+EXTERNAL_SECRETS = {"pool-manager-admin", "pool-manager-storage", "gateway-token"}
+
+# The variable the filter reads the gateway token from (Envoy's host_env_keys / the
+# WasmPlugin's vmConfig.env) and the pool-manager checks it against.
+GATEWAY_TOKEN_ENV = "MM_GATEWAY_TOKEN"
 
 # pool.toml keys the pool-manager accepts (pool-manager/src/config.rs, deny_unknown_fields).
 POOL_TOML_KEYS = {"name", "url", "memory", "gpu_memory", "grpc_port"}
@@ -175,6 +179,16 @@ def check_references(c, objects):
             for m in ctr.get("volumeMounts", []):
                 if m["name"] not in volumes and m["name"] not in claims:
                     c.error(f"{describe(wl)}: container {ctr['name']} mounts unknown volume {m['name']}")
+            for e in ctr.get("env", []):
+                ref = (e.get("valueFrom") or {})
+                if "secretKeyRef" in ref:
+                    name = ref["secretKeyRef"]["name"]
+                    if not exists("Secret", ns, name) and name not in EXTERNAL_SECRETS:
+                        c.error(f"{describe(wl)}: {ctr['name']} env {e['name']}: Secret {name} is neither rendered nor a documented hand-made Secret")
+                if "configMapKeyRef" in ref and not exists("ConfigMap", ns, ref["configMapKeyRef"]["name"]):
+                    c.error(f"{describe(wl)}: {ctr['name']} env {e['name']}: ConfigMap {ref['configMapKeyRef']['name']} is not in the rendering")
+                if "value" in e and re.search(r"TOKEN|SECRET|PASSWORD|KEY", e["name"]):
+                    c.error(f"{describe(wl)}: {ctr['name']} env {e['name']} has a literal value: secrets come from a Secret")
             port_names = {p.get("name") for p in ctr.get("ports", [])}
             for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
                 p = ctr.get(probe) or {}
@@ -315,6 +329,67 @@ def check_pool(c, objects, extract):
         f.write("".join(r["url"].split("//")[1].split(":")[0] + "\n" for r in replicas))
 
 
+def env_secret(ctr, name):
+    """(Secret name, key) an env variable of a container comes from, or None."""
+    for e in ctr.get("env", []):
+        if e["name"] == name:
+            ref = (e.get("valueFrom") or {}).get("secretKeyRef")
+            return (ref["name"], ref["key"]) if ref else None
+    return None
+
+
+def wasm_host_env_keys(envoy_yaml):
+    """host_env_keys of every Wasm HTTP filter in an Envoy bootstrap (YAML text)."""
+    keys = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if node.get("name") == "envoy.filters.http.wasm":
+                vm = node.get("typed_config", {}).get("config", {}).get("vm_config", {})
+                keys.append(vm.get("environment_variables", {}).get("host_env_keys", []))
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(yaml.safe_load(envoy_yaml))
+    return keys
+
+
+def check_gateway_token(c, objects):
+    """Both sides of the gateway token read the same Secret key: the pool-manager (env
+    MM_GATEWAY_TOKEN) and each gateway, i.e. the Envoy container's env plus the bootstrap's
+    host_env_keys, or the WasmPlugin's vmConfig.env taking it from the host."""
+    problems = len(c.errors)
+    pm = find(objects, "Deployment", name="pool-manager")
+    ref = env_secret(container(pm, "pool-manager"), GATEWAY_TOKEN_ENV) if pm else None
+    if ref is None:
+        c.error(f"the pool-manager gets no {GATEWAY_TOKEN_ENV} from a Secret: its internal routes would be open")
+        return
+    sides = ["pool-manager"]
+    gw = find(objects, "Deployment", name="gateway")
+    if gw is not None:
+        got = env_secret(container(gw, "envoy"), GATEWAY_TOKEN_ENV)
+        if got != ref:
+            c.error(f"gateway: envoy's {GATEWAY_TOKEN_ENV} comes from {got}, the pool-manager's from {ref}")
+        volume = next(v for v in gw["spec"]["template"]["spec"]["volumes"] if v["name"] == "config")
+        cm = find(objects, "ConfigMap", name=volume["configMap"]["name"])
+        for text in cm["data"].values():
+            keys = wasm_host_env_keys(text)
+            if not keys or any(GATEWAY_TOKEN_ENV not in k for k in keys):
+                c.error(f"gateway: the bootstrap's Wasm vm_config does not pass {GATEWAY_TOKEN_ENV} to the filter (host_env_keys)")
+        sides.append("gateway (env + host_env_keys)")
+    wasm = find(objects, "WasmPlugin")
+    if wasm is not None:
+        env = wasm["spec"].get("vmConfig", {}).get("env", [])
+        if not any(e["name"] == GATEWAY_TOKEN_ENV and e.get("valueFrom") == "HOST" for e in env):
+            c.error(f"WasmPlugin: vmConfig.env does not take {GATEWAY_TOKEN_ENV} from the host (valueFrom: HOST)")
+        sides.append("WasmPlugin (vmConfig.env HOST)")
+    if len(c.errors) == problems:
+        c.ok(f"gateway token: {', '.join(sides)} read {GATEWAY_TOKEN_ENV} from Secret {ref[0]} key {ref[1]}")
+
+
 def check_gateway(c, objects, extract):
     gw = find(objects, "Deployment", name="gateway")
     if gw is None:
@@ -429,7 +504,10 @@ def check_istio(c, objects, extract):
         if name not in {r.get("name") for r in vs["spec"].get("http", [])}:
             c.error(f"EnvoyFilter patches route {name!r}, which the VirtualService does not define")
     with open(os.path.join(extract, "istio.json"), "w") as f:
+        env = spec.get("vmConfig", {}).get("env", [])
         json.dump({"plugin_name": spec["pluginName"], "plugin_config": cfg,
+                   "host_env_keys": [e["name"] for e in env if e.get("valueFrom") == "HOST"],
+                   "inline_env": {e["name"]: e.get("value", "") for e in env if e.get("valueFrom", "INLINE") == "INLINE"},
                    "clusters": list(added.values()), "routes": routes,
                    "route_config_patch": route_config_patch}, f)
     if len(c.errors) == problems:
@@ -457,6 +535,7 @@ def main():
         validate_schemas(c, objects, args.schemas, args.k8s_version)
         check_references(c, objects)
         check_pool(c, objects, extract)
+        check_gateway_token(c, objects)
         has_gateway = check_gateway(c, objects, extract)
         has_istio = check_istio(c, objects, extract)
         if not has_gateway and not has_istio:
