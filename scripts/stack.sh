@@ -20,14 +20,16 @@
 # POOL_MANAGER_PORT [9090], R0_HTTP_PORT [8000], R0_GRPC_PORT [8001], R0_METRICS_PORT [8002],
 # R1_HTTP_PORT [8010], R1_GRPC_PORT [8011], R1_METRICS_PORT [8012], REPLICA_MEMORY [2Gi],
 # STACK_WAIT_SECS [60] (bound on each readiness wait), POOL_MANAGER_BIN, FILTER_WASM,
-# TRITONSERVER, ENVOY (binaries; default to the ones the Makefile builds / install-deps installs).
+# TRITONSERVER, ENVOY (binaries; default to the ones the Makefile builds / install-deps installs),
+# STACK_RUN_DIR [.run] (the state folder; an absolute path; the tests use their own).
 set -euo pipefail
 # No job control: a background job then shares this script's process group, so `setsid`
 # calls setsid() itself instead of forking, and $! is the server's own PID.
 set +m
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-RUN="$root/.run"
+RUN=${STACK_RUN_DIR:-$root/.run}
+case "$RUN" in /*) ;; *) RUN="$PWD/$RUN" ;; esac
 LOGS="$RUN/logs"
 PIDS="$RUN/pids"
 STACK_ENV="$RUN/stack.env"
@@ -45,6 +47,8 @@ R0_METRICS_PORT=${R0_METRICS_PORT:-8002}
 R1_HTTP_PORT=${R1_HTTP_PORT:-8010}
 R1_GRPC_PORT=${R1_GRPC_PORT:-8011}
 R1_METRICS_PORT=${R1_METRICS_PORT:-8012}
+PORT_VARS=(GATEWAY_PORT ENVOY_ADMIN_PORT POOL_MANAGER_PORT R0_HTTP_PORT R0_GRPC_PORT R0_METRICS_PORT
+  R1_HTTP_PORT R1_GRPC_PORT R1_METRICS_PORT)
 REPLICA_MEMORY=${REPLICA_MEMORY:-2Gi}
 STACK_WAIT_SECS=${STACK_WAIT_SECS:-60}
 STOP_WAIT_SECS=10
@@ -279,25 +283,38 @@ check_prereqs() {
   command -v curl >/dev/null || die "curl is required"
   command -v setsid >/dev/null || die "setsid (util-linux) is required"
   py -c 'import json, urllib.parse' 2>/dev/null || die "python3 is required"
-  local p seen=" "
-  for p in "$GATEWAY_PORT" "$ENVOY_ADMIN_PORT" "$POOL_MANAGER_PORT" "$R0_HTTP_PORT" "$R0_GRPC_PORT" \
-    "$R0_METRICS_PORT" "$R1_HTTP_PORT" "$R1_GRPC_PORT" "$R1_METRICS_PORT"; do
-    [[ "$p" =~ ^[0-9]+$ ]] && [ "$p" -ge 1 ] && [ "$p" -le 65535 ] || die "invalid port '$p'"
-    [[ "$seen" != *" $p "* ]] || die "port $p is configured twice"
+  local var p seen=" "
+  for var in "${PORT_VARS[@]}"; do
+    p=${!var}
+    [[ "$p" =~ ^[0-9]+$ ]] && [ "$p" -ge 1 ] && [ "$p" -le 65535 ] || die "invalid port $var='$p'"
+    [[ "$seen" != *" $p "* ]] || die "port $p is configured twice ($var and another *_PORT)"
     seen+="$p "
   done
 }
 
 check_ports_free() {
-  local spec busy=()
-  for spec in "gateway:$GATEWAY_PORT" "envoy-admin:$ENVOY_ADMIN_PORT" "pool-manager:$POOL_MANAGER_PORT" \
-    "r0-http:$R0_HTTP_PORT" "r0-grpc:$R0_GRPC_PORT" "r0-metrics:$R0_METRICS_PORT" \
-    "r1-http:$R1_HTTP_PORT" "r1-grpc:$R1_GRPC_PORT" "r1-metrics:$R1_METRICS_PORT"; do
-    if port_in_use "${spec#*:}"; then busy+=("${spec#*:} (${spec%%:*})"); fi
+  local var busy=() first=
+  for var in "${PORT_VARS[@]}"; do
+    if port_in_use "${!var}"; then
+      busy+=("${!var} ($var)")
+      first=${first:-$var}
+    fi
   done
   if [ ${#busy[@]} -gt 0 ]; then
-    die "port(s) already in use: ${busy[*]}; stop whatever listens there or override the port (e.g. GATEWAY_PORT=18080)"
+    local alt=$((${!first} + 10000))
+    [ $alt -le 65535 ] || alt=$((${!first} - 10000))
+    die "port(s) already in use: ${busy[*]}; stop whatever listens there or choose another port, e.g. $first=$alt make up"
   fi
+}
+
+# Whether the running stack (stack.env) listens on the ports this invocation asks for.
+same_ports_as_running() {
+  [ -f "$STACK_ENV" ] || return 1
+  local var line
+  for var in "${PORT_VARS[@]}"; do
+    line=$(grep -m1 "^$var=" "$STACK_ENV" || true)
+    [ "$line" = "$var=${!var}" ] || return 1
+  done
 }
 
 print_urls() {
@@ -389,7 +406,21 @@ cmd_up() {
   check_prereqs
   lock
   if any_recorded_alive; then
-    die "stack already up (see $PIDS); run make down"
+    # `make up` twice: the second one only reports, if everything is running as asked.
+    # (cmd_status in a subshell: it loads the running stack's stack.env.)
+    if [ "$STACK_CMD" = up ] && same_ports_as_running && (cmd_status >/dev/null); then
+      unlock
+      say "stack already up; nothing to start (make status, make down)"
+      print_urls
+      return 0
+    fi
+    (cmd_status >&2) || true
+    if [ "$STACK_CMD" = run ]; then
+      die "a stack is already up (above, from make up): use it as it is, or make down first"
+    elif ! same_ports_as_running; then
+      die "a stack is already up on other ports (above); make down first"
+    fi
+    die "part of the stack has died (above); make down, then make up"
   fi
   if [ -f "$PIDS" ]; then
     say "removing stale $PIDS (none of its processes is running)"
