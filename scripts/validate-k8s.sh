@@ -153,17 +153,36 @@ done
 mapfile -t args < <(envoy_args "$local_extract")
 pass "envoy $("$envoy" --version | sed -n 's|.*/\([0-9.]*\)/Clean.*|\1|p') --mode validate accepts the gateway-envoy ConfigMap with each Deployment's flags (${checked[*]}; e.g. ${args[*]:2}); the filter loaded and configured"
 
-# Istio: what the ingress gateway will run, rebuilt as a bootstrap: the EnvoyFilter's
-# clusters and re-pointed routes, the WasmPlugin's pluginConfig handed to the real filter
-# as JSON (as Istio does), and a stand-in for Istio's outbound cluster of the pool-manager.
-# Like Istio's generated Wasm config it has no allow_on_headers_stop_iteration (see
-# k8s/overlays/istio/README.md).
-istio_json="$tmp/extract/overlay-istio/istio.json"
-[[ -f $istio_json ]] || fail "the istio overlay produced no WasmPlugin"
-python3 - "$istio_json" "$filter_wasm" >"$tmp/istio-bootstrap.json" <<'PY'
+# Istio: what each Istio overlay's ingress gateway will run, rebuilt as a bootstrap: the
+# EnvoyFilters' clusters and re-pointed routes, the filter as Istio would configure it
+# (from the WasmPlugin: its pluginConfig as JSON and no allow_on_headers_stop_iteration;
+# from the EnvoyFilter variant: its Wasm config verbatim), and a stand-in for Istio's
+# outbound cluster of the pool-manager (k8s/overlays/istio/README.md).
+istio_checked=()
+for istio_json in "$tmp"/extract/*/istio.json; do
+  [[ -f $istio_json ]] || continue
+  name=$(basename "$(dirname "$istio_json")")
+  python3 - "$istio_json" "$filter_wasm" >"$tmp/istio-bootstrap.json" <<'PY'
 import json, sys
 istio = json.load(open(sys.argv[1]))
 cfg = istio["plugin_config"]
+if istio["wasm_config"] is not None:
+    # The EnvoyFilter variant: its own Wasm config verbatim, the module local instead of
+    # the https download the Istio agent makes.
+    wasm_config = istio["wasm_config"]
+    wasm_config["vm_config"]["code"] = {"local": {"filename": sys.argv[2]}}
+else:
+    # A WasmPlugin: what Istio generates from it (no allow_on_headers_stop_iteration).
+    wasm_config = {
+        "name": "mm-model-router", "root_id": istio["plugin_name"],
+        "failure_policy": "FAIL_CLOSED",
+        "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
+                          "value": json.dumps(cfg)},
+        "vm_config": {"runtime": "envoy.wasm.runtime.v8",
+                      "environment_variables": {
+                          "host_env_keys": istio["host_env_keys"],
+                          "key_values": istio["inline_env"]},
+                      "code": {"local": {"filename": sys.argv[2]}}}}
 routes = []
 for r in istio["routes"]:
     match = {"prefix": r["prefix"]}
@@ -185,16 +204,7 @@ bootstrap = {
                     "http_filters": [
                         {"name": "mm-model-router", "typed_config": {
                             "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-                            "config": {
-                                "name": "mm-model-router", "root_id": istio["plugin_name"],
-                                "failure_policy": "FAIL_CLOSED",
-                                "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
-                                                  "value": json.dumps(cfg)},
-                                "vm_config": {"runtime": "envoy.wasm.runtime.v8",
-                                              "environment_variables": {
-                                                  "host_env_keys": istio["host_env_keys"],
-                                                  "key_values": istio["inline_env"]},
-                                              "code": {"local": {"filename": sys.argv[2]}}}}}},
+                            "config": wasm_config}},
                         {"name": "envoy.filters.http.router", "typed_config": {
                             "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
                     ]}}]}]}],
@@ -207,9 +217,12 @@ bootstrap = {
 }
 json.dump(bootstrap, sys.stdout, indent=1)
 PY
-timeout 60 "$envoy" --mode validate -c "$tmp/istio-bootstrap.json" --disable-hot-restart --log-level error >"$tmp/envoy.log" 2>&1 \
-  || { cat "$tmp/envoy.log" >&2; fail "envoy rejects the Istio overlay's clusters/routes or the filter rejects its pluginConfig"; }
-pass "envoy --mode validate accepts the EnvoyFilter's clusters and routes, and the filter accepts the WasmPlugin's pluginConfig"
+  timeout 60 "$envoy" --mode validate -c "$tmp/istio-bootstrap.json" --disable-hot-restart --log-level error >"$tmp/envoy.log" 2>&1 \
+    || { cat "$tmp/envoy.log" >&2; fail "$name: envoy rejects the Istio overlay's clusters/routes or the filter rejects its configuration"; }
+  istio_checked+=("$name")
+done
+[[ -f $tmp/extract/overlay-istio/istio.json ]] || fail "the istio overlay produced no Istio filter insertion"
+pass "envoy --mode validate accepts each Istio overlay's clusters, routes and filter configuration (${istio_checked[*]})"
 
 # pool-manager: the real binary parses each Deployment's flags and its pool.toml. It gets
 # as far as configuring the replicas (names that do not resolve here are only unhealthy)

@@ -386,6 +386,14 @@ def check_gateway_token(c, objects):
         if not any(e["name"] == GATEWAY_TOKEN_ENV and e.get("valueFrom") == "HOST" for e in env):
             c.error(f"WasmPlugin: vmConfig.env does not take {GATEWAY_TOKEN_ENV} from the host (valueFrom: HOST)")
         sides.append("WasmPlugin (vmConfig.env HOST)")
+    for ef in (o for o in objects if o["kind"] == "EnvoyFilter"):
+        for p in ef["spec"]["configPatches"]:
+            typed = p["patch"].get("value", {}).get("typed_config", {})
+            if p["applyTo"] == "EXTENSION_CONFIG" and typed.get("@type") == WASM_TYPE:
+                keys = typed.get("config", {}).get("vm_config", {}).get("environment_variables", {}).get("host_env_keys", [])
+                if GATEWAY_TOKEN_ENV not in keys:
+                    c.error(f"EnvoyFilter {ef['metadata']['name']}: the Wasm vm_config does not pass {GATEWAY_TOKEN_ENV} (host_env_keys)")
+                sides.append(f"EnvoyFilter {ef['metadata']['name']} (host_env_keys)")
     if len(c.errors) == problems:
         c.ok(f"gateway token: {', '.join(sides)} read {GATEWAY_TOKEN_ENV} from Secret {ref[0]} key {ref[1]}")
 
@@ -425,48 +433,134 @@ def check_gateway(c, objects, extract):
     return True
 
 
-def check_istio(c, objects, extract):
-    wasm = find(objects, "WasmPlugin")
-    if wasm is None:
-        return False
-    problems = len(c.errors)
-    for kind, name in (("Deployment", "gateway"), ("Service", "gateway"), ("ConfigMap", "gateway-envoy")):
-        if find(objects, kind, name_prefix=name):
-            c.error(f"the Istio rendering still has the standalone {kind} {name}")
-    ef = find(objects, "EnvoyFilter")
-    gateway = find(objects, "Gateway")
-    vs = find(objects, "VirtualService")
-    pm_svc = find(objects, "Service", name="pool-manager")
-    if not (ef and gateway and vs and pm_svc):
-        c.error("the Istio rendering needs an EnvoyFilter, a Gateway, a VirtualService and the pool-manager Service")
-        return True
+WASM_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
+
+
+def wasm_plugin_insertion(c, wasm):
+    """The filter as a WasmPlugin: what Istio will generate from it."""
     spec = wasm["spec"]
-    cfg = spec.get("pluginConfig", {})
-    pm_ns = pm_svc["metadata"]["namespace"]
-    pm_port = pm_svc["spec"]["ports"][0]["port"]
-    want = f"outbound|{pm_port}||pool-manager.{pm_ns}.svc.cluster.local"
-    if cfg.get("pool_manager_cluster") != want:
-        c.error(f"WasmPlugin pool_manager_cluster {cfg.get('pool_manager_cluster')!r} is not Istio's "
-                f"cluster for the rendered pool-manager Service, {want!r}")
     if not str(spec.get("url", "")).startswith("oci://"):
         c.error("WasmPlugin url must be an oci:// image (docker/filter-oci.Dockerfile)")
     if spec.get("failStrategy") != "FAIL_CLOSE":
         c.error("WasmPlugin failStrategy must be FAIL_CLOSE")
-    if spec.get("pluginName") != "model_router":
-        c.error("WasmPlugin pluginName must be the filter's root id, model_router")
-    ingress_ns = wasm["metadata"]["namespace"]
-    if ef["metadata"]["namespace"] != ingress_ns:
-        c.error("WasmPlugin and EnvoyFilter must live in the same (ingress gateway's) namespace")
-    labels = spec["selector"]["matchLabels"]
-    if ef["spec"]["workloadSelector"]["labels"] != labels or gateway["spec"]["selector"] != labels:
-        c.error("WasmPlugin, EnvoyFilter and Gateway must select the same ingress gateway pods")
+    cfg = spec.get("pluginConfig", {})
+    env = spec.get("vmConfig", {}).get("env", [])
+    return {
+        "what": f"WasmPlugin ({spec.get('phase')}, FAIL_CLOSE, oci://)",
+        "namespace": wasm["metadata"]["namespace"],
+        "labels": spec["selector"]["matchLabels"],
+        "root_id": spec.get("pluginName"),
+        "plugin_config": cfg,
+        "host_env_keys": [e["name"] for e in env if e.get("valueFrom") == "HOST"],
+        "inline_env": {e["name"]: e.get("value", "") for e in env if e.get("valueFrom", "INLINE") == "INLINE"},
+        "wasm_config": None,
+    }
+
+
+def envoy_filter_insertion(c, efs):
+    """The filter inserted by an EnvoyFilter (EXTENSION_CONFIG + HTTP_FILTER through ECDS),
+    or None if no EnvoyFilter adds a Wasm extension config."""
+    ext, ins, owner = None, None, None
+    for ef in efs:
+        for p in ef["spec"]["configPatches"]:
+            value = p["patch"].get("value", {})
+            if p["applyTo"] == "EXTENSION_CONFIG" and value.get("typed_config", {}).get("@type") == WASM_TYPE:
+                ext, owner = value, ef
+            elif p["applyTo"] == "HTTP_FILTER":
+                ins = p
+    if ext is None:
+        return None
+    config = ext["typed_config"].get("config", {})
+    if ins is None:
+        c.error("EnvoyFilter adds the Wasm extension config but inserts no HTTP filter using it")
+    else:
+        value = ins["patch"].get("value", {})
+        discovery = value.get("config_discovery", {})
+        sub = ins.get("match", {}).get("listener", {}).get("filterChain", {}).get("filter", {}).get("subFilter", {})
+        if (ins["patch"].get("operation") != "INSERT_BEFORE" or sub.get("name") != "envoy.filters.http.router"
+                or ins.get("match", {}).get("context") != "GATEWAY"):
+            c.error("the Wasm HTTP_FILTER must be INSERT_BEFORE envoy.filters.http.router, context GATEWAY")
+        if value.get("name") != ext.get("name") or discovery.get("type_urls") != [WASM_TYPE]:
+            c.error(f"the HTTP_FILTER must take the extension config {ext.get('name')!r} from ECDS "
+                    f"(config_discovery, type_urls [{WASM_TYPE}])")
+        if discovery.get("config_source", {}).get("initial_fetch_timeout") != "0s":
+            c.error("config_discovery.initial_fetch_timeout must be 0s (no traffic before the filter is loaded)")
+        if "default_config" in discovery or discovery.get("apply_default_config_without_warming"):
+            c.error("config_discovery must have no default config (it would serve without the filter)")
+    if config.get("failure_policy") != "FAIL_CLOSED":
+        c.error("the EnvoyFilter's Wasm config must have failure_policy: FAIL_CLOSED")
+    if config.get("allow_on_headers_stop_iteration") is not True:
+        c.error("the EnvoyFilter's Wasm config must set allow_on_headers_stop_iteration: true "
+                "(the reason to insert the filter this way)")
+    remote = config.get("vm_config", {}).get("code", {}).get("remote", {})
+    if not str(remote.get("http_uri", {}).get("uri", "")).startswith("https://"):
+        c.error("the EnvoyFilter's module must be vm_config.code.remote with an https:// uri "
+                "(the Istio agent downloads it)")
+    if not re.fullmatch(r"[0-9a-f]{64}", str(remote.get("sha256", ""))):
+        c.error("the EnvoyFilter's remote module needs its sha256 (64 hex digits)")
+    try:
+        cfg = json.loads(config.get("configuration", {}).get("value", ""))
+    except ValueError as e:
+        c.error(f"the EnvoyFilter's Wasm configuration is not JSON: {e}")
+        cfg = {}
+    if cfg.get("bodies_while_paused") is False:
+        c.error("the EnvoyFilter variant has allow_on_headers_stop_iteration: leave bodies_while_paused at its default (true)")
+    env = config.get("vm_config", {}).get("environment_variables", {})
+    return {
+        "what": f"EnvoyFilter {owner['metadata']['name']} (ECDS, FAIL_CLOSED, allow_on_headers_stop_iteration, https + sha256)",
+        "namespace": owner["metadata"]["namespace"],
+        "labels": owner["spec"]["workloadSelector"]["labels"],
+        "root_id": config.get("root_id"),
+        "plugin_config": cfg,
+        "host_env_keys": env.get("host_env_keys", []),
+        "inline_env": env.get("key_values", {}),
+        "wasm_config": config,
+    }
+
+
+def check_istio(c, objects, extract):
+    wasm = find(objects, "WasmPlugin")
+    efs = [o for o in objects if o["kind"] == "EnvoyFilter"]
+    via_ef = envoy_filter_insertion(c, efs)
+    if wasm is None and via_ef is None:
+        return False
+    problems = len(c.errors)
+    if wasm is not None and via_ef is not None:
+        c.error("the filter is inserted twice: by a WasmPlugin and by an EnvoyFilter")
+    filt = wasm_plugin_insertion(c, wasm) if wasm is not None else via_ef
+    for kind, name in (("Deployment", "gateway"), ("Service", "gateway"), ("ConfigMap", "gateway-envoy")):
+        if find(objects, kind, name_prefix=name):
+            c.error(f"the Istio rendering still has the standalone {kind} {name}")
+    gateway = find(objects, "Gateway")
+    vs = find(objects, "VirtualService")
+    pm_svc = find(objects, "Service", name="pool-manager")
+    if not (efs and gateway and vs and pm_svc):
+        c.error("the Istio rendering needs an EnvoyFilter, a Gateway, a VirtualService and the pool-manager Service")
+        return True
+    cfg = filt["plugin_config"]
+    pm_ns = pm_svc["metadata"]["namespace"]
+    pm_port = pm_svc["spec"]["ports"][0]["port"]
+    want = f"outbound|{pm_port}||pool-manager.{pm_ns}.svc.cluster.local"
+    if cfg.get("pool_manager_cluster") != want:
+        c.error(f"the filter's pool_manager_cluster {cfg.get('pool_manager_cluster')!r} is not Istio's "
+                f"cluster for the rendered pool-manager Service, {want!r}")
+    if filt["root_id"] != "model_router":
+        c.error("the filter's root id (WasmPlugin pluginName / root_id) must be model_router")
+    labels = filt["labels"]
+    for ef in efs:
+        if ef["metadata"]["namespace"] != filt["namespace"]:
+            c.error("the filter and every EnvoyFilter must live in the same (ingress gateway's) namespace")
+        if ef["spec"]["workloadSelector"]["labels"] != labels:
+            c.error(f"EnvoyFilter {ef['metadata']['name']} selects other pods than the filter")
+    if gateway["spec"]["selector"] != labels:
+        c.error("the filter, the EnvoyFilters and the Gateway must select the same ingress gateway pods")
     gw_ref = {gateway["metadata"]["name"], f"{gateway['metadata']['namespace']}/{gateway['metadata']['name']}"}
     if not gw_ref & set(vs["spec"].get("gateways", [])):
         c.error("the VirtualService is not bound to the rendered Gateway")
     added = {}
     route_cluster = {}
     route_config_patch = {}
-    for p in ef["spec"]["configPatches"]:
+    for p in (p for ef in efs for p in ef["spec"]["configPatches"]):
         value = p["patch"].get("value", {})
         if p["applyTo"] == "CLUSTER" and p["patch"]["operation"] == "ADD":
             added[value["name"]] = value
@@ -504,15 +598,14 @@ def check_istio(c, objects, extract):
         if name not in {r.get("name") for r in vs["spec"].get("http", [])}:
             c.error(f"EnvoyFilter patches route {name!r}, which the VirtualService does not define")
     with open(os.path.join(extract, "istio.json"), "w") as f:
-        env = spec.get("vmConfig", {}).get("env", [])
-        json.dump({"plugin_name": spec["pluginName"], "plugin_config": cfg,
-                   "host_env_keys": [e["name"] for e in env if e.get("valueFrom") == "HOST"],
-                   "inline_env": {e["name"]: e.get("value", "") for e in env if e.get("valueFrom", "INLINE") == "INLINE"},
+        json.dump({"plugin_name": filt["root_id"], "plugin_config": cfg,
+                   "host_env_keys": filt["host_env_keys"], "inline_env": filt["inline_env"],
+                   "wasm_config": filt["wasm_config"],
                    "clusters": list(added.values()), "routes": routes,
                    "route_config_patch": route_config_patch}, f)
     if len(c.errors) == problems:
-        c.ok(f"Istio: no standalone gateway; WasmPlugin ({spec['phase']}, FAIL_CLOSE, oci://) calls "
-             f"{want}; EnvoyFilter adds {', '.join(sorted(added))} and re-points VirtualService "
+        c.ok(f"Istio: no standalone gateway; the filter as {filt['what']} calls "
+             f"{want}; EnvoyFilters add {', '.join(sorted(added))} and re-point VirtualService "
              f"routes {', '.join(sorted(route_cluster))}; all select {labels}")
     return True
 
