@@ -672,15 +672,21 @@ impl Stack {
         Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
     }
 
-    /// A call to the pool-manager's `/internal/v1/*` routes as the filter makes it: JSON
-    /// body, and the stack's gateway token (if it has one) in `x-mm-gateway-token`.
+    /// A call to the pool-manager's `/internal/v1/*` routes as the filter makes it: a JSON
+    /// body if any, and the stack's gateway token (if it has one) in `x-mm-gateway-token`.
     /// Returns status and the JSON body (Null if not JSON).
-    pub async fn internal_call(&self, path: &str, body: &Value) -> anyhow::Result<(u16, Value)> {
-        let mut request = self
-            .http
-            .post(self.pool_manager.url(path))
-            .header("content-type", "application/json")
-            .body(body.to_string());
+    pub async fn internal_call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<String>,
+    ) -> anyhow::Result<(u16, Value)> {
+        let mut request = self.http.request(method, self.pool_manager.url(path));
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body);
+        }
         if let Some(token) = &self.gateway_token {
             request = request.header(GATEWAY_TOKEN_HEADER, token);
         }
