@@ -36,7 +36,7 @@ fmt: ## Format the code
 lint: deps ## rustfmt check and clippy (host and wasm32) with warnings as errors
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	$(CARGO) clippy -p mm-filter -p mm-wire --target $(WASM_TARGET) -- -D warnings
+	$(CARGO) clippy -p mm-filter -p mm-wire -p mm-noop-filter --target $(WASM_TARGET) -- -D warnings
 
 envoy-config: filter ## Render the default Envoy bootstrap to .run/envoy.yaml
 	@mkdir -p .run
