@@ -25,7 +25,7 @@ fi
 BENCH_ARGS=${BENCH_ARGS:-}
 log "building (release pool-manager is not needed: the stack runs what make test runs)"
 cargo build -q -p pool-manager --bins
-cargo build -q -p mm-filter --release --target wasm32-wasip1
+cargo build -q -p mm-filter -p mm-noop-filter --release --target wasm32-wasip1
 cargo build -q --release -p mm-bench
 # shellcheck disable=SC2086
 log "mm-bench $BENCH_ARGS"
@@ -60,9 +60,10 @@ mv "$out/sim.md.tmp" "$out/sim.md"
   echo "make bench      # or: BENCH_ARGS='--parts warm,cold --rounds 5' make bench"
   echo '```'
   echo
-  echo "Exact parts run: \`target/release/mm-bench --out $out ${BENCH_ARGS}\` (defaults: 3 interleaved"
-  echo "rounds of 8 s per warm target, 5 cold samples, a 60 s churn trace, 100,000 models on"
-  echo "1,000 fake replicas) and \`mm-sim ${SIM_ARGS}\`."
+  echo "Exact parts run: \`target/release/mm-bench --out $out ${BENCH_ARGS}\` (defaults: 5 interleaved"
+  echo "rounds of 8 s of \`wrk -t1 -c8\` per warm target, 5 cold samples, a 60 s churn trace, 100,000"
+  echo "models on 1,000 fake replicas) and \`mm-sim ${SIM_ARGS}\`. \`target/release/mm-bench --help\`"
+  echo "lists every option (wrk load, warm targets, other filter builds to compare, perf recording)."
   echo
   for part in warm cold churn scale; do
     [ -f "$out/$part.md" ] && { cat "$out/$part.md"; echo; }

@@ -6,7 +6,8 @@ use std::path::Path;
 use anyhow::Context;
 use plotters::prelude::*;
 
-use crate::parts::{Cold, Warm};
+use crate::cold::Cold;
+use crate::warm::Warm;
 
 const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 
@@ -26,7 +27,7 @@ fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
 
 /// Grouped bars: p50/p90/p99 latency of each warm-path target.
 pub fn warm_latency(warm: &Warm, path: &Path) -> anyhow::Result<()> {
-    let root = BitMapBackend::new(path, (900, 500)).into_drawing_area();
+    let root = BitMapBackend::new(path, (1100, 500)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let max = warm.targets.iter().map(|t| t.p99).fold(0.0, f64::max) * 1.15;
     let mut chart = ChartBuilder::on(&root)
@@ -70,9 +71,9 @@ pub fn warm_latency(warm: &Warm, path: &Path) -> anyhow::Result<()> {
         }
         chart
             .draw_series(std::iter::once(Text::new(
-                t.label.clone(),
+                t.label.split(" (").next().unwrap_or(&t.label).to_owned(),
                 (base, max * 0.72),
-                ("sans-serif", 15),
+                ("sans-serif", 13),
             )))
             .map_err(err)?;
     }
@@ -90,18 +91,49 @@ pub fn warm_latency(warm: &Warm, path: &Path) -> anyhow::Result<()> {
 
 /// Bars: throughput of each warm-path target.
 pub fn warm_throughput(warm: &Warm, path: &Path) -> anyhow::Result<()> {
-    let root = BitMapBackend::new(path, (900, 450)).into_drawing_area();
+    let bars: Vec<(String, f64)> = warm
+        .targets
+        .iter()
+        .map(|t| (t.label.clone(), t.rps))
+        .collect();
+    bar_chart(
+        "Warm path throughput (median of runs), requests/s",
+        &bars,
+        0,
+        path,
+    )
+}
+
+/// Bars: Envoy's CPU time per request of each Envoy target.
+pub fn warm_cpu(warm: &Warm, path: &Path) -> anyhow::Result<()> {
+    let bars: Vec<(String, f64)> = warm
+        .targets
+        .iter()
+        .filter_map(|t| Some((t.label.clone(), t.envoy_cpu_us_per_request?)))
+        .collect();
+    bar_chart(
+        "Envoy CPU time per warm request (median of runs), µs",
+        &bars,
+        1,
+        path,
+    )
+}
+
+fn bar_chart(
+    title: &str,
+    bars: &[(String, f64)],
+    digits: usize,
+    path: &Path,
+) -> anyhow::Result<()> {
+    let root = BitMapBackend::new(path, (1100, 450)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
-    let max = warm.targets.iter().map(|t| t.rps).fold(0.0, f64::max) * 1.15;
+    let max = bars.iter().map(|(_, v)| *v).fold(0.0, f64::max) * 1.15;
     let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "Warm path throughput (median of runs), requests/s",
-            ("sans-serif", 22),
-        )
+        .caption(title, ("sans-serif", 22))
         .margin(15)
         .x_label_area_size(30)
         .y_label_area_size(70)
-        .build_cartesian_2d(0f64..(warm.targets.len() as f64), 0f64..max.max(1.0))
+        .build_cartesian_2d(0f64..(bars.len().max(1) as f64), 0f64..max.max(1.0))
         .map_err(err)?;
     chart
         .configure_mesh()
@@ -109,19 +141,19 @@ pub fn warm_throughput(warm: &Warm, path: &Path) -> anyhow::Result<()> {
         .x_labels(0)
         .draw()
         .map_err(err)?;
-    for (i, t) in warm.targets.iter().enumerate() {
+    for (i, (label, v)) in bars.iter().enumerate() {
         let x = i as f64;
         chart
             .draw_series(std::iter::once(Rectangle::new(
-                [(x + 0.15, 0.0), (x + 0.85, t.rps)],
+                [(x + 0.15, 0.0), (x + 0.85, *v)],
                 RGBColor(66, 133, 244).filled(),
             )))
             .map_err(err)?;
         chart
             .draw_series(std::iter::once(Text::new(
-                format!("{} ({:.0})", t.label, t.rps),
-                (x + 0.15, t.rps + max * 0.03),
-                ("sans-serif", 15),
+                format!("{label} ({v:.digits$})"),
+                (x + 0.05, v + max * 0.03),
+                ("sans-serif", 13),
             )))
             .map_err(err)?;
     }

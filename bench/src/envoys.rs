@@ -1,0 +1,234 @@
+//! The Envoys the warm path runs beside the harness's gateway: plain Envoy with a static
+//! route (no filter, or the no-op Wasm filter), and the gateway again with another build of
+//! the filter (to compare builds side by side). Every one runs with the flags the harness
+//! gives the gateway's Envoy, so the worker count and log levels never differ.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use mm_tests::paths::{envoy, filter_wasm, root};
+use mm_tests::process::{free_port, Process};
+use serde_json::json;
+
+/// Envoy's worker threads in every warm target (the harness's gateway runs with 2).
+pub const CONCURRENCY: &str = "2";
+
+/// A running Envoy started by the bench.
+pub struct BenchEnvoy {
+    pub process: Process,
+    pub port: u16,
+    admin_port: u16,
+}
+
+impl BenchEnvoy {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Waits (at most 30 s) for the admin `/ready` to answer LIVE.
+    pub async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let http = reqwest::Client::new();
+        let ready = format!("http://127.0.0.1:{}/ready", self.admin_port);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            self.process.check_alive()?;
+            if let Ok(r) = http.get(&ready).send().await {
+                if r.status().is_success() && r.text().await.unwrap_or_default().trim() == "LIVE" {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("bench envoy not ready\n{}", self.process.log_tail(20));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The no-op filter's module (`MM_NOOP_WASM` overrides; scripts/bench.sh builds it).
+pub fn noop_wasm() -> PathBuf {
+    std::env::var_os("MM_NOOP_WASM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/wasm32-wasip1/release/mm_noop_filter.wasm"))
+}
+
+/// The `http_filters` entry of a Wasm filter with the gateway's VM settings (V8, fail
+/// closed, body access while headers are held), as one line of JSON.
+fn wasm_filter_entry(wasm: &Path) -> String {
+    json!({
+        "name": "envoy.filters.http.wasm",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": "noop",
+                "root_id": "noop",
+                "failure_policy": "FAIL_CLOSED",
+                "allow_on_headers_stop_iteration": true,
+                "vm_config": {
+                    "vm_id": "noop",
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": {"local": {"filename": wasm.display().to_string()}}
+                }
+            }
+        }
+    })
+    .to_string()
+}
+
+/// Renders bench/envoy-static.yaml.tmpl: a static route to `replica_port`, with the Wasm
+/// filter `wasm` in front of the router or no filter at all.
+pub fn render_static(
+    port: u16,
+    admin_port: u16,
+    replica_port: u16,
+    wasm: Option<&Path>,
+) -> anyhow::Result<String> {
+    let template = std::fs::read_to_string(root().join("bench/envoy-static.yaml.tmpl"))?;
+    let filter = wasm.map(|w| format!("- {}", wasm_filter_entry(w)));
+    let rendered: Vec<String> = template
+        .lines()
+        .filter_map(|line| match (&filter, line.trim() == "{{WASM_FILTER}}") {
+            (Some(f), true) => Some(line.replace("{{WASM_FILTER}}", f)),
+            (None, true) => None,
+            _ => Some(line.to_owned()),
+        })
+        .collect();
+    let text = rendered
+        .join("\n")
+        .replace("{{GATEWAY_PORT}}", &port.to_string())
+        .replace("{{ENVOY_ADMIN_PORT}}", &admin_port.to_string())
+        .replace("{{REPLICA_PORT}}", &replica_port.to_string());
+    if let Some(line) = text
+        .lines()
+        .find(|l| !l.trim_start().starts_with('#') && l.contains("{{"))
+    {
+        bail!("unrendered placeholder in bench/envoy-static.yaml.tmpl: {line}");
+    }
+    Ok(text)
+}
+
+fn spawn(
+    name: &str,
+    config: &str,
+    dir: &Path,
+    env: &[(String, String)],
+) -> anyhow::Result<Process> {
+    let path = dir.join(format!("envoy-{name}.yaml"));
+    std::fs::write(&path, config)?;
+    let mut cmd = Command::new(envoy());
+    cmd.arg("-c").arg(&path).args([
+        "--disable-hot-restart",
+        "--concurrency",
+        CONCURRENCY,
+        "--log-level",
+        "warn",
+        "--component-log-level",
+        "wasm:info",
+    ]);
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
+    Process::spawn(
+        &format!("envoy-{name}"),
+        cmd,
+        &dir.join(format!("envoy-{name}.log")),
+    )
+}
+
+/// Plain Envoy with a static route to `replica_port`, and `wasm` as its only filter if
+/// given (the no-op filter).
+pub fn static_route(
+    name: &str,
+    replica_port: u16,
+    wasm: Option<&Path>,
+    dir: &Path,
+) -> anyhow::Result<BenchEnvoy> {
+    if let Some(w) = wasm {
+        if !w.exists() {
+            bail!("{} is missing (scripts/bench.sh builds it)", w.display());
+        }
+    }
+    let (port, admin_port) = (free_port()?, free_port()?);
+    let config = render_static(port, admin_port, replica_port, wasm)?;
+    let process = spawn(name, &config, dir, &[])?;
+    Ok(BenchEnvoy {
+        process,
+        port,
+        admin_port,
+    })
+}
+
+/// The gateway's Envoy config with another build of the filter, for the same pool-manager.
+/// `env` is the environment the harness's gateway Envoy runs with (its `MM_*` variables,
+/// such as the gateway token), copied so the second build is configured the same way.
+pub fn gateway_build(
+    name: &str,
+    pool_manager_port: u16,
+    wasm: &Path,
+    env: &[(String, String)],
+    dir: &Path,
+) -> anyhow::Result<BenchEnvoy> {
+    if !wasm.exists() {
+        bail!("filter build {} is missing", wasm.display());
+    }
+    let (port, admin_port) = (free_port()?, free_port()?);
+    let default = filter_wasm().display().to_string();
+    let config = mm_tests::stack::render_envoy_config(port, admin_port, pool_manager_port)?;
+    anyhow::ensure!(
+        config.contains(&default),
+        "the gateway config does not name {default}"
+    );
+    let config = config.replace(&default, &wasm.display().to_string());
+    let process = spawn(name, &config, dir, env)?;
+    Ok(BenchEnvoy {
+        process,
+        port,
+        admin_port,
+    })
+}
+
+/// The `MM_*` variables of process `pid`'s environment.
+pub fn mm_environment(pid: u32) -> anyhow::Result<Vec<(String, String)>> {
+    let raw = std::fs::read(format!("/proc/{pid}/environ"))
+        .with_context(|| format!("reading the environment of {pid}"))?;
+    Ok(raw
+        .split(|b| *b == 0)
+        .filter_map(|kv| std::str::from_utf8(kv).ok()?.split_once('='))
+        .filter(|(k, _)| k.starts_with("MM_"))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn static_config_with_and_without_the_wasm_filter() {
+        let plain = render_static(1, 2, 3, None).unwrap();
+        assert!(!plain.contains("envoy.filters.http.wasm"));
+        assert!(plain.contains("port_value: 3"));
+        let noop = render_static(1, 2, 3, Some(Path::new("/x/noop.wasm"))).unwrap();
+        let line = noop
+            .lines()
+            .find(|l| l.contains("envoy.filters.http.wasm"))
+            .unwrap();
+        // One YAML list item whose value is the JSON entry, indented like the router's.
+        let router = noop
+            .lines()
+            .find(|l| l.contains("- name: envoy.filters.http.router"))
+            .unwrap();
+        let indent = |l: &str| l.len() - l.trim_start().len();
+        assert_eq!(indent(line), indent(router));
+        let entry: serde_json::Value =
+            serde_json::from_str(line.trim_start().trim_start_matches("- ")).unwrap();
+        assert_eq!(
+            entry["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"],
+            "/x/noop.wasm"
+        );
+        assert_eq!(
+            entry["typed_config"]["config"]["failure_policy"],
+            "FAIL_CLOSED"
+        );
+    }
+}
