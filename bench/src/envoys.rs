@@ -27,11 +27,11 @@ impl BenchEnvoy {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
-    /// Waits (at most 30 s) for the admin `/ready` to answer LIVE.
-    pub async fn wait_ready(&mut self) -> anyhow::Result<()> {
+    /// Waits (at most `timeout`) for the admin `/ready` to answer LIVE.
+    pub async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
         let http = reqwest::Client::new();
         let ready = format!("http://127.0.0.1:{}/ready", self.admin_port);
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + timeout;
         loop {
             self.process.check_alive()?;
             if let Ok(r) = http.get(&ready).send().await {
@@ -109,15 +109,26 @@ pub fn render_static(
     Ok(text)
 }
 
-fn spawn(
-    name: &str,
-    config: &str,
-    dir: &Path,
-    env: &[(String, String)],
-) -> anyhow::Result<Process> {
+/// How to start an Envoy: directly, or under a wrapper such as valgrind.
+#[derive(Debug, Clone, Default)]
+pub struct Launch {
+    /// Program and arguments put before Envoy's own command line.
+    pub wrapper: Vec<String>,
+    /// Environment to add (the harness gateway's `MM_*` variables).
+    pub env: Vec<(String, String)>,
+}
+
+fn spawn(name: &str, config: &str, dir: &Path, launch: &Launch) -> anyhow::Result<Process> {
     let path = dir.join(format!("envoy-{name}.yaml"));
     std::fs::write(&path, config)?;
-    let mut cmd = Command::new(envoy());
+    let mut cmd = match launch.wrapper.split_first() {
+        Some((program, args)) => {
+            let mut cmd = Command::new(program);
+            cmd.args(args).arg(envoy());
+            cmd
+        }
+        None => Command::new(envoy()),
+    };
     cmd.arg("-c").arg(&path).args([
         "--disable-hot-restart",
         "--concurrency",
@@ -127,7 +138,7 @@ fn spawn(
         "--component-log-level",
         "wasm:info",
     ]);
-    cmd.envs(env.iter().map(|(k, v)| (k, v)));
+    cmd.envs(launch.env.iter().map(|(k, v)| (k, v)));
     Process::spawn(
         &format!("envoy-{name}"),
         cmd,
@@ -142,6 +153,7 @@ pub fn static_route(
     replica_port: u16,
     wasm: Option<&Path>,
     dir: &Path,
+    launch: &Launch,
 ) -> anyhow::Result<BenchEnvoy> {
     if let Some(w) = wasm {
         if !w.exists() {
@@ -150,7 +162,7 @@ pub fn static_route(
     }
     let (port, admin_port) = (free_port()?, free_port()?);
     let config = render_static(port, admin_port, replica_port, wasm)?;
-    let process = spawn(name, &config, dir, &[])?;
+    let process = spawn(name, &config, dir, launch)?;
     Ok(BenchEnvoy {
         process,
         port,
@@ -159,14 +171,14 @@ pub fn static_route(
 }
 
 /// The gateway's Envoy config with another build of the filter, for the same pool-manager.
-/// `env` is the environment the harness's gateway Envoy runs with (its `MM_*` variables,
-/// such as the gateway token), copied so the second build is configured the same way.
+/// `launch.env` should hold the environment the harness's gateway Envoy runs with (its
+/// `MM_*` variables, such as the gateway token), so the second build is configured the same.
 pub fn gateway_build(
     name: &str,
     pool_manager_port: u16,
     wasm: &Path,
-    env: &[(String, String)],
     dir: &Path,
+    launch: &Launch,
 ) -> anyhow::Result<BenchEnvoy> {
     if !wasm.exists() {
         bail!("filter build {} is missing", wasm.display());
@@ -179,7 +191,7 @@ pub fn gateway_build(
         "the gateway config does not name {default}"
     );
     let config = config.replace(&default, &wasm.display().to_string());
-    let process = spawn(name, &config, dir, env)?;
+    let process = spawn(name, &config, dir, launch)?;
     Ok(BenchEnvoy {
         process,
         port,

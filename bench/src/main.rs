@@ -8,6 +8,7 @@ mod cold;
 mod cpu;
 mod envoys;
 mod fake_triton;
+mod instructions;
 mod plot;
 mod profile;
 mod scale;
@@ -26,7 +27,7 @@ struct Args {
     /// Where the sections, JSON and plots go.
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
-    /// Parts to run (warm, cold, churn, scale).
+    /// Parts to run: warm, cold, churn, scale; opt-in: instructions (callgrind, slow).
     #[arg(long, value_delimiter = ',', default_value = "warm,cold,churn,scale")]
     parts: Vec<String>,
     /// Interleaved rounds of the warm path.
@@ -55,6 +56,15 @@ struct Args {
     /// Record every Envoy target's warm runs with `perf record` into this directory.
     #[arg(long)]
     perf_dir: Option<PathBuf>,
+    /// Sequential requests per callgrind window (part `instructions`).
+    #[arg(long, default_value_t = 200)]
+    instruction_requests: usize,
+    /// Callgrind windows per target (part `instructions`).
+    #[arg(long, default_value_t = 3)]
+    instruction_windows: usize,
+    /// Seconds of the idle window that measures an Envoy's background work under callgrind.
+    #[arg(long, default_value_t = 10)]
+    instruction_idle_seconds: u64,
     /// Seconds of the churn trace.
     #[arg(long, default_value_t = 60)]
     churn_seconds: u64,
@@ -123,6 +133,17 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("[mm-bench] {part}");
         match part.as_str() {
             "warm" => warm_part(&args, scratch.path()).await?,
+            "instructions" => {
+                let options = instructions::Options {
+                    requests: args.instruction_requests,
+                    windows: args.instruction_windows,
+                    idle_seconds: args.instruction_idle_seconds,
+                    filter_builds: args.filter_builds.clone(),
+                    dir: args.out.join("callgrind"),
+                };
+                let i = instructions::run(&options).await.context("instructions")?;
+                write(&args.out, "instructions", &i.markdown(), &i)?;
+            }
             "cold" => {
                 let c = cold::run(5).await.context("cold path")?;
                 plot::cold(&c, &args.out.join("cold.png"))?;

@@ -52,3 +52,27 @@ impl Recording {
         Ok(())
     }
 }
+
+/// Appends one recorded run to `dir/runs.tsv` (file, target, round, Envoy CPU µs per
+/// request, requests), which scripts/profile-warm.sh joins with the profiles.
+pub fn note_run(
+    dir: &Path,
+    file: &Path,
+    label: &str,
+    round: usize,
+    cpu_us: Option<f64>,
+    requests: u64,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut tsv = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("runs.tsv"))?;
+    let name = file
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let cpu = cpu_us.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"));
+    writeln!(tsv, "{name}\t{label}\t{round}\t{cpu}\t{requests}")?;
+    Ok(())
+}

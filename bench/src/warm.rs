@@ -129,6 +129,7 @@ pub async fn run(options: &Options, scratch: &Path) -> anyhow::Result<Warm> {
         .wait_warm("linear", &req, Duration::from_secs(15))
         .await?;
     let wanted = |k: Kind| options.targets.iter().any(|t| t == k.name());
+    let direct = envoys::Launch::default();
     let replica = &stack.replicas[0];
     let path = "/v2/models/linear/infer";
     let mut envoys: Vec<BenchEnvoy> = Vec::new();
@@ -153,8 +154,8 @@ pub async fn run(options: &Options, scratch: &Path) -> anyhow::Result<Warm> {
     }
     let dir = stack.dir.path();
     if wanted(Kind::Plain) {
-        let mut e = envoys::static_route("plain", replica.http_port, None, dir)?;
-        e.wait_ready().await?;
+        let mut e = envoys::static_route("plain", replica.http_port, None, dir, &direct)?;
+        e.wait_ready(READY).await?;
         add(
             "Envoy, static route",
             Kind::Plain,
@@ -165,8 +166,8 @@ pub async fn run(options: &Options, scratch: &Path) -> anyhow::Result<Warm> {
     }
     if wanted(Kind::Noop) {
         let wasm = envoys::noop_wasm();
-        let mut e = envoys::static_route("noop", replica.http_port, Some(&wasm), dir)?;
-        e.wait_ready().await?;
+        let mut e = envoys::static_route("noop", replica.http_port, Some(&wasm), dir, &direct)?;
+        e.wait_ready(READY).await?;
         let url = e.url(path);
         add(
             "Envoy + no-op Wasm filter",
@@ -185,13 +186,17 @@ pub async fn run(options: &Options, scratch: &Path) -> anyhow::Result<Warm> {
             Some(pid),
         );
     }
-    let env = envoys::mm_environment(stack.envoy.process.pid())?;
+    let like_gateway = envoys::Launch {
+        env: envoys::mm_environment(stack.envoy.process.pid())?,
+        ..envoys::Launch::default()
+    };
     for (i, (label, wasm)) in options.filter_builds.iter().enumerate() {
         let name = format!("build{i}");
-        let mut e = envoys::gateway_build(&name, stack.pool_manager.port, wasm, &env, dir)?;
-        e.wait_ready().await?;
+        let pm = stack.pool_manager.port;
+        let mut e = envoys::gateway_build(&name, pm, wasm, dir, &like_gateway)?;
+        e.wait_ready(READY).await?;
         // Its own workers fill their tables from the same pool-manager.
-        warm_up_build(&e, &stack, path, &req).await?;
+        warm_up_build(&e, &stack, path, &req, Duration::from_secs(15)).await?;
         let url = e.url(path);
         add(
             &format!("gateway, build {label}"),
@@ -219,7 +224,7 @@ pub async fn run(options: &Options, scratch: &Path) -> anyhow::Result<Warm> {
             let recording = match (&options.perf_dir, s.envoy_pid) {
                 (Some(dir), Some(pid)) => {
                     let file = dir.join(format!("{}-r{round}.data", slug(&s.label)));
-                    Some(profile::record(pid, options.load.seconds, &file)?)
+                    Some((profile::record(pid, options.load.seconds, &file)?, file))
                 }
                 _ => None,
             };
@@ -227,9 +232,7 @@ pub async fn run(options: &Options, scratch: &Path) -> anyhow::Result<Warm> {
             let run = wrk::run(&s.url, &script, options.load)
                 .with_context(|| format!("wrk against {}", s.label))?;
             let t1 = s.envoy_pid.map(cpu::ticks).transpose()?;
-            if let Some(r) = recording {
-                r.finish()?;
-            }
+
             if matches!(s.kind, Kind::Gateway | Kind::GatewayBuild) {
                 gateway_requests += run.requests;
                 gateway_route_calls += stack.route_calls().await.unwrap_or(0.0) - before;
@@ -238,6 +241,10 @@ pub async fn run(options: &Options, scratch: &Path) -> anyhow::Result<Warm> {
                 (Some(a), Some(b)) => cpu::micros_per_request(a, b, tck, run.requests),
                 _ => None,
             };
+            if let (Some((r, file)), Some(dir)) = (recording, &options.perf_dir) {
+                r.finish()?;
+                profile::note_run(dir, &file, &s.label, round, cpu_us, run.requests)?;
+            }
             eprintln!(
                 "[mm-bench] warm round {round} {}: {:.0} req/s, p50 {:.3} ms, Envoy CPU {} us/request, {} non-2xx, {} socket errors",
                 s.label,
@@ -267,16 +274,20 @@ pub async fn run(options: &Options, scratch: &Path) -> anyhow::Result<Warm> {
     })
 }
 
+/// How long a bench Envoy may take to become ready.
+const READY: Duration = Duration::from_secs(30);
+
 /// Sends requests through a second gateway Envoy until 20 in a row are answered 200 with no
-/// route call (bounded): its workers then hold the model in their tables.
-async fn warm_up_build(
+/// route call (bounded by `timeout`): its workers then hold the model in their tables.
+pub async fn warm_up_build(
     envoy: &BenchEnvoy,
     stack: &Stack,
     path: &str,
     req: &serde_json::Value,
+    timeout: Duration,
 ) -> anyhow::Result<()> {
     let url = envoy.url(path);
-    mm_tests::stack::eventually("second build warm", Duration::from_secs(15), || async {
+    mm_tests::stack::eventually("second build warm", timeout, || async {
         let before = stack.route_calls().await?;
         for _ in 0..20 {
             let r = stack.http.post(&url).json(req).send().await?;
