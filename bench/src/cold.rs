@@ -9,6 +9,7 @@ use mm_tests::paths::example_model;
 use mm_tests::{Stack, StackOptions};
 use serde::Serialize;
 
+use crate::phases;
 use crate::stats::{median, percentile};
 use crate::warm::linear_body;
 
@@ -23,6 +24,8 @@ pub struct Cold {
     pub burst_ok: usize,
     pub burst_p50_ms: f64,
     pub burst_p99_ms: f64,
+    /// The pool-manager's per-phase means over the sequential samples (empty: not exposed).
+    pub phases: Vec<phases::Phase>,
 }
 
 fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
@@ -50,6 +53,16 @@ pub async fn run(samples: usize) -> anyhow::Result<Cold> {
     let http = reqwest::Client::new();
     let req = linear_body();
     let (mut gateway_ms, mut direct_ms) = (Vec::new(), Vec::new());
+    let scrape = || async {
+        let text = http
+            .get(stack.pool_manager.url("/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?;
+        Ok::<_, anyhow::Error>(phases::totals(&text))
+    };
+    let phases_before = scrape().await?;
     for i in 0..samples {
         // Triton's own load call for the same files (staged by hand, as the pool-manager
         // would), then a first request through the gateway for a fresh model name.
@@ -76,6 +89,7 @@ pub async fn run(samples: usize) -> anyhow::Result<Cold> {
         anyhow::ensure!(r.status == 200, "{}", r.text);
         gateway_ms.push(t.elapsed().as_secs_f64() * 1000.0);
     }
+    let phases = phases::means(&phases_before, &scrape().await?);
     // 100 concurrent first requests for one cold model.
     stack
         .register("burst", &example_model("linear"), "32Mi")
@@ -105,6 +119,7 @@ pub async fn run(samples: usize) -> anyhow::Result<Cold> {
         burst_ok: results.iter().filter(|(ok, _)| *ok).count(),
         burst_p50_ms: percentile(&lat, 0.5),
         burst_p99_ms: percentile(&lat, 0.99),
+        phases,
     })
 }
 
@@ -130,6 +145,7 @@ impl Cold {
                     self.burst_requests,
                     self.burst_p50_ms,
                     self.burst_p99_ms
-                )
+                ) + "\n" + &phases::markdown(&self.phases)
+            + "\nTarget (issue 14): cold overhead ≤ 10 ms over Triton's own load call.\n"
     }
 }

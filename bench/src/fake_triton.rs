@@ -55,17 +55,33 @@ fn app(loaded: Loaded) -> Router {
         .with_state(loaded)
 }
 
-/// Starts `n` fake replicas on free loopback ports; returns their ports. They run until the
-/// process exits.
-pub async fn start(n: usize) -> anyhow::Result<Vec<u16>> {
-    let mut ports = Vec::with_capacity(n);
+/// Running fake replicas; they stop when this is dropped.
+pub struct FakeReplicas {
+    pub ports: Vec<u16>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for FakeReplicas {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Starts `n` fake replicas on free loopback ports.
+pub async fn start(n: usize) -> anyhow::Result<FakeReplicas> {
+    let mut replicas = FakeReplicas {
+        ports: Vec::with_capacity(n),
+        tasks: Vec::with_capacity(n),
+    };
     for _ in 0..n {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        ports.push(listener.local_addr()?.port());
+        replicas.ports.push(listener.local_addr()?.port());
         let router = app(Loaded::default());
-        tokio::spawn(async move {
+        replicas.tasks.push(tokio::spawn(async move {
             let _ = axum::serve(listener, router).await;
-        });
+        }));
     }
-    Ok(ports)
+    Ok(replicas)
 }

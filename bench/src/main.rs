@@ -9,6 +9,7 @@ mod cpu;
 mod envoys;
 mod fake_triton;
 mod instructions;
+mod phases;
 mod plot;
 mod profile;
 mod scale;
@@ -27,7 +28,8 @@ struct Args {
     /// Where the sections, JSON and plots go.
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
-    /// Parts to run: warm, cold, churn, scale; opt-in: instructions (callgrind, slow).
+    /// Parts to run: warm, cold, churn, scale; opt-in: instructions (callgrind, slow) and
+    /// churn-long (the churn trace for --churn-long-seconds).
     #[arg(long, value_delimiter = ',', default_value = "warm,cold,churn,scale")]
     parts: Vec<String>,
     /// Interleaved rounds of the warm path.
@@ -68,12 +70,24 @@ struct Args {
     /// Seconds of the churn trace.
     #[arg(long, default_value_t = 60)]
     churn_seconds: u64,
-    /// Registered models for the control-plane scale part.
-    #[arg(long, default_value_t = 100_000)]
-    scale_models: usize,
+    /// Seconds of the long churn trace (part `churn-long`).
+    #[arg(long, default_value_t = 300)]
+    churn_long_seconds: u64,
+    /// Numbers of registered models the control-plane scale part measures at.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000")]
+    scale_sizes: Vec<usize>,
     /// Fake replicas for the control-plane scale part.
     #[arg(long, default_value_t = 1_000)]
     scale_replicas: usize,
+    /// Concurrent registration clients in the scale part.
+    #[arg(long, default_value_t = 256)]
+    register_clients: usize,
+    /// Most cold route calls timed per scale size...
+    #[arg(long, default_value_t = 300)]
+    cold_calls: usize,
+    /// ...within this many seconds (at least 10 calls).
+    #[arg(long, default_value_t = 30)]
+    cold_budget_seconds: u64,
 }
 
 fn label_and_path(s: &str) -> Result<(String, PathBuf), String> {
@@ -151,12 +165,25 @@ async fn main() -> anyhow::Result<()> {
             }
             "churn" => {
                 let c = churn::run(args.churn_seconds).await.context("churn")?;
-                write(&args.out, "churn", &c.markdown(), &c)?;
+                let title = "Churn: a Zipf trace over more models than fit";
+                write(&args.out, "churn", &c.markdown(title), &c)?;
+            }
+            "churn-long" => {
+                let c = churn::run(args.churn_long_seconds)
+                    .await
+                    .context("churn-long")?;
+                let title = format!("Churn, long variant ({} s)", args.churn_long_seconds);
+                write(&args.out, "churn-long", &c.markdown(&title), &c)?;
             }
             "scale" => {
-                let s = scale::run(args.scale_models, args.scale_replicas)
-                    .await
-                    .context("scale")?;
+                let options = scale::Options {
+                    sizes: args.scale_sizes.clone(),
+                    replicas: args.scale_replicas,
+                    register_clients: args.register_clients,
+                    cold_calls: args.cold_calls,
+                    cold_budget: std::time::Duration::from_secs(args.cold_budget_seconds),
+                };
+                let s = scale::run(&options).await.context("scale")?;
                 write(&args.out, "scale", &s.markdown(), &s)?;
             }
             other => anyhow::bail!("unknown part {other}"),

@@ -25,6 +25,14 @@ pub fn percentile(values: &[f64], p: f64) -> f64 {
     v[rank.clamp(1, v.len()) - 1]
 }
 
+/// The arithmetic mean; 0 for no samples.
+pub fn mean(values: &[f64]) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.iter().sum::<f64>() / values.len() as f64
+}
+
 /// `a / b`, or `None` when either is missing or `b` is not a positive number (a ratio over
 /// a failed measurement is not a figure).
 pub fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
@@ -65,6 +73,8 @@ mod tests {
 
     #[test]
     fn ratios_over_missing_or_zero_are_none() {
+        assert_eq!(mean(&[1.0, 2.0, 6.0]), 3.0);
+        assert_eq!(mean(&[]), 0.0);
         assert_eq!(ratio(Some(201.0), Some(155.0)), Some(201.0 / 155.0));
         assert_eq!(ratio(Some(1.0), Some(0.0)), None);
         assert_eq!(ratio(None, Some(2.0)), None);
