@@ -69,7 +69,7 @@ down: ## Stop what `make up` started
 status: ## Show the processes `make up` started
 	@bash scripts/stack.sh status
 
-bench: deps ## Run the benchmarks and regenerate BENCHMARKS.md (bounded, < 15 min)
+bench: deps ## Run the benchmarks and regenerate BENCHMARKS.md (bounded, < 20 min)
 	@bash scripts/bench.sh
 
 fuzz: ## Fuzz the filter's parsers (cargo-fuzz, FUZZ_SECONDS=60 each) and the admin API; not in `make test`

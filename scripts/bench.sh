@@ -2,7 +2,9 @@
 # `make bench`: runs the benchmarks and regenerates BENCHMARKS.md from their outputs.
 # Each part writes a markdown section under bench/results/; this script stitches them
 # together with the machine facts and the exact commands. Bounded: every part has a
-# timeout, and the whole run stays well under 15 minutes on 2 cores.
+# timeout, and the default parts stay under 20 minutes on 2 cores. Opt-in parts:
+#   BENCH_ARGS='--parts churn-long' make bench     # the 5-minute churn trace (~6 min)
+#   BENCH_ARGS='--parts instructions' make bench   # callgrind instruction counts (~20 min)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -11,25 +13,33 @@ mkdir -p "$out"
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 
-# The load generator and the plots' font (Debian packages).
+BENCH_ARGS=${BENCH_ARGS:-}
+# The load generator, the plots' font and, for the callgrind part, valgrind (Debian's).
 need=()
 command -v wrk >/dev/null || need+=(wrk)
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
+case "$BENCH_ARGS" in *instructions*) command -v valgrind >/dev/null || need+=(valgrind) ;; esac
 if [ ${#need[@]} -gt 0 ]; then
   log "apt-get install ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
-# Parts that run the real stack: warm path, cold path, churn, control-plane scale.
-BENCH_ARGS=${BENCH_ARGS:-}
+# Bound on mm-bench: the default parts take about 10 minutes; opt-in parts add theirs.
+budget=900
+case "$BENCH_ARGS" in *churn-long*) budget=$((budget + 420)) ;; esac
+case "$BENCH_ARGS" in *instructions*) budget=$((budget + 1800)) ;; esac
+
 log "building (release pool-manager is not needed: the stack runs what make test runs)"
 cargo build -q -p pool-manager --bins
 cargo build -q -p mm-filter -p mm-noop-filter --release --target wasm32-wasip1
 cargo build -q --release -p mm-bench
+# Sections this run does not regenerate are kept, marked as older.
+stamp=$(mktemp)
+trap 'rm -f "$stamp"' EXIT
 # shellcheck disable=SC2086
-log "mm-bench $BENCH_ARGS"
-timeout 780 target/release/mm-bench --out "$out" $BENCH_ARGS
+log "mm-bench $BENCH_ARGS (at most ${budget} s)"
+timeout "$budget" target/release/mm-bench --out "$out" $BENCH_ARGS
 
 # Part: the trace simulator's policy comparison (pure placement code, fake replicas).
 SIM_ARGS=${SIM_ARGS:---models 10000 --requests 200000 --zipf 1.0 --replicas 4 --replica-capacity 4Gi --size-min 16Mi --size-max 512Mi --high 0.8 --low 0.6 --min-age 0 --seed 42}
@@ -38,6 +48,17 @@ cargo build --release -q -p pool-manager --bin mm-sim
 # shellcheck disable=SC2086
 timeout 600 target/release/mm-sim $SIM_ARGS --markdown > "$out/sim.md.tmp"
 mv "$out/sim.md.tmp" "$out/sim.md"
+
+section() { # part
+  local md="$out/$1.md"
+  [ -f "$md" ] || return 0
+  cat "$md"
+  if [ ! "$md" -nt "$stamp" ]; then
+    echo
+    echo "_This section is from an earlier run ($(date -u -r "$md" +%Y-%m-%dT%H:%MZ)): the last \`make bench\` did not run this part._"
+  fi
+  echo
+}
 
 {
   echo "# Benchmarks"
@@ -53,20 +74,26 @@ mv "$out/sim.md.tmp" "$out/sim.md"
   echo "- cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //') x $(nproc)"
   echo "- memory: $(free -g | awk '/Mem:/ {print $2}') GiB"
   echo "- kernel: $(uname -r); rustc: $(rustc --version | cut -d' ' -f2)"
+  echo "- load average when the run ended: $(cut -d' ' -f1-3 /proc/loadavg)"
   echo
   echo "## How to run"
   echo
   echo '```sh'
-  echo "make bench      # or: BENCH_ARGS='--parts warm,cold --rounds 5' make bench"
+  echo "make bench                                   # default parts, < 20 min"
+  echo "BENCH_ARGS='--parts warm --rounds 7' make bench"
+  echo "BENCH_ARGS='--parts churn-long' make bench   # churn for 300 s (--churn-long-seconds)"
+  echo "BENCH_ARGS='--parts instructions' make bench # callgrind: instructions per warm request"
+  echo "scripts/profile-warm.sh                      # perf: where a warm request's Envoy CPU goes"
   echo '```'
   echo
-  echo "Exact parts run: \`target/release/mm-bench --out $out ${BENCH_ARGS}\` (defaults: 5 interleaved"
-  echo "rounds of 8 s of \`wrk -t1 -c8\` per warm target, 5 cold samples, a 60 s churn trace, 100,000"
-  echo "models on 1,000 fake replicas) and \`mm-sim ${SIM_ARGS}\`. \`target/release/mm-bench --help\`"
-  echo "lists every option (wrk load, warm targets, other filter builds to compare, perf recording)."
+  echo "Exact parts run: \`target/release/mm-bench --out $out ${BENCH_ARGS}\` (defaults: parts warm, cold,"
+  echo "churn, scale; 5 interleaved rounds of 8 s of \`wrk -t1 -c8\` per warm target, 5 cold samples, a"
+  echo "60 s churn trace, 1,000 / 10,000 / 100,000 models on 1,000 fake replicas) and \`mm-sim ${SIM_ARGS}\`."
+  echo "\`target/release/mm-bench --help\` lists every option (wrk load, warm targets, other filter builds"
+  echo "to compare with \`--filter-wasm LABEL=PATH.wasm\`, perf recording)."
   echo
-  for part in warm cold churn scale; do
-    [ -f "$out/$part.md" ] && { cat "$out/$part.md"; echo; }
+  for part in warm instructions cold churn churn-long scale; do
+    section "$part"
   done
   cat "$out/sim.md"
 } > BENCHMARKS.md.tmp
