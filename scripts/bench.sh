@@ -92,7 +92,7 @@ section() { # part
   echo "\`target/release/mm-bench --help\` lists every option (wrk load, warm targets, other filter builds"
   echo "to compare with \`--filter-wasm LABEL=PATH.wasm\`, perf recording)."
   echo
-  for part in warm instructions cold churn churn-long scale; do
+  for part in warm profile instructions cold churn churn-long scale; do
     section "$part"
   done
   cat "$out/sim.md"

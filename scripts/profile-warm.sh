@@ -71,16 +71,37 @@ classify() {
     }'
 }
 
-printf '\n%-34s %-22s %10s %9s %9s\n' "target (round)" "where" "samples" "share" "us/req"
-while IFS=$'\t' read -r file label round cpu requests; do
-  [ -f "$out/$file" ] || continue
-  classify "$out/$file" | sort -t$'\t' -k2,2nr | while IFS=$'\t' read -r where n total; do
-    awk -v l="$label ($round)" -v w="$where" -v n="$n" -v t="$total" -v cpu="$cpu" 'BEGIN {
-      share = n / t; us = (cpu == "-") ? "-" : sprintf("%.1f", share * cpu)
-      printf "%-34s %-22s %10d %8.1f%% %9s\n", l, w, n, 100 * share, us }'
-  done
-  printf '%-34s %-22s %10s %9s %9s\n\n' "$label ($round)" "total (Envoy CPU)" "" "" "$cpu"
-done < "$out/runs.tsv"
+# The section BENCHMARKS.md shows (scripts/bench.sh stitches it in after the warm path).
+md=bench/results/profile.md
+{
+  echo "### Where a warm request's Envoy CPU goes (perf)"
+  echo
+  echo "\`scripts/profile-warm.sh $*\` ($(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD)):"
+  echo "the warm path's targets under \`perf record -g -e cpu-clock\` (Envoy \`--concurrency 2\`, \`wrk -t1 -c8\`),"
+  echo "each sample put on one side of the Wasm VM boundary by its call chain; µs per request is the share"
+  echo "times the Envoy CPU per request measured in the same run (perf's own overhead included). Envoy's"
+  echo "binary is stripped and V8 writes no perf map, so functions are not named; see the script's header."
+  echo
+  echo "| target (round) | Wasm code | host calls from Wasm | Envoy outside the VM | kernel | libc | other | Envoy CPU µs/request |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+  while IFS=$'\t' read -r file label round cpu requests; do
+    [ -f "$out/$file" ] || continue
+    classify "$out/$file" | awk -F'\t' -v l="$label ($round)" -v cpu="$cpu" '
+      { n[$1] = $2; t = $3 }
+      END {
+        split("wasm code|host calls from wasm|envoy outside wasm|kernel|libc|other", order, "|")
+        row = "| " l " |"
+        for (i = 1; i <= 6; i++) {
+          share = (t > 0) ? n[order[i]] / t : 0
+          if (cpu == "-") row = row sprintf(" %.1f%% |", 100 * share)
+          else row = row sprintf(" %.1f (%.1f%%) |", share * cpu, 100 * share)
+        }
+        print row " " cpu " |"
+      }'
+  done < "$out/runs.tsv"
+} > "$md.tmp"
+mv "$md.tmp" "$md"
+echo; cat "$md"; echo
 
 for f in "$out"/*.data; do
   echo "== top symbols (self), $(basename "$f")"
