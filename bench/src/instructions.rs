@@ -6,6 +6,7 @@
 //! own and subtracted at the same rate. An opt-in part (`--parts instructions`): Envoy runs
 //! about 50x slower under valgrind, and starting the gateway's V8 VMs takes minutes.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -45,6 +46,8 @@ pub struct Target {
     /// Background instructions per second (idle window).
     pub idle_per_second: f64,
     pub median_per_request: f64,
+    /// Per request, by object (medians over the windows, background not subtracted).
+    pub split: Split,
     pub non_200: usize,
     pub dump_prefix: PathBuf,
 }
@@ -66,13 +69,106 @@ fn callgrind(prefix: &Path) -> Vec<String> {
     ]
 }
 
+/// Where instructions were executed, by the object the code belongs to.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+pub struct Split {
+    /// Code V8 generated at run time: the compiled Wasm module and its wrappers.
+    pub wasm: f64,
+    /// The Envoy binary (with the V8 runtime and the host functions linked in).
+    pub envoy: f64,
+    pub libc: f64,
+    pub other: f64,
+}
+
+impl Split {
+    fn scaled(self, by: f64) -> Self {
+        Self {
+            wasm: self.wasm / by,
+            envoy: self.envoy / by,
+            libc: self.libc / by,
+            other: self.other / by,
+        }
+    }
+}
+
+/// Whether code at `function` (a callgrind function name) in `object` is V8's generated
+/// code: valgrind names no object for anonymous memory (`???`), but it also leaves some of
+/// Envoy's own code there; valgrind loads a position-independent program low (0x108000),
+/// while V8 maps its code space high, so only high addresses are generated code.
+fn is_generated(object: &str, function: &str) -> bool {
+    object == "???"
+        && function
+            .strip_prefix("0x")
+            .map(|hex| hex.split('\'').next().unwrap_or(hex))
+            .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+            .is_some_and(|address| address >= 1 << 32)
+}
+
+/// A compressed name definition (`ob=(2) ???` defines id `(2)`; `ob=(2)` refers to it).
+fn define<'a>(names: &mut HashMap<&'a str, &'a str>, rest: &'a str) -> &'a str {
+    match rest.split_once(' ') {
+        Some((id, name)) => {
+            names.insert(id, name);
+            name
+        }
+        None => names.get(rest).copied().unwrap_or(rest),
+    }
+}
+
+/// Sums a callgrind dump's self costs by where the code is: cost lines count for the
+/// object and function in force, except the line after `calls=`, which is a call's
+/// inclusive cost. Names are compressed, objects shared by `ob=`/`cob=` and functions by
+/// `fn=`/`cfn=`.
+pub fn split(text: &str) -> Split {
+    let (mut objects, mut functions) = (HashMap::new(), HashMap::new());
+    let (mut object, mut function) = ("", "");
+    let mut inclusive = false;
+    let mut out = Split::default();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("ob=") {
+            object = define(&mut objects, rest);
+        } else if let Some(rest) = line.strip_prefix("cob=") {
+            define(&mut objects, rest);
+        } else if let Some(rest) = line.strip_prefix("fn=") {
+            function = define(&mut functions, rest);
+        } else if let Some(rest) = line.strip_prefix("cfn=") {
+            define(&mut functions, rest);
+        } else if line.starts_with("calls=") {
+            inclusive = true;
+        } else if line.starts_with(|c: char| c.is_ascii_digit() || matches!(c, '+' | '-' | '*')) {
+            if std::mem::take(&mut inclusive) {
+                continue;
+            }
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let cost = match fields.as_slice() {
+                [_, .., last] => last.parse::<f64>().unwrap_or(0.0),
+                _ => 0.0,
+            };
+            let slot = if is_generated(object, function) {
+                &mut out.wasm
+            } else if object.ends_with("/envoy") || object == "???" {
+                &mut out.envoy
+            } else if object.contains("/libc.so") {
+                &mut out.libc
+            } else {
+                &mut out.other
+            };
+            *slot += cost;
+        }
+    }
+    out
+}
+
 /// The instruction total of one callgrind dump file (its `totals:` or `summary:` line).
 pub fn parse_totals(text: &str) -> anyhow::Result<u64> {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix("totals:")
-                .or_else(|| l.strip_prefix("summary:"))
-        })
+    // `totals:` is the sum of the cost lines (what [`split`] divides); `summary:` can be
+    // lower after a zeroing while frames were active.
+    let line = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix).map(str::to_owned))
+    };
+    line("totals:")
+        .or_else(|| line("summary:"))
         .context("no totals: line in the callgrind dump")?
         .split_whitespace()
         .next()
@@ -111,14 +207,14 @@ impl Counted {
         control("-z", self.envoy.process.pid())
     }
 
-    /// Dumps the counters since the last zeroing and returns their total.
-    fn dump(&mut self) -> anyhow::Result<u64> {
+    /// Dumps the counters since the last zeroing; returns their total and where they were.
+    fn dump(&mut self) -> anyhow::Result<(u64, Split)> {
         control("-d", self.envoy.process.pid())?;
         self.dumps += 1;
         let file = PathBuf::from(format!("{}.{}", self.prefix.display(), self.dumps));
         let text = std::fs::read_to_string(&file)
             .with_context(|| format!("reading {}", file.display()))?;
-        parse_totals(&text)
+        Ok((parse_totals(&text)?, split(&text)))
     }
 }
 
@@ -224,15 +320,17 @@ pub async fn run(options: &Options) -> anyhow::Result<Instructions> {
         c.zero()?;
         let t = Instant::now();
         tokio::time::sleep(Duration::from_secs(options.idle_seconds)).await;
-        let idle = c.dump()? as f64 / t.elapsed().as_secs_f64();
-        let (mut net, mut raw) = (Vec::new(), Vec::new());
+        let idle = c.dump()?.0 as f64 / t.elapsed().as_secs_f64();
+        let (mut net, mut raw, mut splits) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..options.windows {
             c.zero()?;
             let t = Instant::now();
             non_200 += requests(&http, &url, &req, options.requests).await?;
             let elapsed = t.elapsed().as_secs_f64();
-            let total = c.dump()? as f64;
+            let (total, where_) = c.dump()?;
+            let total = total as f64;
             let n = options.requests.max(1) as f64;
+            splits.push(where_.scaled(n));
             raw.push(total / n);
             net.push((total - idle * elapsed).max(0.0) / n);
         }
@@ -240,7 +338,14 @@ pub async fn run(options: &Options) -> anyhow::Result<Instructions> {
             "[mm-bench] instructions {}: {:.0} per request (windows {:?}), background {:.0}/s, {non_200} non-200",
             c.label, median(&net), net.iter().map(|v| v.round()).collect::<Vec<_>>(), idle
         );
+        let m = |f: fn(&Split) -> f64| median(&splits.iter().map(f).collect::<Vec<_>>());
         targets.push(Target {
+            split: Split {
+                wasm: m(|s| s.wasm),
+                envoy: m(|s| s.envoy),
+                libc: m(|s| s.libc),
+                other: m(|s| s.other),
+            },
             label: c.label.clone(),
             kind: c.kind,
             median_per_request: median(&net),
@@ -294,6 +399,21 @@ impl Instructions {
                 t.non_200
             );
         }
+        md += "\nWhere they are executed (self instructions per request by object, median window, background \
+               included): code V8 generated (the compiled Wasm module and its wrappers), and the Envoy \
+               binary, which includes the V8 runtime and the host functions.\n\n\
+               | target | compiled Wasm code | Envoy binary | libc | other |\n|---|---:|---:|---:|---:|\n";
+        for t in &self.targets {
+            let s = t.split;
+            md += &format!(
+                "| {} | {} | {} | {} | {} |\n",
+                t.label,
+                k(s.wasm),
+                k(s.envoy),
+                k(s.libc),
+                k(s.other)
+            );
+        }
         let of = |kind: Kind| {
             self.targets
                 .iter()
@@ -329,7 +449,27 @@ mod tests {
         let dump = "version: 1\ncreator: callgrind-3.19.0\npid: 2223\ncmd:  envoy -c x.yaml\npart: 3\n\nevents: Ir\n\nfl=(1) ???\nfn=(1) 0x1\n0 5\n\nsummary: 1136610735\n\n\ntotals: 1136610735\n";
         assert_eq!(parse_totals(dump).unwrap(), 1_136_610_735);
         assert_eq!(parse_totals("events: Ir\nsummary: 42\n").unwrap(), 42);
+        assert_eq!(parse_totals("summary: 41\ntotals: 42\n").unwrap(), 42);
         assert!(parse_totals("events: Ir\n").is_err());
         assert!(parse_totals("totals: many\n").is_err());
+    }
+
+    #[test]
+    fn self_cost_by_object_skips_inclusive_call_costs() {
+        let dump = "events: Ir\n\
+ob=(1) /usr/lib/x86_64-linux-gnu/libc.so.6\nfl=(1) ???\nfn=(0) 0x1\n\
+cob=(9) /work/.tools/envoy/bin/envoy\ncfn=(2) 0x2\ncalls=1 0\n0 71520\n0 30\n+2 5\n\n\
+ob=(2) ???\nfn=(3) 0x00007f694e40050a\n0 400\n* 100\nfn=(6) 0x000000000628d840\n0 60\n\
+ob=(9)\nfn=(4) 0x4\n0 7000\nob=(2)\nfn=(3)\n0 1\n\
+ob=(5) /usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2\nfn=(5) 0x5\n0 3\n\
+summary: 7538\n";
+        let s = split(dump);
+        // Unnamed code at a low address is Envoy's; at a high one, V8's (also when the
+        // function is named by reference only, `fn=(3)`).
+        assert_eq!(
+            (s.libc, s.wasm, s.envoy, s.other),
+            (35.0, 501.0, 7060.0, 3.0)
+        );
+        assert_eq!(s.scaled(3.0).wasm, 167.0);
     }
 }
