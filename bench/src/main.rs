@@ -23,7 +23,10 @@ use anyhow::Context;
 use clap::Parser;
 
 #[derive(Debug, Parser)]
-#[command(about = "Benchmarks of the multi-model gateway")]
+#[command(
+    about = "Benchmarks of the multi-model gateway",
+    args_override_self = true
+)]
 struct Args {
     /// Where the sections, JSON and plots go.
     #[arg(long, default_value = "bench/results")]
@@ -204,5 +207,12 @@ mod tests {
         );
         assert!(label_and_path("/tmp/a.wasm").is_err());
         assert!(label_and_path("=x").is_err());
+    }
+
+    #[test]
+    fn a_later_option_overrides_an_earlier_one() {
+        // scripts/profile-warm.sh passes its defaults first, then the caller's arguments.
+        let args = Args::parse_from(["mm-bench", "--rounds", "1", "--rounds", "3"]);
+        assert_eq!(args.rounds, 3);
     }
 }
