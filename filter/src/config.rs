@@ -50,6 +50,74 @@ pub struct Config {
     /// Largest request body the gateway passes on, in bytes: 1 KiB to 1 GiB
     /// ([`MAX_REQUEST_BYTES_RANGE`]). Larger requests get 413. Default 32 MiB.
     pub max_request_bytes: u64,
+    /// The secret the filter sends as `x-mm-gateway-token` on every call to the
+    /// pool-manager. Takes precedence over `gateway_token_env`. Default: none.
+    pub gateway_token: Option<Token>,
+    /// The environment variable that holds the gateway token when `gateway_token` is not
+    /// set (Envoy passes it to the VM with `vm_config.environment_variables.host_env_keys`).
+    /// Default `MM_GATEWAY_TOKEN`.
+    pub gateway_token_env: String,
+    /// Whether Envoy hands the filter a request's body while the filter holds its headers
+    /// (`allow_on_headers_stop_iteration: true` in the Envoy config). Istio's WasmPlugin
+    /// cannot set that: with `false`, a request that would need its body while it is held
+    /// (gRPC without a model header) is refused at once instead of waiting for the route
+    /// timeout, and a KServe V1 request is translated after it is let go. Default true.
+    pub bodies_while_paused: bool,
+}
+
+/// Longest gateway token accepted, in bytes.
+pub const MAX_TOKEN_LEN: usize = 1024;
+
+/// The gateway token: 1 to [`MAX_TOKEN_LEN`] visible ASCII characters, so it is safe as a
+/// header value. `Debug` does not show it.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Token(String);
+
+impl Token {
+    /// The token's text, surrounding whitespace (a file's final newline) removed.
+    ///
+    /// Errors: empty, longer than [`MAX_TOKEN_LEN`], or with a character that is not
+    /// visible ASCII.
+    pub fn new(text: &str) -> Result<Token, ConfigError> {
+        let text = text.trim();
+        let valid =
+            (1..=MAX_TOKEN_LEN).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_graphic());
+        if !valid {
+            return Err(ConfigError::BadToken);
+        }
+        Ok(Token(text.to_owned()))
+    }
+
+    /// The header value.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Token {
+    type Error = ConfigError;
+
+    fn try_from(text: String) -> Result<Token, ConfigError> {
+        Token::new(&text)
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+/// Where the gateway token came from, for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// `gateway_token` in the plugin configuration.
+    Configuration,
+    /// The environment variable of that name.
+    Environment(String),
+    /// Nowhere: calls to the pool-manager carry no token.
+    None,
 }
 
 /// Allowed values of `max_request_bytes`.
@@ -65,9 +133,15 @@ impl Default for Config {
             table_refresh_ms: 200,
             table_wait_ms: 10_000,
             max_request_bytes: 32 << 20,
+            gateway_token: None,
+            gateway_token_env: DEFAULT_TOKEN_ENV.to_owned(),
+            bodies_while_paused: true,
         }
     }
 }
+
+/// Default of `gateway_token_env`.
+pub const DEFAULT_TOKEN_ENV: &str = "MM_GATEWAY_TOKEN";
 
 impl Config {
     /// Parses and checks the plugin configuration. `None`, empty or all-whitespace bytes
@@ -91,6 +165,27 @@ impl Config {
             serde_json::from_slice(bytes).map_err(|e| ConfigError::Json(e.to_string()))?;
         config.check()?;
         Ok(config)
+    }
+
+    /// Takes the gateway token from the environment (`env` looks a variable up) unless the
+    /// configuration has one; returns where it came from. An unset or empty variable means
+    /// no token.
+    ///
+    /// Errors: the variable holds something that is not a valid [`Token`].
+    pub fn resolve_token(
+        &mut self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<TokenSource, ConfigError> {
+        if self.gateway_token.is_some() {
+            return Ok(TokenSource::Configuration);
+        }
+        match env(&self.gateway_token_env) {
+            Some(value) if !value.trim().is_empty() => {
+                self.gateway_token = Some(Token::new(&value)?);
+                Ok(TokenSource::Environment(self.gateway_token_env.clone()))
+            }
+            _ => Ok(TokenSource::None),
+        }
     }
 
     /// The route-call timeout as a [`Duration`].
@@ -144,6 +239,9 @@ impl Config {
                 self.max_request_bytes,
             ));
         }
+        if !is_env_name(&self.gateway_token_env) {
+            return Err(ConfigError::BadTokenEnv);
+        }
         Ok(())
     }
 }
@@ -153,71 +251,50 @@ fn is_header_token(value: &str) -> bool {
     !value.is_empty() && value.bytes().all(|b| b.is_ascii_graphic())
 }
 
+/// A portable environment variable name: letters, digits and `_`, not starting with a
+/// digit, 1 to 256 bytes.
+fn is_env_name(name: &str) -> bool {
+    (1..=256).contains(&name.len())
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
 /// Why the plugin configuration was refused; the glue logs it and fails `on_configure`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
     /// The bytes are not a JSON object of the known keys with the right types; holds
     /// serde_json's description (which names the bad key or type).
+    #[error("invalid plugin configuration: {0}")]
     Json(String),
     /// `pool_manager_cluster` is empty or has spaces or non-printable characters.
+    #[error("invalid plugin configuration: pool_manager_cluster must be non-empty printable ASCII without spaces")]
     BadCluster,
     /// `pool_manager_authority` is empty or has spaces or non-printable characters.
+    #[error("invalid plugin configuration: pool_manager_authority must be non-empty printable ASCII without spaces")]
     BadAuthority,
     /// `route_timeout_ms` is 0 or above [`MAX_ROUTE_TIMEOUT_MS`].
+    #[error("invalid plugin configuration: route_timeout_ms is {0}, expected 1 to {MAX_ROUTE_TIMEOUT_MS}")]
     TimeoutOutOfRange(u64),
     /// `usage_report_ms` is outside [`USAGE_REPORT_MS_RANGE`].
+    #[error("invalid plugin configuration: usage_report_ms is {0}, expected {min} to {max}", min = USAGE_REPORT_MS_RANGE.start(), max = USAGE_REPORT_MS_RANGE.end())]
     ReportPeriodOutOfRange(u64),
     /// `table_refresh_ms` is outside [`TABLE_REFRESH_MS_RANGE`].
+    #[error("invalid plugin configuration: table_refresh_ms is {0}, expected {min} to {max}", min = TABLE_REFRESH_MS_RANGE.start(), max = TABLE_REFRESH_MS_RANGE.end())]
     RefreshPeriodOutOfRange(u64),
     /// `table_wait_ms` is outside [`TABLE_WAIT_MS_RANGE`].
+    #[error("invalid plugin configuration: table_wait_ms is {0}, expected {min} to {max}", min = TABLE_WAIT_MS_RANGE.start(), max = TABLE_WAIT_MS_RANGE.end())]
     TableWaitOutOfRange(u64),
     /// `max_request_bytes` is outside [`MAX_REQUEST_BYTES_RANGE`].
+    #[error("invalid plugin configuration: max_request_bytes is {0}, expected {min} to {max}", min = MAX_REQUEST_BYTES_RANGE.start(), max = MAX_REQUEST_BYTES_RANGE.end())]
     MaxRequestBytesOutOfRange(u64),
+    /// The gateway token (from the configuration or the environment) is empty, too long,
+    /// or has a character that is not visible ASCII. The message never shows it.
+    #[error("invalid gateway token: expected 1 to {MAX_TOKEN_LEN} visible ASCII characters")]
+    BadToken,
+    /// `gateway_token_env` is not an environment variable name.
+    #[error("invalid plugin configuration: gateway_token_env must be a variable name (letters, digits, '_')")]
+    BadTokenEnv,
 }
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ConfigError::Json(why) => write!(f, "invalid plugin configuration: {why}"),
-            ConfigError::BadCluster => f.write_str(
-                "invalid plugin configuration: pool_manager_cluster must be non-empty printable ASCII without spaces",
-            ),
-            ConfigError::BadAuthority => f.write_str(
-                "invalid plugin configuration: pool_manager_authority must be non-empty printable ASCII without spaces",
-            ),
-            ConfigError::TimeoutOutOfRange(ms) => write!(
-                f,
-                "invalid plugin configuration: route_timeout_ms is {ms}, expected 1 to {MAX_ROUTE_TIMEOUT_MS}"
-            ),
-            ConfigError::ReportPeriodOutOfRange(ms) => write!(
-                f,
-                "invalid plugin configuration: usage_report_ms is {ms}, expected {} to {}",
-                USAGE_REPORT_MS_RANGE.start(),
-                USAGE_REPORT_MS_RANGE.end()
-            ),
-            ConfigError::RefreshPeriodOutOfRange(ms) => write!(
-                f,
-                "invalid plugin configuration: table_refresh_ms is {ms}, expected {} to {}",
-                TABLE_REFRESH_MS_RANGE.start(),
-                TABLE_REFRESH_MS_RANGE.end()
-            ),
-            ConfigError::TableWaitOutOfRange(ms) => write!(
-                f,
-                "invalid plugin configuration: table_wait_ms is {ms}, expected {} to {}",
-                TABLE_WAIT_MS_RANGE.start(),
-                TABLE_WAIT_MS_RANGE.end()
-            ),
-            ConfigError::MaxRequestBytesOutOfRange(n) => write!(
-                f,
-                "invalid plugin configuration: max_request_bytes is {n}, expected {} to {}",
-                MAX_REQUEST_BYTES_RANGE.start(),
-                MAX_REQUEST_BYTES_RANGE.end()
-            ),
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 #[cfg(test)]
 mod tests {
@@ -243,11 +320,77 @@ mod tests {
         assert_eq!(config.table_wait_ms, 10_000);
         assert_eq!(config.max_request_bytes, 32 << 20);
         assert_eq!(config.tick_period(), Duration::from_millis(200));
+        assert_eq!(config.gateway_token, None);
+        assert_eq!(config.gateway_token_env, "MM_GATEWAY_TOKEN");
+        assert!(config.bodies_while_paused);
+    }
+
+    #[test]
+    fn the_token_comes_from_the_configuration_else_the_environment() {
+        let env = |name: &str| match name {
+            "MM_GATEWAY_TOKEN" => Some("from-env\n".to_owned()),
+            "EMPTY" => Some("  ".to_owned()),
+            "BAD" => Some("two words".to_owned()),
+            _ => None,
+        };
+        let mut config = Config::default();
+        assert_eq!(
+            config.resolve_token(env),
+            Ok(TokenSource::Environment("MM_GATEWAY_TOKEN".into()))
+        );
+        assert_eq!(
+            config.gateway_token.as_ref().map(Token::as_str),
+            Some("from-env")
+        );
+
+        let mut config = Config::from_bytes(Some(br#"{"gateway_token":"from-config"}"#)).unwrap();
+        assert_eq!(config.resolve_token(env), Ok(TokenSource::Configuration));
+        assert_eq!(
+            config.gateway_token.as_ref().map(Token::as_str),
+            Some("from-config")
+        );
+
+        for (name, want) in [
+            ("UNSET", Ok(TokenSource::None)),
+            ("EMPTY", Ok(TokenSource::None)),
+            ("BAD", Err(ConfigError::BadToken)),
+        ] {
+            let json = format!(r#"{{"gateway_token_env":"{name}"}}"#);
+            let mut config = Config::from_bytes(Some(json.as_bytes())).unwrap();
+            assert_eq!(config.resolve_token(env), want, "{name}");
+            assert_eq!(config.gateway_token, None);
+        }
+    }
+
+    #[test]
+    fn refuses_bad_tokens_without_showing_them() {
+        for bad in [
+            r#"{"gateway_token":""}"#.to_owned(),
+            r#"{"gateway_token":"a b"}"#.to_owned(),
+            r#"{"gateway_token":"caf\u00e9"}"#.to_owned(),
+            format!(r#"{{"gateway_token":"{}"}}"#, "x".repeat(MAX_TOKEN_LEN + 1)),
+        ] {
+            let err = Config::from_bytes(Some(bad.as_bytes())).unwrap_err();
+            assert!(
+                err.to_string().contains("invalid gateway token"),
+                "{bad}: {err}"
+            );
+        }
+        let config = Config::from_bytes(Some(br#"{"gateway_token":"hunter2"}"#)).unwrap();
+        assert!(!format!("{config:?}").contains("hunter2"));
+        for bad in ["", "1ABC", "A-B", "A B"] {
+            let json = format!(r#"{{"gateway_token_env":"{bad}"}}"#);
+            assert_eq!(
+                Config::from_bytes(Some(json.as_bytes())),
+                Err(ConfigError::BadTokenEnv),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
     fn reads_every_key() {
-        let json = br#"{"pool_manager_cluster":"pm","pool_manager_authority":"pm.local:9000","route_timeout_ms":1,"usage_report_ms":250,"table_refresh_ms":50,"table_wait_ms":30000,"max_request_bytes":4096}"#;
+        let json = br#"{"pool_manager_cluster":"pm","pool_manager_authority":"pm.local:9000","route_timeout_ms":1,"usage_report_ms":250,"table_refresh_ms":50,"table_wait_ms":30000,"max_request_bytes":4096,"gateway_token":"t0k3n","gateway_token_env":"PM_TOKEN","bodies_while_paused":false}"#;
         assert_eq!(
             Config::from_bytes(Some(json)),
             Ok(Config {
@@ -258,6 +401,9 @@ mod tests {
                 table_refresh_ms: 50,
                 table_wait_ms: 30_000,
                 max_request_bytes: 4096,
+                gateway_token: Some(Token::new("t0k3n").unwrap()),
+                gateway_token_env: "PM_TOKEN".into(),
+                bodies_while_paused: false,
             })
         );
         for bad in [

@@ -1,10 +1,15 @@
 //! What to do with a paused request once the pool-manager has answered the route call:
-//! forward it to a replica, or answer the client directly. Anything that is not a
-//! well-formed answer from our own pool-manager ends as a 502 or 503, never as a forward.
+//! forward it to a checked [`Target`], or answer the client with a [`Reply`]. Anything that
+//! is not a well-formed answer from our own pool-manager ends as a 502 or 503, never as a
+//! forward.
 
 use std::net::SocketAddr;
+use std::rc::Rc;
 
 use mm_wire::{ErrorBody, RouteResponse, TensorSpec};
+
+use crate::reply::Reply;
+use crate::target::Target;
 
 /// Most bytes of the route-call body the filter reads; an honest answer is far smaller.
 pub const MAX_ROUTE_BODY_BYTES: usize = 64 * 1024;
@@ -12,45 +17,18 @@ pub const MAX_ROUTE_BODY_BYTES: usize = 64 * 1024;
 /// Longest replica name accepted: it becomes a response header value.
 pub const MAX_REPLICA_NAME_LEN: usize = 253;
 
-/// Message when the pool-manager cannot be reached or did not answer with our JSON.
-pub const UNREACHABLE: &str = "pool-manager unreachable";
-
-/// Message when the pool-manager answered 200 with something that is not a usable route.
-pub const INVALID_ROUTE: &str = "pool-manager returned an invalid route";
-
 /// The outcome of a route call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    /// Send the request to `address` (HTTP) or `grpc_address` (gRPC).
+    /// Send the request to `target` (its gRPC address for a gRPC call).
     Forward {
-        /// `IP:PORT` in canonical form (IPv6 in brackets), as Envoy's ORIGINAL_DST
-        /// cluster expects it; never a host name, never port 0 or an unspecified IP.
-        address: String,
-        /// The replica's name: 1 to [`MAX_REPLICA_NAME_LEN`] printable ASCII characters,
-        /// so it is safe as a header value.
-        replica: String,
-        /// The replica's gRPC `IP:PORT`, canonical like `address`; `None` when the answer
-        /// had none or had one that is not a usable socket address.
-        grpc_address: Option<String>,
+        target: Rc<Target>,
         /// The model's inputs, when the pool-manager knows them (for KServe V1).
-        inputs: Option<Vec<TensorSpec>>,
+        inputs: Option<Rc<[TensorSpec]>>,
     },
-    /// Answer the client with `status` (always 400..=599) and `{"error": message}`.
-    Reply {
-        /// HTTP status for the client.
-        status: u16,
-        /// One sentence for the client.
-        message: String,
-    },
-}
-
-impl Decision {
-    fn reply(status: u16, message: &str) -> Decision {
-        Decision::Reply {
-            status,
-            message: message.to_owned(),
-        }
-    }
+    /// Answer the client: [`Reply::PoolManagerUnreachable`], [`Reply::InvalidRoute`] or
+    /// the pool-manager's own refusal ([`Reply::PoolManager`], status 400..=599).
+    Reply(Reply),
 }
 
 /// Reads a `:status` header value; `None` unless it is exactly three ASCII digits.
@@ -64,28 +42,28 @@ pub fn parse_status(raw: &[u8]) -> Option<u16> {
 /// Maps the route call's outcome to a [`Decision`].
 ///
 /// - `status` `None` (Envoy reports a failed callout that way: connect failure, reset,
-///   timeout) -> 503 [`UNREACHABLE`].
+///   timeout) -> [`Reply::PoolManagerUnreachable`] (503).
 /// - 200 with a [`RouteResponse`] whose address is a usable socket address and whose
 ///   replica name is a safe header value -> [`Decision::Forward`]; 200 with anything else
-///   -> 502 [`INVALID_ROUTE`].
-/// - Any other status with an [`ErrorBody`] -> that status and message, with statuses
-///   outside 400..=599 turned into 502.
+///   -> [`Reply::InvalidRoute`] (502).
+/// - Any other status with an [`ErrorBody`] -> [`Reply::PoolManager`] with that status
+///   and message, statuses outside 400..=599 turned into 502.
 /// - Any other status with any other body (e.g. Envoy's own "no healthy upstream") ->
-///   503 [`UNREACHABLE`].
+///   [`Reply::PoolManagerUnreachable`].
 pub fn decide(status: Option<u16>, body: &[u8]) -> Decision {
     match status {
-        None => Decision::reply(503, UNREACHABLE),
-        Some(200) => forward(body).unwrap_or_else(|| Decision::reply(502, INVALID_ROUTE)),
+        None => Decision::Reply(Reply::PoolManagerUnreachable),
+        Some(200) => forward(body).unwrap_or(Decision::Reply(Reply::InvalidRoute)),
         Some(status) => match serde_json::from_slice::<ErrorBody>(body) {
-            Ok(ErrorBody { error }) => Decision::Reply {
+            Ok(ErrorBody { error }) => Decision::Reply(Reply::PoolManager {
                 status: if (400..=599).contains(&status) {
                     status
                 } else {
                     502
                 },
                 message: error,
-            },
-            Err(_) => Decision::reply(503, UNREACHABLE),
+            }),
+            Err(_) => Decision::Reply(Reply::PoolManagerUnreachable),
         },
     }
 }
@@ -93,15 +71,14 @@ pub fn decide(status: Option<u16>, body: &[u8]) -> Decision {
 /// The forward decision for a 200 body, if it is a usable route.
 fn forward(body: &[u8]) -> Option<Decision> {
     let route: RouteResponse = serde_json::from_slice(body).ok()?;
-    let address = canonical_address(&route.address)?;
-    if !is_valid_replica_name(&route.replica) {
-        return None;
-    }
+    let target = Target::new(
+        &route.replica,
+        &route.address,
+        route.grpc_address.as_deref(),
+    )?;
     Some(Decision::Forward {
-        address,
-        replica: route.replica,
-        grpc_address: route.grpc_address.as_deref().and_then(canonical_address),
-        inputs: route.inputs,
+        target: Rc::new(target),
+        inputs: route.inputs.map(Rc::from),
     })
 }
 
@@ -137,17 +114,18 @@ mod tests {
     use super::*;
 
     fn reply(status: u16, message: &str) -> Decision {
-        Decision::Reply {
+        Decision::Reply(Reply::PoolManager {
             status,
             message: message.to_owned(),
-        }
+        })
     }
+
+    const UNREACHABLE: Decision = Decision::Reply(Reply::PoolManagerUnreachable);
+    const INVALID_ROUTE: Decision = Decision::Reply(Reply::InvalidRoute);
 
     fn fwd(address: &str, replica: &str) -> Decision {
         Decision::Forward {
-            address: address.to_owned(),
-            replica: replica.to_owned(),
-            grpc_address: None,
+            target: Rc::new(Target::new(replica, address, None).unwrap()),
             inputs: None,
         }
     }
@@ -201,14 +179,12 @@ mod tests {
         assert_eq!(
             decide(Some(200), body.as_bytes()),
             Decision::Forward {
-                address: "127.0.0.1:8000".into(),
-                replica: "r0".into(),
-                grpc_address: Some("[::1]:8001".into()),
-                inputs: Some(vec![TensorSpec {
+                target: Rc::new(Target::new("r0", "127.0.0.1:8000", Some("[::1]:8001")).unwrap()),
+                inputs: Some(Rc::from(vec![TensorSpec {
                     name: "x".into(),
                     datatype: "FP32".into(),
                     shape: vec![-1, 4],
-                }]),
+                }])),
             }
         );
         // A gRPC address that is not IP:PORT is dropped; the HTTP route still stands.
@@ -247,20 +223,13 @@ mod tests {
             r#"{"replica":1,"address":"127.0.0.1:8000"}"#,
         ];
         for body in bodies {
-            assert_eq!(
-                decide(Some(200), body.as_bytes()),
-                reply(502, INVALID_ROUTE),
-                "{body}"
-            );
+            assert_eq!(decide(Some(200), body.as_bytes()), INVALID_ROUTE, "{body}");
         }
         let long = format!(
             r#"{{"replica":"{}","address":"127.0.0.1:1"}}"#,
             "r".repeat(254)
         );
-        assert_eq!(
-            decide(Some(200), long.as_bytes()),
-            reply(502, INVALID_ROUTE)
-        );
+        assert_eq!(decide(Some(200), long.as_bytes()), INVALID_ROUTE);
         let longest = format!(
             r#"{{"replica":"{}","address":"127.0.0.1:1"}}"#,
             "r".repeat(253)
@@ -273,8 +242,8 @@ mod tests {
 
     #[test]
     fn failed_callout_is_503() {
-        assert_eq!(decide(None, b""), reply(503, UNREACHABLE));
-        assert_eq!(decide(None, br#"{"error":"x"}"#), reply(503, UNREACHABLE));
+        assert_eq!(decide(None, b""), UNREACHABLE);
+        assert_eq!(decide(None, br#"{"error":"x"}"#), UNREACHABLE);
     }
 
     #[test]
@@ -340,7 +309,7 @@ mod tests {
         for (status, body) in cases {
             assert_eq!(
                 decide(Some(*status), body.as_bytes()),
-                reply(503, UNREACHABLE),
+                UNREACHABLE,
                 "{status} {body}"
             );
         }

@@ -5,9 +5,8 @@
 //! status. Methods that change a replica (repository load/unload, shared memory, trace and
 //! log settings) are never forwarded. Plain Rust; no input can panic.
 
-use std::fmt;
-
 use mm_wire::{validate_model_name, NameError, MAX_MODEL_NAME_LEN};
+use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 
 /// Path prefix of every method of the service.
 pub const SERVICE_PREFIX: &str = "/inference.GRPCInferenceService/";
@@ -175,68 +174,51 @@ fn printable_method(method: &[u8]) -> String {
     }
 }
 
-/// Why the model of a gRPC call could not be told. `Display` is one sentence for the
-/// client; every variant is the client's fault (HTTP 400, gRPC `INVALID_ARGUMENT`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why the model of a gRPC call could not be told, or is not the one routed. `Display` is
+/// one sentence for the client; every variant is the client's fault (HTTP 400, gRPC
+/// `INVALID_ARGUMENT`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GrpcError {
     /// A model header is present but its value is not a valid model name.
+    #[error("invalid model name in header {header}: {why}")]
     InvalidHeader {
         header: &'static str,
+        #[source]
         why: NameError,
     },
-    /// The message is compressed, so its fields cannot be read without decompressing.
+    /// The message is compressed, so its fields cannot be read (or checked) without
+    /// decompressing it.
+    #[error("compressed gRPC messages need a model header")]
     Compressed,
     /// The gRPC frame's flag byte is neither 0 nor 1.
+    #[error("invalid gRPC message frame")]
     BadFrame,
     /// The protobuf message is malformed (truncated or over-long varint, field running
     /// past the message, field number 0, wire type 6 or 7, groups, field 1 not a string).
+    #[error("malformed protobuf request: {0}")]
     Malformed(&'static str),
-    /// The complete message has no field 1.
+    /// A complete message has no field 1.
+    #[error("request message does not name a model (field 1, model_name)")]
     MissingModel,
     /// Field 1 is not valid UTF-8.
+    #[error("model name in the request message is not UTF-8")]
     NotUtf8,
     /// Field 1 is not a valid model name.
-    InvalidName(NameError),
+    #[error("invalid model name in the request message: {0}")]
+    InvalidName(#[source] NameError),
     /// The message is longer than [`MAX_SCAN`] and field 1 does not start within it.
+    #[error("model name not found in the first 64 KiB; send a mm-model-id header")]
     NotInScan,
+    /// A message names another model than the one the call was routed to (by a header,
+    /// or by the first message): Triton would run that one.
+    #[error("request message names model {found}, but the call was routed to model {routed}")]
+    ModelMismatch { routed: String, found: String },
 }
 
 impl GrpcError {
     /// The HTTP status the gateway answers with (see [`grpc_status_for_http`]).
     pub fn status(&self) -> u16 {
         400
-    }
-}
-
-impl fmt::Display for GrpcError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            GrpcError::InvalidHeader { header, why } => {
-                write!(f, "invalid model name in header {header}: {why}")
-            }
-            GrpcError::Compressed => f.write_str("compressed gRPC messages need a model header"),
-            GrpcError::BadFrame => f.write_str("invalid gRPC message frame"),
-            GrpcError::Malformed(why) => write!(f, "malformed protobuf request: {why}"),
-            GrpcError::MissingModel => {
-                f.write_str("request message does not name a model (field 1, model_name)")
-            }
-            GrpcError::NotUtf8 => f.write_str("model name in the request message is not UTF-8"),
-            GrpcError::InvalidName(why) => {
-                write!(f, "invalid model name in the request message: {why}")
-            }
-            GrpcError::NotInScan => {
-                f.write_str("model name not found in the first 64 KiB; send a mm-model-id header")
-            }
-        }
-    }
-}
-
-impl std::error::Error for GrpcError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            GrpcError::InvalidHeader { why, .. } | GrpcError::InvalidName(why) => Some(why),
-            _ => None,
-        }
     }
 }
 
@@ -278,145 +260,343 @@ const WIRE_FIXED32: u64 = 5;
 /// `ModelConfigRequest` the name is field 1 (a string); fields are scanned in any order,
 /// others skipped. `Ok(None)`: more bytes are needed (call again with a longer prefix;
 /// the answer never needs more than the frame header and [`MAX_SCAN`] bytes plus field 1's
-/// few). `Ok(Some(name))`: field 1, validated. If field 1 occurs more than once, the first
-/// occurrence is taken (a later one is not looked for).
+/// few). `Ok(Some(name))`: field 1, validated. The first occurrence of field 1 answers;
+/// the bytes after it are not looked at ([`MessageScan`] checks them all).
 ///
 /// Errors: compressed message ([`GrpcError::Compressed`]); bad flag byte; malformed
 /// protobuf; no field 1 in the complete message; field 1 not UTF-8 or not a valid name;
 /// a message longer than [`MAX_SCAN`] whose field 1 does not start within it. The work is
 /// bounded by `min(buf.len(), MAX_SCAN)`. Never panics.
 pub fn model_from_message(buf: &[u8]) -> Result<Option<String>, GrpcError> {
-    let Some((header, body)) = buf.split_first_chunk::<FRAME_HEADER_LEN>() else {
-        return Ok(None);
-    };
-    let [flag, len @ ..] = *header;
-    match flag {
-        0 => {}
-        1 => return Err(GrpcError::Compressed),
-        _ => return Err(GrpcError::BadFrame),
+    let mut scan = MessageScan::new(None);
+    let mut rest = buf;
+    while scan.model.is_none() && !rest.is_empty() {
+        let used = scan.step(rest)?;
+        rest = rest.get(used..).unwrap_or_default();
     }
-    let msg_len = usize::try_from(u32::from_be_bytes(len)).unwrap_or(usize::MAX);
-    let complete = body.len() >= msg_len;
-    let body = body.get(..msg_len).unwrap_or(body);
-    let mut reader = Reader {
-        buf: body,
-        pos: 0,
-        complete,
-    };
+    Ok(scan.model)
+}
 
-    loop {
-        if reader.pos >= msg_len {
-            return Err(GrpcError::MissingModel);
+/// Follows the request messages of a gRPC call through its body, chunk by chunk, and
+/// checks that every one names the call's model in every occurrence of field 1 (Triton
+/// runs the model of the *last* occurrence; the gateway routed by one of them): the first
+/// message gives the model when no header did, and any message that names another model,
+/// or none, is refused. Memory stays constant whatever the body: skipped fields are never
+/// held, only a model name (at most [`MAX_MODEL_NAME_LEN`] bytes) is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageScan {
+    /// The model every message must name; `None` until the first message named one.
+    model: Option<String>,
+    state: ScanState,
+    /// Bytes of the current message not consumed yet (after its 5-byte prefix).
+    left: u64,
+    /// Bytes of the current message consumed so far.
+    offset: u64,
+    /// Whether the current message has named its model yet.
+    named: bool,
+    /// Whether a message has started (a body with none names no model).
+    any_message: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ScanState {
+    /// Reading a message's 5-byte prefix.
+    Prefix {
+        bytes: [u8; FRAME_HEADER_LEN],
+        have: usize,
+    },
+    /// Reading a field key.
+    Key { value: u64, index: u32 },
+    /// Reading (and dropping) a varint value.
+    Varint { index: u32 },
+    /// Reading a length; `model` for field 1.
+    Length { model: bool, value: u64, index: u32 },
+    /// Skipping this many bytes of a field.
+    Skip(u64),
+    /// Reading field 1's bytes.
+    Name { bytes: Vec<u8>, need: usize },
+}
+
+impl MessageScan {
+    /// A scan of a call routed to `model` (from a header), or, with `None`, of a call whose
+    /// first message must name the model.
+    pub fn new(model: Option<String>) -> MessageScan {
+        MessageScan {
+            model,
+            state: ScanState::Prefix {
+                bytes: [0; FRAME_HEADER_LEN],
+                have: 0,
+            },
+            left: 0,
+            offset: 0,
+            named: false,
+            any_message: false,
         }
-        if reader.pos >= MAX_SCAN {
+    }
+
+    /// The model of the call, once known.
+    pub fn model(&self) -> Option<&str> {
+        self.model.as_deref()
+    }
+
+    /// How many of the next bytes are skipped without being looked at: the caller may
+    /// pass them over with [`MessageScan::skip`] instead of reading them.
+    pub fn skippable(&self) -> u64 {
+        match self.state {
+            ScanState::Skip(n) => n,
+            _ => 0,
+        }
+    }
+
+    /// Passes over `n` bytes, at most [`MessageScan::skippable`].
+    pub fn skip(&mut self, n: u64) -> Result<(), GrpcError> {
+        let n = n.min(self.skippable());
+        if n == 0 {
+            return Ok(());
+        }
+        self.state = ScanState::Skip(self.skippable() - n);
+        self.consume(n);
+        if self.skippable() == 0 {
+            self.field_boundary()?;
+        }
+        Ok(())
+    }
+
+    /// Reads the next bytes of the body.
+    ///
+    /// Errors: a compressed message, a bad frame, malformed protobuf, field 1 absent from a
+    /// message, not UTF-8, not a valid name, or another model than the call's; while the
+    /// model is still unknown, a first message whose field 1 does not start within
+    /// [`MAX_SCAN`] bytes. The scan is not to be fed again after an error.
+    pub fn feed(&mut self, mut bytes: &[u8]) -> Result<(), GrpcError> {
+        while !bytes.is_empty() {
+            let used = self.step(bytes)?;
+            bytes = bytes.get(used..).unwrap_or_default();
+        }
+        Ok(())
+    }
+
+    /// Checks the end of the body: it must not end inside a message, and a call whose
+    /// model is not known yet had no message that named one.
+    pub fn finish(&self) -> Result<(), GrpcError> {
+        match self.state {
+            ScanState::Prefix { have: 0, .. } if self.model.is_some() => Ok(()),
+            ScanState::Prefix { have: 0, .. } => Err(GrpcError::MissingModel),
+            _ if !self.any_message => Err(GrpcError::MissingModel),
+            _ => Err(GrpcError::Malformed("the body ends inside a message")),
+        }
+    }
+
+    fn consume(&mut self, n: u64) {
+        self.left = self.left.saturating_sub(n);
+        self.offset = self.offset.saturating_add(n);
+    }
+
+    /// One step over the start of `bytes` (never empty); returns how many bytes it used
+    /// (at least one).
+    fn step(&mut self, bytes: &[u8]) -> Result<usize, GrpcError> {
+        if let ScanState::Prefix {
+            bytes: prefix,
+            have,
+        } = &mut self.state
+        {
+            let take = (FRAME_HEADER_LEN - *have).min(bytes.len());
+            prefix[*have..*have + take].copy_from_slice(&bytes[..take]);
+            *have += take;
+            if *have == FRAME_HEADER_LEN {
+                let prefix = *prefix;
+                self.start_message(prefix)?;
+            }
+            return Ok(take);
+        }
+        if let ScanState::Skip(n) = self.state {
+            let take = n.min(bytes.len() as u64);
+            self.skip(take)?;
+            return Ok(usize::try_from(take).unwrap_or(bytes.len()));
+        }
+        if let ScanState::Name { bytes: name, need } = &mut self.state {
+            let take = (*need - name.len()).min(bytes.len());
+            name.extend_from_slice(&bytes[..take]);
+            let done = name.len() == *need;
+            self.consume(take as u64);
+            if done {
+                self.name_done()?;
+            }
+            return Ok(take);
+        }
+        // A varint byte: the message must still have it.
+        if self.left == 0 {
+            return Err(GrpcError::Malformed("truncated varint"));
+        }
+        let byte = bytes[0];
+        self.consume(1);
+        self.varint_byte(byte)?;
+        Ok(1)
+    }
+
+    fn start_message(&mut self, prefix: [u8; FRAME_HEADER_LEN]) -> Result<(), GrpcError> {
+        let [flag, len @ ..] = prefix;
+        match flag {
+            0 => {}
+            1 => return Err(GrpcError::Compressed),
+            _ => return Err(GrpcError::BadFrame),
+        }
+        self.any_message = true;
+        self.left = u64::from(u32::from_be_bytes(len));
+        self.offset = 0;
+        self.named = false;
+        self.state = ScanState::Key { value: 0, index: 0 };
+        self.field_boundary()
+    }
+
+    /// At the start of a field: the end of the message, or a field key to come.
+    fn field_boundary(&mut self) -> Result<(), GrpcError> {
+        if self.left == 0 {
+            if !self.named {
+                return Err(GrpcError::MissingModel);
+            }
+            self.state = ScanState::Prefix {
+                bytes: [0; FRAME_HEADER_LEN],
+                have: 0,
+            };
+            return Ok(());
+        }
+        if self.model.is_none() && self.offset >= MAX_SCAN as u64 {
             return Err(GrpcError::NotInScan);
         }
-        let Some(key) = reader.varint()? else {
-            return Ok(None);
+        self.state = ScanState::Key { value: 0, index: 0 };
+        Ok(())
+    }
+
+    /// One byte of the varint being read (key, value or length).
+    fn varint_byte(&mut self, byte: u8) -> Result<(), GrpcError> {
+        let (value, index) = match &mut self.state {
+            ScanState::Key { value, index } | ScanState::Length { value, index, .. } => {
+                (Some(value), index)
+            }
+            ScanState::Varint { index } => (None, index),
+            // step() sends only varint bytes here.
+            ScanState::Prefix { .. } | ScanState::Skip(_) | ScanState::Name { .. } => return Ok(()),
         };
+        let bits = u64::from(byte & 0x7f);
+        // The tenth byte may only carry the top bit of a u64.
+        if *index == 9 && bits > 1 || *index > 9 {
+            return Err(GrpcError::Malformed("varint overflows 64 bits"));
+        }
+        if let Some(value) = value {
+            *value |= bits << (7 * *index);
+        }
+        *index += 1;
+        if byte & 0x80 != 0 {
+            if self.left == 0 {
+                return Err(GrpcError::Malformed("truncated varint"));
+            }
+            return Ok(());
+        }
+        match std::mem::replace(&mut self.state, ScanState::Skip(0)) {
+            ScanState::Key { value, .. } => self.key_done(value),
+            ScanState::Length { model, value, .. } => self.length_done(model, value),
+            _ => self.field_boundary(),
+        }
+    }
+
+    fn key_done(&mut self, key: u64) -> Result<(), GrpcError> {
         let field = key >> 3;
-        let wire_type = key & 7;
         if field == 0 || field > u64::from(u32::MAX >> 3) {
             return Err(GrpcError::Malformed("invalid field number"));
         }
-        if field == 1 {
-            if wire_type != WIRE_LEN {
-                return Err(GrpcError::Malformed("field 1 (model_name) is not a string"));
-            }
-            return reader.model_name(msg_len);
+        let wire_type = key & 7;
+        if field == 1 && wire_type != WIRE_LEN {
+            return Err(GrpcError::Malformed("field 1 (model_name) is not a string"));
         }
-        let skip = match wire_type {
-            WIRE_VARINT => match reader.varint()? {
-                Some(_) => 0,
-                None => return Ok(None),
+        self.state = match wire_type {
+            WIRE_VARINT => ScanState::Varint { index: 0 },
+            WIRE_FIXED64 => return self.skip_field(8),
+            WIRE_LEN => ScanState::Length {
+                model: field == 1,
+                value: 0,
+                index: 0,
             },
-            WIRE_FIXED64 => 8,
-            WIRE_LEN => match reader.varint()? {
-                Some(len) => usize::try_from(len).unwrap_or(usize::MAX),
-                None => return Ok(None),
-            },
-            WIRE_FIXED32 => 4,
+            WIRE_FIXED32 => return self.skip_field(4),
             WIRE_START_GROUP | WIRE_END_GROUP => {
                 return Err(GrpcError::Malformed("groups are not supported"))
             }
             _ => return Err(GrpcError::Malformed("invalid wire type")),
         };
-        // Where the next field starts is known from the length alone: no need to wait
-        // for bytes that will be skipped anyway.
-        let next = reader.pos.saturating_add(skip);
-        if next > msg_len {
+        if self.left == 0 {
+            return Err(GrpcError::Malformed("truncated varint"));
+        }
+        Ok(())
+    }
+
+    fn length_done(&mut self, model: bool, len: u64) -> Result<(), GrpcError> {
+        if len > self.left {
             return Err(GrpcError::Malformed(
                 "a field runs past the end of the message",
             ));
         }
-        if next < msg_len && next >= MAX_SCAN {
-            return Err(GrpcError::NotInScan);
+        if !model {
+            return self.skip_field(len);
         }
-        if next > reader.buf.len() && next < msg_len {
-            return Ok(None);
-        }
-        reader.pos = next;
-    }
-}
-
-/// A cursor over the available bytes of one message.
-struct Reader<'a> {
-    /// The bytes of the message received so far (never past its end).
-    buf: &'a [u8],
-    pos: usize,
-    /// Whether `buf` is the whole message: running out of bytes is then malformed, not a
-    /// reason to wait.
-    complete: bool,
-}
-
-impl Reader<'_> {
-    /// Reads a varint; `Ok(None)` if the available bytes end inside it.
-    fn varint(&mut self) -> Result<Option<u64>, GrpcError> {
-        let mut value = 0u64;
-        for i in 0..10 {
-            let Some(&byte) = self.buf.get(self.pos + i) else {
-                return if self.complete {
-                    Err(GrpcError::Malformed("truncated varint"))
-                } else {
-                    Ok(None)
-                };
-            };
-            let bits = u64::from(byte & 0x7f);
-            // The tenth byte may only carry the top bit of a u64.
-            if i == 9 && bits > 1 {
-                return Err(GrpcError::Malformed("varint overflows 64 bits"));
-            }
-            value |= bits << (7 * i);
-            if byte & 0x80 == 0 {
-                self.pos += i + 1;
-                return Ok(Some(value));
-            }
-        }
-        Err(GrpcError::Malformed("varint overflows 64 bits"))
-    }
-
-    /// Reads field 1's length and bytes, once its key has been read.
-    fn model_name(&mut self, msg_len: usize) -> Result<Option<String>, GrpcError> {
-        let Some(len) = self.varint()? else {
-            return Ok(None);
-        };
-        let len = usize::try_from(len).unwrap_or(usize::MAX);
-        let end = self.pos.saturating_add(len);
-        if end > msg_len {
-            return Err(GrpcError::Malformed(
-                "a field runs past the end of the message",
-            ));
-        }
-        // Decided before the bytes arrive, so a huge field 1 is never buffered.
-        if len > MAX_MODEL_NAME_LEN {
+        // Decided before the bytes arrive, so a huge field 1 is never held.
+        let need = usize::try_from(len).unwrap_or(usize::MAX);
+        if need > MAX_MODEL_NAME_LEN {
             return Err(GrpcError::InvalidName(NameError::TooLong));
         }
-        let Some(bytes) = self.buf.get(self.pos..end) else {
-            return Ok(None);
+        self.state = ScanState::Name {
+            bytes: Vec::with_capacity(need),
+            need,
         };
-        let name = std::str::from_utf8(bytes).map_err(|_| GrpcError::NotUtf8)?;
-        validate_model_name(name).map_err(GrpcError::InvalidName)?;
-        Ok(Some(name.to_owned()))
+        if need == 0 {
+            return self.name_done();
+        }
+        Ok(())
+    }
+
+    /// Skips a field of `len` bytes (after its key or length).
+    fn skip_field(&mut self, len: u64) -> Result<(), GrpcError> {
+        if len > self.left {
+            return Err(GrpcError::Malformed(
+                "a field runs past the end of the message",
+            ));
+        }
+        // A field that runs to the end of a message that has not named its model: that
+        // message names none, known from the length alone.
+        if len == self.left && !self.named {
+            return Err(GrpcError::MissingModel);
+        }
+        // While the model is unknown, a field that ends past MAX_SCAN in a message that
+        // goes on means field 1 cannot start within it: known from the length alone.
+        let next = self.offset.saturating_add(len);
+        if self.model.is_none() && len < self.left && next >= MAX_SCAN as u64 {
+            return Err(GrpcError::NotInScan);
+        }
+        self.state = ScanState::Skip(len);
+        if len == 0 {
+            return self.field_boundary();
+        }
+        Ok(())
+    }
+
+    fn name_done(&mut self) -> Result<(), GrpcError> {
+        let ScanState::Name { bytes, .. } = std::mem::replace(&mut self.state, ScanState::Skip(0))
+        else {
+            return Ok(());
+        };
+        let name = String::from_utf8(bytes).map_err(|_| GrpcError::NotUtf8)?;
+        validate_model_name(&name).map_err(GrpcError::InvalidName)?;
+        match &self.model {
+            None => self.model = Some(name),
+            Some(routed) if *routed == name => {}
+            Some(routed) => {
+                return Err(GrpcError::ModelMismatch {
+                    routed: routed.clone(),
+                    found: name,
+                })
+            }
+        }
+        self.named = true;
+        self.field_boundary()
     }
 }
 
@@ -458,20 +638,14 @@ pub fn grpc_status_for_http(status: u16) -> u32 {
     }
 }
 
+/// What the gRPC HTTP/2 spec requires escaped in `grpc-message`: every byte outside
+/// 0x20..=0x7E (non-ASCII bytes always are), and `%` itself.
+const GRPC_MESSAGE_ESCAPED: &AsciiSet = &CONTROLS.add(b'%');
+
 /// Percent-encodes a `grpc-message` value as the gRPC HTTP/2 spec asks: every byte of the
 /// UTF-8 text outside 0x20..=0x7E, and `%` itself, becomes `%XX` (uppercase hex).
 pub fn percent_encode_grpc_message(msg: &str) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::with_capacity(msg.len());
-    for &byte in msg.as_bytes() {
-        if (0x20..=0x7e).contains(&byte) && byte != b'%' {
-            out.push(char::from(byte));
-        } else {
-            // Writing to a String cannot fail.
-            let _ = write!(out, "%{byte:02X}");
-        }
-    }
-    out
+    utf8_percent_encode(msg, GRPC_MESSAGE_ESCAPED).to_string()
 }
 
 #[cfg(test)]

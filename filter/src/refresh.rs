@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use mm_wire::{RoutingTable, MAX_TABLE_WAIT_MS, TABLE_PATH};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 /// Shared-data key of the leader lease: [`Lease::encode`].
 pub const LEASE_KEY: &str = "mm.table.lease";
@@ -133,7 +134,7 @@ pub fn poll_path(known: Option<&Stamp>, wait_ms: u64) -> String {
         Some(stamp) => format!(
             "{TABLE_PATH}?since={}&epoch={}&waitMs={wait_ms}",
             stamp.generation,
-            percent_encode(&stamp.epoch)
+            utf8_percent_encode(&stamp.epoch, QUERY_VALUE)
         ),
     }
 }
@@ -144,32 +145,21 @@ pub fn poll_timeout(wait_ms: u64) -> Duration {
 }
 
 /// Why a table answer was not used.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PollError {
     /// No answer: connect failure, reset or timeout.
+    #[error("no answer (connect failure, reset or timeout)")]
     NoAnswer,
     /// An answer other than 200.
+    #[error("status {0}")]
     Status(u16),
     /// A 200 whose body is larger than [`MAX_TABLE_BYTES`].
+    #[error("table of {0} bytes is over {MAX_TABLE_BYTES}")]
     TooLarge(usize),
     /// A 200 whose body is not a routing table; holds serde_json's description.
+    #[error("invalid table: {0}")]
     Invalid(String),
 }
-
-impl std::fmt::Display for PollError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            PollError::NoAnswer => f.write_str("no answer (connect failure, reset or timeout)"),
-            PollError::Status(status) => write!(f, "status {status}"),
-            PollError::TooLarge(len) => {
-                write!(f, "table of {len} bytes is over {MAX_TABLE_BYTES}")
-            }
-            PollError::Invalid(why) => write!(f, "invalid table: {why}"),
-        }
-    }
-}
-
-impl std::error::Error for PollError {}
 
 /// Checks a table answer before it is shared: `status` `None` for a failed call, the body
 /// length as Envoy reported it, then the body (only read when the length is acceptable).
@@ -262,18 +252,12 @@ pub fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// Percent-encodes everything but RFC 3986 unreserved characters.
-fn percent_encode(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for b in value.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
+/// Everything but RFC 3986 unreserved characters is escaped in a query value.
+const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 #[cfg(test)]
 mod tests {

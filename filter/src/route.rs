@@ -3,8 +3,6 @@
 //! the inference paths listed on [`parse`] are routable; Triton's repository API
 //! (`/v2/repository/...`, which loads and unloads models) never is.
 
-use std::fmt;
-
 use mm_wire::{validate_model_name, NameError, ANY_REPLICA_PATH, ROUTE_PATH_PREFIX};
 
 /// Most digits a model version may have: any `u64`-sized number fits, and nothing longer
@@ -90,17 +88,23 @@ pub fn pool_manager_path_for(model: Option<&str>) -> String {
 
 /// Why a path was refused. [`RouteError::status`] gives the HTTP status to answer with and
 /// `Display` the one-sentence message for the client.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {
     /// The path (before any `?`) is not valid UTF-8. 400.
+    #[error("request path is not valid UTF-8")]
     NotUtf8,
     /// The path has the shape of a model route but the model segment is not a valid name
     /// (empty, `..`, `%`-encoded, non-ASCII, ...). 400.
-    InvalidModelName(NameError),
+    #[error("invalid model name in request path: {0}")]
+    InvalidModelName(#[source] NameError),
     /// The path names a version that is not 1 to [`MAX_VERSION_DIGITS`] ASCII digits. 400.
+    #[error(
+        "invalid model version in request path: expected 1 to {MAX_VERSION_DIGITS} ASCII digits"
+    )]
     InvalidVersion,
     /// The path is not one the gateway serves (unknown, trailing slash, repository API,
     /// statistics, `:explain`, metrics, ...). 404.
+    #[error("no route for this path")]
     NoRoute,
 }
 
@@ -112,31 +116,6 @@ impl RouteError {
                 400
             }
             RouteError::NoRoute => 404,
-        }
-    }
-}
-
-impl fmt::Display for RouteError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RouteError::NotUtf8 => f.write_str("request path is not valid UTF-8"),
-            RouteError::InvalidModelName(why) => {
-                write!(f, "invalid model name in request path: {why}")
-            }
-            RouteError::InvalidVersion => write!(
-                f,
-                "invalid model version in request path: expected 1 to {MAX_VERSION_DIGITS} ASCII digits"
-            ),
-            RouteError::NoRoute => f.write_str("no route for this path"),
-        }
-    }
-}
-
-impl std::error::Error for RouteError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            RouteError::InvalidModelName(why) => Some(why),
-            _ => None,
         }
     }
 }

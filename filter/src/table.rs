@@ -1,35 +1,50 @@
 //! The worker's routing table: for each routable model, the endpoints of its loaded copies
 //! (and its inputs, for KServe V1), stamped with the pool-manager's epoch and generation.
-//! Warm requests are routed by [`Table::pick`] alone, with no call to the control plane.
-//! Plain Rust, one per worker VM; every address in it passed [`canonical_address`] and every
-//! replica name [`is_valid_replica_name`], so a pick is always safe to forward to.
+//! Warm requests are routed by [`Table::route`] alone, with no call to the control plane.
+//! Plain Rust, one per worker VM; every endpoint in it is a checked [`Target`], so a pick
+//! is always safe to forward to.
 
 use std::collections::HashMap;
-use std::fmt;
+use std::rc::Rc;
 
-use mm_wire::{validate_model_name, RouteResponse, RoutingTable, TensorSpec};
+use mm_wire::{validate_model_name, RoutingTable, TensorSpec};
 
-use crate::decision::{canonical_address, is_valid_replica_name};
-
-/// Where one copy of a model can be reached.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    /// The replica's name (a safe header value).
-    pub replica: String,
-    /// HTTP `IP:PORT`, canonical.
-    pub address: String,
-    /// gRPC `IP:PORT`, canonical, when the replica has one.
-    pub grpc_address: Option<String>,
-}
+pub use crate::target::Target;
 
 /// One model's copies and its round-robin cursor.
 #[derive(Debug, Clone, Default)]
 struct ModelRoutes {
     /// Never empty while the model is in the table; at most one per replica name.
-    targets: Vec<Target>,
-    inputs: Option<Vec<TensorSpec>>,
-    /// Index of the next target [`Table::pick`] hands out (modulo the length).
+    targets: Vec<Rc<Target>>,
+    inputs: Option<Rc<[TensorSpec]>>,
+    /// Index of the next target a pick hands out (modulo the length).
     next: usize,
+}
+
+impl ModelRoutes {
+    /// The next target, round-robin; with `grpc`, the next one that has a gRPC address.
+    fn pick(&mut self, grpc: bool) -> Option<Rc<Target>> {
+        let len = self.targets.len();
+        for step in 0..len {
+            let index = self.next.wrapping_add(step) % len;
+            if let Some(target) = self.targets.get(index) {
+                if !grpc || target.grpc_address().is_some() {
+                    self.next = index.wrapping_add(1);
+                    return Some(Rc::clone(target));
+                }
+            }
+        }
+        None
+    }
+}
+
+/// What [`Table::route`] found for a model the table has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// The copy to use; `None` only for gRPC when no copy has a gRPC endpoint.
+    pub target: Option<Rc<Target>>,
+    /// The model's inputs, when known (for KServe V1).
+    pub inputs: Option<Rc<[TensorSpec]>>,
 }
 
 /// What [`Table::from_wire`] left out of a table, for the log.
@@ -41,25 +56,13 @@ pub struct Skipped {
     pub endpoints: usize,
 }
 
-/// Why [`Table::insert_route`] refused a route.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why [`Table::insert`] refused a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum InsertError {
     /// The model name does not pass `validate_model_name`.
+    #[error("invalid model name")]
     InvalidModel,
-    /// The replica name is not a safe header value or the address is not `IP:PORT`.
-    InvalidEndpoint,
 }
-
-impl fmt::Display for InsertError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            InsertError::InvalidModel => f.write_str("invalid model name"),
-            InsertError::InvalidEndpoint => f.write_str("invalid replica name or address"),
-        }
-    }
-}
-
-impl std::error::Error for InsertError {}
 
 /// A routing table. See the module doc.
 #[derive(Debug, Clone, Default)]
@@ -89,11 +92,16 @@ impl Table {
                 skipped.endpoints += entry.replicas.len();
                 continue;
             }
-            let mut targets: Vec<Target> = Vec::with_capacity(entry.replicas.len());
+            let mut targets: Vec<Rc<Target>> = Vec::with_capacity(entry.replicas.len());
             for endpoint in entry.replicas {
-                match target(endpoint.replica, &endpoint.address, endpoint.grpc_address) {
-                    Some(t) if !targets.iter().any(|known| known.replica == t.replica) => {
-                        targets.push(t);
+                let target = Target::new(
+                    &endpoint.replica,
+                    &endpoint.address,
+                    endpoint.grpc_address.as_deref(),
+                );
+                match target {
+                    Some(t) if !targets.iter().any(|known| known.replica() == t.replica()) => {
+                        targets.push(Rc::new(t));
                     }
                     _ => skipped.endpoints += 1,
                 }
@@ -106,7 +114,7 @@ impl Table {
                 entry.model,
                 ModelRoutes {
                     targets,
-                    inputs: entry.inputs,
+                    inputs: entry.inputs.map(Rc::from),
                     next: 0,
                 },
             );
@@ -174,50 +182,47 @@ impl Table {
         self.models.contains_key(model)
     }
 
+    /// Routes a request for `model` with one lookup: `None` if the table does not route
+    /// it; else the next copy, round-robin (with `grpc`, the next that has a gRPC
+    /// endpoint), and the model's inputs.
+    pub fn route(&mut self, model: &str, grpc: bool) -> Option<Route> {
+        let routes = self.models.get_mut(model)?;
+        Some(Route {
+            target: routes.pick(grpc),
+            inputs: routes.inputs.clone(),
+        })
+    }
+
     /// The next endpoint of `model`, round-robin over its copies; `None` if the table does
     /// not route it.
-    pub fn pick(&mut self, model: &str) -> Option<Target> {
-        let routes = self.models.get_mut(model)?;
-        let index = routes.next % routes.targets.len().max(1);
-        let target = routes.targets.get(index)?.clone();
-        routes.next = index.wrapping_add(1);
-        Some(target)
+    pub fn pick(&mut self, model: &str) -> Option<Rc<Target>> {
+        self.models.get_mut(model)?.pick(false)
     }
 
     /// The next endpoint of `model` that has a gRPC address, round-robin; `None` if the
     /// model is not routed or none of its copies has one.
-    pub fn pick_grpc(&mut self, model: &str) -> Option<Target> {
-        let routes = self.models.get_mut(model)?;
-        let len = routes.targets.len();
-        for step in 0..len {
-            let index = routes.next.wrapping_add(step) % len;
-            if let Some(target) = routes.targets.get(index) {
-                if target.grpc_address.is_some() {
-                    routes.next = index.wrapping_add(1);
-                    return Some(target.clone());
-                }
-            }
-        }
-        None
+    pub fn pick_grpc(&mut self, model: &str) -> Option<Rc<Target>> {
+        self.models.get_mut(model)?.pick(true)
     }
 
     /// Some endpoint of some model (the first suitable copy of the alphabetically first
     /// model that has one), for server-level requests when the pool-manager cannot be
     /// asked; with `grpc`, only an endpoint with a gRPC address. `None` when there is none.
-    pub fn any(&self, grpc: bool) -> Option<&Target> {
+    pub fn any(&self, grpc: bool) -> Option<Rc<Target>> {
         let mut models: Vec<(&String, &ModelRoutes)> = self.models.iter().collect();
         models.sort_by(|a, b| a.0.cmp(b.0));
         models.into_iter().find_map(|(_, routes)| {
             routes
                 .targets
                 .iter()
-                .find(|t| !grpc || t.grpc_address.is_some())
+                .find(|t| !grpc || t.grpc_address().is_some())
+                .cloned()
         })
     }
 
     /// `model`'s inputs from its V2 metadata, if the table knows them.
-    pub fn inputs(&self, model: &str) -> Option<&[TensorSpec]> {
-        self.models.get(model)?.inputs.as_deref()
+    pub fn inputs(&self, model: &str) -> Option<Rc<[TensorSpec]>> {
+        self.models.get(model)?.inputs.clone()
     }
 
     /// Drops `replica`'s copy of `model` (it failed); a model left with no copy leaves the
@@ -227,7 +232,7 @@ impl Table {
             return false;
         };
         let before = routes.targets.len();
-        routes.targets.retain(|t| t.replica != replica);
+        routes.targets.retain(|t| t.replica() != replica);
         let removed = routes.targets.len() != before;
         if routes.targets.is_empty() {
             self.models.remove(model);
@@ -240,7 +245,7 @@ impl Table {
         let mut removed = 0;
         self.models.retain(|_, routes| {
             let before = routes.targets.len();
-            routes.targets.retain(|t| t.replica != replica);
+            routes.targets.retain(|t| t.replica() != replica);
             removed += before - routes.targets.len();
             !routes.targets.is_empty()
         });
@@ -251,37 +256,27 @@ impl Table {
     /// so the next request for it is routed locally, until the next table from the
     /// pool-manager replaces this one. An endpoint already known for that replica is
     /// updated; known inputs are kept when the answer has none.
-    pub fn insert_route(&mut self, model: &str, route: &RouteResponse) -> Result<(), InsertError> {
+    pub fn insert(
+        &mut self,
+        model: &str,
+        target: Rc<Target>,
+        inputs: Option<Rc<[TensorSpec]>>,
+    ) -> Result<(), InsertError> {
         validate_model_name(model).map_err(|_| InsertError::InvalidModel)?;
-        let new = target(
-            route.replica.clone(),
-            &route.address,
-            route.grpc_address.clone(),
-        )
-        .ok_or(InsertError::InvalidEndpoint)?;
         let routes = self.models.entry(model.to_owned()).or_default();
-        match routes.targets.iter_mut().find(|t| t.replica == new.replica) {
-            Some(known) => *known = new,
-            None => routes.targets.push(new),
+        match routes
+            .targets
+            .iter_mut()
+            .find(|t| t.replica() == target.replica())
+        {
+            Some(known) => *known = target,
+            None => routes.targets.push(target),
         }
-        if route.inputs.is_some() {
-            routes.inputs.clone_from(&route.inputs);
+        if inputs.is_some() {
+            routes.inputs = inputs;
         }
         Ok(())
     }
-}
-
-/// A checked [`Target`], or `None` if the replica name or HTTP address is unusable. An
-/// unusable gRPC address only drops the gRPC address.
-fn target(replica: String, address: &str, grpc_address: Option<String>) -> Option<Target> {
-    if !is_valid_replica_name(&replica) {
-        return None;
-    }
-    Some(Target {
-        replica,
-        address: canonical_address(address)?,
-        grpc_address: grpc_address.as_deref().and_then(canonical_address),
-    })
 }
 
 #[cfg(test)]
@@ -343,8 +338,21 @@ mod tests {
 
     fn replicas_picked(table: &mut Table, model: &str, n: usize) -> Vec<String> {
         (0..n)
-            .map(|_| table.pick(model).map(|t| t.replica).unwrap_or_default())
+            .map(|_| {
+                table
+                    .pick(model)
+                    .map(|t| t.replica().to_owned())
+                    .unwrap_or_default()
+            })
             .collect()
+    }
+
+    fn target(replica: &str, address: &str, grpc: Option<&str>) -> Option<Rc<Target>> {
+        Target::new(replica, address, grpc).map(Rc::new)
+    }
+
+    fn address(t: Option<Rc<Target>>) -> Option<String> {
+        t.map(|t| t.address().to_owned())
     }
 
     #[test]
@@ -372,14 +380,7 @@ mod tests {
             ["r0", "r1", "r0", "r1", "r0"]
         );
         assert_eq!(replicas_picked(&mut table, "xor", 2), ["r1", "r1"]);
-        assert_eq!(
-            table.pick("linear"),
-            Some(Target {
-                replica: "r1".into(),
-                address: "127.0.0.1:9000".into(),
-                grpc_address: None,
-            })
-        );
+        assert_eq!(table.pick("linear"), target("r1", "127.0.0.1:9000", None));
         assert_eq!(table.pick("absent"), None);
         assert!(table.contains("xor") && !table.contains("absent"));
     }
@@ -389,8 +390,8 @@ mod tests {
         let mut table = two_copies();
         for _ in 0..3 {
             let t = table.pick_grpc("linear").unwrap();
-            assert_eq!(t.replica, "r0");
-            assert_eq!(t.grpc_address.as_deref(), Some("127.0.0.1:8001"));
+            assert_eq!(t.replica(), "r0");
+            assert_eq!(t.grpc_address(), Some("127.0.0.1:8001"));
         }
         assert_eq!(table.pick_grpc("xor"), None);
         assert_eq!(table.pick_grpc("absent"), None);
@@ -418,10 +419,7 @@ mod tests {
         assert!(table.replace(restarted));
         assert_eq!((table.epoch(), table.generation()), (Some("e2"), 1));
         assert!(!table.contains("linear"));
-        assert_eq!(
-            table.pick("m").map(|t| t.address),
-            Some("10.0.0.9:8000".into())
-        );
+        assert_eq!(address(table.pick("m")), Some("10.0.0.9:8000".into()));
     }
 
     #[test]
@@ -475,19 +473,9 @@ mod tests {
             }
         );
         assert_eq!(table.len(), 2);
-        assert_eq!(
-            table.pick("ok"),
-            Some(Target {
-                replica: "r0".into(),
-                address: "[::1]:8000".into(),
-                grpc_address: None,
-            })
-        );
+        assert_eq!(table.pick("ok"), target("r0", "[::1]:8000", None));
         assert_eq!(replicas_picked(&mut table, "partly", 2), ["r4", "r4"]);
-        assert_eq!(
-            table.pick("partly").map(|t| t.address),
-            Some("127.0.0.1:8004".into())
-        );
+        assert_eq!(address(table.pick("partly")), Some("127.0.0.1:8004".into()));
     }
 
     #[test]
@@ -515,48 +503,36 @@ mod tests {
     #[test]
     fn a_route_call_answer_makes_the_model_warm() {
         let mut table = two_copies();
-        let route = RouteResponse {
-            model: Some("cold".into()),
-            replica: "r2".into(),
-            address: "127.0.0.1:7000".into(),
-            grpc_address: Some("127.0.0.1:7001".into()),
-            inputs: Some(spec()),
-        };
-        assert_eq!(table.insert_route("cold", &route), Ok(()));
+        let r2 = target("r2", "127.0.0.1:7000", Some("127.0.0.1:7001")).unwrap();
         assert_eq!(
-            table.pick("cold"),
-            Some(Target {
-                replica: "r2".into(),
-                address: "127.0.0.1:7000".into(),
-                grpc_address: Some("127.0.0.1:7001".into()),
-            })
+            table.insert("cold", Rc::clone(&r2), Some(Rc::from(spec()))),
+            Ok(())
         );
-        assert_eq!(table.inputs("cold"), Some(&spec()[..]));
+        assert_eq!(table.pick("cold"), Some(r2));
+        assert_eq!(table.inputs("cold").as_deref(), Some(&spec()[..]));
         // Another copy of a known model joins the rotation; inputs are kept.
-        let other = RouteResponse {
-            model: None,
-            replica: "r3".into(),
-            address: "127.0.0.1:7100".into(),
-            grpc_address: None,
-            inputs: None,
-        };
-        assert_eq!(table.insert_route("cold", &other), Ok(()));
+        let r3 = target("r3", "127.0.0.1:7100", None).unwrap();
+        assert_eq!(table.insert("cold", r3, None), Ok(()));
         assert_eq!(replicas_picked(&mut table, "cold", 2), ["r3", "r2"]);
-        assert_eq!(table.inputs("cold"), Some(&spec()[..]));
+        assert_eq!(table.inputs("cold").as_deref(), Some(&spec()[..]));
         // The same replica again updates its address instead of adding a copy.
-        let moved = RouteResponse {
-            address: "127.0.0.1:7200".into(),
-            ..other.clone()
-        };
-        assert_eq!(table.insert_route("cold", &moved), Ok(()));
-        let addresses: Vec<String> = (0..2)
-            .filter_map(|_| table.pick("cold").map(|t| t.address))
-            .collect();
+        let moved = target("r3", "127.0.0.1:7200", None).unwrap();
+        assert_eq!(table.insert("cold", moved, None), Ok(()));
+        let addresses: Vec<String> = (0..2).filter_map(|_| address(table.pick("cold"))).collect();
         assert!(
             addresses.contains(&"127.0.0.1:7200".to_owned()),
             "{addresses:?}"
         );
         assert!(!addresses.contains(&"127.0.0.1:7100".to_owned()));
+        // One lookup gives the pick and the inputs.
+        let route = table.route("cold", true).unwrap();
+        assert_eq!(
+            route.target.map(|t| t.replica().to_owned()),
+            Some("r2".into())
+        );
+        assert_eq!(route.inputs.as_deref(), Some(&spec()[..]));
+        assert_eq!(table.route("xor", true).map(|r| r.target), Some(None));
+        assert_eq!(table.route("absent", false), None);
         // The insert lives until the next refresh replaces the table.
         let (newer, _) = Table::from_wire(wire("e1", 4, vec![]));
         assert!(table.replace(newer));
@@ -564,51 +540,39 @@ mod tests {
     }
 
     #[test]
-    fn refuses_unusable_route_answers() {
+    fn refuses_an_invalid_model_name() {
         let mut table = Table::new();
-        let good = RouteResponse {
-            model: None,
-            replica: "r0".into(),
-            address: "127.0.0.1:8000".into(),
-            grpc_address: None,
-            inputs: None,
-        };
+        let good = target("r0", "127.0.0.1:8000", None).unwrap();
         assert_eq!(
-            table.insert_route("..", &good),
+            table.insert("..", good, None),
             Err(InsertError::InvalidModel)
         );
-        for (replica, address) in [
-            ("r0", "host:1"),
-            ("", "127.0.0.1:1"),
-            ("r\n", "127.0.0.1:1"),
-        ] {
-            let bad = RouteResponse {
-                replica: replica.into(),
-                address: address.into(),
-                ..good.clone()
-            };
-            assert_eq!(
-                table.insert_route("m", &bad),
-                Err(InsertError::InvalidEndpoint)
-            );
-        }
         assert!(table.is_empty());
     }
 
     #[test]
     fn any_is_stable_and_inputs_follow_the_entry() {
         let mut table = two_copies();
-        assert_eq!(table.any(false).map(|t| t.replica.as_str()), Some("r0"));
-        assert_eq!(table.any(true).map(|t| t.replica.as_str()), Some("r0"));
+        assert_eq!(
+            table.any(false).map(|t| t.replica().to_owned()),
+            Some("r0".into())
+        );
+        assert_eq!(
+            table.any(true).map(|t| t.replica().to_owned()),
+            Some("r0".into())
+        );
         table.remove("linear", "r0");
-        assert_eq!(table.any(false).map(|t| t.replica.as_str()), Some("r1"));
+        assert_eq!(
+            table.any(false).map(|t| t.replica().to_owned()),
+            Some("r1".into())
+        );
         assert_eq!(table.any(true), None);
         assert_eq!(table.inputs("linear"), None);
         let mut with_inputs = entry("v1", vec![endpoint("r0", "127.0.0.1:1", None)]);
         with_inputs.inputs = Some(spec());
         let (newer, _) = Table::from_wire(wire("e1", 9, vec![with_inputs]));
         assert!(table.replace(newer));
-        assert_eq!(table.inputs("v1"), Some(&spec()[..]));
+        assert_eq!(table.inputs("v1").as_deref(), Some(&spec()[..]));
     }
 
     proptest! {
@@ -624,8 +588,8 @@ mod tests {
             let mut counts = vec![0usize; copies];
             for _ in 0..copies * rounds {
                 let t = table.pick("m").unwrap();
-                let i: usize = t.replica.trim_start_matches('r').parse().unwrap();
-                prop_assert_eq!(t.address, format!("127.0.0.1:{}", 8000 + i));
+                let i: usize = t.replica().trim_start_matches('r').parse().unwrap();
+                prop_assert_eq!(t.address(), format!("127.0.0.1:{}", 8000 + i));
                 counts[i] += 1;
             }
             prop_assert!(counts.iter().all(|&c| c == rounds));

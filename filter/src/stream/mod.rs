@@ -1,0 +1,703 @@
+//! One client request, as a state machine over [`Host`]: the glue forwards each Proxy-Wasm
+//! callback of the request to the matching `on_*` method, with the worker's shared state.
+//!
+//! Phases ([`Phase`]): a request starts [`Phase::New`]; its headers classify it (HTTP by
+//! path, or a gRPC method) and either answer it ([`Phase::Replied`]), route it from the
+//! worker's table ([`Phase::Routed`]), hold it for the route call ([`Phase::Routing`]) or,
+//! for a gRPC call that names its model only in its first message, hold it until that
+//! message has arrived ([`Phase::AwaitingModel`]). A routed request may still hold its body
+//! (KServe V1, translated to V2 once whole). The response is then watched for replica
+//! failures ([`response`]) and, for V1, translated back.
+
+mod response;
+
+use std::rc::Rc;
+
+use mm_wire::TensorSpec;
+
+use crate::decision::{self, Decision};
+use crate::grpc::{self, GrpcError, GrpcRoute};
+use crate::host::{Action, Buffer, Host, Map};
+use crate::metrics::Metric;
+use crate::reply::Reply;
+use crate::route::{self, ModelApi, Route};
+use crate::table::Target;
+use crate::v1;
+use crate::worker::Worker;
+use crate::{control, debug, error, info, warn};
+
+use response::ResponseBody;
+
+/// Most bytes of a gRPC request body read to find the model: the frame prefix, the part of
+/// the message [`grpc::model_from_message`] scans, and room for field 1 itself.
+const MAX_GRPC_SCAN_BYTES: usize = 5 + grpc::MAX_SCAN + 256;
+
+/// Where a request is in its life. See the module doc.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// No headers seen yet.
+    New,
+    /// A gRPC call held until its first message names the model.
+    AwaitingModel,
+    /// Held while the route call is out.
+    Routing,
+    /// The upstream is set: the request goes to its replica (a KServe V1 body once
+    /// translated).
+    Routed,
+    /// Answered by the gateway itself; nothing more is done.
+    Replied,
+}
+
+/// What a request is, as far as routing goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Not classified yet.
+    Unknown,
+    /// An HTTP (KServe V2 or V1) request: the endpoint it calls when it names a model
+    /// (`None` for a server-level path), and whether it names a version.
+    Http {
+        api: Option<ModelApi>,
+        versioned: bool,
+    },
+    /// A call of the KServe V2 gRPC service; `per_model` when it needs a replica with the
+    /// model (else any replica will do).
+    Grpc { per_model: bool },
+}
+
+/// Progress of a KServe V1 `:predict` request, which is translated to V2 once both its
+/// body and its model's inputs are known.
+#[derive(Debug, Default)]
+struct V1Request {
+    /// The model's inputs, once the table or the route call gave them.
+    inputs: Option<Rc<[TensorSpec]>>,
+    /// The body's size once it has all arrived (Envoy buffers it).
+    body_end: Option<usize>,
+}
+
+/// One client request. See the module doc.
+#[derive(Debug)]
+pub struct Stream {
+    /// The context id, for logs.
+    id: u32,
+    phase: Phase,
+    kind: Kind,
+    /// The model the request names, once known.
+    model: Option<String>,
+    /// Where the request was sent, once routed.
+    target: Option<Rc<Target>>,
+    /// Whether the request is counted in flight under (model, target): finished exactly
+    /// once, by `on_log` (or, should Envoy never call it, by the glue's drop).
+    counted: bool,
+    /// Set for a KServe V1 `:predict` request.
+    v1: Option<V1Request>,
+    /// What to do with the response body.
+    response: ResponseBody,
+    /// Request body bytes already passed on upstream (Envoy hands the filter only what it
+    /// buffered since the last `Continue`).
+    body_passed: u64,
+}
+
+impl Stream {
+    /// A request of context `id`, before its headers.
+    pub fn new(id: u32) -> Stream {
+        Stream {
+            id,
+            phase: Phase::New,
+            kind: Kind::Unknown,
+            model: None,
+            target: None,
+            counted: false,
+            v1: None,
+            response: ResponseBody::Pass,
+            body_passed: 0,
+        }
+    }
+
+    /// Where the request is.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// Whether the request is still counted in flight.
+    pub fn is_counted(&self) -> bool {
+        self.counted
+    }
+
+    /// The request headers: classify and route (or answer, or hold) the request.
+    pub fn on_request_headers(
+        &mut self,
+        host: &mut impl Host,
+        worker: &mut Worker,
+        end_of_stream: bool,
+    ) -> Action {
+        if let Err(err) = self.strip_reserved_headers(host) {
+            error!(
+                host,
+                "[{}] cannot remove client routing headers: {err}", self.id
+            );
+            return self.refuse(host, worker, Reply::CannotSanitize);
+        }
+        let declared = host
+            .header(Map::RequestHeaders, "content-length")
+            .and_then(|v| String::from_utf8(v).ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        if self.body_too_large(host, worker, declared) {
+            return Action::Pause;
+        }
+        let path = host
+            .header(Map::RequestHeaders, ":path")
+            .unwrap_or_default();
+        if let Some(route) = grpc::parse_path(&path) {
+            // Only a gRPC request is one (Envoy's gRPC route needs the content type too).
+            let is_grpc = request_header(host, "content-type")
+                .is_some_and(|ct| ct.starts_with("application/grpc"));
+            if is_grpc {
+                return self.grpc_request_headers(host, worker, route, end_of_stream);
+            }
+        }
+        self.http_request_headers(host, worker, &path, end_of_stream)
+    }
+
+    /// A chunk of the request body (`body_size` bytes buffered since the request last went
+    /// on).
+    pub fn on_request_body(
+        &mut self,
+        host: &mut impl Host,
+        worker: &mut Worker,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Action {
+        if self.phase == Phase::Replied {
+            return Action::Pause;
+        }
+        // Bodies without a content-length are counted as they stream.
+        let total = self.body_passed.saturating_add(body_size as u64);
+        if self.body_too_large(host, worker, total) {
+            return Action::Pause;
+        }
+        let action = self.request_body(host, worker, body_size, end_of_stream);
+        if action == Action::Continue {
+            self.body_passed = total;
+        }
+        action
+    }
+
+    /// The request trailers.
+    pub fn on_request_trailers(&mut self, _host: &mut impl Host, _worker: &mut Worker) -> Action {
+        Action::Continue
+    }
+
+    /// The answer to the route call: forward the held request, or answer it.
+    pub fn on_route_answer(&mut self, host: &mut impl Host, worker: &mut Worker, body_size: usize) {
+        if self.phase != Phase::Routing {
+            debug!(
+                host,
+                "[{}] route answer after the request moved on", self.id
+            );
+            return;
+        }
+        let status = control::answer_status(host);
+        let body = control::answer_body(host, body_size, decision::MAX_ROUTE_BODY_BYTES);
+        debug!(
+            host,
+            "[{}] route call answered: status {status:?}, {body_size} body bytes", self.id
+        );
+        match decision::decide(status, &body) {
+            Decision::Forward { target, inputs } => {
+                let mut inputs = inputs;
+                if let Some(model) = &self.model {
+                    if let Err(err) = worker
+                        .table
+                        .insert(model, Rc::clone(&target), inputs.clone())
+                    {
+                        debug!(host, "[{}] route not kept in the table: {err}", self.id);
+                    }
+                    if inputs.is_none() {
+                        inputs = worker.table.inputs(model);
+                    }
+                }
+                self.forward(host, worker, target, inputs);
+            }
+            Decision::Reply(reply) => self.route_refused(host, worker, reply),
+        }
+    }
+
+    /// The end of the request's life (Envoy's `on_log`): it is no longer in flight.
+    pub fn on_log(&mut self, host: &mut impl Host, worker: &mut Worker) {
+        self.count_finish(host, worker);
+    }
+
+    // ---- classification ----
+
+    /// Removes every header a client may not set (see [`route::is_reserved_header`]).
+    fn strip_reserved_headers(&self, host: &mut impl Host) -> Result<(), crate::host::HostError> {
+        for (name, _) in host.headers(Map::RequestHeaders)? {
+            if route::is_reserved_header(&name) {
+                debug!(host, "[{}] removing client header {name}", self.id);
+                host.remove_header(Map::RequestHeaders, &name)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Routes an HTTP request by its path.
+    fn http_request_headers(
+        &mut self,
+        host: &mut impl Host,
+        worker: &mut Worker,
+        path: &[u8],
+        end_of_stream: bool,
+    ) -> Action {
+        let route = match route::parse(path) {
+            Ok(route) => route,
+            Err(err) => {
+                debug!(host, "[{}] refused with {}: {err}", self.id, err.status());
+                return self.refuse(host, worker, Reply::BadPath(err));
+            }
+        };
+        let (name, version, api) = match route {
+            Route::Server => {
+                self.kind = Kind::Http {
+                    api: None,
+                    versioned: false,
+                };
+                return self.route_call(host, worker);
+            }
+            Route::Model {
+                name,
+                version,
+                kind,
+            } => (name, version, kind),
+        };
+        self.kind = Kind::Http {
+            api: Some(api),
+            versioned: version.is_some(),
+        };
+        self.model = Some(name);
+        if api == ModelApi::V1Predict {
+            if end_of_stream {
+                return self.refuse(host, worker, Reply::V1BodyRequired);
+            }
+            if let Err(err) = self.prepare_v1(host) {
+                error!(host, "[{}] cannot rewrite the V1 request: {err}", self.id);
+                return self.refuse(host, worker, Reply::CannotTranslate);
+            }
+        }
+        self.route_model(host, worker)
+    }
+
+    /// Rewrites a KServe V1 `:predict` request's headers for its V2 translation: `:path`
+    /// becomes the model's V2 infer path and `content-length` goes (the body changes).
+    fn prepare_v1(&mut self, host: &mut impl Host) -> Result<(), crate::host::HostError> {
+        let model = self.model.as_deref().unwrap_or_default();
+        let path = format!("/v2/models/{model}/infer");
+        host.set_header(Map::RequestHeaders, ":path", &path)?;
+        host.remove_header(Map::RequestHeaders, "content-length")?;
+        host.set_header(Map::RequestHeaders, "content-type", "application/json")?;
+        self.v1 = Some(V1Request::default());
+        Ok(())
+    }
+
+    /// Routes a call of the KServe V2 gRPC service: any replica for server methods; for
+    /// per-model methods the model from a header, else from the request message (the
+    /// request stays held until enough of the body has arrived).
+    fn grpc_request_headers(
+        &mut self,
+        host: &mut impl Host,
+        worker: &mut Worker,
+        route: GrpcRoute,
+        end_of_stream: bool,
+    ) -> Action {
+        worker.count(host, Metric::GrpcRequests);
+        let per_model = match route {
+            GrpcRoute::Refused(method) => {
+                self.kind = Kind::Grpc { per_model: false };
+                debug!(host, "[{}] gRPC method {method} refused", self.id);
+                return self.refuse(host, worker, Reply::MethodRefused(method));
+            }
+            GrpcRoute::AnyReplica(_) => false,
+            GrpcRoute::Model(_) => true,
+        };
+        self.kind = Kind::Grpc { per_model };
+        if !per_model {
+            return self.route_call(host, worker);
+        }
+        match grpc::model_from_headers(|name| request_header(host, name)) {
+            Ok(Some(model)) => {
+                self.model = Some(model);
+                self.route_model(host, worker)
+            }
+            // No message: the model can only come from a header.
+            Ok(None) if end_of_stream => {
+                self.refuse(host, worker, Reply::Grpc(GrpcError::MissingModel))
+            }
+            Ok(None) => {
+                self.phase = Phase::AwaitingModel;
+                Action::Pause
+            }
+            Err(err) => self.refuse(host, worker, Reply::Grpc(err)),
+        }
+    }
+
+    // ---- routing ----
+
+    /// Routes a request whose model is known: from the table, else with a route call.
+    fn route_model(&mut self, host: &mut impl Host, worker: &mut Worker) -> Action {
+        let Some(model) = self.model.clone() else {
+            return self.route_call(host, worker);
+        };
+        let grpc = self.is_grpc();
+        let Some(route) = worker.table.route(&model, grpc) else {
+            return self.route_call(host, worker);
+        };
+        worker.count(host, Metric::TableHits);
+        let Some(target) = route.target else {
+            // Only for gRPC: the model's copies have no gRPC endpoint.
+            return self.refuse(host, worker, Reply::NoGrpcEndpoint(model));
+        };
+        if let Some(v1) = &mut self.v1 {
+            let Some(inputs) = route.inputs else {
+                return self.refuse(host, worker, Reply::NoMetadata);
+            };
+            v1.inputs = Some(inputs);
+        }
+        if !self.set_upstream(host, worker, target) {
+            return Action::Pause;
+        }
+        Action::Continue
+    }
+
+    /// Makes the route call for the request's model (or for any replica); answers 503 if
+    /// it cannot be dispatched. The request stays held until the answer.
+    fn route_call(&mut self, host: &mut impl Host, worker: &mut Worker) -> Action {
+        worker.count(host, Metric::RouteCalls);
+        let path = route::pool_manager_path_for(self.model.as_deref());
+        debug!(
+            host,
+            "[{}] model {}: route call to {path}",
+            self.id,
+            self.model_for_log()
+        );
+        let timeout = worker.config().route_timeout();
+        match control::get(host, worker.config(), &path, timeout) {
+            Ok(token) => {
+                debug!(host, "[{}] route call {token} dispatched", self.id);
+                self.phase = Phase::Routing;
+                Action::Pause
+            }
+            Err(err) => {
+                error!(
+                    host,
+                    "[{}] model {}: cannot call cluster {}: {err}",
+                    self.id,
+                    self.model_for_log(),
+                    worker.config().pool_manager_cluster
+                );
+                self.refuse(host, worker, Reply::PoolManagerUnreachable)
+            }
+        }
+    }
+
+    /// Applies a forward decision and lets the request go (a V1 request whose body is still
+    /// coming goes when `on_request_body` has translated it).
+    fn forward(
+        &mut self,
+        host: &mut impl Host,
+        worker: &mut Worker,
+        target: Rc<Target>,
+        inputs: Option<Rc<[TensorSpec]>>,
+    ) {
+        if let Some(v1) = &mut self.v1 {
+            let Some(inputs) = inputs else {
+                self.refuse(host, worker, Reply::NoMetadata);
+                return;
+            };
+            v1.inputs = Some(inputs);
+        }
+        if !self.set_upstream(host, worker, target) {
+            return;
+        }
+        match &self.v1 {
+            // The body is all here (buffered by Envoy): translate it now, then go.
+            Some(V1Request {
+                body_end: Some(size),
+                ..
+            }) => {
+                let size = *size;
+                if self.translate_v1_request(host, worker, size) {
+                    self.resume(host);
+                }
+            }
+            // The body is still coming: on_request_body translates it at its end and lets
+            // the request go then.
+            Some(_) => {}
+            None => self.resume(host),
+        }
+    }
+
+    /// The route call gave no route: answer, except that a request for any replica falls
+    /// back to an endpoint of the table when the pool-manager cannot be reached.
+    fn route_refused(&mut self, host: &mut impl Host, worker: &mut Worker, reply: Reply) {
+        if reply == Reply::PoolManagerUnreachable && self.model.is_none() {
+            if let Some(target) = worker.table.any(self.is_grpc()) {
+                worker.count(host, Metric::ErrorsPoolManagerUnreachable);
+                info!(
+                    host,
+                    "[{}] pool-manager unreachable: server request to replica {} from the table",
+                    self.id,
+                    target.replica()
+                );
+                self.forward(host, worker, target, None);
+                return;
+            }
+        }
+        info!(
+            host,
+            "[{}] model {}: replying {}: {reply}",
+            self.id,
+            self.model_for_log(),
+            reply.status()
+        );
+        self.refuse(host, worker, reply);
+    }
+
+    /// Points the ORIGINAL_DST cluster at `target` (its gRPC address for a gRPC call) and
+    /// counts the request. Returns false, after answering, if that is not possible.
+    fn set_upstream(
+        &mut self,
+        host: &mut impl Host,
+        worker: &mut Worker,
+        target: Rc<Target>,
+    ) -> bool {
+        let address = if self.is_grpc() {
+            match target.grpc_address() {
+                Some(address) => address,
+                None => {
+                    warn!(
+                        host,
+                        "[{}] model {}: replica {} has no gRPC endpoint",
+                        self.id,
+                        self.model_for_log(),
+                        target.replica()
+                    );
+                    let reply = Reply::ReplicaWithoutGrpc(target.replica().to_owned());
+                    self.refuse(host, worker, reply);
+                    return false;
+                }
+            }
+        } else {
+            target.address()
+        };
+        if let Err(err) = host.set_upstream(address) {
+            error!(
+                host,
+                "[{}] model {} replica {}: set_envoy_filter_state({address}) failed: {err}",
+                self.id,
+                self.model_for_log(),
+                target.replica()
+            );
+            self.refuse(host, worker, Reply::CannotSetUpstream);
+            return false;
+        }
+        debug!(
+            host,
+            "[{}] model {} -> replica {} at {address}",
+            self.id,
+            self.model_for_log(),
+            target.replica()
+        );
+        if let Some(model) = &self.model {
+            worker.usage.start(model, target.replica());
+            self.counted = true;
+        }
+        self.target = Some(target);
+        self.phase = Phase::Routed;
+        true
+    }
+
+    /// Lets the held request go.
+    fn resume(&self, host: &mut impl Host) {
+        if let Err(err) = host.resume_request() {
+            error!(host, "[{}] cannot resume the request: {err}", self.id);
+        }
+    }
+
+    // ---- the request body ----
+
+    fn request_body(
+        &mut self,
+        host: &mut impl Host,
+        worker: &mut Worker,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Action {
+        if self.phase == Phase::AwaitingModel {
+            return self.grpc_request_body(host, worker, body_size, end_of_stream);
+        }
+        let Some(v1) = &mut self.v1 else {
+            return if self.phase == Phase::Routing {
+                Action::Pause
+            } else {
+                Action::Continue
+            };
+        };
+        if !end_of_stream {
+            // Envoy buffers the body until the end (up to its buffer limit).
+            return Action::Pause;
+        }
+        v1.body_end = Some(body_size);
+        if self.phase == Phase::Routing {
+            // The route call's answer translates the buffered body.
+            return Action::Pause;
+        }
+        if self.translate_v1_request(host, worker, body_size) {
+            Action::Continue
+        } else {
+            Action::Pause
+        }
+    }
+
+    /// Reads the model from the start of a gRPC request body (`body_size` bytes buffered so
+    /// far) and routes the call once it is known.
+    fn grpc_request_body(
+        &mut self,
+        host: &mut impl Host,
+        worker: &mut Worker,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Action {
+        let max = body_size.min(MAX_GRPC_SCAN_BYTES);
+        let buf = host.body(Buffer::RequestBody, 0, max).unwrap_or_default();
+        let model = match grpc::model_from_message(&buf) {
+            Ok(Some(model)) => model,
+            Ok(None) if !end_of_stream && buf.len() < MAX_GRPC_SCAN_BYTES => {
+                return Action::Pause;
+            }
+            Ok(None) => return self.refuse(host, worker, Reply::Grpc(GrpcError::MissingModel)),
+            Err(err) => return self.refuse(host, worker, Reply::Grpc(err)),
+        };
+        debug!(
+            host,
+            "[{}] gRPC model {model} from the request message", self.id
+        );
+        self.model = Some(model);
+        // Routed from the table: Continue releases the held headers and the body.
+        self.route_model(host, worker)
+    }
+
+    /// Translates the buffered V1 request body (`body_size` bytes) to V2 in place. Answers
+    /// 400 (the client's body), 503 (no inputs) or 500 and returns false if it could not.
+    fn translate_v1_request(
+        &mut self,
+        host: &mut impl Host,
+        worker: &mut Worker,
+        body_size: usize,
+    ) -> bool {
+        let Some(inputs) = self.v1.as_ref().and_then(|v1| v1.inputs.clone()) else {
+            self.refuse(host, worker, Reply::NoMetadata);
+            return false;
+        };
+        let body = match host.body(Buffer::RequestBody, 0, body_size) {
+            Ok(body) => body,
+            Err(err) => {
+                error!(host, "[{}] cannot read the V1 request body: {err}", self.id);
+                self.refuse(host, worker, Reply::CannotTranslate);
+                return false;
+            }
+        };
+        let translated = match v1::v1_request_to_v2(&body, &inputs) {
+            Ok(translated) => translated,
+            Err(err) => {
+                debug!(host, "[{}] V1 request refused: {err}", self.id);
+                self.refuse(host, worker, Reply::V1Request(err));
+                return false;
+            }
+        };
+        if let Err(err) = host.set_body(Buffer::RequestBody, 0, body_size, &translated) {
+            error!(
+                host,
+                "[{}] cannot replace the V1 request body: {err}", self.id
+            );
+            self.refuse(host, worker, Reply::CannotTranslate);
+            return false;
+        }
+        worker.count(host, Metric::V1Translations);
+        debug!(
+            host,
+            "[{}] V1 request translated: {} -> {} bytes",
+            self.id,
+            body.len(),
+            translated.len()
+        );
+        true
+    }
+
+    /// Refuses a request whose body is over `max_request_bytes`, with 413.
+    fn body_too_large(&mut self, host: &mut impl Host, worker: &mut Worker, bytes: u64) -> bool {
+        let limit = worker.config().max_request_bytes;
+        if bytes <= limit {
+            return false;
+        }
+        info!(
+            host,
+            "[{}] request body of {bytes} bytes refused (limit {limit})", self.id
+        );
+        self.refuse(host, worker, Reply::TooLarge { limit });
+        true
+    }
+
+    // ---- answers and accounting ----
+
+    /// Answers the client, at most once per request, and counts the reply's metric.
+    /// Returns `Pause`: a refused request goes nowhere.
+    fn refuse(&mut self, host: &mut impl Host, worker: &mut Worker, reply: Reply) -> Action {
+        if self.phase == Phase::Replied {
+            warn!(host, "[{}] second local reply dropped: {reply}", self.id);
+            return Action::Pause;
+        }
+        self.phase = Phase::Replied;
+        if let Some(metric) = reply.metric() {
+            worker.count(host, metric);
+        }
+        let rendered = reply.render(self.is_grpc());
+        if let Err(err) = host.reply(
+            rendered.status,
+            &rendered.headers(),
+            rendered.body.as_deref(),
+        ) {
+            error!(
+                host,
+                "[{}] cannot send the {} reply: {err}", self.id, rendered.status
+            );
+        }
+        Action::Pause
+    }
+
+    /// Counts the end of this request, if it was counted; a second call does nothing.
+    fn count_finish(&mut self, _host: &mut impl Host, worker: &mut Worker) {
+        if !std::mem::take(&mut self.counted) {
+            return;
+        }
+        if let (Some(model), Some(target)) = (&self.model, &self.target) {
+            worker.usage.finish(model, target.replica());
+        }
+    }
+
+    fn is_grpc(&self) -> bool {
+        matches!(self.kind, Kind::Grpc { .. })
+    }
+
+    fn model_for_log(&self) -> &str {
+        self.model.as_deref().unwrap_or("-")
+    }
+}
+
+/// A request header's value, if present and UTF-8.
+fn request_header(host: &mut impl Host, name: &str) -> Option<String> {
+    host.header(Map::RequestHeaders, name)
+        .and_then(|raw| String::from_utf8(raw).ok())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1158 @@
+//! Every path through a request, as rows: (the worker's table, the request's headers and
+//! body chunks, the route call's answer, the response) -> the callbacks' actions, the host
+//! calls that matter and the reply. [`Sim`] plays Envoy around a [`Stream`]: it buffers a
+//! body while the filter holds it and lets it go on `Continue` or a resume, as Envoy does
+//! with `allow_on_headers_stop_iteration`.
+
+use mm_wire::{Endpoint, FailureKind, RoutingTable, TableEntry, TensorSpec};
+
+use super::*;
+use crate::host::fake::{FakeHost, Op, Replied};
+use crate::host::Level;
+use crate::table::Table;
+
+/// One event Envoy delivers to the stream.
+#[derive(Debug, Clone)]
+enum Step {
+    Headers(Vec<(&'static str, &'static str)>, bool),
+    Body(Vec<u8>, bool),
+    Trailers(Vec<(&'static str, &'static str)>),
+    /// The route call's answer: status (`None`: no answer) and body.
+    Answer(Option<u16>, String),
+    ResponseHeaders(Vec<(&'static str, &'static str)>, bool),
+    ResponseBody(Vec<u8>, bool),
+    ResponseTrailers(Vec<(&'static str, &'static str)>),
+    /// A stream property Envoy will answer from now on.
+    Property(&'static str, Vec<u8>),
+}
+
+/// Envoy around one stream. See the module doc.
+struct Sim {
+    host: FakeHost,
+    worker: Worker,
+    stream: Stream,
+    /// What each callback returned, in order.
+    actions: Vec<Action>,
+    /// Whether the request headers went upstream.
+    headers_sent: bool,
+    /// Request body bytes that went upstream.
+    forwarded: Vec<u8>,
+    /// Response body bytes that went to the client.
+    delivered: Vec<u8>,
+    /// How many ops the setup made (not the request's).
+    resumes_seen: usize,
+}
+
+impl Sim {
+    fn new(config: &str, table: Vec<TableEntry>) -> Sim {
+        let mut host = FakeHost::new();
+        let mut worker = Worker::new(&mut host, 1);
+        let bytes = (!config.is_empty()).then_some(config.as_bytes());
+        worker.configure(&mut host, bytes, |_| None).unwrap();
+        let (table, _) = Table::from_wire(RoutingTable {
+            epoch: "e".into(),
+            generation: 1,
+            models: table,
+        });
+        worker.table = table;
+        host.take_ops();
+        Sim {
+            host,
+            worker,
+            stream: Stream::new(7),
+            actions: Vec::new(),
+            headers_sent: false,
+            forwarded: Vec::new(),
+            delivered: Vec::new(),
+            resumes_seen: 0,
+        }
+    }
+
+    fn run(&mut self, steps: &[Step]) {
+        for step in steps {
+            self.step(step.clone());
+        }
+    }
+
+    fn step(&mut self, step: Step) {
+        let (host, worker, stream) = (&mut self.host, &mut self.worker, &mut self.stream);
+        let action = match step {
+            Step::Headers(headers, eos) => {
+                host.set_map(Map::RequestHeaders, &headers);
+                let action = stream.on_request_headers(host, worker, eos);
+                self.headers_sent |= action == Action::Continue;
+                Some(action)
+            }
+            Step::Body(chunk, eos) => {
+                host.buffers
+                    .entry(Buffer::RequestBody)
+                    .or_default()
+                    .extend_from_slice(&chunk);
+                let size = host.buffers[&Buffer::RequestBody].len();
+                let action = stream.on_request_body(host, worker, size, eos);
+                if action == Action::Continue {
+                    self.headers_sent = true;
+                    self.pass_body();
+                }
+                Some(action)
+            }
+            Step::Trailers(trailers) => {
+                host.set_map(Map::RequestTrailers, &trailers);
+                let action = stream.on_request_trailers(host, worker);
+                if action == Action::Continue {
+                    self.headers_sent = true;
+                    self.pass_body();
+                }
+                Some(action)
+            }
+            Step::Answer(status, body) => {
+                match status {
+                    Some(status) => {
+                        host.set_map(Map::CallHeaders, &[(":status", &status.to_string())])
+                    }
+                    None => host.set_map(Map::CallHeaders, &[]),
+                }
+                host.buffers
+                    .insert(Buffer::CallBody, body.clone().into_bytes());
+                stream.on_route_answer(host, worker, body.len());
+                None
+            }
+            Step::ResponseHeaders(headers, eos) => {
+                host.set_map(Map::ResponseHeaders, &headers);
+                Some(stream.on_response_headers(host, worker, eos))
+            }
+            Step::ResponseBody(chunk, eos) => {
+                host.buffers
+                    .entry(Buffer::ResponseBody)
+                    .or_default()
+                    .extend_from_slice(&chunk);
+                let size = host.buffers[&Buffer::ResponseBody].len();
+                let action = stream.on_response_body(host, worker, size, eos);
+                if action == Action::Continue {
+                    let body = self
+                        .host
+                        .buffers
+                        .remove(&Buffer::ResponseBody)
+                        .unwrap_or_default();
+                    self.delivered.extend(body);
+                }
+                Some(action)
+            }
+            Step::ResponseTrailers(trailers) => {
+                host.set_map(Map::ResponseTrailers, &trailers);
+                Some(stream.on_response_trailers(host, worker))
+            }
+            Step::Property(path, value) => {
+                host.properties.insert(path.to_owned(), value);
+                None
+            }
+        };
+        if let Some(action) = action {
+            self.actions.push(action);
+        }
+        // A resume lets the held headers and body go.
+        let resumes = self.host.ops.iter().filter(|op| **op == Op::Resume).count();
+        if resumes > self.resumes_seen {
+            self.resumes_seen = resumes;
+            self.headers_sent = true;
+            self.pass_body();
+        }
+    }
+
+    fn pass_body(&mut self) {
+        let body = self
+            .host
+            .buffers
+            .remove(&Buffer::RequestBody)
+            .unwrap_or_default();
+        self.forwarded.extend(body);
+    }
+
+    fn reply(&self) -> Option<&Replied> {
+        let replies = self.host.replies();
+        assert!(replies.len() <= 1, "more than one reply: {replies:?}");
+        replies.first().copied()
+    }
+
+    fn upstreams(&self) -> Vec<&str> {
+        self.host
+            .ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::SetUpstream(address) => Some(address.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn route_calls(&self) -> Vec<String> {
+        self.host
+            .dispatches()
+            .iter()
+            .filter_map(|d| d.header(":path").map(str::to_owned))
+            .collect()
+    }
+
+    /// (model, replica, in flight) of every counted pair.
+    fn in_flight(&mut self) -> Vec<(String, String, u64)> {
+        let Some((report, pending)) = self.worker.usage.take_report("test") else {
+            return Vec::new();
+        };
+        self.worker.usage.reject(pending);
+        report
+            .entries
+            .into_iter()
+            .filter(|e| e.in_flight > 0)
+            .map(|e| (e.model, e.replica, e.in_flight))
+            .collect()
+    }
+}
+
+// ---- building blocks ----
+
+fn endpoint(replica: &str, port: u16, grpc: Option<u16>) -> Endpoint {
+    Endpoint {
+        replica: replica.into(),
+        address: format!("127.0.0.1:{port}"),
+        grpc_address: grpc.map(|p| format!("127.0.0.1:{p}")),
+    }
+}
+
+fn inputs() -> Vec<TensorSpec> {
+    vec![TensorSpec {
+        name: "x".into(),
+        datatype: "FP32".into(),
+        shape: vec![-1, 4],
+    }]
+}
+
+/// `linear` on r0 (HTTP 8000, gRPC 8001) with its inputs, `xor` on r1 (HTTP only).
+fn warm_table() -> Vec<TableEntry> {
+    vec![
+        TableEntry {
+            model: "linear".into(),
+            replicas: vec![endpoint("r0", 8000, Some(8001))],
+            inputs: Some(inputs()),
+        },
+        TableEntry {
+            model: "xor".into(),
+            replicas: vec![endpoint("r1", 9000, None)],
+            inputs: None,
+        },
+    ]
+}
+
+fn post(path: &'static str) -> Vec<(&'static str, &'static str)> {
+    vec![
+        (":method", "POST"),
+        (":path", path),
+        (":authority", "gateway"),
+        ("content-type", "application/json"),
+        ("content-length", "50"),
+    ]
+}
+
+fn get(path: &'static str) -> Vec<(&'static str, &'static str)> {
+    vec![
+        (":method", "GET"),
+        (":path", path),
+        (":authority", "gateway"),
+    ]
+}
+
+fn grpc_call(
+    method: &'static str,
+    extra: &[(&'static str, &'static str)],
+) -> Vec<(&'static str, &'static str)> {
+    let mut headers = vec![
+        (":method", "POST"),
+        (":path", method),
+        (":authority", "gateway"),
+        ("content-type", "application/grpc"),
+    ];
+    headers.extend_from_slice(extra);
+    headers
+}
+
+const V2_BODY: &str =
+    r#"{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}]}"#;
+const V2_ANSWER: &str = r#"{"model_name":"linear","outputs":[{"name":"y","datatype":"FP32","shape":[2,1],"data":[7.0,1.5]}]}"#;
+const V1_BODY: &str = r#"{"instances":[[1,2,3,4],[0,0,0,0]]}"#;
+const V1_TRANSLATED: &str = r#"{"inputs":[{"name":"x","shape":[2,4],"datatype":"FP32","data":[1.0,2.0,3.0,4.0,0.0,0.0,0.0,0.0]}]}"#;
+const V1_ANSWER: &str = r#"{"predictions":[[7.0],[1.5]]}"#;
+
+fn route_answer(replica: &str, port: u16, with_inputs: bool) -> String {
+    let mut answer = serde_json::json!({
+        "model": "linear", "replica": replica,
+        "address": format!("127.0.0.1:{port}"), "grpcAddress": format!("127.0.0.1:{}", port + 1),
+    });
+    if with_inputs {
+        answer["inputs"] = serde_json::to_value(inputs()).unwrap();
+    }
+    answer.to_string()
+}
+
+/// A protobuf string field.
+fn field(number: u8, value: &[u8]) -> Vec<u8> {
+    let mut out = vec![(number << 3) | 2, value.len() as u8];
+    out.extend_from_slice(value);
+    out
+}
+
+/// A gRPC message frame around `fields`.
+fn frame(fields: &[Vec<u8>]) -> Vec<u8> {
+    let msg = fields.concat();
+    let mut out = vec![0];
+    out.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    out.extend(msg);
+    out
+}
+
+fn ok_response() -> Vec<(&'static str, &'static str)> {
+    vec![
+        (":status", "200"),
+        ("content-type", "application/json"),
+        ("content-length", "100"),
+    ]
+}
+
+use Action::{Continue, Pause};
+use Step::*;
+
+/// What a row expects. Empty fields are not checked.
+#[derive(Default)]
+struct Expect {
+    actions: Vec<Action>,
+    /// HTTP status and the error message (or, on gRPC, `grpc-status` and message).
+    reply: Option<(u16, &'static str)>,
+    upstream: Option<&'static str>,
+    route_calls: Vec<&'static str>,
+    forwarded: Option<Vec<u8>>,
+    delivered: Option<Vec<u8>>,
+    request_headers: Vec<(&'static str, Option<&'static str>)>,
+    response_headers: Vec<(&'static str, Option<&'static str>)>,
+    in_flight: Option<Vec<(&'static str, &'static str)>>,
+    /// Failure reports queued: (model, replica, kind).
+    failures: Vec<(&'static str, &'static str, FailureKind)>,
+    /// Whether the table routes this model after the request (model, expected).
+    table_has: Vec<(&'static str, bool)>,
+}
+
+struct Row {
+    name: &'static str,
+    config: &'static str,
+    table: Vec<TableEntry>,
+    steps: Vec<Step>,
+    expect: Expect,
+}
+
+fn check(row: Row) {
+    let name = row.name;
+    let mut sim = Sim::new(row.config, row.table);
+    sim.run(&row.steps);
+    let expect = row.expect;
+    if !expect.actions.is_empty() {
+        assert_eq!(sim.actions, expect.actions, "{name}: actions");
+    }
+    match (expect.reply, sim.reply()) {
+        (None, None) => {}
+        (Some((status, message)), Some(reply)) => {
+            if reply.header("content-type") == Some("application/grpc") {
+                assert_eq!(reply.status, 200, "{name}: gRPC replies are HTTP 200");
+                assert_eq!(
+                    reply.header("grpc-status"),
+                    Some(status.to_string().as_str()),
+                    "{name}"
+                );
+                let got = reply.header("grpc-message").unwrap_or_default();
+                assert!(
+                    got.contains(message),
+                    "{name}: grpc-message {got:?} lacks {message:?}"
+                );
+            } else {
+                assert_eq!(reply.status, status, "{name}: {reply:?}");
+                let error = reply.error().unwrap_or_default();
+                assert!(
+                    error.contains(message),
+                    "{name}: error {error:?} lacks {message:?}"
+                );
+            }
+        }
+        (want, got) => panic!("{name}: reply {got:?}, want {want:?}"),
+    }
+    let upstreams = sim.upstreams();
+    match expect.upstream {
+        Some(address) => assert_eq!(upstreams, vec![address], "{name}: upstream"),
+        None => assert!(upstreams.is_empty(), "{name}: routed to {upstreams:?}"),
+    }
+    assert_eq!(sim.route_calls(), expect.route_calls, "{name}: route calls");
+    if let Some(body) = expect.forwarded {
+        assert_eq!(
+            String::from_utf8_lossy(&sim.forwarded),
+            String::from_utf8_lossy(&body),
+            "{name}: body sent upstream"
+        );
+    }
+    if let Some(body) = expect.delivered {
+        assert_eq!(
+            String::from_utf8_lossy(&sim.delivered),
+            String::from_utf8_lossy(&body),
+            "{name}: body delivered"
+        );
+    }
+    for (header, value) in expect.request_headers {
+        assert_eq!(
+            sim.host.map_value(Map::RequestHeaders, header).as_deref(),
+            value,
+            "{name}: request header {header}"
+        );
+    }
+    for (header, value) in expect.response_headers {
+        assert_eq!(
+            sim.host.map_value(Map::ResponseHeaders, header).as_deref(),
+            value,
+            "{name}: response header {header}"
+        );
+    }
+    if let Some(pairs) = expect.in_flight {
+        let want: Vec<(String, String, u64)> = pairs
+            .iter()
+            .map(|(m, r)| ((*m).to_owned(), (*r).to_owned(), 1))
+            .collect();
+        assert_eq!(sim.in_flight(), want, "{name}: in flight");
+        let (host, worker) = (&mut sim.host, &mut sim.worker);
+        sim.stream.on_log(host, worker);
+        assert_eq!(sim.in_flight(), vec![], "{name}: in flight after the end");
+    }
+    let queued: Vec<(String, String, FailureKind)> = sim
+        .worker
+        .failures
+        .take_due(u64::MAX)
+        .into_iter()
+        .map(|r| (r.model, r.replica, r.kind))
+        .collect();
+    let want: Vec<(String, String, FailureKind)> = expect
+        .failures
+        .iter()
+        .map(|(m, r, k)| ((*m).to_owned(), (*r).to_owned(), *k))
+        .collect();
+    assert_eq!(queued, want, "{name}: failure reports");
+    for (model, present) in expect.table_has {
+        assert_eq!(
+            sim.worker.table.contains(model),
+            present,
+            "{name}: table has {model}"
+        );
+    }
+}
+
+fn row(name: &'static str, table: Vec<TableEntry>, steps: Vec<Step>, expect: Expect) -> Row {
+    Row {
+        name,
+        config: "",
+        table,
+        steps,
+        expect,
+    }
+}
+
+// ---- HTTP (KServe V2) ----
+
+#[test]
+fn v2_rows() {
+    let rows = vec![
+        row(
+            "warm V2 infer: routed from the table, nothing held",
+            warm_table(),
+            vec![
+                Headers(post("/v2/models/linear/infer"), false),
+                Body(V2_BODY.into(), true),
+                ResponseHeaders(ok_response(), false),
+                ResponseBody(V2_ANSWER.into(), true),
+            ],
+            Expect {
+                actions: vec![Continue, Continue, Continue, Continue],
+                upstream: Some("127.0.0.1:8000"),
+                forwarded: Some(V2_BODY.into()),
+                delivered: Some(V2_ANSWER.into()),
+                response_headers: vec![("x-mm-replica", Some("r0"))],
+                in_flight: Some(vec![("linear", "r0")]),
+                ..Expect::default()
+            },
+        ),
+        row(
+            "cold V2: held for the route call, then routed; the model becomes warm",
+            vec![],
+            vec![
+                Headers(post("/v2/models/linear/infer"), false),
+                Body(V2_BODY.into(), true),
+                Answer(Some(200), route_answer("r2", 7000, false)),
+                ResponseHeaders(ok_response(), false),
+            ],
+            Expect {
+                actions: vec![Pause, Pause, Continue],
+                upstream: Some("127.0.0.1:7000"),
+                route_calls: vec!["/internal/v1/route/linear"],
+                forwarded: Some(V2_BODY.into()),
+                response_headers: vec![("x-mm-replica", Some("r2"))],
+                in_flight: Some(vec![("linear", "r2")]),
+                table_has: vec![("linear", true)],
+                ..Expect::default()
+            },
+        ),
+        row(
+            "cold V2: the answer comes before the body",
+            vec![],
+            vec![
+                Headers(post("/v2/models/linear/infer"), false),
+                Answer(Some(200), route_answer("r2", 7000, false)),
+                Body(V2_BODY.into(), true),
+            ],
+            Expect {
+                actions: vec![Pause, Continue],
+                upstream: Some("127.0.0.1:7000"),
+                route_calls: vec!["/internal/v1/route/linear"],
+                forwarded: Some(V2_BODY.into()),
+                ..Expect::default()
+            },
+        ),
+        row(
+            "cold V2: the pool-manager refuses (unknown model)",
+            vec![],
+            vec![
+                Headers(post("/v2/models/nope/infer"), false),
+                Answer(Some(404), r#"{"error":"unknown model 'nope'"}"#.into()),
+                Body(V2_BODY.into(), true),
+            ],
+            Expect {
+                actions: vec![Pause, Pause],
+                reply: Some((404, "unknown model 'nope'")),
+                route_calls: vec!["/internal/v1/route/nope"],
+                forwarded: Some("".into()),
+                ..Expect::default()
+            },
+        ),
+        row(
+            "cold V2: the model failed to load",
+            vec![],
+            vec![
+                Headers(post("/v2/models/linear/infer"), false),
+                Answer(
+                    Some(503),
+                    r#"{"error":"model 'linear' failed to load"}"#.into(),
+                ),
+            ],
+            Expect {
+                reply: Some((503, "failed to load")),
+                route_calls: vec!["/internal/v1/route/linear"],
+                ..Expect::default()
+            },
+        ),
+        row(
+            "cold V2: the route call timed out (no answer)",
+            vec![],
+            vec![
+                Headers(post("/v2/models/linear/infer"), false),
+                Body(V2_BODY.into(), true),
+                Answer(None, String::new()),
+            ],
+            Expect {
+                actions: vec![Pause, Pause],
+                reply: Some((503, "pool-manager unreachable")),
+                route_calls: vec!["/internal/v1/route/linear"],
+                forwarded: Some("".into()),
+                ..Expect::default()
+            },
+        ),
+        row(
+            "cold V2: an answer that is not a usable route",
+            vec![],
+            vec![
+                Headers(post("/v2/models/linear/infer"), false),
+                Answer(
+                    Some(200),
+                    r#"{"replica":"r0","address":"localhost:1"}"#.into(),
+                ),
+            ],
+            Expect {
+                reply: Some((502, "invalid route")),
+                route_calls: vec!["/internal/v1/route/linear"],
+                ..Expect::default()
+            },
+        ),
+        row(
+            "server path: any replica, by a route call",
+            warm_table(),
+            vec![
+                Headers(get("/v2/health/ready"), true),
+                Answer(
+                    Some(200),
+                    r#"{"replica":"r1","address":"127.0.0.1:9000"}"#.into(),
+                ),
+                ResponseHeaders(vec![(":status", "200")], true),
+            ],
+            Expect {
+                actions: vec![Pause, Continue],
+                upstream: Some("127.0.0.1:9000"),
+                route_calls: vec!["/internal/v1/route"],
+                response_headers: vec![("x-mm-replica", Some("r1"))],
+                in_flight: Some(vec![]),
+                ..Expect::default()
+            },
+        ),
+        row(
+            "server path with the pool-manager away: a replica from the table",
+            warm_table(),
+            vec![
+                Headers(get("/v2/health/live"), true),
+                Answer(None, String::new()),
+            ],
+            Expect {
+                upstream: Some("127.0.0.1:8000"),
+                route_calls: vec!["/internal/v1/route"],
+                ..Expect::default()
+            },
+        ),
+        row(
+            "unknown path",
+            warm_table(),
+            vec![Headers(get("/v2/repository/index"), true)],
+            Expect {
+                actions: vec![Pause],
+                reply: Some((404, "no route for this path")),
+                ..Expect::default()
+            },
+        ),
+        row(
+            "invalid model name",
+            warm_table(),
+            vec![Headers(get("/v2/models/..%2f/ready"), true)],
+            Expect {
+                reply: Some((400, "invalid model name")),
+                ..Expect::default()
+            },
+        ),
+        row(
+            "trailers of a routed request go on with it",
+            warm_table(),
+            vec![
+                Headers(post("/v2/models/linear/infer"), false),
+                Body(V2_BODY.into(), false),
+                Trailers(vec![("x-checksum", "1")]),
+            ],
+            Expect {
+                actions: vec![Continue, Continue, Continue],
+                upstream: Some("127.0.0.1:8000"),
+                forwarded: Some(V2_BODY.into()),
+                ..Expect::default()
+            },
+        ),
+        row(
+            "client routing headers are removed",
+            warm_table(),
+            vec![Headers(
+                {
+                    let mut h = post("/v2/models/linear/infer");
+                    h.push(("x-envoy-original-dst-host", "10.0.0.1:22"));
+                    h.push(("X-MM-Replica", "r9"));
+                    h
+                },
+                false,
+            )],
+            Expect {
+                upstream: Some("127.0.0.1:8000"),
+                request_headers: vec![
+                    ("x-envoy-original-dst-host", None),
+                    ("X-MM-Replica", None),
+                    (":path", Some("/v2/models/linear/infer")),
+                ],
+                ..Expect::default()
+            },
+        ),
+    ];
+    for r in rows {
+        check(r);
+    }
+}
+
+// ---- replica failures seen on the response ----
+
+#[test]
+fn response_rows() {
+    let two_copies = || {
+        vec![TableEntry {
+            model: "linear".into(),
+            replicas: vec![
+                endpoint("r0", 8000, Some(8001)),
+                endpoint("r1", 9000, Some(9001)),
+            ],
+            inputs: None,
+        }]
+    };
+    let rows = vec![
+        row(
+            "unreachable replica: Envoy's 503 becomes the gateway's, the replica leaves the table",
+            two_copies(),
+            vec![
+                Headers(post("/v2/models/linear/infer"), false),
+                Property(
+                    "response.code_details",
+                    b"upstream_reset_before_response_started{connection_failure}".to_vec(),
+                ),
+                Property("response.flags", 0x20u64.to_le_bytes().to_vec()),
+                ResponseHeaders(
+                    vec![
+                        (":status", "503"),
+                        ("content-type", "text/plain"),
+                        ("content-length", "91"),
+                    ],
+                    false,
+                ),
+                ResponseBody(
+                    b"upstream connect error or disconnect/reset before headers".to_vec(),
+                    true,
+                ),
+            ],
+            Expect {
+                actions: vec![Continue, Continue, Continue],
+                upstream: Some("127.0.0.1:8000"),
+                delivered: Some(r#"{"error":"replica r0 unreachable; retry"}"#.into()),
+                response_headers: vec![
+                    ("content-type", Some("application/json")),
+                    ("content-length", Some("41")),
+                ],
+                failures: vec![("linear", "r0", FailureKind::Unreachable)],
+                table_has: vec![("linear", true)],
+                ..Expect::default()
+            },
+        ),
+        row(
+            "model missing on the replica: that copy leaves the table",
+            two_copies(),
+            vec![
+                Headers(post("/v2/models/linear/infer"), false),
+                ResponseHeaders(
+                    vec![(":status", "404"), ("content-type", "application/json")],
+                    false,
+                ),
+                ResponseBody(
+                    br#"{"error":"Request for unknown model: 'linear' is not found"}"#.to_vec(),
+                    true,
+                ),
+            ],
+            Expect {
+                actions: vec![Continue, Continue, Continue],
+                upstream: Some("127.0.0.1:8000"),
+                delivered: Some(
+                    r#"{"error":"Request for unknown model: 'linear' is not found"}"#.into(),
+                ),
+                failures: vec![("linear", "r0", FailureKind::ModelMissing)],
+                table_has: vec![("linear", true)],
+                ..Expect::default()
+            },
+        ),
+        row(
+            "a 404 for a version is the client's: nothing dropped",
+            two_copies(),
+            vec![
+                Headers(post("/v2/models/linear/versions/9/infer"), false),
+                ResponseHeaders(vec![(":status", "404")], false),
+                ResponseBody(
+                    br#"{"error":"Request for unknown model: 'linear' version 9 is not found"}"#
+                        .to_vec(),
+                    true,
+                ),
+            ],
+            Expect {
+                upstream: Some("127.0.0.1:8000"),
+                ..Expect::default()
+            },
+        ),
+        row(
+            "gRPC NOT_FOUND in the trailers: model missing",
+            two_copies(),
+            vec![
+                Headers(
+                    grpc_call(
+                        "/inference.GRPCInferenceService/ModelInfer",
+                        &[("mm-model-id", "linear")],
+                    ),
+                    false,
+                ),
+                ResponseHeaders(
+                    vec![(":status", "200"), ("content-type", "application/grpc")],
+                    false,
+                ),
+                ResponseTrailers(vec![
+                    ("grpc-status", "5"),
+                    (
+                        "grpc-message",
+                        "Request for unknown model: 'linear' is not found",
+                    ),
+                ]),
+            ],
+            Expect {
+                actions: vec![Continue, Continue, Continue],
+                upstream: Some("127.0.0.1:8001"),
+                failures: vec![("linear", "r0", FailureKind::ModelMissing)],
+                ..Expect::default()
+            },
+        ),
+    ];
+    for r in rows {
+        check(r);
+    }
+}
+
+// ---- KServe V1 ----
+
+#[test]
+fn v1_rows() {
+    let v1_headers = || post("/v1/models/linear:predict");
+    let rows = vec![
+        row(
+            "warm V1: the body is translated at its end, the answer back to V1",
+            warm_table(),
+            vec![
+                Headers(v1_headers(), false),
+                Body(V1_BODY[..10].into(), false),
+                Body(V1_BODY[10..].into(), true),
+                ResponseHeaders(ok_response(), false),
+                ResponseBody(V2_ANSWER[..20].into(), false),
+                ResponseBody(V2_ANSWER[20..].into(), true),
+            ],
+            Expect {
+                actions: vec![Continue, Pause, Continue, Pause, Pause, Continue],
+                upstream: Some("127.0.0.1:8000"),
+                forwarded: Some(V1_TRANSLATED.into()),
+                delivered: Some(V1_ANSWER.into()),
+                request_headers: vec![
+                    (":path", Some("/v2/models/linear/infer")),
+                    ("content-length", None),
+                    ("content-type", Some("application/json")),
+                ],
+                response_headers: vec![("content-length", None), ("x-mm-replica", Some("r0"))],
+                in_flight: Some(vec![("linear", "r0")]),
+                ..Expect::default()
+            },
+        ),
+        row(
+            "cold V1, body whole before the answer: translated when the answer comes",
+            vec![],
+            vec![
+                Headers(v1_headers(), false),
+                Body(V1_BODY.into(), true),
+                Answer(Some(200), route_answer("r2", 7000, true)),
+            ],
+            Expect {
+                actions: vec![Pause, Pause],
+                upstream: Some("127.0.0.1:7000"),
+                route_calls: vec!["/internal/v1/route/linear"],
+                forwarded: Some(V1_TRANSLATED.into()),
+                ..Expect::default()
+            },
+        ),
+        row(
+            "cold V1, body after the answer: translated at its end",
+            vec![],
+            vec![
+                Headers(v1_headers(), false),
+                Answer(Some(200), route_answer("r2", 7000, true)),
+                Body(V1_BODY.into(), true),
+            ],
+            Expect {
+                actions: vec![Pause, Continue],
+                upstream: Some("127.0.0.1:7000"),
+                forwarded: Some(V1_TRANSLATED.into()),
+                route_calls: vec!["/internal/v1/route/linear"],
+                ..Expect::default()
+            },
+        ),
+        row(
+            "V1 without a body",
+            warm_table(),
+            vec![Headers(v1_headers(), true)],
+            Expect {
+                reply: Some((400, "needs a JSON body")),
+                ..Expect::default()
+            },
+        ),
+        row(
+            "V1 for a model whose inputs are unknown",
+            warm_table(),
+            vec![Headers(post("/v1/models/xor:predict"), false)],
+            Expect {
+                reply: Some((503, "metadata not available")),
+                ..Expect::default()
+            },
+        ),
+        row(
+            "V1 body that is not instances",
+            warm_table(),
+            vec![
+                Headers(v1_headers(), false),
+                Body(br#"{"inputs":[]}"#.to_vec(), true),
+            ],
+            Expect {
+                actions: vec![Continue, Pause],
+                upstream: Some("127.0.0.1:8000"),
+                reply: Some((400, "instances")),
+                forwarded: Some("".into()),
+                ..Expect::default()
+            },
+        ),
+        row(
+            "V1 answer that is not a V2 response: 502 with the gateway's JSON",
+            warm_table(),
+            vec![
+                Headers(v1_headers(), false),
+                Body(V1_BODY.into(), true),
+                ResponseHeaders(ok_response(), false),
+                ResponseBody(b"not json".to_vec(), true),
+            ],
+            Expect {
+                actions: vec![Continue, Continue, Pause, Continue],
+                upstream: Some("127.0.0.1:8000"),
+                response_headers: vec![(":status", Some("502"))],
+                ..Expect::default()
+            },
+        ),
+    ];
+    for r in rows {
+        check(r);
+    }
+}
+
+// ---- gRPC ----
+
+#[test]
+fn grpc_rows() {
+    let infer = "/inference.GRPCInferenceService/ModelInfer";
+    let message = frame(&[field(1, b"linear"), field(5, b"\x0a\x01x")]);
+    let rows = vec![
+        row(
+            "gRPC with a model header: routed to the gRPC address at once",
+            warm_table(),
+            vec![
+                Headers(grpc_call(infer, &[("mm-model-id", "linear")]), false),
+                Body(message.clone(), true),
+            ],
+            Expect {
+                actions: vec![Continue, Continue],
+                upstream: Some("127.0.0.1:8001"),
+                in_flight: Some(vec![("linear", "r0")]),
+                ..Expect::default()
+            },
+        ),
+        row(
+            "gRPC without a header: the model is field 1 of the first message",
+            warm_table(),
+            vec![
+                Headers(grpc_call(infer, &[]), false),
+                Body(message[..4].to_vec(), false),
+                Body(message[4..].to_vec(), true),
+            ],
+            Expect {
+                actions: vec![Pause, Pause, Continue],
+                upstream: Some("127.0.0.1:8001"),
+                forwarded: Some(message.clone()),
+                ..Expect::default()
+            },
+        ),
+        row(
+            "gRPC, model from the message, not warm: a route call",
+            vec![],
+            vec![
+                Headers(grpc_call(infer, &[]), false),
+                Body(message.clone(), true),
+                Answer(Some(200), route_answer("r2", 7000, false)),
+            ],
+            Expect {
+                actions: vec![Pause, Pause],
+                upstream: Some("127.0.0.1:7001"),
+                route_calls: vec!["/internal/v1/route/linear"],
+                ..Expect::default()
+            },
+        ),
+        row(
+            "gRPC message without field 1",
+            warm_table(),
+            vec![
+                Headers(grpc_call(infer, &[]), false),
+                Body(frame(&[field(2, b"1")]), true),
+            ],
+            Expect {
+                reply: Some((3, "does not name a model")),
+                ..Expect::default()
+            },
+        ),
+        row(
+            "gRPC with no message and no header",
+            warm_table(),
+            vec![Headers(grpc_call(infer, &[]), true)],
+            Expect {
+                reply: Some((3, "does not name a model")),
+                ..Expect::default()
+            },
+        ),
+        row(
+            "gRPC invalid model header",
+            warm_table(),
+            vec![Headers(grpc_call(infer, &[("mm-model-id", "../x")]), false)],
+            Expect {
+                reply: Some((3, "invalid model name in header mm-model-id")),
+                ..Expect::default()
+            },
+        ),
+        row(
+            "gRPC method the gateway never forwards",
+            warm_table(),
+            vec![Headers(
+                grpc_call("/inference.GRPCInferenceService/RepositoryModelLoad", &[]),
+                false,
+            )],
+            Expect {
+                reply: Some((7, "RepositoryModelLoad is not served")),
+                ..Expect::default()
+            },
+        ),
+        row(
+            "gRPC for a model with no gRPC endpoint",
+            warm_table(),
+            vec![Headers(grpc_call(infer, &[("mm-model-id", "xor")]), false)],
+            Expect {
+                reply: Some((14, "no gRPC endpoint serves model xor")),
+                ..Expect::default()
+            },
+        ),
+        row(
+            "gRPC server method: any replica",
+            warm_table(),
+            vec![
+                Headers(
+                    grpc_call("/inference.GRPCInferenceService/ServerLive", &[]),
+                    false,
+                ),
+                Answer(
+                    Some(200),
+                    r#"{"replica":"r0","address":"127.0.0.1:8000","grpcAddress":"127.0.0.1:8001"}"#
+                        .into(),
+                ),
+            ],
+            Expect {
+                upstream: Some("127.0.0.1:8001"),
+                route_calls: vec!["/internal/v1/route"],
+                ..Expect::default()
+            },
+        ),
+    ];
+    for r in rows {
+        check(r);
+    }
+}
+
+// ---- limits ----
+
+#[test]
+fn limit_rows() {
+    let config = r#"{"max_request_bytes":1024}"#;
+    let big = |n| vec![b'a'; n];
+    let rows = vec![
+        Row {
+            name: "declared body over the limit: 413 before anything is read",
+            config,
+            table: warm_table(),
+            steps: vec![Headers(
+                vec![
+                    (":method", "POST"),
+                    (":path", "/v2/models/linear/infer"),
+                    ("content-length", "1025"),
+                ],
+                false,
+            )],
+            expect: Expect {
+                actions: vec![Pause],
+                reply: Some((413, "larger than the gateway's limit of 1024 bytes")),
+                ..Expect::default()
+            },
+        },
+        Row {
+            name: "streamed body over the limit: 413 when it crosses it",
+            config,
+            table: warm_table(),
+            steps: vec![
+                Headers(
+                    vec![(":method", "POST"), (":path", "/v2/models/linear/infer")],
+                    false,
+                ),
+                Body(big(1000), false),
+                Body(big(25), true),
+            ],
+            expect: Expect {
+                actions: vec![Continue, Continue, Pause],
+                upstream: Some("127.0.0.1:8000"),
+                reply: Some((413, "limit of 1024 bytes")),
+                forwarded: Some(big(1000)),
+                ..Expect::default()
+            },
+        },
+        Row {
+            name: "held body over the limit while the route call is out",
+            config,
+            table: vec![],
+            steps: vec![
+                Headers(
+                    vec![(":method", "POST"), (":path", "/v2/models/linear/infer")],
+                    false,
+                ),
+                Body(big(600), false),
+                Body(big(600), false),
+            ],
+            expect: Expect {
+                actions: vec![Pause, Pause, Pause],
+                reply: Some((413, "limit of 1024 bytes")),
+                route_calls: vec!["/internal/v1/route/linear"],
+                forwarded: Some("".into()),
+                ..Expect::default()
+            },
+        },
+    ];
+    for r in rows {
+        check(r);
+    }
+}
+
+// ---- the host-call budget of a warm request ----
+
+/// The host calls of one warm V2 infer, from the request headers to the end of the
+/// response, at Envoy's default `info` log level.
+fn warm_request_ops() -> Vec<Op> {
+    let mut sim = Sim::new("", warm_table());
+    sim.host.level = Level::Info;
+    sim.run(&[
+        Headers(post("/v2/models/linear/infer"), false),
+        Body(V2_BODY.into(), true),
+        ResponseHeaders(ok_response(), false),
+        ResponseBody(V2_ANSWER.into(), true),
+    ]);
+    let (host, worker) = (&mut sim.host, &mut sim.worker);
+    sim.stream.on_log(host, worker);
+    assert_eq!(sim.upstreams(), vec!["127.0.0.1:8000"]);
+    sim.host.take_ops()
+}
+
+#[test]
+fn a_warm_request_stays_within_its_host_call_budget() {
+    let ops = warm_request_ops();
+    assert!(
+        !ops.iter().any(|op| matches!(
+            op,
+            Op::Dispatch(_) | Op::Shared(_) | Op::SetShared(..) | Op::Log(..)
+        )),
+        "a warm request calls out, touches shared data or logs: {ops:#?}"
+    );
+    // The count before the warm path was cut (see BENCHMARKS.md): headers listed, two
+    // header reads, the table-hit counter, the upstream; on the response the replica
+    // header and the status.
+    assert_eq!(ops.len(), 7, "{ops:#?}");
+}

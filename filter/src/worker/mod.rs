@@ -1,0 +1,171 @@
+//! What one worker VM keeps across requests, and its root context's work, written against
+//! [`Host`]: the routing table, usage counters and failure queue its requests share, and
+//! on each tick the table lease and long poll ([`sync`]) and the usage and failure reports
+//! ([`reports`]). The glue owns one [`Worker`] per root context and lends it to the
+//! streams of that VM.
+
+mod reports;
+mod sync;
+
+use crate::config::{Config, ConfigError, TokenSource};
+use crate::failure::FailureQueue;
+use crate::host::Host;
+use crate::metrics::Metric;
+use crate::refresh;
+use crate::shared::{cas_update, decode_u64, Update};
+use crate::table::Table;
+use crate::usage::{self, UsageTracker};
+use crate::{debug, info};
+
+use reports::Reports;
+use sync::TableSync;
+
+/// Shared-data key (shared by every VM of this plugin's `vm_id` in one Envoy) holding the
+/// last reporter start time claimed, as 8 little-endian bytes.
+const REPORTER_CLAIM_KEY: &str = "mm_filter.reporter_start_nanos";
+
+/// Tries at claiming a reporter start time before falling back to the clock.
+const CLAIM_TRIES: usize = 16;
+
+/// State of one worker VM that its root context and its requests share. See the module
+/// doc.
+pub struct Worker {
+    config: Config,
+    /// `w<root context id>-<start time in ns>`: unique per root context, stable for its life
+    /// (see [`claim_start_nanos`]); also its id in the table lease.
+    reporter: String,
+    /// The routing table requests are routed by.
+    pub table: Table,
+    /// Requests routed and in flight, per (model, replica).
+    pub usage: UsageTracker,
+    /// Replica failures seen by requests, waiting for the tick.
+    pub failures: FailureQueue,
+    sync: TableSync,
+    reports: Reports,
+}
+
+impl Worker {
+    /// The worker of root context `context_id`, with the default configuration until
+    /// [`Worker::configure`]. Claims a reporter id no other VM of this Envoy has.
+    pub fn new(host: &mut impl Host, context_id: u32) -> Worker {
+        let now = host.now();
+        // The main-thread VM starts first and creates the lease key, so the workers'
+        // first claims are all compare-and-swap on an existing key: exactly one wins.
+        if let Ok((None, _)) = host.shared(refresh::LEASE_KEY) {
+            let _ = host.set_shared(refresh::LEASE_KEY, b"", None);
+        }
+        Worker {
+            config: Config::default(),
+            reporter: usage::reporter_id(context_id, claim_start_nanos(host, now)),
+            table: Table::new(),
+            usage: UsageTracker::new(),
+            failures: FailureQueue::new(),
+            sync: TableSync::default(),
+            reports: Reports::default(),
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// This root context's reporter id.
+    pub fn reporter(&self) -> &str {
+        &self.reporter
+    }
+
+    /// Applies the plugin configuration (`bytes`, with `env` to look the gateway token's
+    /// variable up) and logs it.
+    ///
+    /// Errors: the configuration or the token is invalid; the worker keeps its previous
+    /// configuration.
+    pub fn configure(
+        &mut self,
+        host: &mut impl Host,
+        bytes: Option<&[u8]>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
+        let mut config = Config::from_bytes(bytes)?;
+        let source = config.resolve_token(env)?;
+        let token = match source {
+            TokenSource::Configuration => "from the configuration".to_owned(),
+            TokenSource::Environment(name) => format!("from ${name}"),
+            TokenSource::None => "none".to_owned(),
+        };
+        info!(
+            host,
+            "configured: pool-manager cluster {} authority {} route timeout {} ms, usage report every {} ms, table refresh every {} ms, table wait {} ms, max request {} bytes, bodies while paused {}, gateway token {token}, as {}",
+            config.pool_manager_cluster,
+            config.pool_manager_authority,
+            config.route_timeout_ms,
+            config.usage_report_ms,
+            config.table_refresh_ms,
+            config.table_wait_ms,
+            config.max_request_bytes,
+            config.bodies_while_paused,
+            self.reporter
+        );
+        self.config = config;
+        Ok(())
+    }
+
+    /// The root context's tick: follows the host's log level, takes or renews the table
+    /// lease, applies a table another worker shared, polls the pool-manager as leader, and
+    /// sends the reports that are due.
+    pub fn on_tick(&mut self, host: &mut impl Host) {
+        host.follow_log_level();
+        let now = host.now();
+        self.sync
+            .tick(host, &self.config, &self.reporter, &mut self.table, now);
+        self.reports.tick(
+            host,
+            &self.config,
+            &self.reporter,
+            &mut self.usage,
+            &mut self.failures,
+            now,
+        );
+    }
+
+    /// The answer to a call the root context made (table poll, usage or failure report).
+    pub fn on_call_answer(&mut self, host: &mut impl Host, token: u32, body_size: usize) {
+        if self.sync.owns(token) {
+            self.sync.on_answer(
+                host,
+                &self.config,
+                &self.reporter,
+                &mut self.table,
+                token,
+                body_size,
+            );
+            return;
+        }
+        if self
+            .reports
+            .on_answer(host, &mut self.usage, token, body_size)
+        {
+            return;
+        }
+        debug!(host, "call {token}: late answer ignored");
+    }
+
+    /// Counts an event of a request.
+    pub fn count(&mut self, host: &mut impl Host, metric: Metric) {
+        host.increment(metric, 1);
+    }
+}
+
+/// Claims a reporter start time no other VM of this Envoy has claimed (compare-and-swap on
+/// [`REPORTER_CLAIM_KEY`]); falls back to `now` if shared data does not cooperate. The
+/// main-thread VMs start first and create the key, so workers never race on creating it.
+fn claim_start_nanos(host: &mut impl Host, now: u64) -> u64 {
+    cas_update(host, REPORTER_CLAIM_KEY, CLAIM_TRIES, |_, last| {
+        let claimed = usage::claim_start_nanos(now, last.and_then(decode_u64));
+        Update::Write(claimed.to_le_bytes().to_vec(), claimed)
+    })
+    .unwrap_or(now)
+}
+
+#[cfg(test)]
+mod tests;
