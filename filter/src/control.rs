@@ -10,6 +10,9 @@ use crate::config::Config;
 use crate::decision::parse_status;
 use crate::host::{Buffer, Call, Host, HostError, Map};
 
+/// Request header that carries the gateway token to the pool-manager's internal routes.
+pub const GATEWAY_TOKEN_HEADER: &str = "x-mm-gateway-token";
+
 /// Most bytes of an error answer read for the log.
 const MAX_ERROR_ANSWER_BYTES: usize = 1024;
 
@@ -56,12 +59,15 @@ fn call(
     body: Option<&[u8]>,
     timeout: Duration,
 ) -> Result<u32, HostError> {
-    let headers = vec![
+    let mut headers = vec![
         (":method", method),
         (":path", path),
         (":authority", config.pool_manager_authority.as_str()),
         json,
     ];
+    if let Some(token) = &config.gateway_token {
+        headers.push((GATEWAY_TOKEN_HEADER, token.as_str()));
+    }
     host.dispatch(&Call {
         cluster: &config.pool_manager_cluster,
         headers: &headers,
@@ -103,12 +109,13 @@ pub fn describe_answer(host: &mut impl Host, status: Option<u16>, size: usize) -
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Token;
     use crate::host::fake::FakeHost;
 
     #[test]
-    fn every_call_carries_cluster_and_authority() {
+    fn every_call_carries_cluster_authority_and_token() {
         let mut host = FakeHost::new();
-        let config = Config::default();
+        let mut config = Config::default();
         get(
             &mut host,
             &config,
@@ -116,6 +123,7 @@ mod tests {
             Duration::from_secs(1),
         )
         .unwrap();
+        config.gateway_token = Some(Token::new("s3cret").unwrap());
         post_json(
             &mut host,
             &config,
@@ -130,8 +138,10 @@ mod tests {
         assert_eq!(calls[0].header(":method"), Some("GET"));
         assert_eq!(calls[0].header(":authority"), Some("pool-manager"));
         assert_eq!(calls[0].header("accept"), Some("application/json"));
+        assert_eq!(calls[0].header(GATEWAY_TOKEN_HEADER), None);
         assert_eq!(calls[1].header(":method"), Some("POST"));
         assert_eq!(calls[1].header("content-type"), Some("application/json"));
+        assert_eq!(calls[1].header(GATEWAY_TOKEN_HEADER), Some("s3cret"));
         assert_eq!(calls[1].body.as_deref(), Some(&b"{}"[..]));
         assert_eq!(calls[1].timeout, Duration::from_secs(2));
     }

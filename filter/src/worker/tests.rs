@@ -7,6 +7,7 @@ use std::rc::Rc;
 use mm_wire::{FailureKind, FAILURE_PATH, USAGE_PATH};
 
 use super::*;
+use crate::control::GATEWAY_TOKEN_HEADER;
 use crate::host::fake::{Dispatched, FakeHost, Op, SharedStore};
 use crate::host::{Buffer, Level, Map};
 
@@ -101,6 +102,7 @@ fn one_leader_polls_and_every_worker_applies_its_table() {
         polls[0].header(":path"),
         Some("/internal/v1/table?waitMs=10000")
     );
+    assert_eq!(polls[0].header(GATEWAY_TOKEN_HEADER), Some("t0k3n"));
     assert!(dispatched(&b.tick_at(T0 + MS)).is_empty());
 
     // The answer is shared and applied; a changed table is polled again at once, since it.
@@ -168,6 +170,7 @@ fn usage_reports_are_sent_acknowledged_and_retried() {
         .into_iter()
         .find(|d| d.header(":path") == Some(USAGE_PATH))
         .unwrap();
+    assert_eq!(report.header(GATEWAY_TOKEN_HEADER), Some("t0k3n"));
     let body: serde_json::Value = serde_json::from_slice(report.body.as_deref().unwrap()).unwrap();
     assert_eq!(body["entries"][0]["model"], "linear");
     assert_eq!(body["entries"][0]["requests"], 1);
@@ -220,6 +223,7 @@ fn failure_reports_go_out_once_per_envoy() {
         .filter(|d| d.header(":path") == Some(FAILURE_PATH))
         .collect();
     assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].header(GATEWAY_TOKEN_HEADER), Some("t0k3n"));
     assert!(increments(&ops).contains(&(Metric::FailureReportsSent, 1)));
     // b saw the same failure within the interval: another worker already reported it.
     let ops = b.tick_at(T0 + 100 * MS);

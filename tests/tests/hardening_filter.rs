@@ -1,0 +1,200 @@
+//! What the filter refuses and protects against, through real Envoy (and, where a replica
+//! or the pool-manager takes part, the real stack): the gateway token on every call to the
+//! pool-manager.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mm_tests::paths;
+use mm_tests::process::{free_port, Process};
+use mm_tests::stack::{eventually, render_envoy_config};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// One request the fake control plane received: its request line and headers.
+#[derive(Debug, Clone)]
+struct Seen {
+    line: String,
+    headers: Vec<(String, String)>,
+}
+
+impl Seen {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A stand-in for the pool-manager that records what the filter sends it and refuses
+/// every route ("unknown model"): what matters here is what the filter sends, not what
+/// the pool-manager does with it (its own suite checks the token).
+async fn recording_control_plane() -> (u16, Arc<Mutex<Vec<Seen>>>) {
+    let port = free_port().unwrap();
+    let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let record = Arc::clone(&record);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = socket.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    buf.drain(..end + 4);
+                    let mut lines = head.lines();
+                    let line = lines.next().unwrap_or_default().to_owned();
+                    let headers = lines
+                        .filter_map(|l| l.split_once(':'))
+                        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+                        .collect();
+                    record.lock().unwrap().push(Seen { line, headers });
+                    let body = r#"{"error":"unknown model 'linear'"}"#;
+                    let answer = format!(
+                        "HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if socket.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, seen)
+}
+
+/// Real Envoy with the gateway config pointed at `control_plane`, the filter's
+/// configuration extended with `extra_config` (JSON members), and `env` in its
+/// environment.
+async fn envoy(
+    dir: &Path,
+    control_plane: u16,
+    extra_config: &str,
+    env: &[(&str, &str)],
+) -> (Process, u16) {
+    let (port, admin) = (free_port().unwrap(), free_port().unwrap());
+    let mut config = render_envoy_config(port, admin, control_plane).unwrap();
+    if !extra_config.is_empty() {
+        config = config.replace(
+            r#""route_timeout_ms": 70000}"#,
+            &format!(r#""route_timeout_ms": 70000, {extra_config}}}"#),
+        );
+    }
+    let path = dir.join("envoy.yaml");
+    std::fs::write(&path, config).unwrap();
+    let mut cmd = Command::new(paths::envoy());
+    cmd.arg("-c")
+        .arg(&path)
+        .args(["--disable-hot-restart", "--concurrency", "1"])
+        .args(["--log-level", "warn", "--component-log-level", "wasm:info"]);
+    cmd.env_remove("MM_GATEWAY_TOKEN");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut process = Process::spawn("envoy", cmd, &dir.join("envoy.log")).unwrap();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let ready = format!("http://127.0.0.1:{admin}/ready");
+    for _ in 0..600 {
+        process.check_alive().unwrap();
+        if let Ok(r) = http.get(&ready).send().await {
+            if r.text().await.unwrap_or_default().trim() == "LIVE" {
+                return (process, port);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("envoy not ready\n{}", process.log_tail(40));
+}
+
+/// The route call the filter makes for `GET /v2/models/linear/ready`, as the control plane
+/// saw it.
+async fn route_call_seen(port: u16, seen: &Arc<Mutex<Vec<Seen>>>) -> Seen {
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let r = http
+        .get(format!("http://127.0.0.1:{port}/v2/models/linear/ready"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    eventually("the route call", Duration::from_secs(10), || async {
+        Ok(seen
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|s| s.line.starts_with("GET /internal/v1/route/linear "))
+            .cloned())
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_call_to_the_pool_manager_carries_the_gateway_token() {
+    let dir = tempfile::tempdir().unwrap();
+
+    // From Envoy's environment (vm_config.environment_variables.host_env_keys).
+    let (control_plane, seen) = recording_control_plane().await;
+    let (mut proxy, port) = envoy(
+        dir.path(),
+        control_plane,
+        "",
+        &[("MM_GATEWAY_TOKEN", "from-the-environment")],
+    )
+    .await;
+    let route = route_call_seen(port, &seen).await;
+    assert_eq!(
+        route.header("x-mm-gateway-token"),
+        Some("from-the-environment")
+    );
+    // The table long poll carries it too.
+    let poll = eventually("a table poll", Duration::from_secs(10), || async {
+        Ok(seen
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|s| s.line.starts_with("GET /internal/v1/table"))
+            .cloned())
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        poll.header("x-mm-gateway-token"),
+        Some("from-the-environment")
+    );
+    proxy.kill();
+
+    // The plugin configuration's token wins over the environment.
+    let (control_plane, seen) = recording_control_plane().await;
+    let (mut proxy, port) = envoy(
+        dir.path(),
+        control_plane,
+        r#""gateway_token": "from-the-config""#,
+        &[("MM_GATEWAY_TOKEN", "from-the-environment")],
+    )
+    .await;
+    let route = route_call_seen(port, &seen).await;
+    assert_eq!(route.header("x-mm-gateway-token"), Some("from-the-config"));
+    proxy.kill();
+
+    // No token anywhere: no header (and the pool-manager decides).
+    let (control_plane, seen) = recording_control_plane().await;
+    let (mut proxy, port) = envoy(dir.path(), control_plane, "", &[]).await;
+    let route = route_call_seen(port, &seen).await;
+    assert_eq!(route.header("x-mm-gateway-token"), None);
+    proxy.kill();
+}
