@@ -77,18 +77,19 @@ if [ ! -x "$triton/pytriton/tritonserver/bin/tritonserver" ] || [ ! -x "$triton/
   rm -rf "$tmp"
 fi
 
-# 5. A real gRPC client for the tests: NVIDIA's tritonclient (grpc extra), and a real
+# 5. Real clients for the tests: NVIDIA's tritonclient (grpc and http extras) and the
+#    `requests` library (what KServe V1 users call the gateway with), and a real
 #    S3-compatible server for the model-storage tests: moto in server mode (its s3 extra
 #    and the flask it serves with), installed into .tools/pylib for the tests' own python3
 #    (never into the system Python).
 TRITONCLIENT_VERSION=2.51.0
 MOTO_VERSION=5.2.5
 # (moto's version is checked, not just its import: a system-wide moto must not stand in.)
-if ! PYTHONPATH="$tools/pylib" python3 -c "import tritonclient.grpc, numpy, moto.server, flask_cors, importlib.metadata as m; assert m.version('moto') == '$MOTO_VERSION'" 2>/dev/null; then
-  log "installing tritonclient[grpc]==$TRITONCLIENT_VERSION and moto[s3]==$MOTO_VERSION into .tools/pylib"
+if ! PYTHONPATH="$tools/pylib" python3 -c "import tritonclient.grpc, tritonclient.http, requests, numpy, moto.server, flask_cors, importlib.metadata as m; assert m.version('moto') == '$MOTO_VERSION'" 2>/dev/null; then
+  log "installing tritonclient[grpc,http]==$TRITONCLIENT_VERSION, requests and moto[s3]==$MOTO_VERSION into .tools/pylib"
   rm -rf "$tools/pylib.new"
   python3 -m pip install --quiet --disable-pip-version-check --target "$tools/pylib.new" \
-    "tritonclient[grpc]==$TRITONCLIENT_VERSION" numpy \
+    "tritonclient[grpc,http]==$TRITONCLIENT_VERSION" numpy requests \
     "moto[s3]==$MOTO_VERSION" "flask==3.1.3" "flask-cors==6.0.5"
   rm -rf "$tools/pylib" && mv "$tools/pylib.new" "$tools/pylib"
 fi

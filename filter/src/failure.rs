@@ -55,6 +55,7 @@ pub fn may_be_model_missing(status: u16, kind: ModelApi, versioned: bool) -> boo
     }
     match kind {
         ModelApi::V2Metadata
+        | ModelApi::V2Config
         | ModelApi::V2Infer
         | ModelApi::V2Generate
         | ModelApi::V2GenerateStream
@@ -229,7 +230,14 @@ mod tests {
     #[test]
     fn reads_the_body_only_for_unversioned_model_errors() {
         use ModelApi::*;
-        for kind in [V2Metadata, V2Infer, V2Generate, V2GenerateStream, V1Predict] {
+        for kind in [
+            V2Metadata,
+            V2Config,
+            V2Infer,
+            V2Generate,
+            V2GenerateStream,
+            V1Predict,
+        ] {
             assert!(may_be_model_missing(404, kind, false), "{kind:?}");
             assert!(!may_be_model_missing(404, kind, true), "{kind:?}");
             assert!(!may_be_model_missing(400, kind, false), "{kind:?}");

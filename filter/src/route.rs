@@ -36,6 +36,9 @@ pub enum ModelApi {
     V2Generate,
     /// `POST /v2/models/{name}[/versions/{v}]/generate_stream`
     V2GenerateStream,
+    /// `GET /v2/models/{name}[/versions/{v}]/config` (Triton's model configuration, which
+    /// `tritonclient.http` reads with `get_model_config`)
+    V2Config,
     /// `POST /v1/models/{name}:predict` (KServe V1)
     V1Predict,
     /// `GET /v1/models/{name}` (KServe V1)
@@ -125,7 +128,7 @@ impl RouteError {
 /// Routable paths, matched segment by segment with no decoding or normalisation:
 /// - `/v2`, `/v2/health/live`, `/v2/health/ready` -> [`Route::Server`]
 /// - `/v2/models/{name}[/versions/{v}]` and the same followed by `/ready`, `/infer`,
-///   `/generate` or `/generate_stream` -> [`Route::Model`]
+///   `/generate`, `/generate_stream` or `/config` -> [`Route::Model`]
 /// - `/v1/models/{name}` and `/v1/models/{name}:predict` -> [`Route::Model`]
 ///
 /// `/v2/models/stats` is refused: Triton reads it as the statistics of every model. The
@@ -180,6 +183,7 @@ fn v2_action(action: &str) -> Result<ModelApi, RouteError> {
         "infer" => Ok(ModelApi::V2Infer),
         "generate" => Ok(ModelApi::V2Generate),
         "generate_stream" => Ok(ModelApi::V2GenerateStream),
+        "config" => Ok(ModelApi::V2Config),
         _ => Err(RouteError::NoRoute),
     }
 }
@@ -253,6 +257,11 @@ mod tests {
             (
                 "/v2/models/x/versions/3/generate_stream",
                 m("x", Some("3"), V2GenerateStream),
+            ),
+            ("/v2/models/linear/config", m("linear", None, V2Config)),
+            (
+                "/v2/models/mlp_2/versions/2/config",
+                m("mlp_2", Some("2"), V2Config),
             ),
             (
                 "/v2/models/x/versions/9223372036854775807/infer",

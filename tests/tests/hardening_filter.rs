@@ -1,15 +1,21 @@
-//! What the filter refuses and protects against, through real Envoy (and, where a replica
-//! or the pool-manager takes part, the real stack): the gateway token on every call to the
-//! pool-manager.
+//! What the filter refuses and protects against, and the clients it must serve, through
+//! real Envoy (and, where a replica or the pool-manager takes part, the real stack): the
+//! gateway token on every call to the pool-manager, the real Python clients
+//! (tritonclient.http, requests).
+
+mod common;
 
 use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mm_tests::paths;
+use common::assert_close;
+use mm_tests::paths::{self, client_script, example_model, python_lib};
 use mm_tests::process::{free_port, Process};
 use mm_tests::stack::{eventually, render_envoy_config};
+use mm_tests::{Stack, StackOptions};
+use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -197,4 +203,58 @@ async fn every_call_to_the_pool_manager_carries_the_gateway_token() {
     let route = route_call_seen(port, &seen).await;
     assert_eq!(route.header("x-mm-gateway-token"), None);
     proxy.kill();
+}
+
+/// Runs a Python client script from tests/clients with the gateway's `host:port` and
+/// `args`; returns the JSON line it printed.
+fn python_client(script: &str, stack: &Stack, args: &[&str]) -> Value {
+    let output = Command::new("python3")
+        .env("PYTHONPATH", python_lib())
+        .arg(client_script(script))
+        .arg(format!("127.0.0.1:{}", stack.envoy.port))
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{script} failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+async fn stack_with(models: &[(&str, &str)]) -> Stack {
+    let stack = Stack::start(StackOptions {
+        replicas: 1,
+        ..StackOptions::default()
+    })
+    .await
+    .unwrap();
+    for (model, memory) in models {
+        let (status, body) = stack
+            .register(model, &example_model(model), memory)
+            .await
+            .unwrap();
+        assert_eq!(status, 201, "{body}");
+    }
+    stack
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tritonclient_http_reads_the_model_configuration() {
+    let stack = stack_with(&[("linear", "32Mi")]).await;
+    let out = tokio::task::block_in_place(|| python_client("http_client.py", &stack, &["linear"]));
+    assert_eq!(out["ready"], true, "{out}");
+    assert_eq!(out["metadata"]["name"], "linear", "{out}");
+    // Triton's own configuration of the model, through the gateway.
+    assert_eq!(out["config"]["name"], "linear", "{out}");
+    assert_eq!(out["config"]["backend"], "python", "{out}");
+    assert_eq!(
+        out["config"]["input"][0]["dims"],
+        serde_json::json!([-1, 4]),
+        "{out}"
+    );
+    let y: Vec<f64> = serde_json::from_value(out["y"].clone()).unwrap();
+    assert_close(&y, &[7.0, 1.5], "tritonclient.http infer");
 }

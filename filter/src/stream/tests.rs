@@ -614,6 +614,24 @@ fn v2_rows() {
             },
         ),
         row(
+            "model configuration over HTTP: routed to the model's replica",
+            warm_table(),
+            vec![
+                Headers(get("/v2/models/linear/config"), true),
+                ResponseHeaders(vec![(":status", "404")], false),
+                ResponseBody(
+                    br#"{"error":"Request for unknown model: 'linear' is not found"}"#.to_vec(),
+                    true,
+                ),
+            ],
+            Expect {
+                actions: vec![Continue, Continue, Continue],
+                upstream: Some("127.0.0.1:8000"),
+                failures: vec![("linear", "r0", FailureKind::ModelMissing)],
+                ..Expect::default()
+            },
+        ),
+        row(
             "unknown path",
             warm_table(),
             vec![Headers(get("/v2/repository/index"), true)],
