@@ -258,3 +258,25 @@ async fn tritonclient_http_reads_the_model_configuration() {
     let y: Vec<f64> = serde_json::from_value(out["y"].clone()).unwrap();
     assert_close(&y, &[7.0, 1.5], "tritonclient.http infer");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kserve_v1_works_for_python_requests_whatever_it_accepts() {
+    let stack = stack_with(&[("linear", "32Mi")]).await;
+    let out = tokio::task::block_in_place(|| python_client("v1_requests.py", &stack, &["linear"]));
+    for case in ["default", "gzip"] {
+        let r = &out[case];
+        assert_eq!(r["status"], 200, "{case}: {r}");
+        assert_eq!(r["encoding"], Value::Null, "{case}: {r}");
+        let predictions: Vec<f64> = r["json"]["predictions"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{case}: {r}"))
+            .iter()
+            .map(|row| row[0].as_f64().unwrap())
+            .collect();
+        assert_close(&predictions, &[7.0, 1.5], case);
+    }
+    // The gateway's own refusal is plain JSON too.
+    assert_eq!(out["bad"]["status"], 400, "{out}");
+    assert_eq!(out["bad"]["encoding"], Value::Null, "{out}");
+    assert!(out["bad"]["json"]["error"].is_string(), "{out}");
+}

@@ -288,12 +288,15 @@ impl Stream {
     }
 
     /// Rewrites a KServe V1 `:predict` request's headers for its V2 translation: `:path`
-    /// becomes the model's V2 infer path and `content-length` goes (the body changes).
+    /// becomes the model's V2 infer path, `content-length` goes (the body changes), and so
+    /// does `accept-encoding`: the answer must come back as JSON the filter can translate
+    /// (python-requests and httpx ask for gzip by default, and Triton then compresses).
     fn prepare_v1(&mut self, host: &mut impl Host) -> Result<(), crate::host::HostError> {
         let model = self.model.as_deref().unwrap_or_default();
         let path = format!("/v2/models/{model}/infer");
         host.set_header(Map::RequestHeaders, ":path", &path)?;
         host.remove_header(Map::RequestHeaders, "content-length")?;
+        host.remove_header(Map::RequestHeaders, "accept-encoding")?;
         host.set_header(Map::RequestHeaders, "content-type", "application/json")?;
         self.v1 = Some(V1Request::default());
         Ok(())

@@ -193,8 +193,16 @@ impl Stream {
             }
         }
         if self.v1.is_some() && status == 200 && !end_of_stream {
-            if let Err(err) = host.remove_header(Map::ResponseHeaders, "content-length") {
-                warn!(host, "[{}] cannot remove content-length: {err}", self.id);
+            // The body the client gets is the filter's (a translation or a 502): neither the
+            // replica's length nor any encoding it claims applies to it.
+            let cleared = host
+                .remove_header(Map::ResponseHeaders, "content-length")
+                .and_then(|()| host.remove_header(Map::ResponseHeaders, "content-encoding"));
+            if let Err(err) = cleared {
+                warn!(
+                    host,
+                    "[{}] cannot clear the V1 answer's headers: {err}", self.id
+                );
                 return;
             }
             self.response = ResponseBody::V1Translate;

@@ -887,6 +887,54 @@ fn v1_rows() {
             },
         ),
         row(
+            "V1 with Accept-Encoding: the replica is not asked to compress",
+            warm_table(),
+            vec![
+                Headers(
+                    {
+                        let mut h = v1_headers();
+                        h.push(("accept-encoding", "gzip, deflate, br, zstd"));
+                        h
+                    },
+                    false,
+                ),
+                Body(V1_BODY.into(), true),
+                ResponseHeaders(ok_response(), false),
+                ResponseBody(V2_ANSWER.into(), true),
+            ],
+            Expect {
+                actions: vec![Continue, Continue, Pause, Continue],
+                upstream: Some("127.0.0.1:8000"),
+                forwarded: Some(V1_TRANSLATED.into()),
+                delivered: Some(V1_ANSWER.into()),
+                request_headers: vec![("accept-encoding", None)],
+                ..Expect::default()
+            },
+        ),
+        row(
+            "V1 answer compressed anyway: a 502 that claims no encoding",
+            warm_table(),
+            vec![
+                Headers(v1_headers(), false),
+                Body(V1_BODY.into(), true),
+                ResponseHeaders(
+                    vec![
+                        (":status", "200"),
+                        ("content-type", "application/json"),
+                        ("content-encoding", "gzip"),
+                    ],
+                    false,
+                ),
+                ResponseBody(vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0], true),
+            ],
+            Expect {
+                actions: vec![Continue, Continue, Pause, Continue],
+                upstream: Some("127.0.0.1:8000"),
+                response_headers: vec![(":status", Some("502")), ("content-encoding", None)],
+                ..Expect::default()
+            },
+        ),
+        row(
             "V1 without a body",
             warm_table(),
             vec![Headers(v1_headers(), true)],
