@@ -1,7 +1,7 @@
 //! What the filter refuses and protects against, and the clients it must serve, through
 //! real Envoy (and, where a replica or the pool-manager takes part, the real stack): the
 //! gateway token on every call to the pool-manager, the real Python clients
-//! (tritonclient.http, requests).
+//! (tritonclient.http, requests), bodies that would crash a replica or are over the limit.
 
 mod common;
 
@@ -97,8 +97,8 @@ async fn envoy(
     let mut config = render_envoy_config(port, admin, control_plane).unwrap();
     if !extra_config.is_empty() {
         config = config.replace(
-            r#""route_timeout_ms": 70000}"#,
-            &format!(r#""route_timeout_ms": 70000, {extra_config}}}"#),
+            r#"{"pool_manager_cluster""#,
+            &format!(r#"{{{extra_config}, "pool_manager_cluster""#),
         );
     }
     let path = dir.join("envoy.yaml");
@@ -279,4 +279,152 @@ async fn kserve_v1_works_for_python_requests_whatever_it_accepts() {
     assert_eq!(out["bad"]["status"], 400, "{out}");
     assert_eq!(out["bad"]["encoding"], Value::Null, "{out}");
     assert!(out["bad"]["json"]["error"].is_string(), "{out}");
+}
+
+/// A valid V2 request for `input` (one row of `width` values) padded with a `pad_bytes`
+/// string parameter: the body that crashed a Triton 2.51 replica when form-encoded.
+fn padded_request(input: &str, width: usize, pad_bytes: usize) -> Vec<u8> {
+    serde_json::json!({
+        "inputs": [{"name": input, "shape": [1, width], "datatype": "FP32", "data": vec![1.0; width]}],
+        "parameters": {"pad": "a".repeat(pad_bytes)},
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// POSTs `body` through the gateway to `model`'s infer path with `headers`; returns the
+/// status and the JSON body (Null if not JSON, with the text for messages).
+async fn post_infer(
+    stack: &Stack,
+    model: &str,
+    body: reqwest::Body,
+    headers: &[(&str, &str)],
+) -> (u16, Value, String) {
+    let mut request = stack
+        .http
+        .post(stack.envoy.url(&format!("/v2/models/{model}/infer")))
+        .body(body);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap_or_default();
+    let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+    (status, json, text.chars().take(200).collect())
+}
+
+/// A body of `chunks` MiB sent without a content-length (chunked).
+fn chunked_body(chunks: usize) -> reqwest::Body {
+    let chunk = vec![b' '; 1 << 20];
+    let stream =
+        futures::stream::iter((0..chunks).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
+    reqwest::Body::wrap_stream(stream)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_bodies_cannot_take_a_replica_down() {
+    let mut stack = Stack::start(StackOptions::default()).await.unwrap();
+    for (model, memory) in [("linear", "32Mi"), ("anomaly", "48Mi"), ("xor_mlp", "64Mi")] {
+        let (status, body) = stack
+            .register(model, &example_model(model), memory)
+            .await
+            .unwrap();
+        assert_eq!(status, 201, "{body}");
+    }
+    let (linear, _, _) = common::example("linear");
+    stack
+        .wait_warm("linear", &linear, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let form = [("content-type", "application/x-www-form-urlencoded")];
+
+    // 6 MB, form-encoded as curl -d and urllib send it: answered, warm and cold (the cold
+    // one is held while anomaly loads, over Envoy's default 1 MiB buffer).
+    let (status, json, text) = post_infer(
+        &stack,
+        "linear",
+        padded_request("x", 4, 6_000_000).into(),
+        &form,
+    )
+    .await;
+    assert_eq!(status, 200, "warm 6 MB: {text}");
+    assert_eq!(json["outputs"][0]["name"], "y", "{text}");
+    let (status, _, text) = post_infer(
+        &stack,
+        "anomaly",
+        padded_request("readings", 3, 6_000_000).into(),
+        &form,
+    )
+    .await;
+    assert_eq!(status, 200, "cold 6 MB: {text}");
+
+    // Over the limit: the gateway's JSON 413, warm, cold, and without a content-length.
+    let limit = "limit of 33554432 bytes";
+    let over = padded_request("x", 4, 33 << 20);
+    let (status, json, text) = post_infer(&stack, "linear", over.clone().into(), &form).await;
+    assert_eq!(status, 413, "warm over the limit: {text}");
+    assert!(
+        json["error"].as_str().unwrap_or_default().contains(limit),
+        "{text}"
+    );
+    let (status, json, text) = post_infer(&stack, "xor_mlp", over.into(), &form).await;
+    assert_eq!(status, 413, "cold over the limit: {text}");
+    assert!(
+        json["error"].as_str().unwrap_or_default().contains(limit),
+        "{text}"
+    );
+    let (status, json, text) = post_infer(&stack, "xor_mlp", chunked_body(34), &[]).await;
+    assert_eq!(status, 413, "cold, chunked, over the limit: {text}");
+    assert!(
+        json["error"].as_str().unwrap_or_default().contains(limit),
+        "{text}"
+    );
+
+    // The binary tensor extension still works; a JSON length past the body is refused.
+    let header = br#"{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","parameters":{"binary_data_size":16}}]}"#;
+    let mut binary = header.to_vec();
+    for v in [1.0f32, 2.0, 3.0, 4.0] {
+        binary.extend_from_slice(&v.to_le_bytes());
+    }
+    let json_len = header.len().to_string();
+    let (status, json, text) = post_infer(
+        &stack,
+        "linear",
+        binary.clone().into(),
+        &[
+            ("inference-header-content-length", &json_len),
+            ("content-type", "text/plain"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "binary tensors: {text}");
+    assert_eq!(json["outputs"][0]["data"][0], 7.0, "{text}");
+    let too_long = (binary.len() + 1).to_string();
+    for bad in [too_long.as_str(), "x"] {
+        let (status, json, text) = post_infer(
+            &stack,
+            "linear",
+            binary.clone().into(),
+            &[("inference-header-content-length", bad)],
+        )
+        .await;
+        assert_eq!(status, 400, "{bad}: {text}");
+        assert!(json["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Inference-Header-Content-Length"));
+    }
+
+    // Both replicas are the processes they were, and ready.
+    let http = stack.http.clone();
+    for replica in &mut stack.replicas {
+        replica.process.check_alive().unwrap();
+        let ready = http
+            .get(format!("{}/v2/health/ready", replica.url()))
+            .send()
+            .await
+            .map(|r| r.status().as_u16());
+        assert_eq!(ready.ok(), Some(200), "{} not ready", replica.name);
+    }
 }

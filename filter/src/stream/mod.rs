@@ -32,6 +32,9 @@ use response::ResponseBody;
 /// the message [`grpc::model_from_message`] scans, and room for field 1 itself.
 const MAX_GRPC_SCAN_BYTES: usize = 5 + grpc::MAX_SCAN + 256;
 
+/// Header of Triton's binary tensor extension: the length of the JSON part of the body.
+const INFERENCE_HEADER_LENGTH: &str = "inference-header-content-length";
+
 /// Where a request is in its life. See the module doc.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -95,6 +98,11 @@ pub struct Stream {
     /// Request body bytes already passed on upstream (Envoy hands the filter only what it
     /// buffered since the last `Continue`).
     body_passed: u64,
+    /// The request's `content-length`, when it has one.
+    declared: Option<u64>,
+    /// `Inference-Header-Content-Length` still to check against the body's size, once the
+    /// body has all arrived (a request without `content-length`).
+    binary_header: Option<u64>,
 }
 
 impl Stream {
@@ -110,6 +118,8 @@ impl Stream {
             v1: None,
             response: ResponseBody::Pass,
             body_passed: 0,
+            declared: None,
+            binary_header: None,
         }
     }
 
@@ -137,12 +147,11 @@ impl Stream {
             );
             return self.refuse(host, worker, Reply::CannotSanitize);
         }
-        let declared = host
+        self.declared = host
             .header(Map::RequestHeaders, "content-length")
             .and_then(|v| String::from_utf8(v).ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(0);
-        if self.body_too_large(host, worker, declared) {
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if self.body_too_large(host, worker, self.declared.unwrap_or(0)) {
             return Action::Pause;
         }
         let path = host
@@ -175,6 +184,9 @@ impl Stream {
         let total = self.body_passed.saturating_add(body_size as u64);
         if self.body_too_large(host, worker, total) {
             return Action::Pause;
+        }
+        if end_of_stream && self.binary_header.is_some_and(|json| json > total) {
+            return self.refuse(host, worker, Reply::BadInferenceHeaderLength);
         }
         let action = self.request_body(host, worker, body_size, end_of_stream);
         if action == Action::Continue {
@@ -262,6 +274,9 @@ impl Stream {
                     api: None,
                     versioned: false,
                 };
+                if let Err(reply) = self.set_content_type(host) {
+                    return self.refuse(host, worker, reply);
+                }
                 return self.route_call(host, worker);
             }
             Route::Model {
@@ -283,8 +298,43 @@ impl Stream {
                 error!(host, "[{}] cannot rewrite the V1 request: {err}", self.id);
                 return self.refuse(host, worker, Reply::CannotTranslate);
             }
+        } else if let Err(reply) = self.set_content_type(host) {
+            return self.refuse(host, worker, reply);
         }
         self.route_model(host, worker)
+    }
+
+    /// Gives the request the content type of what it is, whatever the client said, so no
+    /// client reaches Triton's form parser (which crashes a replica on a large
+    /// `application/x-www-form-urlencoded` body): `application/octet-stream` for the binary
+    /// tensor extension (`Inference-Header-Content-Length`, which must then be a number no
+    /// larger than the body), `application/json` otherwise.
+    fn set_content_type(&mut self, host: &mut impl Host) -> Result<(), Reply> {
+        let binary = host.header(Map::RequestHeaders, INFERENCE_HEADER_LENGTH);
+        let wanted = match binary {
+            Some(value) => {
+                let json = std::str::from_utf8(&value)
+                    .ok()
+                    .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .ok_or(Reply::BadInferenceHeaderLength)?;
+                match self.declared {
+                    Some(body) if json > body => return Err(Reply::BadInferenceHeaderLength),
+                    Some(_) => {}
+                    None => self.binary_header = Some(json),
+                }
+                "application/octet-stream"
+            }
+            None => "application/json",
+        };
+        let current = host.header(Map::RequestHeaders, "content-type");
+        if current.as_deref() != Some(wanted.as_bytes()) {
+            if let Err(err) = host.set_header(Map::RequestHeaders, "content-type", wanted) {
+                error!(host, "[{}] cannot set the content type: {err}", self.id);
+                return Err(Reply::CannotSanitize);
+            }
+        }
+        Ok(())
     }
 
     /// Rewrites a KServe V1 `:predict` request's headers for its V2 translation: `:path`
@@ -297,6 +347,7 @@ impl Stream {
         host.set_header(Map::RequestHeaders, ":path", &path)?;
         host.remove_header(Map::RequestHeaders, "content-length")?;
         host.remove_header(Map::RequestHeaders, "accept-encoding")?;
+        host.remove_header(Map::RequestHeaders, INFERENCE_HEADER_LENGTH)?;
         host.set_header(Map::RequestHeaders, "content-type", "application/json")?;
         self.v1 = Some(V1Request::default());
         Ok(())
