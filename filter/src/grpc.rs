@@ -188,7 +188,7 @@ pub enum GrpcError {
     },
     /// The message is compressed, so its fields cannot be read (or checked) without
     /// decompressing it.
-    #[error("compressed gRPC messages need a model header")]
+    #[error("compressed gRPC request messages are not supported by this gateway")]
     Compressed,
     /// The gRPC frame's flag byte is neither 0 nor 1.
     #[error("invalid gRPC message frame")]
@@ -907,8 +907,121 @@ mod tests {
         );
         assert_eq!(
             GrpcError::Compressed.to_string(),
-            "compressed gRPC messages need a model header"
+            "compressed gRPC request messages are not supported by this gateway"
         );
+    }
+
+    /// Feeds `body` to a scan in the given chunk sizes (cycled), passing skippable bytes
+    /// over as the stream does; returns the result at the end.
+    fn scan_in_chunks(
+        header_model: Option<&str>,
+        body: &[u8],
+        sizes: &[usize],
+    ) -> Result<Option<String>, GrpcError> {
+        let mut scan = MessageScan::new(header_model.map(str::to_owned));
+        let mut at = 0;
+        let mut i = 0;
+        while at < body.len() {
+            let skip = (scan.skippable() as usize).min(body.len() - at);
+            if skip > 0 {
+                scan.skip(skip as u64)?;
+                at += skip;
+                continue;
+            }
+            let size = sizes[i % sizes.len()].max(1).min(body.len() - at);
+            i += 1;
+            scan.feed(&body[at..at + size])?;
+            at += size;
+        }
+        scan.finish()?;
+        Ok(scan.model().map(str::to_owned))
+    }
+
+    #[test]
+    fn every_message_must_name_the_routed_model() {
+        let infer = |name: &[u8]| infer_request(|_| {}, name);
+        let two = [infer(b"linear"), infer(b"linear")].concat();
+        for sizes in [&[1usize][..], &[3, 7], &[1000]] {
+            assert_eq!(
+                scan_in_chunks(None, &two, sizes),
+                named("linear"),
+                "{sizes:?}"
+            );
+            assert_eq!(
+                scan_in_chunks(Some("linear"), &two, sizes),
+                named("linear"),
+                "{sizes:?}"
+            );
+        }
+        let mismatch = |routed: &str, found: &str| {
+            Err(GrpcError::ModelMismatch {
+                routed: routed.into(),
+                found: found.into(),
+            })
+        };
+        // A header that names another model than the message.
+        assert_eq!(
+            scan_in_chunks(Some("linear"), &infer(b"xor"), &[5]),
+            mismatch("linear", "xor")
+        );
+        // Field 1 twice in one message (Triton would take the last).
+        let twice = frame(&[field(1, b"linear"), field(1, b"xor")].concat());
+        assert_eq!(
+            scan_in_chunks(None, &twice, &[2]),
+            mismatch("linear", "xor")
+        );
+        // A later message of a stream.
+        let later = [infer(b"linear"), infer(b"anomaly")].concat();
+        for sizes in [&[1usize][..], &[4], &[4096]] {
+            assert_eq!(
+                scan_in_chunks(None, &later, sizes),
+                mismatch("linear", "anomaly")
+            );
+        }
+        // A later message that names none, or is compressed.
+        let unnamed = [infer(b"linear"), frame(&field(2, b"1"))].concat();
+        assert_eq!(
+            scan_in_chunks(None, &unnamed, &[3]),
+            Err(GrpcError::MissingModel)
+        );
+        let mut compressed = infer(b"linear");
+        compressed[0] = 1;
+        let later_compressed = [infer(b"linear"), compressed].concat();
+        assert_eq!(
+            scan_in_chunks(Some("linear"), &later_compressed, &[8]),
+            Err(GrpcError::Compressed)
+        );
+        // A body that ends inside a message, or has none.
+        let cut = &two[..two.len() - 2];
+        assert_eq!(
+            scan_in_chunks(None, cut, &[9]),
+            Err(GrpcError::Malformed("the body ends inside a message"))
+        );
+        assert_eq!(
+            scan_in_chunks(None, b"", &[1]),
+            Err(GrpcError::MissingModel)
+        );
+        assert_eq!(scan_in_chunks(Some("linear"), b"", &[1]), named("linear"));
+    }
+
+    #[test]
+    fn large_fields_are_passed_over_without_being_read() {
+        let tensor = vec![7u8; 1 << 20];
+        let msg = frame(&[field(1, b"linear"), field(7, &tensor)].concat());
+        let mut scan = MessageScan::new(Some("linear".into()));
+        // The frame prefix, field 1 and the key and length of field 7.
+        let head = 5 + 2 + 6 + 1 + 3;
+        scan.feed(&msg[..head]).unwrap();
+        assert_eq!(scan.skippable(), 1 << 20);
+        scan.skip(1 << 20).unwrap();
+        assert_eq!(scan.skippable(), 0);
+        scan.finish().unwrap();
+    }
+
+    fn field(number: u64, value: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        string(&mut out, number, value);
+        out
     }
 
     #[test]
@@ -1136,6 +1249,30 @@ mod tests {
             framed.truncate(framed.len() / 2);
             let _ = model_from_message(&framed);
             let _ = parse_path(&buf);
+        }
+
+        #[test]
+        fn a_scan_in_any_chunks_agrees_with_the_whole_body(
+            names in proptest::collection::vec(prop_oneof![Just("linear"), Just("xor")], 1..4),
+            before in other_fields(),
+            sizes in proptest::collection::vec(1usize..64, 1..5),
+        ) {
+            let body: Vec<u8> = names
+                .iter()
+                .flat_map(|name| {
+                    let mut msg = before.clone();
+                    string(&mut msg, 1, name.as_bytes());
+                    frame(&msg)
+                })
+                .collect();
+            let whole = scan_in_chunks(None, &body, &[body.len()]);
+            prop_assert_eq!(scan_in_chunks(None, &body, &sizes), whole.clone());
+            if names.iter().all(|n| *n == names[0]) {
+                prop_assert_eq!(whole, Ok(Some(names[0].to_owned())));
+            } else {
+                let mismatch = matches!(whole, Err(GrpcError::ModelMismatch { .. }));
+                prop_assert!(mismatch, "{:?}", whole);
+            }
         }
 
         #[test]

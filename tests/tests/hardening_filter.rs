@@ -428,3 +428,38 @@ async fn big_bodies_cannot_take_a_replica_down() {
         assert_eq!(ready.ok(), Some(200), "{} not ready", replica.name);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_messages_must_name_the_routed_model() {
+    let stack = stack_with(&[("linear", "32Mi"), ("anomaly", "48Mi")]).await;
+    // Both models loaded on the one replica: a confused message would run there.
+    for model in ["linear", "anomaly"] {
+        let (body, _, _) = common::example(model);
+        stack
+            .infer_until_ok(model, model, &body, Duration::from_secs(60))
+            .await
+            .unwrap();
+    }
+    let replica = &stack.replicas[0];
+    let anomaly_before = replica.inference_count("anomaly").await.unwrap();
+
+    let out = tokio::task::block_in_place(|| python_client("grpc_confusion.py", &stack, &[]));
+    assert_eq!(out["ok"]["code"], "OK", "{out}");
+    for case in ["header_mismatch", "field_twice", "stream_together"] {
+        assert_eq!(out[case]["code"], "INVALID_ARGUMENT", "{case}: {out}");
+        let details = out[case]["details"].as_str().unwrap_or_default();
+        assert!(
+            details.contains("names model anomaly, but the call was routed to model linear"),
+            "{case}: {details}"
+        );
+    }
+    // Once the first answer has gone back, Envoy can only end the stream: it fails, with
+    // the first message's answer only.
+    assert_ne!(out["stream_later"]["code"], "OK", "{out}");
+    // No request for anomaly ran, whatever the case.
+    assert_eq!(
+        replica.inference_count("anomaly").await.unwrap(),
+        anomaly_before,
+        "{out}"
+    );
+}

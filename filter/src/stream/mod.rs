@@ -16,7 +16,7 @@ use std::rc::Rc;
 use mm_wire::TensorSpec;
 
 use crate::decision::{self, Decision};
-use crate::grpc::{self, GrpcError, GrpcRoute};
+use crate::grpc::{self, GrpcError, GrpcRoute, MessageScan};
 use crate::host::{Action, Buffer, Host, Map};
 use crate::metrics::Metric;
 use crate::reply::Reply;
@@ -28,9 +28,9 @@ use crate::{control, debug, error, info, warn};
 
 use response::ResponseBody;
 
-/// Most bytes of a gRPC request body read to find the model: the frame prefix, the part of
-/// the message [`grpc::model_from_message`] scans, and room for field 1 itself.
-const MAX_GRPC_SCAN_BYTES: usize = 5 + grpc::MAX_SCAN + 256;
+/// Most bytes of a gRPC request body read in one host call while checking its messages;
+/// the bytes of fields other than the model name are passed over without being read.
+const GRPC_READ_BYTES: usize = 16 * 1024;
 
 /// Header of Triton's binary tensor extension: the length of the JSON part of the body.
 const INFERENCE_HEADER_LENGTH: &str = "inference-header-content-length";
@@ -103,6 +103,12 @@ pub struct Stream {
     /// `Inference-Header-Content-Length` still to check against the body's size, once the
     /// body has all arrived (a request without `content-length`).
     binary_header: Option<u64>,
+    /// Request body bytes Envoy holds for the filter (the size of the last chunk callback
+    /// answered `Pause`): they go upstream on a resume.
+    held: usize,
+    /// For a per-model gRPC call: the check that every message names the routed model,
+    /// and how many bytes of the held body it has read.
+    messages: Option<(MessageScan, usize)>,
 }
 
 impl Stream {
@@ -120,6 +126,8 @@ impl Stream {
             body_passed: 0,
             declared: None,
             binary_header: None,
+            held: 0,
+            messages: None,
         }
     }
 
@@ -189,10 +197,20 @@ impl Stream {
             return self.refuse(host, worker, Reply::BadInferenceHeaderLength);
         }
         let action = self.request_body(host, worker, body_size, end_of_stream);
-        if action == Action::Continue {
-            self.body_passed = total;
+        match action {
+            Action::Continue => self.body_let_go(total),
+            Action::Pause => self.held = body_size,
         }
         action
+    }
+
+    /// The held body went upstream: `total` bytes have now passed.
+    fn body_let_go(&mut self, total: u64) {
+        self.body_passed = total;
+        self.held = 0;
+        if let Some((_, read)) = &mut self.messages {
+            *read = 0;
+        }
     }
 
     /// The request trailers.
@@ -379,6 +397,7 @@ impl Stream {
         }
         match grpc::model_from_headers(|name| request_header(host, name)) {
             Ok(Some(model)) => {
+                self.messages = Some((MessageScan::new(Some(model.clone())), 0));
                 self.model = Some(model);
                 self.route_model(host, worker)
             }
@@ -387,6 +406,7 @@ impl Stream {
                 self.refuse(host, worker, Reply::Grpc(GrpcError::MissingModel))
             }
             Ok(None) => {
+                self.messages = Some((MessageScan::new(None), 0));
                 self.phase = Phase::AwaitingModel;
                 Action::Pause
             }
@@ -570,11 +590,13 @@ impl Stream {
         true
     }
 
-    /// Lets the held request go.
-    fn resume(&self, host: &mut impl Host) {
+    /// Lets the held request go, with the body Envoy held for it.
+    fn resume(&mut self, host: &mut impl Host) {
         if let Err(err) = host.resume_request() {
             error!(host, "[{}] cannot resume the request: {err}", self.id);
         }
+        let total = self.body_passed.saturating_add(self.held as u64);
+        self.body_let_go(total);
     }
 
     // ---- the request body ----
@@ -586,7 +608,7 @@ impl Stream {
         body_size: usize,
         end_of_stream: bool,
     ) -> Action {
-        if self.phase == Phase::AwaitingModel {
+        if self.messages.is_some() {
             return self.grpc_request_body(host, worker, body_size, end_of_stream);
         }
         let Some(v1) = &mut self.v1 else {
@@ -612,8 +634,9 @@ impl Stream {
         }
     }
 
-    /// Reads the model from the start of a gRPC request body (`body_size` bytes buffered so
-    /// far) and routes the call once it is known.
+    /// Checks the new bytes of a per-model gRPC call's body (`body_size` bytes held):
+    /// every message must name the routed model. While the model is still to be read from
+    /// the first message, routes the call once it is known.
     fn grpc_request_body(
         &mut self,
         host: &mut impl Host,
@@ -621,23 +644,64 @@ impl Stream {
         body_size: usize,
         end_of_stream: bool,
     ) -> Action {
-        let max = body_size.min(MAX_GRPC_SCAN_BYTES);
-        let buf = host.body(Buffer::RequestBody, 0, max).unwrap_or_default();
-        let model = match grpc::model_from_message(&buf) {
-            Ok(Some(model)) => model,
-            Ok(None) if !end_of_stream && buf.len() < MAX_GRPC_SCAN_BYTES => {
+        if let Err(err) = self.check_messages(host, body_size, end_of_stream) {
+            debug!(host, "[{}] gRPC request refused: {err}", self.id);
+            return self.refuse(host, worker, Reply::Grpc(err));
+        }
+        if self.phase == Phase::AwaitingModel {
+            let Some(model) = self.messages.as_ref().and_then(|(m, _)| m.model()) else {
                 return Action::Pause;
-            }
-            Ok(None) => return self.refuse(host, worker, Reply::Grpc(GrpcError::MissingModel)),
-            Err(err) => return self.refuse(host, worker, Reply::Grpc(err)),
+            };
+            let model = model.to_owned();
+            debug!(
+                host,
+                "[{}] gRPC model {model} from the request message", self.id
+            );
+            self.model = Some(model);
+            // Routed from the table: Continue releases the held headers and the body.
+            return self.route_model(host, worker);
+        }
+        if self.phase == Phase::Routing {
+            Action::Pause
+        } else {
+            Action::Continue
+        }
+    }
+
+    /// Feeds the held body's bytes not read yet to the message check; bytes of fields it
+    /// skips are never read from the host.
+    fn check_messages(
+        &mut self,
+        host: &mut impl Host,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Result<(), GrpcError> {
+        let Some((scan, read)) = &mut self.messages else {
+            return Ok(());
         };
-        debug!(
-            host,
-            "[{}] gRPC model {model} from the request message", self.id
-        );
-        self.model = Some(model);
-        // Routed from the table: Continue releases the held headers and the body.
-        self.route_model(host, worker)
+        while *read < body_size {
+            let left = body_size - *read;
+            let skip = usize::try_from(scan.skippable())
+                .unwrap_or(usize::MAX)
+                .min(left);
+            if skip > 0 {
+                scan.skip(skip as u64)?;
+                *read += skip;
+                continue;
+            }
+            let bytes = host
+                .body(Buffer::RequestBody, *read, left.min(GRPC_READ_BYTES))
+                .unwrap_or_default();
+            if bytes.is_empty() {
+                break;
+            }
+            scan.feed(&bytes)?;
+            *read += bytes.len();
+        }
+        if end_of_stream {
+            scan.finish()?;
+        }
+        Ok(())
     }
 
     /// Translates the buffered V1 request body (`body_size` bytes) to V2 in place. Answers

@@ -1041,6 +1041,122 @@ fn grpc_rows() {
             },
         ),
         row(
+            "gRPC header names one model, the message another",
+            warm_table(),
+            vec![
+                Headers(grpc_call(infer, &[("mm-model-id", "linear")]), false),
+                Body(frame(&[field(1, b"xor")]), true),
+            ],
+            Expect {
+                actions: vec![Continue, Pause],
+                upstream: Some("127.0.0.1:8001"),
+                reply: Some((
+                    3,
+                    "names model xor, but the call was routed to model linear",
+                )),
+                forwarded: Some(vec![]),
+                ..Expect::default()
+            },
+        ),
+        row(
+            "gRPC message naming its model twice, differently",
+            warm_table(),
+            vec![
+                Headers(grpc_call(infer, &[]), false),
+                Body(frame(&[field(1, b"linear"), field(1, b"xor")]), true),
+            ],
+            Expect {
+                actions: vec![Pause, Pause],
+                reply: Some((3, "names model xor")),
+                ..Expect::default()
+            },
+        ),
+        row(
+            "gRPC stream: a later message names another model",
+            warm_table(),
+            vec![
+                Headers(
+                    grpc_call("/inference.GRPCInferenceService/ModelStreamInfer", &[]),
+                    false,
+                ),
+                Body(message.clone(), false),
+                ResponseHeaders(
+                    vec![(":status", "200"), ("content-type", "application/grpc")],
+                    false,
+                ),
+                Body(frame(&[field(1, b"lin")])[..4].to_vec(), false),
+                Body(frame(&[field(1, b"xor")])[4..].to_vec(), false),
+            ],
+            Expect {
+                // The next message's first bytes go on: they name no model yet, and the
+                // chunk that completes it (with the wrong model) never does.
+                actions: vec![Pause, Continue, Continue, Continue, Pause],
+                upstream: Some("127.0.0.1:8001"),
+                reply: Some((3, "names model xor")),
+                forwarded: Some(
+                    [message.clone(), frame(&[field(1, b"xor")])[..4].to_vec()].concat(),
+                ),
+                ..Expect::default()
+            },
+        ),
+        row(
+            "gRPC stream: later messages naming the model go on",
+            warm_table(),
+            vec![
+                Headers(
+                    grpc_call(
+                        "/inference.GRPCInferenceService/ModelStreamInfer",
+                        &[("mm-model-id", "linear")],
+                    ),
+                    false,
+                ),
+                Body(message.clone(), false),
+                Body(message.clone(), true),
+            ],
+            Expect {
+                actions: vec![Continue, Continue, Continue],
+                upstream: Some("127.0.0.1:8001"),
+                forwarded: Some([message.clone(), message.clone()].concat()),
+                ..Expect::default()
+            },
+        ),
+        row(
+            "gRPC compressed message, even with a header",
+            warm_table(),
+            vec![
+                Headers(grpc_call(infer, &[("mm-model-id", "linear")]), false),
+                Body(
+                    {
+                        let mut m = message.clone();
+                        m[0] = 1;
+                        m
+                    },
+                    true,
+                ),
+            ],
+            Expect {
+                actions: vec![Continue, Pause],
+                upstream: Some("127.0.0.1:8001"),
+                reply: Some((3, "compressed")),
+                ..Expect::default()
+            },
+        ),
+        row(
+            "gRPC, model from the message while the route call is out: later bytes checked too",
+            vec![],
+            vec![
+                Headers(grpc_call(infer, &[]), false),
+                Body(message.clone(), false),
+                Body(frame(&[field(1, b"xor")]), false),
+            ],
+            Expect {
+                actions: vec![Pause, Pause, Pause],
+                route_calls: vec!["/internal/v1/route/linear"],
+                reply: Some((3, "names model xor")),
+                ..Expect::default()
+            },
+        ),
+        row(
             "gRPC message without field 1",
             warm_table(),
             vec![
