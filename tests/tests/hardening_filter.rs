@@ -463,3 +463,66 @@ async fn grpc_messages_must_name_the_routed_model() {
         "{out}"
     );
 }
+
+/// An HTTP/2 (cleartext) request through the gateway whose body is followed by trailers;
+/// returns the status and the body.
+async fn h2_request_with_trailers(port: u16, path: &str, body: &[u8]) -> (u16, String) {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://127.0.0.1:{port}{path}"))
+        .header("content-type", "application/json")
+        .body(())
+        .unwrap();
+    let (response, mut stream) = client.send_request(request, false).unwrap();
+    stream
+        .send_data(bytes::Bytes::copy_from_slice(body), false)
+        .unwrap();
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-checksum", http::HeaderValue::from_static("1"));
+    stream.send_trailers(trailers).unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(120), response)
+        .await
+        .unwrap()
+        .unwrap();
+    let status = response.status().as_u16();
+    let mut body = response.into_body();
+    let mut text = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        text.extend_from_slice(&chunk);
+    }
+    (status, String::from_utf8_lossy(&text).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_trailers_do_not_let_a_held_request_go_unrouted() {
+    let stack = stack_with(&[("linear", "32Mi"), ("anomaly", "48Mi")]).await;
+    // Cold: the request is held while the model loads, and its trailers come meanwhile.
+    let (body, _, want) = common::example("linear");
+    let (status, text) = h2_request_with_trailers(
+        stack.envoy.port,
+        "/v2/models/linear/infer",
+        body.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200, "cold: {text}");
+    let json: Value = serde_json::from_str(&text).unwrap();
+    let y: Vec<f64> = serde_json::from_value(json["outputs"][0]["data"].clone()).unwrap();
+    assert_close(&y, &want, "cold request with trailers");
+    // A KServe V1 body ended by trailers is translated too.
+    let (status, text) = h2_request_with_trailers(
+        stack.envoy.port,
+        "/v1/models/anomaly:predict",
+        br#"{"instances": [[21, 55, 1013]]}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "V1 with trailers: {text}");
+    assert!(text.contains("predictions"), "{text}");
+}

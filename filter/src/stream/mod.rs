@@ -213,8 +213,43 @@ impl Stream {
         }
     }
 
-    /// The request trailers.
-    pub fn on_request_trailers(&mut self, _host: &mut impl Host, _worker: &mut Worker) -> Action {
+    /// The request trailers: the body has ended (without an end-of-stream chunk). A held
+    /// request stays held (going on here would send it upstream with no address); the
+    /// checks due at the body's end run now.
+    pub fn on_request_trailers(&mut self, host: &mut impl Host, worker: &mut Worker) -> Action {
+        let held = self.held;
+        let total = self.body_passed.saturating_add(held as u64);
+        match self.phase {
+            Phase::Replied => return Action::Pause,
+            Phase::New => return Action::Continue,
+            Phase::AwaitingModel | Phase::Routing | Phase::Routed => {}
+        }
+        if self.binary_header.is_some_and(|json| json > total) {
+            return self.refuse(host, worker, Reply::BadInferenceHeaderLength);
+        }
+        if self.messages.is_some() {
+            // Everything held was read by the body callbacks; the calls ends here.
+            let action = self.grpc_request_body(host, worker, held, true);
+            if action == Action::Pause || self.phase != Phase::Routed {
+                return Action::Pause;
+            }
+            return Action::Continue;
+        }
+        if self.phase == Phase::Routing {
+            // The route call's answer translates a V1 body, and lets the request go.
+            if let Some(v1) = &mut self.v1 {
+                v1.body_end = Some(held);
+            }
+            return Action::Pause;
+        }
+        if self.v1.as_ref().is_some_and(|v1| v1.body_end.is_none()) {
+            if let Some(v1) = &mut self.v1 {
+                v1.body_end = Some(held);
+            }
+            if !self.translate_v1_request(host, worker, held) {
+                return Action::Pause;
+            }
+        }
         Action::Continue
     }
 

@@ -1422,6 +1422,121 @@ fn content_type_rows() {
     }
 }
 
+// ---- request trailers ----
+
+#[test]
+fn trailer_rows() {
+    let trailers = || vec![("x-checksum", "1")];
+    let rows = vec![
+        row(
+            "cold V2 with trailers: held until the route answer, not let go by them",
+            vec![],
+            vec![
+                Headers(post("/v2/models/linear/infer"), false),
+                Body(V2_BODY.into(), false),
+                Trailers(trailers()),
+                Answer(Some(200), route_answer("r2", 7000, false)),
+            ],
+            Expect {
+                actions: vec![Pause, Pause, Pause],
+                upstream: Some("127.0.0.1:7000"),
+                route_calls: vec!["/internal/v1/route/linear"],
+                forwarded: Some(V2_BODY.into()),
+                ..Expect::default()
+            },
+        ),
+        row(
+            "cold V2 with trailers, the route refused: answered, never let go",
+            vec![],
+            vec![
+                Headers(post("/v2/models/linear/infer"), false),
+                Trailers(trailers()),
+                Answer(None, String::new()),
+            ],
+            Expect {
+                actions: vec![Pause, Pause],
+                reply: Some((503, "pool-manager unreachable")),
+                route_calls: vec!["/internal/v1/route/linear"],
+                ..Expect::default()
+            },
+        ),
+        row(
+            "warm V1 whose body ends with trailers: translated then",
+            warm_table(),
+            vec![
+                Headers(post("/v1/models/linear:predict"), false),
+                Body(V1_BODY.into(), false),
+                Trailers(trailers()),
+            ],
+            Expect {
+                actions: vec![Continue, Pause, Continue],
+                upstream: Some("127.0.0.1:8000"),
+                forwarded: Some(V1_TRANSLATED.into()),
+                ..Expect::default()
+            },
+        ),
+        row(
+            "cold V1 whose body ends with trailers: translated when the answer comes",
+            vec![],
+            vec![
+                Headers(post("/v1/models/linear:predict"), false),
+                Body(V1_BODY.into(), false),
+                Trailers(trailers()),
+                Answer(Some(200), route_answer("r2", 7000, true)),
+            ],
+            Expect {
+                actions: vec![Pause, Pause, Pause],
+                upstream: Some("127.0.0.1:7000"),
+                route_calls: vec!["/internal/v1/route/linear"],
+                forwarded: Some(V1_TRANSLATED.into()),
+                ..Expect::default()
+            },
+        ),
+        row(
+            "gRPC whose body ends with trailers before naming a model",
+            warm_table(),
+            vec![
+                Headers(
+                    grpc_call("/inference.GRPCInferenceService/ModelInfer", &[]),
+                    false,
+                ),
+                Body(frame(&[field(1, b"linear")])[..3].to_vec(), false),
+                Trailers(trailers()),
+            ],
+            Expect {
+                actions: vec![Pause, Pause, Pause],
+                reply: Some((3, "does not name a model")),
+                ..Expect::default()
+            },
+        ),
+        row(
+            "binary body ended by trailers, shorter than its JSON part",
+            warm_table(),
+            vec![
+                Headers(
+                    vec![
+                        (":method", "POST"),
+                        (":path", "/v2/models/linear/infer"),
+                        ("inference-header-content-length", "100"),
+                    ],
+                    false,
+                ),
+                Body(vec![b'{'; 10], false),
+                Trailers(trailers()),
+            ],
+            Expect {
+                actions: vec![Continue, Continue, Pause],
+                upstream: Some("127.0.0.1:8000"),
+                reply: Some((400, "Inference-Header-Content-Length")),
+                ..Expect::default()
+            },
+        ),
+    ];
+    for r in rows {
+        check(r);
+    }
+}
+
 // ---- the host-call budget of a warm request ----
 
 /// The host calls of one warm V2 infer, from the request headers to the end of the
