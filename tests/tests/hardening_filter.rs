@@ -93,8 +93,26 @@ async fn envoy(
     extra_config: &str,
     env: &[(&str, &str)],
 ) -> (Process, u16) {
+    envoy_with(dir, control_plane, extra_config, env, true).await
+}
+
+/// [`envoy`], with `allow_on_headers_stop_iteration` as given (Istio's WasmPlugin cannot
+/// set it: false).
+async fn envoy_with(
+    dir: &Path,
+    control_plane: u16,
+    extra_config: &str,
+    env: &[(&str, &str)],
+    allow_stop_iteration: bool,
+) -> (Process, u16) {
     let (port, admin) = (free_port().unwrap(), free_port().unwrap());
     let mut config = render_envoy_config(port, admin, control_plane).unwrap();
+    if !allow_stop_iteration {
+        config = config.replace(
+            "allow_on_headers_stop_iteration: true",
+            "allow_on_headers_stop_iteration: false",
+        );
+    }
     if !extra_config.is_empty() {
         config = config.replace(
             r#"{"pool_manager_cluster""#,
@@ -208,10 +226,15 @@ async fn every_call_to_the_pool_manager_carries_the_gateway_token() {
 /// Runs a Python client script from tests/clients with the gateway's `host:port` and
 /// `args`; returns the JSON line it printed.
 fn python_client(script: &str, stack: &Stack, args: &[&str]) -> Value {
+    python_client_at(script, stack.envoy.port, args)
+}
+
+/// [`python_client`] against the Envoy listening on `port`.
+fn python_client_at(script: &str, port: u16, args: &[&str]) -> Value {
     let output = Command::new("python3")
         .env("PYTHONPATH", python_lib())
         .arg(client_script(script))
-        .arg(format!("127.0.0.1:{}", stack.envoy.port))
+        .arg(format!("127.0.0.1:{port}"))
         .args(args)
         .output()
         .unwrap();
@@ -525,4 +548,80 @@ async fn request_trailers_do_not_let_a_held_request_go_unrouted() {
     .await;
     assert_eq!(status, 200, "V1 with trailers: {text}");
     assert!(text.contains("predictions"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_bodies_while_paused_nothing_waits_for_the_route_timeout() {
+    let stack = stack_with(&[("linear", "32Mi"), ("anomaly", "48Mi")]).await;
+    // Envoy as Istio's WasmPlugin configures it: no allow_on_headers_stop_iteration, and
+    // the filter told so.
+    let dir = stack.dir.path().join("istio");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (_proxy, port) = envoy_with(
+        &dir,
+        stack.pool_manager.port,
+        r#""bodies_while_paused": false"#,
+        &[],
+        false,
+    )
+    .await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+
+    // KServe V1 for a cold model: the request goes once routed, its body after it.
+    let r = http
+        .post(format!("http://127.0.0.1:{port}/v1/models/linear:predict"))
+        .json(&serde_json::json!({"instances": [[1, 2, 3, 4], [0, 0, 0, 0]]}))
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let json: Value = r.json().await.unwrap();
+    let predictions: Vec<f64> = json["predictions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row[0].as_f64().unwrap())
+        .collect();
+    assert_close(
+        &predictions,
+        &[7.0, 1.5],
+        "cold V1 without bodies while paused",
+    );
+
+    // V2 for a cold model, with a body.
+    let (anomaly, _, want) = common::example("anomaly");
+    let r = http
+        .post(format!("http://127.0.0.1:{port}/v2/models/anomaly/infer"))
+        .json(&anomaly)
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let json: Value = r.json().await.unwrap();
+    let scores: Vec<f64> = serde_json::from_value(json["outputs"][0]["data"].clone()).unwrap();
+    assert_eq!(scores.len(), want.len(), "{json}");
+
+    // gRPC that names its model only in the message: a clear answer at once.
+    let out = tokio::task::block_in_place(|| python_client_at("grpc_infer.py", port, &["linear"]));
+    assert_eq!(out["status"], "StatusCode.UNIMPLEMENTED", "{out}");
+    assert!(
+        out["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("mm-model-id"),
+        "{out}"
+    );
+    // With ModelMesh's header it is routed as ever.
+    let out = tokio::task::block_in_place(|| {
+        python_client_at(
+            "grpc_infer.py",
+            port,
+            &["linear", "--header", "mm-model-id"],
+        )
+    });
+    assert_eq!(out["ready"], true, "{out}");
+    let y: Vec<f64> = serde_json::from_value(out["y"].clone()).unwrap();
+    assert_close(&y, &[7.0, 1.5], "gRPC by header");
 }

@@ -440,6 +440,12 @@ impl Stream {
             Ok(None) if end_of_stream => {
                 self.refuse(host, worker, Reply::Grpc(GrpcError::MissingModel))
             }
+            // The model is in the first message, which Envoy hands over while the request
+            // is held only with allow_on_headers_stop_iteration: without it the call would
+            // wait for the route timeout.
+            Ok(None) if !worker.config().bodies_while_paused => {
+                self.refuse(host, worker, Reply::BodyUnavailable)
+            }
             Ok(None) => {
                 self.messages = Some((MessageScan::new(None), 0));
                 self.phase = Phase::AwaitingModel;
@@ -539,9 +545,11 @@ impl Stream {
                 }
             }
             // The body is still coming: on_request_body translates it at its end and lets
-            // the request go then.
-            Some(_) => {}
-            None => self.resume(host),
+            // the request go then...
+            Some(_) if worker.config().bodies_while_paused => {}
+            // ...unless Envoy hands the body over only once the request goes: then the
+            // headers go now and the body is held and translated after them.
+            Some(_) | None => self.resume(host),
         }
     }
 

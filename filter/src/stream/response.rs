@@ -25,8 +25,11 @@ pub(super) enum ResponseBody {
     Inspect { status: u16, api: ModelApi },
     /// Envoy's own connect-failure reply: replace its text with this JSON.
     Replace(Vec<u8>),
-    /// A V2 infer response to a KServe V1 request: translate it to V1.
-    V1Translate,
+    /// A V2 infer response to a KServe V1 request: translate it to V1. `headers_held`: the
+    /// response headers wait for the translation (which can then turn the answer into a
+    /// 502); without bodies while paused they go first, and a failed translation can only
+    /// replace the body.
+    V1Translate { headers_held: bool },
 }
 
 impl Stream {
@@ -60,7 +63,7 @@ impl Stream {
         // A V1 translation may turn the answer into a 502: hold the headers until then
         // (Envoy hands the body over while they are held only with
         // `allow_on_headers_stop_iteration`).
-        if self.response == ResponseBody::V1Translate {
+        if self.response == (ResponseBody::V1Translate { headers_held: true }) {
             return Action::Pause;
         }
         Action::Continue
@@ -105,12 +108,13 @@ impl Stream {
                 self.response = ResponseBody::Pass;
                 Action::Continue
             }
-            ResponseBody::V1Translate => {
+            ResponseBody::V1Translate { headers_held } => {
                 if !end_of_stream {
                     return Action::Pause;
                 }
+                let headers_held = *headers_held;
                 self.response = ResponseBody::Pass;
-                self.translate_v1_response(host, worker, body_size);
+                self.translate_v1_response(host, worker, body_size, headers_held);
                 Action::Continue
             }
         }
@@ -205,7 +209,9 @@ impl Stream {
                 );
                 return;
             }
-            self.response = ResponseBody::V1Translate;
+            self.response = ResponseBody::V1Translate {
+                headers_held: worker.config().bodies_while_paused,
+            };
         }
     }
 
@@ -274,13 +280,14 @@ impl Stream {
             .push(model, target.replica(), FailureKind::ModelMissing);
     }
 
-    /// Translates a buffered V2 response to V1 in place; on failure the answer becomes a
-    /// 502 with the gateway's JSON (the headers are still held).
+    /// Translates a buffered V2 response to V1 in place; on failure the answer becomes the
+    /// gateway's JSON, with a 502 if the headers are still held.
     fn translate_v1_response(
         &mut self,
         host: &mut impl Host,
         worker: &mut Worker,
         body_size: usize,
+        headers_held: bool,
     ) {
         let body = host
             .body(Buffer::ResponseBody, 0, body_size)
@@ -299,7 +306,7 @@ impl Stream {
                 (Some("502"), render_error_body(&message))
             }
         };
-        if let Some(status) = status {
+        if let Some(status) = status.filter(|_| headers_held) {
             if let Err(err) = host.set_header(Map::ResponseHeaders, ":status", status) {
                 warn!(host, "[{}] cannot set the 502 status: {err}", self.id);
             }

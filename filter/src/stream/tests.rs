@@ -39,8 +39,14 @@ struct Sim {
     forwarded: Vec<u8>,
     /// Response body bytes that went to the client.
     delivered: Vec<u8>,
-    /// How many ops the setup made (not the request's).
+    /// Resumes already acted on.
     resumes_seen: usize,
+    /// Whether Envoy hands the filter the body while it holds the headers
+    /// (`allow_on_headers_stop_iteration`); without it, the body held meanwhile comes to
+    /// the filter once the request goes on.
+    bodies_while_paused: bool,
+    /// Whether the held body, not yet handed over, ended the stream.
+    held_end: bool,
 }
 
 impl Sim {
@@ -56,6 +62,7 @@ impl Sim {
         });
         worker.table = table;
         host.take_ops();
+        let bodies_while_paused = worker.config().bodies_while_paused;
         Sim {
             host,
             worker,
@@ -65,6 +72,8 @@ impl Sim {
             forwarded: Vec::new(),
             delivered: Vec::new(),
             resumes_seen: 0,
+            bodies_while_paused,
+            held_end: false,
         }
     }
 
@@ -82,6 +91,14 @@ impl Sim {
                 let action = stream.on_request_headers(host, worker, eos);
                 self.headers_sent |= action == Action::Continue;
                 Some(action)
+            }
+            Step::Body(chunk, eos) if !self.bodies_while_paused && !self.headers_sent => {
+                host.buffers
+                    .entry(Buffer::RequestBody)
+                    .or_default()
+                    .extend_from_slice(&chunk);
+                self.held_end = eos;
+                None
             }
             Step::Body(chunk, eos) => {
                 host.buffers
@@ -155,6 +172,30 @@ impl Sim {
         if resumes > self.resumes_seen {
             self.resumes_seen = resumes;
             self.headers_sent = true;
+            if self.bodies_while_paused {
+                self.pass_body();
+            } else {
+                self.hand_over_held_body();
+            }
+        }
+    }
+
+    /// Without `bodies_while_paused`: the body Envoy held comes to the filter now.
+    fn hand_over_held_body(&mut self) {
+        let size = self
+            .host
+            .buffers
+            .get(&Buffer::RequestBody)
+            .map_or(0, Vec::len);
+        if size == 0 && !self.held_end {
+            return;
+        }
+        let (host, worker) = (&mut self.host, &mut self.worker);
+        let action = self
+            .stream
+            .on_request_body(host, worker, size, self.held_end);
+        self.actions.push(action);
+        if action == Action::Continue {
             self.pass_body();
         }
     }
@@ -1416,6 +1457,117 @@ fn content_type_rows() {
                 ..Expect::default()
             },
         ),
+    ];
+    for r in rows {
+        check(r);
+    }
+}
+
+// ---- without bodies while paused (Istio's WasmPlugin) ----
+
+#[test]
+fn istio_rows() {
+    let config = r#"{"bodies_while_paused":false}"#;
+    let infer = "/inference.GRPCInferenceService/ModelInfer";
+    let rows = vec![
+        Row {
+            name: "gRPC without a model header: refused at once, not held",
+            config,
+            table: warm_table(),
+            steps: vec![
+                Headers(grpc_call(infer, &[]), false),
+                Body(frame(&[field(1, b"linear")]), true),
+            ],
+            expect: Expect {
+                actions: vec![Pause],
+                reply: Some((12, "mm-model-id")),
+                ..Expect::default()
+            },
+        },
+        Row {
+            name: "gRPC with a header: routed as usual",
+            config,
+            table: warm_table(),
+            steps: vec![
+                Headers(grpc_call(infer, &[("mm-model-id", "linear")]), false),
+                Body(frame(&[field(1, b"linear")]), true),
+            ],
+            expect: Expect {
+                actions: vec![Continue, Continue],
+                upstream: Some("127.0.0.1:8001"),
+                ..Expect::default()
+            },
+        },
+        Row {
+            name: "cold V1: the headers go at the answer, the body is translated after them",
+            config,
+            table: vec![],
+            steps: vec![
+                Headers(post("/v1/models/linear:predict"), false),
+                Body(V1_BODY.into(), true),
+                Answer(Some(200), route_answer("r2", 7000, true)),
+            ],
+            expect: Expect {
+                actions: vec![Pause, Continue],
+                upstream: Some("127.0.0.1:7000"),
+                route_calls: vec!["/internal/v1/route/linear"],
+                forwarded: Some(V1_TRANSLATED.into()),
+                ..Expect::default()
+            },
+        },
+        Row {
+            name: "V1 answer: the headers go on, the body is translated at its end",
+            config,
+            table: warm_table(),
+            steps: vec![
+                Headers(post("/v1/models/linear:predict"), false),
+                Body(V1_BODY.into(), true),
+                ResponseHeaders(ok_response(), false),
+                ResponseBody(V2_ANSWER[..9].into(), false),
+                ResponseBody(V2_ANSWER[9..].into(), true),
+            ],
+            expect: Expect {
+                actions: vec![Continue, Continue, Continue, Pause, Continue],
+                upstream: Some("127.0.0.1:8000"),
+                delivered: Some(V1_ANSWER.into()),
+                response_headers: vec![("content-length", None)],
+                ..Expect::default()
+            },
+        },
+        Row {
+            name: "V1 answer not translatable: the body says so (the status went already)",
+            config,
+            table: warm_table(),
+            steps: vec![
+                Headers(post("/v1/models/linear:predict"), false),
+                Body(V1_BODY.into(), true),
+                ResponseHeaders(ok_response(), false),
+                ResponseBody(b"nope".to_vec(), true),
+            ],
+            expect: Expect {
+                actions: vec![Continue, Continue, Continue, Continue],
+                upstream: Some("127.0.0.1:8000"),
+                response_headers: vec![(":status", Some("200"))],
+                ..Expect::default()
+            },
+        },
+        Row {
+            name: "cold V2: the held body goes with the request",
+            config,
+            table: vec![],
+            steps: vec![
+                Headers(post("/v2/models/linear/infer"), false),
+                Body(V2_BODY.into(), true),
+                Answer(Some(200), route_answer("r2", 7000, false)),
+            ],
+            expect: Expect {
+                actions: vec![Pause, Continue],
+                upstream: Some("127.0.0.1:7000"),
+                forwarded: Some(V2_BODY.into()),
+                route_calls: vec!["/internal/v1/route/linear"],
+                ..Expect::default()
+            },
+        },
     ];
     for r in rows {
         check(r);
