@@ -1,6 +1,10 @@
 //! The filter's counters: one name per event, defined by the glue with Proxy-Wasm
 //! `define_metric` in every VM (Envoy sums a name over all VMs of the plugin) and shown by
 //! Envoy's `/stats` with the `wasmcustom.` prefix, e.g. `wasmcustom.mm_filter_table_hits`.
+//! Requests count into the worker's [`Counters`], which the tick adds to the host's
+//! counters: no host call per request.
+
+use crate::host::Host;
 
 /// A counter the filter increments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -81,10 +85,66 @@ impl Metric {
     }
 }
 
+/// Counts not yet added to the host's counters (at most one tick's worth).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    counts: [u64; Metric::ALL.len()],
+}
+
+impl Counters {
+    /// Counts one event.
+    pub fn add(&mut self, metric: Metric) {
+        if let Some(count) = self.counts.get_mut(metric.index()) {
+            *count = count.saturating_add(1);
+        }
+    }
+
+    /// What is counted for `metric` and not flushed yet.
+    pub fn get(&self, metric: Metric) -> u64 {
+        self.counts.get(metric.index()).copied().unwrap_or(0)
+    }
+
+    /// Adds every non-zero count to the host's counter and starts again from zero.
+    pub fn flush(&mut self, host: &mut impl Host) {
+        for metric in Metric::ALL {
+            if let Some(count) = self.counts.get_mut(metric.index()) {
+                if *count > 0 {
+                    host.increment(metric, *count);
+                    *count = 0;
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::HashSet;
+
+    #[test]
+    fn counts_are_batched_until_the_flush() {
+        use crate::host::fake::{FakeHost, Op};
+        let mut counters = Counters::default();
+        let mut host = FakeHost::new();
+        counters.flush(&mut host);
+        assert!(host.ops.is_empty());
+        for _ in 0..3 {
+            counters.add(Metric::TableHits);
+        }
+        counters.add(Metric::RouteCalls);
+        assert_eq!(counters.get(Metric::TableHits), 3);
+        counters.flush(&mut host);
+        assert_eq!(
+            host.take_ops(),
+            vec![
+                Op::Increment(Metric::TableHits, 3),
+                Op::Increment(Metric::RouteCalls, 1)
+            ]
+        );
+        counters.flush(&mut host);
+        assert!(host.ops.is_empty());
+    }
 
     #[test]
     fn names_are_unique_prefixed_and_indexed_in_order() {

@@ -109,12 +109,20 @@ impl UsageTracker {
     /// flight). Call it once the forward decision is applied, and pair it with exactly one
     /// [`UsageTracker::finish`] with the same names.
     pub fn start(&mut self, model: &str, replica: &str) {
-        let counts = self
+        // A pair already counted (the warm case) is found without building its keys.
+        let counts = match self
             .counts
-            .entry(model.to_owned())
-            .or_default()
-            .entry(replica.to_owned())
-            .or_default();
+            .get_mut(model)
+            .and_then(|replicas| replicas.get_mut(replica))
+        {
+            Some(counts) => counts,
+            None => self
+                .counts
+                .entry(model.to_owned())
+                .or_default()
+                .entry(replica.to_owned())
+                .or_default(),
+        };
         counts.requests = counts.requests.saturating_add(1);
         counts.in_flight = counts.in_flight.saturating_add(1);
     }

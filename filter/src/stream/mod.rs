@@ -9,6 +9,7 @@
 //! (KServe V1, translated to V2 once whole). The response is then watched for replica
 //! failures ([`response`]) and, for V1, translated back.
 
+mod head;
 mod response;
 
 use std::rc::Rc;
@@ -26,6 +27,7 @@ use crate::v1;
 use crate::worker::Worker;
 use crate::{control, debug, error, info, warn};
 
+use head::RequestHead;
 use response::ResponseBody;
 
 /// Most bytes of a gRPC request body read in one host call while checking its messages;
@@ -148,32 +150,34 @@ impl Stream {
         worker: &mut Worker,
         end_of_stream: bool,
     ) -> Action {
-        if let Err(err) = self.strip_reserved_headers(host) {
+        let head = match RequestHead::read(host) {
+            Ok(head) => head,
+            Err(err) => {
+                error!(host, "[{}] cannot read the request headers: {err}", self.id);
+                return self.refuse(host, worker, Reply::CannotSanitize);
+            }
+        };
+        if let Err(err) = self.strip_reserved_headers(host, &head) {
             error!(
                 host,
                 "[{}] cannot remove client routing headers: {err}", self.id
             );
             return self.refuse(host, worker, Reply::CannotSanitize);
         }
-        self.declared = host
-            .header(Map::RequestHeaders, "content-length")
-            .and_then(|v| String::from_utf8(v).ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
+        self.declared = head.content_length();
         if self.body_too_large(host, worker, self.declared.unwrap_or(0)) {
             return Action::Pause;
         }
-        let path = host
-            .header(Map::RequestHeaders, ":path")
-            .unwrap_or_default();
-        if let Some(route) = grpc::parse_path(&path) {
+        if let Some(route) = grpc::parse_path(head.path()) {
             // Only a gRPC request is one (Envoy's gRPC route needs the content type too).
-            let is_grpc = request_header(host, "content-type")
-                .is_some_and(|ct| ct.starts_with("application/grpc"));
+            let is_grpc = head
+                .get("content-type")
+                .is_some_and(|ct| ct.starts_with(b"application/grpc"));
             if is_grpc {
-                return self.grpc_request_headers(host, worker, route, end_of_stream);
+                return self.grpc_request_headers(host, worker, &head, route, end_of_stream);
             }
         }
-        self.http_request_headers(host, worker, &path, end_of_stream)
+        self.http_request_headers(host, worker, &head, end_of_stream)
     }
 
     /// A chunk of the request body (`body_size` bytes buffered since the request last went
@@ -296,12 +300,14 @@ impl Stream {
     // ---- classification ----
 
     /// Removes every header a client may not set (see [`route::is_reserved_header`]).
-    fn strip_reserved_headers(&self, host: &mut impl Host) -> Result<(), crate::host::HostError> {
-        for (name, _) in host.headers(Map::RequestHeaders)? {
-            if route::is_reserved_header(&name) {
-                debug!(host, "[{}] removing client header {name}", self.id);
-                host.remove_header(Map::RequestHeaders, &name)?;
-            }
+    fn strip_reserved_headers(
+        &self,
+        host: &mut impl Host,
+        head: &RequestHead,
+    ) -> Result<(), crate::host::HostError> {
+        for name in head.reserved() {
+            debug!(host, "[{}] removing client header {name}", self.id);
+            host.remove_header(Map::RequestHeaders, name)?;
         }
         Ok(())
     }
@@ -311,10 +317,10 @@ impl Stream {
         &mut self,
         host: &mut impl Host,
         worker: &mut Worker,
-        path: &[u8],
+        head: &RequestHead,
         end_of_stream: bool,
     ) -> Action {
-        let route = match route::parse(path) {
+        let route = match route::parse(head.path()) {
             Ok(route) => route,
             Err(err) => {
                 debug!(host, "[{}] refused with {}: {err}", self.id, err.status());
@@ -327,7 +333,7 @@ impl Stream {
                     api: None,
                     versioned: false,
                 };
-                if let Err(reply) = self.set_content_type(host) {
+                if let Err(reply) = self.set_content_type(host, head) {
                     return self.refuse(host, worker, reply);
                 }
                 return self.route_call(host, worker);
@@ -351,7 +357,7 @@ impl Stream {
                 error!(host, "[{}] cannot rewrite the V1 request: {err}", self.id);
                 return self.refuse(host, worker, Reply::CannotTranslate);
             }
-        } else if let Err(reply) = self.set_content_type(host) {
+        } else if let Err(reply) = self.set_content_type(host, head) {
             return self.refuse(host, worker, reply);
         }
         self.route_model(host, worker)
@@ -362,11 +368,10 @@ impl Stream {
     /// `application/x-www-form-urlencoded` body): `application/octet-stream` for the binary
     /// tensor extension (`Inference-Header-Content-Length`, which must then be a number no
     /// larger than the body), `application/json` otherwise.
-    fn set_content_type(&mut self, host: &mut impl Host) -> Result<(), Reply> {
-        let binary = host.header(Map::RequestHeaders, INFERENCE_HEADER_LENGTH);
-        let wanted = match binary {
+    fn set_content_type(&mut self, host: &mut impl Host, head: &RequestHead) -> Result<(), Reply> {
+        let wanted = match head.get(INFERENCE_HEADER_LENGTH) {
             Some(value) => {
-                let json = std::str::from_utf8(&value)
+                let json = std::str::from_utf8(value)
                     .ok()
                     .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
                     .and_then(|v| v.parse::<u64>().ok())
@@ -380,8 +385,7 @@ impl Stream {
             }
             None => "application/json",
         };
-        let current = host.header(Map::RequestHeaders, "content-type");
-        if current.as_deref() != Some(wanted.as_bytes()) {
+        if head.get("content-type") != Some(wanted.as_bytes()) {
             if let Err(err) = host.set_header(Map::RequestHeaders, "content-type", wanted) {
                 error!(host, "[{}] cannot set the content type: {err}", self.id);
                 return Err(Reply::CannotSanitize);
@@ -413,10 +417,11 @@ impl Stream {
         &mut self,
         host: &mut impl Host,
         worker: &mut Worker,
+        head: &RequestHead,
         route: GrpcRoute,
         end_of_stream: bool,
     ) -> Action {
-        worker.count(host, Metric::GrpcRequests);
+        worker.count(Metric::GrpcRequests);
         let per_model = match route {
             GrpcRoute::Refused(method) => {
                 self.kind = Kind::Grpc { per_model: false };
@@ -430,7 +435,7 @@ impl Stream {
         if !per_model {
             return self.route_call(host, worker);
         }
-        match grpc::model_from_headers(|name| request_header(host, name)) {
+        match grpc::model_from_headers(|name| head.text(name).map(str::to_owned)) {
             Ok(Some(model)) => {
                 self.messages = Some((MessageScan::new(Some(model.clone())), 0));
                 self.model = Some(model);
@@ -466,7 +471,7 @@ impl Stream {
         let Some(route) = worker.table.route(&model, grpc) else {
             return self.route_call(host, worker);
         };
-        worker.count(host, Metric::TableHits);
+        worker.count(Metric::TableHits);
         let Some(target) = route.target else {
             // Only for gRPC: the model's copies have no gRPC endpoint.
             return self.refuse(host, worker, Reply::NoGrpcEndpoint(model));
@@ -486,7 +491,7 @@ impl Stream {
     /// Makes the route call for the request's model (or for any replica); answers 503 if
     /// it cannot be dispatched. The request stays held until the answer.
     fn route_call(&mut self, host: &mut impl Host, worker: &mut Worker) -> Action {
-        worker.count(host, Metric::RouteCalls);
+        worker.count(Metric::RouteCalls);
         let path = route::pool_manager_path_for(self.model.as_deref());
         debug!(
             host,
@@ -558,7 +563,7 @@ impl Stream {
     fn route_refused(&mut self, host: &mut impl Host, worker: &mut Worker, reply: Reply) {
         if reply == Reply::PoolManagerUnreachable && self.model.is_none() {
             if let Some(target) = worker.table.any(self.is_grpc()) {
-                worker.count(host, Metric::ErrorsPoolManagerUnreachable);
+                worker.count(Metric::ErrorsPoolManagerUnreachable);
                 info!(
                     host,
                     "[{}] pool-manager unreachable: server request to replica {} from the table",
@@ -783,7 +788,7 @@ impl Stream {
             self.refuse(host, worker, Reply::CannotTranslate);
             return false;
         }
-        worker.count(host, Metric::V1Translations);
+        worker.count(Metric::V1Translations);
         debug!(
             host,
             "[{}] V1 request translated: {} -> {} bytes",
@@ -819,7 +824,7 @@ impl Stream {
         }
         self.phase = Phase::Replied;
         if let Some(metric) = reply.metric() {
-            worker.count(host, metric);
+            worker.count(metric);
         }
         let rendered = reply.render(self.is_grpc());
         if let Err(err) = host.reply(
@@ -852,12 +857,6 @@ impl Stream {
     fn model_for_log(&self) -> &str {
         self.model.as_deref().unwrap_or("-")
     }
-}
-
-/// A request header's value, if present and UTF-8.
-fn request_header(host: &mut impl Host, name: &str) -> Option<String> {
-    host.header(Map::RequestHeaders, name)
-        .and_then(|raw| String::from_utf8(raw).ok())
 }
 
 #[cfg(test)]

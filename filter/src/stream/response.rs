@@ -226,7 +226,7 @@ impl Stream {
         flags: Option<u64>,
         end_of_stream: bool,
     ) {
-        worker.count(host, Metric::ErrorsUpstreamUnreachable);
+        worker.count(Metric::ErrorsUpstreamUnreachable);
         let removed = worker.table.remove_replica(replica);
         warn!(
             host,
@@ -267,7 +267,7 @@ impl Stream {
         let (Some(model), Some(target)) = (&self.model, &self.target) else {
             return;
         };
-        worker.count(host, Metric::ErrorsModelMissing);
+        worker.count(Metric::ErrorsModelMissing);
         let removed = worker.table.remove(model, target.replica());
         warn!(
             host,
@@ -301,7 +301,7 @@ impl Stream {
                     self.id,
                     self.model_for_log()
                 );
-                worker.count(host, Metric::V1TranslationErrors);
+                worker.count(Metric::V1TranslationErrors);
                 let message = format!("model server answered an untranslatable response: {err}");
                 (Some("502"), render_error_body(&message))
             }

@@ -10,7 +10,7 @@ mod sync;
 use crate::config::{Config, ConfigError, TokenSource};
 use crate::failure::FailureQueue;
 use crate::host::Host;
-use crate::metrics::Metric;
+use crate::metrics::{Counters, Metric};
 use crate::refresh;
 use crate::shared::{cas_update, decode_u64, Update};
 use crate::table::Table;
@@ -40,6 +40,8 @@ pub struct Worker {
     pub usage: UsageTracker,
     /// Replica failures seen by requests, waiting for the tick.
     pub failures: FailureQueue,
+    /// Events counted since the last tick, added to the host's counters then.
+    counters: Counters,
     sync: TableSync,
     reports: Reports,
 }
@@ -60,6 +62,7 @@ impl Worker {
             table: Table::new(),
             usage: UsageTracker::new(),
             failures: FailureQueue::new(),
+            counters: Counters::default(),
             sync: TableSync::default(),
             reports: Reports::default(),
         }
@@ -115,6 +118,7 @@ impl Worker {
     /// sends the reports that are due.
     pub fn on_tick(&mut self, host: &mut impl Host) {
         host.follow_log_level();
+        self.counters.flush(host);
         let now = host.now();
         self.sync
             .tick(host, &self.config, &self.reporter, &mut self.table, now);
@@ -150,9 +154,15 @@ impl Worker {
         debug!(host, "call {token}: late answer ignored");
     }
 
-    /// Counts an event of a request.
-    pub fn count(&mut self, host: &mut impl Host, metric: Metric) {
-        host.increment(metric, 1);
+    /// Counts an event of a request: in worker memory, added to the host's counter on the
+    /// next tick (no host call per request).
+    pub fn count(&mut self, metric: Metric) {
+        self.counters.add(metric);
+    }
+
+    /// What is counted for `metric` and not yet added to the host's counter.
+    pub fn counted(&self, metric: Metric) -> u64 {
+        self.counters.get(metric)
     }
 }
 
