@@ -464,7 +464,17 @@ async fn grpc_messages_must_name_the_routed_model() {
             .unwrap();
     }
     let replica = &stack.replicas[0];
-    let anomaly_before = replica.inference_count("anomaly").await.unwrap();
+    // Triton counts an inference just after it answers: wait for the warm-up's.
+    let anomaly_before = eventually(
+        "anomaly's warm-up counted",
+        Duration::from_secs(10),
+        || async {
+            let count = replica.inference_count("anomaly").await?;
+            Ok((count >= 1).then_some(count))
+        },
+    )
+    .await
+    .unwrap();
 
     let out = tokio::task::block_in_place(|| python_client("grpc_confusion.py", &stack, &[]));
     assert_eq!(out["ok"]["code"], "OK", "{out}");
@@ -479,7 +489,15 @@ async fn grpc_messages_must_name_the_routed_model() {
     // Once the first answer has gone back, Envoy can only end the stream: it fails, with
     // the first message's answer only.
     assert_ne!(out["stream_later"]["code"], "OK", "{out}");
-    // No request for anomaly ran, whatever the case.
+    // No request for anomaly ran, whatever the case (linear's did: its count is how long
+    // to wait for Triton's statistics to catch up).
+    eventually(
+        "linear's inferences counted",
+        Duration::from_secs(10),
+        || async { Ok((replica.inference_count("linear").await? >= 3).then_some(())) },
+    )
+    .await
+    .unwrap();
     assert_eq!(
         replica.inference_count("anomaly").await.unwrap(),
         anomaly_before,
