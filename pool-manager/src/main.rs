@@ -111,6 +111,16 @@ struct Args {
     /// set MM_ADMIN_TOKEN). Unset: no token (keep the admin API on loopback).
     #[arg(long)]
     admin_token_file: Option<PathBuf>,
+    /// File holding the shared secret the gateway's filter sends in `x-mm-gateway-token`
+    /// on every `/internal/v1/*` call (or set MM_GATEWAY_TOKEN). Unset: the internal routes
+    /// are open to anything that reaches the port (a warning is logged).
+    #[arg(long)]
+    gateway_token_file: Option<PathBuf>,
+    /// A host name the admin API answers to besides IP literals and `localhost`, e.g. the
+    /// pool-manager Service's names in Kubernetes (repeatable, or comma-separated in
+    /// MM_ALLOWED_HOSTS). Other `Host` headers get 403 (DNS rebinding).
+    #[arg(long = "allowed-host", env = "MM_ALLOWED_HOSTS", value_delimiter = ',')]
+    allowed_hosts: Vec<String>,
     /// Log format.
     #[arg(long, env = "MM_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -209,7 +219,26 @@ async fn main() -> anyhow::Result<()> {
         },
         ..Settings::default()
     };
-    let admin_token = admin_token(args.admin_token_file.as_deref())?;
+    let admin_token = secret(
+        "admin token",
+        "--admin-token-file",
+        args.admin_token_file.as_deref(),
+        "MM_ADMIN_TOKEN",
+    )?;
+    if admin_token.is_some() {
+        tracing::info!("admin API: writes require the bearer token");
+    }
+    let gateway_token = secret(
+        "gateway token",
+        "--gateway-token-file",
+        args.gateway_token_file.as_deref(),
+        "MM_GATEWAY_TOKEN",
+    )?;
+    if gateway_token.is_some() {
+        tracing::info!("internal routes: the gateway token is required");
+    } else {
+        tracing::warn!("no gateway token (--gateway-token-file / MM_GATEWAY_TOKEN): /internal/v1/* accepts reports and route calls from anything that reaches this port");
+    }
     let Opened {
         store,
         models,
@@ -252,6 +281,12 @@ async fn main() -> anyhow::Result<()> {
         pool,
         metrics: Arc::new(registry),
         admin_token,
+        gateway_token,
+        allowed_hosts: args
+            .allowed_hosts
+            .iter()
+            .map(|h| h.trim().to_owned())
+            .collect(),
     });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -268,21 +303,23 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The admin token from `--admin-token-file` or `MM_ADMIN_TOKEN`, trimmed; never logged.
-fn admin_token(file: Option<&std::path::Path>) -> anyhow::Result<Option<Arc<str>>> {
+/// A shared secret from `flag`'s file or the environment variable `env`, trimmed; never
+/// logged. An empty one is an error (it would be a token anyone has).
+fn secret(
+    what: &str,
+    flag: &str,
+    file: Option<&std::path::Path>,
+    env: &str,
+) -> anyhow::Result<Option<Arc<str>>> {
     let raw = match file {
         Some(path) => Some(
-            std::fs::read_to_string(path)
-                .with_context(|| format!("--admin-token-file {}", path.display()))?,
+            std::fs::read_to_string(path).with_context(|| format!("{flag} {}", path.display()))?,
         ),
-        None => std::env::var("MM_ADMIN_TOKEN").ok(),
+        None => std::env::var(env).ok(),
     };
     match raw.map(|t| t.trim().to_owned()) {
-        Some(t) if t.is_empty() => anyhow::bail!("the admin token is empty"),
-        Some(t) => {
-            tracing::info!("admin API: PUT and DELETE require the bearer token");
-            Ok(Some(Arc::from(t)))
-        }
+        Some(t) if t.is_empty() => anyhow::bail!("the {what} is empty"),
+        Some(t) => Ok(Some(Arc::from(t))),
         None => Ok(None),
     }
 }

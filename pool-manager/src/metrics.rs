@@ -79,6 +79,15 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
+/// A gateway report (`usage` or `failure`) and why it, or one of its entries, was not
+/// acted on (`invalid`, `unknown_model`, `unknown_replica`, `duplicate`, `busy`,
+/// `too_many_reporters`).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReportLabel {
+    pub report: &'static str,
+    pub reason: &'static str,
+}
+
 /// Every metric the pool-manager exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -101,6 +110,8 @@ pub struct Metrics {
     pub replica_capacity: Family<ResourceLabel, Gauge>,
     pub replica_used: Family<ResourceLabel, Gauge>,
     pub replica_healthy: Family<ReplicaLabel, Gauge>,
+    pub reports_ignored: Family<ReportLabel, Counter>,
+    pub internal_unauthorized: Counter,
     model_label_limit: usize,
     labelled_models: Mutex<HashSet<String>>,
 }
@@ -138,6 +149,8 @@ impl Metrics {
             replica_capacity: Family::default(),
             replica_used: Family::default(),
             replica_healthy: Family::default(),
+            reports_ignored: Family::default(),
+            internal_unauthorized: Counter::default(),
             model_label_limit,
             labelled_models: Mutex::new(HashSet::new()),
         };
@@ -242,7 +255,26 @@ impl Metrics {
             "1 when the replica's last readiness probe succeeded",
             m.replica_healthy.clone(),
         );
+        reg.register(
+            "gateway_reports_ignored",
+            "Gateway usage and failure reports, or entries of them, not acted on, by report and reason",
+            m.reports_ignored.clone(),
+        );
+        reg.register(
+            "internal_unauthorized",
+            "Calls to /internal/v1/* refused for a missing or wrong gateway token",
+            m.internal_unauthorized.clone(),
+        );
         m
+    }
+
+    /// Counts `n` reports or entries of `report` ignored for `reason`.
+    pub fn report_ignored(&self, report: &'static str, reason: &'static str, n: u64) {
+        if n > 0 {
+            self.reports_ignored
+                .get_or_create(&ReportLabel { report, reason })
+                .inc_by(n);
+        }
     }
 
     pub fn route(&self, outcome: Outcome) {

@@ -194,7 +194,9 @@ pub fn plan<K: Clone>(
     if eligible.is_empty() {
         return Err(PlacementError::NoOtherReplica);
     }
-    let total_in_flight: u64 = eligible.iter().map(|(_, r)| r.in_flight).sum();
+    let total_in_flight = eligible
+        .iter()
+        .fold(0u64, |a, (_, r)| a.saturating_add(r.in_flight));
     let score = |r: &ReplicaSnapshot<K>, used_after: Resources| {
         let load_share = if total_in_flight == 0 {
             0.0

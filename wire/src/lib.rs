@@ -28,6 +28,24 @@ pub const USAGE_PATH: &str = "/internal/v1/usage";
 /// Most entries one usage report may carry; the pool-manager refuses larger reports.
 pub const MAX_USAGE_ENTRIES: usize = 10_000;
 
+/// Most requests in flight one report may claim for one (model, replica). One Envoy worker
+/// holds far fewer open requests (its connections are bounded long before this), so a
+/// larger value is not a count but a forged or broken report, refused whole.
+pub const MAX_REPORTED_IN_FLIGHT: u64 = 1_000_000;
+
+/// Most requests one report may count for one (model, replica). A filter carries unsent
+/// counts over while the pool-manager is away, so this is generous (hours at 100,000
+/// requests per second); a filter past it reports this much and keeps the rest for the
+/// next report.
+pub const MAX_REPORTED_REQUESTS: u64 = 1_000_000_000;
+
+/// Longest reporter id (see [`UsageReport::reporter`]).
+pub const MAX_REPORTER_LEN: usize = 256;
+
+/// The request header that carries the shared gateway token on every call the filter
+/// makes to the pool-manager's internal routes (`/internal/v1/*`).
+pub const GATEWAY_TOKEN_HEADER: &str = "x-mm-gateway-token";
+
 /// Why a model name was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
@@ -193,6 +211,51 @@ pub struct UsageReport {
     pub entries: Vec<UsageEntry>,
 }
 
+/// Why a usage report was refused as a whole (nothing of it is applied).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReportError {
+    /// The reporter id is empty or longer than [`MAX_REPORTER_LEN`].
+    #[error("reporter must be 1 to {MAX_REPORTER_LEN} bytes")]
+    Reporter,
+    /// More than [`MAX_USAGE_ENTRIES`] entries.
+    #[error("more than {MAX_USAGE_ENTRIES} entries")]
+    TooManyEntries,
+    /// An entry's `inFlight` is above [`MAX_REPORTED_IN_FLIGHT`].
+    #[error("entry {index}: inFlight {value} is above the limit of {MAX_REPORTED_IN_FLIGHT}")]
+    InFlight { index: usize, value: u64 },
+    /// An entry's `requests` is above [`MAX_REPORTED_REQUESTS`].
+    #[error("entry {index}: requests {value} is above the limit of {MAX_REPORTED_REQUESTS}")]
+    Requests { index: usize, value: u64 },
+}
+
+impl UsageReport {
+    /// Checks the report against the bounds above. Names are not checked here: an entry
+    /// naming an unknown model or replica is skipped by the receiver, not refused.
+    pub fn validate(&self) -> Result<(), ReportError> {
+        if self.reporter.is_empty() || self.reporter.len() > MAX_REPORTER_LEN {
+            return Err(ReportError::Reporter);
+        }
+        if self.entries.len() > MAX_USAGE_ENTRIES {
+            return Err(ReportError::TooManyEntries);
+        }
+        for (index, e) in self.entries.iter().enumerate() {
+            if e.in_flight > MAX_REPORTED_IN_FLIGHT {
+                return Err(ReportError::InFlight {
+                    index,
+                    value: e.in_flight,
+                });
+            }
+            if e.requests > MAX_REPORTED_REQUESTS {
+                return Err(ReportError::Requests {
+                    index,
+                    value: e.requests,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 /// One (model, replica) line of a [`UsageReport`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -302,6 +365,44 @@ mod tests {
         assert_eq!(serde_json::from_str::<UsageReport>(&json).unwrap(), report);
         assert!(
             serde_json::from_str::<UsageReport>(r#"{"reporter":"w","entries":[],"x":1}"#).is_err()
+        );
+    }
+
+    #[test]
+    fn usage_reports_out_of_bounds_are_refused() {
+        let entry = |requests, in_flight| UsageEntry {
+            model: "m".into(),
+            replica: "r0".into(),
+            requests,
+            in_flight,
+        };
+        let report = |reporter: &str, entries| UsageReport {
+            reporter: reporter.into(),
+            entries,
+        };
+        let max = (MAX_REPORTED_REQUESTS, MAX_REPORTED_IN_FLIGHT);
+        assert_eq!(report("w", vec![entry(max.0, max.1)]).validate(), Ok(()));
+        assert_eq!(
+            report("w", vec![entry(0, 0), entry(0, u64::MAX)]).validate(),
+            Err(ReportError::InFlight {
+                index: 1,
+                value: u64::MAX
+            })
+        );
+        assert_eq!(
+            report("w", vec![entry(max.0 + 1, 0)]).validate(),
+            Err(ReportError::Requests {
+                index: 0,
+                value: max.0 + 1
+            })
+        );
+        assert_eq!(report("", vec![]).validate(), Err(ReportError::Reporter));
+        let long = "w".repeat(MAX_REPORTER_LEN + 1);
+        assert_eq!(report(&long, vec![]).validate(), Err(ReportError::Reporter));
+        let many = vec![entry(1, 1); MAX_USAGE_ENTRIES + 1];
+        assert_eq!(
+            report("w", many).validate(),
+            Err(ReportError::TooManyEntries)
         );
     }
 

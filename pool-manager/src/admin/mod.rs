@@ -17,6 +17,7 @@ use serde_json::json;
 
 use crate::pool::{Pool, PoolError, Registered};
 
+mod guard;
 mod ops;
 mod summary;
 mod ui;
@@ -33,6 +34,11 @@ pub struct AppState {
     pub metrics: Arc<prometheus_client::registry::Registry>,
     /// When set, PUT and DELETE on the admin API need `Authorization: Bearer <token>`.
     pub admin_token: Option<Arc<str>>,
+    /// When set, every `/internal/v1/*` call needs it in `x-mm-gateway-token`.
+    pub gateway_token: Option<Arc<str>>,
+    /// Host names the admin API answers to besides IP literals and `localhost`
+    /// (`--allowed-host`, e.g. the Service's names in Kubernetes).
+    pub allowed_hosts: Arc<[String]>,
 }
 
 /// Checks the bearer token of a mutating admin call (constant-time comparison).
@@ -45,9 +51,7 @@ fn authorize(state: &AppState, headers: &axum::http::HeaderMap) -> Result<(), Ap
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    let (a, b) = (given.as_bytes(), token.as_bytes());
-    let same = a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0;
-    if same {
+    if guard::same_secret(given, token) {
         Ok(())
     } else {
         Err(ApiError::new(
@@ -80,6 +84,10 @@ pub fn app(state: AppState) -> Router {
         .merge(ui::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::check,
+        ))
         .with_state(state)
 }
 
@@ -91,7 +99,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         Self {
             status,
             message: message.into(),
@@ -126,6 +134,7 @@ impl From<PoolError> for ApiError {
             | PoolError::Overloaded(_)
             | PoolError::StillLoading { .. }
             | PoolError::NoHealthyReplica => StatusCode::SERVICE_UNAVAILABLE,
+            PoolError::TooManyReporters(_) => StatusCode::TOO_MANY_REQUESTS,
             PoolError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {
@@ -383,3 +392,6 @@ async fn method_not_allowed() -> ApiError {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod hardening_tests;

@@ -15,8 +15,9 @@ use crate::replica::ReplicaClient;
 use crate::repository::ModelRepository;
 use crate::spec::{ReplicaId, StoragePolicy};
 
-struct Fixture {
-    app: Router,
+pub(super) struct Fixture {
+    pub app: Router,
+    pub pool: Pool,
     model_dir: tempfile::TempDir,
     _repo: tempfile::TempDir,
 }
@@ -26,17 +27,24 @@ async fn fixture() -> Fixture {
 }
 
 async fn fixture_with_token(admin_token: Option<&str>) -> Fixture {
+    let token = admin_token.map(Arc::from);
+    fixture_with(move |state| state.admin_token = token).await
+}
+
+/// A pool of one fake replica `r0` (1 GiB) behind the router, its state set by `configure`.
+pub(super) async fn fixture_with(configure: impl FnOnce(&mut AppState)) -> Fixture {
     let repo = tempfile::tempdir().unwrap();
     let model_dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(model_dir.path().join("1")).unwrap();
     std::fs::write(model_dir.path().join("1/model.py"), "pass").unwrap();
+    let fake = Arc::new(FakeReplica::default());
     let replica = Replica {
         id: ReplicaId::new("r0").unwrap(),
         url: url::Url::parse("http://127.0.0.1:8000").unwrap(),
         address: Some("127.0.0.1:8000".parse().unwrap()),
         grpc_port: Some(8001),
         capacity: crate::placement::Resources::new(1 << 30, 0),
-        client: Arc::new(FakeReplica::default()) as Arc<dyn ReplicaClient>,
+        client: fake.clone() as Arc<dyn ReplicaClient>,
     };
     let mut registry = prometheus_client::registry::Registry::with_prefix("mm");
     let metrics = Arc::new(Metrics::register(&mut registry, 100));
@@ -48,19 +56,25 @@ async fn fixture_with_token(admin_token: Option<&str>) -> Fixture {
         Settings::default(),
     );
     pool.probe_replicas().await;
+    let mut state = AppState {
+        pool: pool.clone(),
+        metrics: Arc::new(registry),
+        admin_token: None,
+        gateway_token: None,
+        allowed_hosts: Arc::from(Vec::new()),
+    };
+    configure(&mut state);
     Fixture {
-        app: app(AppState {
-            pool,
-            metrics: Arc::new(registry),
-            admin_token: admin_token.map(Arc::from),
-        }),
+        app: app(state),
+        pool,
         model_dir,
         _repo: repo,
     }
 }
 
 impl Fixture {
-    async fn call(
+    /// Sends `method uri` with a JSON body; returns the status and the JSON answer.
+    pub(super) async fn call(
         &self,
         method: Method,
         uri: &str,
@@ -81,14 +95,14 @@ impl Fixture {
         (status, json)
     }
 
-    fn spec(&self, memory: &str) -> String {
+    pub(super) fn spec(&self, memory: &str) -> String {
         format!(
             r#"{{"storageUri": "file://{}", "memory": {memory}}}"#,
             self.model_dir.path().display()
         )
     }
 
-    async fn registry(&self) -> serde_json::Value {
+    pub(super) async fn registry(&self) -> serde_json::Value {
         self.call(Method::GET, "/api/v1/models", Body::empty())
             .await
             .1
@@ -382,7 +396,10 @@ async fn paging_returns_a_next_token() {
 async fn a_configured_token_guards_mutating_calls_only() {
     let f = fixture_with_token(Some("s3cret")).await;
     let request = |method: Method, uri: &str, auth: Option<&str>, body: String| {
-        let mut b = Request::builder().method(method).uri(uri);
+        let mut b = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("content-type", "application/json");
         if let Some(a) = auth {
             b = b.header("authorization", a);
         }
@@ -522,7 +539,10 @@ async fn the_summary_counts_route_calls_and_loads() {
 async fn replicas_drain_and_undrain_with_the_token() {
     let f = fixture_with_token(Some("s3cret")).await;
     let call = |method: Method, uri: &str, auth: Option<&str>| {
-        let mut b = Request::builder().method(method).uri(uri);
+        let mut b = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("content-type", "application/json");
         if let Some(a) = auth {
             b = b.header("authorization", a);
         }

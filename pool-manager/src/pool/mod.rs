@@ -201,6 +201,9 @@ pub enum PoolError {
     /// A usage report that does not follow the contract (400).
     #[error("invalid usage report: {0}")]
     BadReport(String),
+    /// More gateway workers report requests in flight than the pool-manager keeps (429).
+    #[error("more than {0} reporters have requests in flight; retry later")]
+    TooManyReporters(usize),
     /// No replica of that name is configured (404).
     #[error("replica '{0}' is not configured")]
     UnknownReplica(String),
@@ -392,6 +395,11 @@ impl Pool {
     /// The pool's recent events.
     pub fn events(&self) -> &crate::events::Events {
         &self.inner.events
+    }
+
+    /// The pool's counters, for the admin API's own (refused calls).
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
     }
 
     pub fn settings(&self) -> &Settings {
@@ -747,21 +755,20 @@ impl Pool {
     /// model or replica are skipped (the model may just have been deleted). Returns how
     /// many entries were applied.
     pub fn report_usage(&self, report: UsageReport) -> Result<usize, PoolError> {
-        if report.reporter.is_empty() || report.reporter.len() > 256 {
-            return Err(PoolError::BadReport(
-                "reporter must be 1 to 256 bytes".into(),
-            ));
-        }
-        if report.entries.len() > mm_wire::MAX_USAGE_ENTRIES {
-            return Err(PoolError::BadReport(format!(
-                "more than {} entries",
-                mm_wire::MAX_USAGE_ENTRIES
-            )));
+        let metrics = &self.inner.metrics;
+        if let Err(e) = report.validate() {
+            metrics.report_ignored("usage", "invalid", 1);
+            return Err(PoolError::BadReport(e.to_string()));
         }
         let now = Instant::now();
         let mut in_flight = Vec::new();
-        let mut applied = 0;
+        let (mut applied, mut unknown_model, mut unknown_replica) = (0, 0, 0);
         let mut t = self.table();
+        if !t.in_flight.has_room_for(&report.reporter) {
+            drop(t);
+            metrics.report_ignored("usage", "too_many_reporters", 1);
+            return Err(PoolError::TooManyReporters(table::MAX_REPORTERS));
+        }
         for entry in &report.entries {
             let Some(replica) = self
                 .inner
@@ -769,14 +776,17 @@ impl Pool {
                 .iter()
                 .position(|r| r.id.as_str() == entry.replica)
             else {
+                unknown_replica += 1;
                 continue;
             };
-            let Ok(name) = ModelName::new(&entry.model) else {
+            let Some(model) = ModelName::new(&entry.model)
+                .ok()
+                .and_then(|name| t.models.get_mut(&name).map(|m| (name, m)))
+            else {
+                unknown_model += 1;
                 continue;
             };
-            let Some(model) = t.models.get_mut(&name) else {
-                continue;
-            };
+            let (name, model) = model;
             if entry.requests > 0 || entry.in_flight > 0 {
                 model.last_used = Some(now);
             }
@@ -792,6 +802,9 @@ impl Pool {
             applied += 1;
         }
         t.in_flight.replace(&report.reporter, now, in_flight);
+        drop(t);
+        metrics.report_ignored("usage", "unknown_model", unknown_model);
+        metrics.report_ignored("usage", "unknown_replica", unknown_replica);
         Ok(applied)
     }
 
@@ -877,22 +890,39 @@ impl Pool {
         }
     }
 
-    /// Takes replica `idx` out of placement and routing at once (a failure confirmed by
-    /// both the data path and a probe).
-    pub(super) fn mark_unhealthy(&self, idx: usize) {
-        {
+    /// Counts one failed probe of replica `idx` made to check a gateway report; takes the
+    /// replica out of placement and routing once `unhealthy_after` probes in a row have
+    /// failed (these and the periodic ones alike), never sooner. Returns whether it is out.
+    pub(super) fn report_probe_failed(&self, idx: usize) -> bool {
+        let out = {
             let mut t = self.table();
-            if t.healthy[idx] {
+            t.probe_failures[idx] = t.probe_failures[idx].saturating_add(1);
+            let failures = t.probe_failures[idx];
+            if t.healthy[idx] && failures >= self.inner.settings.unhealthy_after.max(1) {
                 self.events().record(
                     NewEvent::new(EventKind::ReplicaUnhealthy)
                         .replica(&self.inner.replicas[idx].id)
-                        .reason("unreachable from the gateway; a probe agrees"),
+                        .reason(format!(
+                            "unreachable from the gateway; {failures} failed probes"
+                        )),
                 );
+                t.healthy[idx] = false;
+                true
+            } else {
+                !t.healthy[idx]
             }
-            t.healthy[idx] = false;
-            t.probe_failures[idx] = self.inner.settings.unhealthy_after.max(1);
-        }
+        };
         self.update_gauges();
+        out
+    }
+
+    /// A probe made to check a gateway report succeeded: the failures in a row start over.
+    /// (Only the periodic probes bring an unhealthy replica back, with a reconciliation.)
+    pub(super) fn report_probe_succeeded(&self, idx: usize) {
+        let mut t = self.table();
+        if t.healthy[idx] {
+            t.probe_failures[idx] = 0;
+        }
     }
 
     /// Probes replicas forever, every `interval`.

@@ -11,9 +11,16 @@ use mm_wire::{Endpoint, FailureKind, FailureReport, RoutingTable, TableEntry};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::table::CopyState;
+use super::table::{Claim, CopyState};
 use super::{Pool, PoolError};
 use crate::spec::ModelName;
+
+/// Most gateway failure claims checked at once; more are ignored until one ends (the
+/// gateway reports again on the next failed request).
+pub const MAX_FAILURE_CHECKS: usize = 16;
+
+/// Pause between the probes that check one "unreachable" claim.
+const REPORT_PROBE_GAP: Duration = Duration::from_millis(200);
 
 /// The latest published table, serialised once for every poller.
 pub(super) struct Published {
@@ -27,6 +34,8 @@ pub(super) struct Routing {
     pub epoch: String,
     pub published: std::sync::Mutex<Arc<Published>>,
     pub changes: watch::Sender<u64>,
+    /// Bounds the failure claims being checked at once.
+    pub checks: Arc<tokio::sync::Semaphore>,
 }
 
 impl Routing {
@@ -50,6 +59,7 @@ impl Routing {
                 json,
             })),
             changes: watch::channel(0).0,
+            checks: Arc::new(tokio::sync::Semaphore::new(MAX_FAILURE_CHECKS)),
         }
     }
 
@@ -146,31 +156,54 @@ impl Pool {
     }
 
     /// Takes a gateway failure report: checks it against the replica in the background and
-    /// fixes the table only if the replica confirms (an unreachable replica fails a probe;
-    /// a missing model is not ready there). Unknown models or replicas are ignored.
+    /// fixes the table only if the replica confirms (an unreachable replica fails
+    /// `unhealthy_after` probes in a row; a missing model is not ready there). Claims about
+    /// unregistered models or unknown replicas, claims already being checked, and claims
+    /// past [`MAX_FAILURE_CHECKS`] checks at once are ignored (and counted).
     pub fn report_failure(&self, report: FailureReport) -> Result<(), PoolError> {
-        let model =
-            ModelName::new(&report.model).map_err(|e| PoolError::BadReport(e.to_string()))?;
+        let metrics = &self.inner.metrics;
+        let model = ModelName::new(&report.model).map_err(|e| {
+            metrics.report_ignored("failure", "invalid", 1);
+            PoolError::BadReport(e.to_string())
+        })?;
         let Some(replica) = self
             .inner
             .replicas
             .iter()
             .position(|r| r.id.as_str() == report.replica)
         else {
+            metrics.report_ignored("failure", "unknown_replica", 1);
             return Ok(());
+        };
+        let claim = match report.kind {
+            FailureKind::Unreachable => Claim::Unreachable(replica),
+            FailureKind::ModelMissing => Claim::ModelMissing(model.clone(), replica),
         };
         {
             let mut t = self.table();
-            let key = (model.clone(), replica, report.kind);
-            if !t.checking.insert(key) {
-                return Ok(()); // the same claim is being checked already
+            if !t.models.contains_key(&model) {
+                drop(t);
+                metrics.report_ignored("failure", "unknown_model", 1);
+                return Ok(());
             }
+            if t.checking.contains(&claim) {
+                drop(t);
+                metrics.report_ignored("failure", "duplicate", 1);
+                return Ok(());
+            }
+            let Ok(permit) = self.inner.routing.checks.clone().try_acquire_owned() else {
+                drop(t);
+                metrics.report_ignored("failure", "busy", 1);
+                return Ok(());
+            };
+            t.checking.insert(claim.clone());
+            let pool = self.clone();
+            tokio::spawn(async move {
+                pool.verify_failure(&model, replica, report.kind).await;
+                pool.table().checking.remove(&claim);
+                drop(permit);
+            });
         }
-        let pool = self.clone();
-        tokio::spawn(async move {
-            pool.verify_failure(&model, replica, report.kind).await;
-            pool.table().checking.remove(&(model, replica, report.kind));
-        });
         Ok(())
     }
 
@@ -179,13 +212,22 @@ impl Pool {
         match kind {
             FailureKind::Unreachable => {
                 let timeout = self.inner.settings.probe_timeout;
-                let ok = matches!(
-                    tokio::time::timeout(timeout, r.client.ready()).await,
-                    Ok(Ok(()))
-                );
-                if !ok {
-                    warn!(replica = %r.id, model = %model, "gateway reported the replica unreachable; probe agrees");
-                    self.mark_unhealthy(replica);
+                for attempt in 0..self.inner.settings.unhealthy_after.max(1) {
+                    if attempt > 0 {
+                        tokio::time::sleep(REPORT_PROBE_GAP).await;
+                    }
+                    let ok = matches!(
+                        tokio::time::timeout(timeout, r.client.ready()).await,
+                        Ok(Ok(()))
+                    );
+                    if ok {
+                        self.report_probe_succeeded(replica);
+                        return;
+                    }
+                    if self.report_probe_failed(replica) {
+                        warn!(replica = %r.id, model = %model, "gateway reported the replica unreachable; probes agree");
+                        return;
+                    }
                 }
             }
             FailureKind::ModelMissing => {

@@ -34,6 +34,13 @@ impl Pool {
         }
     }
 
+    /// One scaler tick now, for tests outside the pool.
+    #[cfg(test)]
+    pub(crate) fn scale_once(&self) {
+        let decisions = self.scale_tick();
+        self.carry_out(decisions);
+    }
+
     /// Looks at every model once and decides; see the module docs.
     pub(super) fn scale_tick(&self) -> Decisions {
         let s = &self.inner.settings.scale;

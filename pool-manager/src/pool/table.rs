@@ -130,11 +130,15 @@ impl Entry {
     }
 }
 
-/// Requests in flight by (model, replica), summed over reporters. Each reporter's latest
-/// report replaces its previous one; reporters that go quiet expire.
 /// One reporter's in-flight counts: (model, replica index, requests in flight).
 pub(super) type InFlightEntries = Vec<(ModelName, usize, u64)>;
 
+/// Most reporters (gateway workers with requests in flight) remembered at once: 64 gateway
+/// pods of 64 workers. Counts come from another process, so every sum saturates.
+pub(super) const MAX_REPORTERS: usize = 4096;
+
+/// Requests in flight by (model, replica), summed over reporters. Each reporter's latest
+/// report replaces its previous one; reporters that go quiet expire.
 #[derive(Default)]
 pub(super) struct InFlight {
     reporters: HashMap<String, (Instant, InFlightEntries)>,
@@ -142,6 +146,12 @@ pub(super) struct InFlight {
 }
 
 impl InFlight {
+    /// Whether a report from `reporter` can be kept: one already known, or room for one
+    /// more ([`MAX_REPORTERS`]).
+    pub fn has_room_for(&self, reporter: &str) -> bool {
+        self.reporters.len() < MAX_REPORTERS || self.reporters.contains_key(reporter)
+    }
+
     pub fn replace(&mut self, reporter: &str, now: Instant, entries: InFlightEntries) {
         if let Some((_, old)) = self.reporters.remove(reporter) {
             self.apply(&old, false);
@@ -172,7 +182,7 @@ impl InFlight {
             let per_replica = self.totals.entry(model.clone()).or_default();
             let slot = per_replica.entry(*replica).or_default();
             *slot = if add {
-                *slot + n
+                slot.saturating_add(*n)
             } else {
                 slot.saturating_sub(*n)
             };
@@ -196,21 +206,29 @@ impl InFlight {
     pub fn model_total(&self, model: &str) -> u64 {
         self.totals
             .get(model)
-            .map(|m| m.values().sum())
+            .map(|m| m.values().fold(0u64, |a, &n| a.saturating_add(n)))
             .unwrap_or(0)
     }
 
     pub fn replica_totals(&self, replicas: usize) -> Vec<u64> {
-        let mut out = vec![0; replicas];
+        let mut out = vec![0u64; replicas];
         for per_replica in self.totals.values() {
             for (&r, &n) in per_replica {
                 if let Some(slot) = out.get_mut(r) {
-                    *slot += n;
+                    *slot = slot.saturating_add(n);
                 }
             }
         }
         out
     }
+}
+
+/// What a gateway failure report claims: a replica unreachable (whatever the model), or a
+/// model missing on a replica.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) enum Claim {
+    Unreachable(usize),
+    ModelMissing(ModelName, usize),
 }
 
 pub(super) struct Table {
@@ -221,8 +239,8 @@ pub(super) struct Table {
     /// Each replica's current IP address (`None` while its name does not resolve).
     pub addresses: Vec<Option<std::net::SocketAddr>>,
     pub in_flight: InFlight,
-    /// Gateway failure reports being checked, so a burst of them costs one check.
-    pub checking: std::collections::HashSet<(ModelName, usize, mm_wire::FailureKind)>,
+    /// Gateway failure claims being checked, so a burst of them costs one check.
+    pub checking: std::collections::HashSet<Claim>,
 }
 
 impl Table {
@@ -307,5 +325,18 @@ mod tests {
         assert_eq!(f.get("b", 1), 0, "w1 was not refreshed either");
         assert_eq!(f.replica_totals(2), vec![0, 0]);
         assert!(f.totals.is_empty() && f.reporters.is_empty());
+    }
+
+    #[test]
+    fn in_flight_sums_saturate_instead_of_overflowing() {
+        let mut f = InFlight::default();
+        let t0 = Instant::now();
+        f.replace("w1", t0, vec![(name("a"), 0, u64::MAX), (name("a"), 1, 1)]);
+        f.replace("w2", t0, vec![(name("a"), 0, 5)]);
+        assert_eq!(f.get("a", 0), u64::MAX);
+        assert_eq!(f.model_total("a"), u64::MAX);
+        assert_eq!(f.replica_totals(2), vec![u64::MAX, 1]);
+        f.replace("w2", t0, vec![]);
+        assert_eq!(f.get("a", 1), 1);
     }
 }

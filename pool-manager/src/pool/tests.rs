@@ -976,3 +976,106 @@ async fn draining_moves_wanted_copies_and_unloads_idle_ones_when_nothing_is_in_f
         |e| e.kind == crate::events::EventKind::Placed && e.reason.as_deref() == Some("drain")
     ));
 }
+
+/// Waits (bounded, in the test's time) until no failure claim is being checked.
+async fn claims_checked(pool: &Pool) {
+    for _ in 0..1000 {
+        if pool.table().checking.is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("failure claims still being checked");
+}
+
+fn ignored(pool: &Pool, reason: &'static str) -> u64 {
+    pool.metrics()
+        .reports_ignored
+        .get_or_create(&crate::metrics::ReportLabel {
+            report: "failure",
+            reason,
+        })
+        .get()
+}
+
+fn unreachable(model: &str, replica: &str) -> mm_wire::FailureReport {
+    mm_wire::FailureReport {
+        model: model.into(),
+        replica: replica.into(),
+        kind: mm_wire::FailureKind::Unreachable,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failure_report_takes_a_replica_out_only_after_unhealthy_after_failed_probes() {
+    let f = fixture(
+        &[1000, 1000],
+        Settings {
+            unhealthy_after: 3,
+            ..settings()
+        },
+    )
+    .ready()
+    .await;
+    f.register("m", 100).await;
+    // A blip: two probes fail, the third answers. The report must not take r0 out.
+    f.fakes[0].failing_probes.store(2, Ordering::SeqCst);
+    let probes = f.fakes[0].ready_calls.load(Ordering::SeqCst);
+    f.pool.report_failure(unreachable("m", "r0")).unwrap();
+    claims_checked(&f.pool).await;
+    assert_eq!(f.fakes[0].ready_calls.load(Ordering::SeqCst) - probes, 3);
+    assert!(f.pool.replicas()[0].healthy, "two failed probes of three");
+    assert_eq!(f.pool.table().probe_failures[0], 0, "a success starts over");
+    // Really down: out after exactly three failed probes, the report's own.
+    f.fakes[0].down.store(true, Ordering::SeqCst);
+    let probes = f.fakes[0].ready_calls.load(Ordering::SeqCst);
+    f.pool.report_failure(unreachable("m", "r0")).unwrap();
+    claims_checked(&f.pool).await;
+    assert_eq!(f.fakes[0].ready_calls.load(Ordering::SeqCst) - probes, 3);
+    assert!(!f.pool.replicas()[0].healthy);
+    assert!(f.pool.replicas()[1].healthy);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_flood_of_failure_reports_costs_one_check_per_claim_and_a_bounded_number_at_once() {
+    let f = fixture(&[1000, 1000], settings()).ready().await;
+    let models: Vec<String> = (0..40).map(|i| format!("m{i}")).collect();
+    for m in &models {
+        f.register(m, 10).await;
+    }
+    f.fakes[0].ready_delay_ms.store(1000, Ordering::SeqCst);
+    let probes = f.fakes[0].ready_calls.load(Ordering::SeqCst);
+    // 4,000 "r0 unreachable" reports naming 40 models: one claim, one check.
+    for _ in 0..100 {
+        for m in &models {
+            f.pool.report_failure(unreachable(m, "r0")).unwrap();
+        }
+    }
+    // 40 distinct "missing" claims: at most MAX_FAILURE_CHECKS checks at once (one
+    // already runs for the unreachable claim); the rest are refused, not queued.
+    for m in &models {
+        f.pool
+            .report_failure(mm_wire::FailureReport {
+                model: m.clone(),
+                replica: "r1".into(),
+                kind: mm_wire::FailureKind::ModelMissing,
+            })
+            .unwrap();
+    }
+    f.fakes[1].ready_delay_ms.store(1000, Ordering::SeqCst);
+    assert_eq!(f.pool.table().checking.len(), routing::MAX_FAILURE_CHECKS);
+    assert_eq!(ignored(&f.pool, "duplicate"), 4000 - 1);
+    assert_eq!(
+        ignored(&f.pool, "busy"),
+        (40 - (routing::MAX_FAILURE_CHECKS - 1)) as u64
+    );
+    claims_checked(&f.pool).await;
+    assert_eq!(f.fakes[0].ready_calls.load(Ordering::SeqCst) - probes, 1);
+    assert!(f.pool.replicas().iter().all(|r| r.healthy));
+    // Claims about what the pool does not know cost nothing.
+    f.pool.report_failure(unreachable("ghost", "r0")).unwrap();
+    f.pool.report_failure(unreachable("m0", "r7")).unwrap();
+    assert!(f.pool.table().checking.is_empty());
+    assert_eq!(ignored(&f.pool, "unknown_model"), 1);
+    assert_eq!(ignored(&f.pool, "unknown_replica"), 1);
+}

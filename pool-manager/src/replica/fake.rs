@@ -16,6 +16,12 @@ pub struct FakeReplica {
     pub unloads: AtomicUsize,
     pub load_delay_ms: AtomicUsize,
     pub down: AtomicBool,
+    /// Readiness probes (`ready`) answered so far.
+    pub ready_calls: AtomicUsize,
+    /// The next this many probes fail, whatever `down` says (a blip).
+    pub failing_probes: AtomicUsize,
+    /// How long `ready` and `model_ready` take.
+    pub ready_delay_ms: AtomicUsize,
     pub fail_loads_with: Mutex<Option<String>>,
     pub loaded: Mutex<BTreeSet<String>>,
     /// What `memory_usage` reports for every model.
@@ -27,6 +33,13 @@ pub struct FakeReplica {
 impl FakeReplica {
     pub fn loaded(&self) -> BTreeSet<String> {
         self.loaded.lock().unwrap().clone()
+    }
+
+    async fn ready_delay(&self) {
+        let delay = self.ready_delay_ms.load(Ordering::SeqCst) as u64;
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
     }
 }
 
@@ -69,7 +82,13 @@ impl ReplicaClient for FakeReplica {
     }
 
     async fn ready(&self) -> Result<(), ReplicaError> {
-        if self.down.load(Ordering::SeqCst) {
+        self.ready_calls.fetch_add(1, Ordering::SeqCst);
+        self.ready_delay().await;
+        let blip = self
+            .failing_probes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if blip || self.down.load(Ordering::SeqCst) {
             Err(ReplicaError::Unreachable("connection refused".into()))
         } else {
             Ok(())
@@ -89,6 +108,7 @@ impl ReplicaClient for FakeReplica {
     }
 
     async fn model_ready(&self, model: &str) -> Result<bool, ReplicaError> {
+        self.ready_delay().await;
         if self.down.load(Ordering::SeqCst) {
             return Err(ReplicaError::Unreachable("connection refused".into()));
         }

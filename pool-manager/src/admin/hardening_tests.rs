@@ -1,0 +1,219 @@
+//! The router against hostile input: forged and out-of-bounds gateway reports, the gateway
+//! token, cross-origin and rebound browser requests, and clients that hang up mid-write.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use tower::ServiceExt;
+
+use super::tests::{fixture_with, Fixture};
+use super::*;
+
+/// Sends `request` through the router; the status and the JSON answer (Null if none).
+async fn send(app: &Router, request: Request<Body>) -> (StatusCode, serde_json::Value) {
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+fn usage(entries: serde_json::Value) -> String {
+    serde_json::json!({"reporter": "w1", "entries": entries}).to_string()
+}
+
+async fn metric(f: &Fixture, series: &str) -> f64 {
+    let request = Request::builder()
+        .uri("/metrics")
+        .body(Body::empty())
+        .unwrap();
+    let response = f.app.clone().oneshot(request).await.unwrap();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    String::from_utf8_lossy(&bytes)
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The admin views that a report must not change, without what moves by itself (idle
+/// time, the smoothed request rate).
+async fn views(f: &Fixture) -> (serde_json::Value, serde_json::Value) {
+    let (_, mut models) = f.call(Method::GET, "/api/v1/models", Body::empty()).await;
+    for m in models["models"].as_array_mut().unwrap() {
+        let m = m.as_object_mut().unwrap();
+        m.remove("idleSeconds");
+        m.remove("requestRate");
+    }
+    let (_, replicas) = f.call(Method::GET, "/api/v1/replicas", Body::empty()).await;
+    (models, replicas)
+}
+
+#[tokio::test]
+async fn a_huge_in_flight_count_is_refused_and_the_views_keep_working() {
+    let f = fixture_with(|_| {}).await;
+    f.call(Method::PUT, "/api/v1/models/m", f.spec("1024"))
+        .await;
+    f.call(Method::GET, "/internal/v1/route/m", Body::empty())
+        .await;
+    let before = views(&f).await;
+    // The report that panicked the debug build's scaler and views (issue 12, item 5).
+    let huge = usage(serde_json::json!([
+        {"model": "m", "replica": "r0", "requests": 1, "inFlight": u64::MAX},
+    ]));
+    let (status, body) = f.call(Method::POST, "/internal/v1/usage", huge).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("inFlight"),
+        "{body}"
+    );
+    let requests = usage(serde_json::json!([
+        {"model": "m", "replica": "r0", "requests": u64::MAX, "inFlight": 0},
+    ]));
+    let (status, _) = f.call(Method::POST, "/internal/v1/usage", requests).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    f.pool.scale_once();
+    assert_eq!(views(&f).await, before, "a refused report changed the pool");
+    assert_eq!(
+        metric(
+            &f,
+            "mm_gateway_reports_ignored_total{report=\"usage\",reason=\"invalid\"}"
+        )
+        .await,
+        2.0
+    );
+
+    // The largest counts allowed, from many reporters, for two replicas' worth of one
+    // model: every sum saturates instead of wrapping or panicking.
+    for w in 0..50 {
+        let body = serde_json::json!({"reporter": format!("w{w}"), "entries": [
+            {"model": "m", "replica": "r0", "requests": mm_wire::MAX_REPORTED_REQUESTS,
+             "inFlight": mm_wire::MAX_REPORTED_IN_FLIGHT},
+        ]});
+        let (status, _) = f
+            .call(Method::POST, "/internal/v1/usage", body.to_string())
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    f.pool.scale_once();
+    let (status, view) = f.call(Method::GET, "/api/v1/models/m", Body::empty()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(view["inFlight"], 50 * mm_wire::MAX_REPORTED_IN_FLIGHT);
+    let (status, _) = f.call(Method::GET, "/api/v1/replicas", Body::empty()).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn entries_for_unknown_models_or_replicas_are_ignored_and_counted() {
+    let f = fixture_with(|_| {}).await;
+    f.call(Method::PUT, "/api/v1/models/m", f.spec("1024"))
+        .await;
+    let before = views(&f).await;
+    let report = usage(serde_json::json!([
+        {"model": "ghost", "replica": "r0", "requests": 5, "inFlight": 3},
+        {"model": "m", "replica": "r9", "requests": 5, "inFlight": 3},
+        {"model": "../etc", "replica": "r0", "requests": 5, "inFlight": 3},
+    ]));
+    let (status, body) = f.call(Method::POST, "/internal/v1/usage", report).await;
+    assert_eq!(
+        (status, body["applied"].clone()),
+        (StatusCode::OK, 0.into())
+    );
+    assert_eq!(views(&f).await, before);
+    let ignored = |reason: &'static str| {
+        format!("mm_gateway_reports_ignored_total{{report=\"usage\",reason=\"{reason}\"}}")
+    };
+    assert_eq!(metric(&f, &ignored("unknown_model")).await, 2.0);
+    assert_eq!(metric(&f, &ignored("unknown_replica")).await, 1.0);
+
+    // A failure claim about an unregistered model or an unknown replica costs no probe.
+    for (model, replica) in [("ghost", "r0"), ("m", "r9")] {
+        let claim = serde_json::json!({"model": model, "replica": replica, "kind": "unreachable"});
+        let (status, _) = f
+            .call(Method::POST, "/internal/v1/failure", claim.to_string())
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    assert_eq!(
+        metric(
+            &f,
+            "mm_gateway_reports_ignored_total{report=\"failure\",reason=\"unknown_model\"}"
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(views(&f).await, before);
+}
+
+#[tokio::test]
+async fn internal_routes_need_the_gateway_token_when_one_is_set() {
+    let f = fixture_with(|s| s.gateway_token = Some(Arc::from("g4te"))).await;
+    f.call(Method::PUT, "/api/v1/models/m", f.spec("1024"))
+        .await;
+    let before = views(&f).await;
+    let report = usage(serde_json::json!([
+        {"model": "m", "replica": "r0", "requests": 5, "inFlight": 3},
+    ]));
+    let claim =
+        serde_json::json!({"model": "m", "replica": "r0", "kind": "unreachable"}).to_string();
+    let calls = [
+        (Method::GET, "/internal/v1/route/m", String::new()),
+        (Method::GET, "/internal/v1/route", String::new()),
+        (Method::GET, "/internal/v1/table", String::new()),
+        (Method::POST, "/internal/v1/usage", report.clone()),
+        (Method::POST, "/internal/v1/failure", claim),
+        (Method::GET, "/internal/v1/nothing", String::new()),
+    ];
+    for token in [None, Some(""), Some("wrong"), Some("g4te "), Some("G4TE")] {
+        for (method, uri, body) in &calls {
+            let mut b = Request::builder()
+                .method(method.clone())
+                .uri(*uri)
+                .header("content-type", "application/json");
+            if let Some(t) = token {
+                b = b.header(mm_wire::GATEWAY_TOKEN_HEADER, t);
+            }
+            let (status, json) = send(&f.app, b.body(Body::from(body.clone())).unwrap()).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {uri} {token:?}");
+            assert!(json["error"].as_str().unwrap().contains("gateway token"));
+        }
+    }
+    assert_eq!(views(&f).await, before, "a refused call changed the pool");
+    assert_eq!(
+        metric(&f, "mm_internal_unauthorized_total").await,
+        (5 * calls.len()) as f64
+    );
+    let with_token = |method: Method, uri: &str, body: String| {
+        Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("content-type", "application/json")
+            .header(mm_wire::GATEWAY_TOKEN_HEADER, "g4te")
+            .body(Body::from(body))
+            .unwrap()
+    };
+    let (status, route) = send(
+        &f.app,
+        with_token(Method::GET, "/internal/v1/route/m", String::new()),
+    )
+    .await;
+    assert_eq!(
+        (status, route["replica"].clone()),
+        (StatusCode::OK, "r0".into())
+    );
+    let (status, _) = send(
+        &f.app,
+        with_token(Method::POST, "/internal/v1/usage", report),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    // The admin API is not the gateway's: no gateway token needed there.
+    let (status, _) = f.call(Method::GET, "/api/v1/models", Body::empty()).await;
+    assert_eq!(status, StatusCode::OK);
+}
