@@ -158,6 +158,7 @@ async fn register(
             }
             let r = http
                 .put(pm.url(&format!("/api/v1/models/{}", name(i))))
+                .header("content-type", "application/json")
                 .body(spec.clone())
                 .send()
                 .await?;

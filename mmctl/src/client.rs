@@ -147,11 +147,15 @@ impl Client {
         path: &str,
         body: Option<&Value>,
     ) -> Result<(StatusCode, Value), Error> {
+        // Every write is JSON, with a body or not: the pool-manager refuses a POST or PUT
+        // of any other type (a browser can send those cross-site without asking).
+        let writes = matches!(method, Method::POST | Method::PUT | Method::PATCH);
         let mut request = self.request(&self.http, method, path);
+        if writes || body.is_some() {
+            request = request.header("content-type", "application/json");
+        }
         if let Some(body) = body {
-            request = request
-                .header("content-type", "application/json")
-                .body(body.to_string());
+            request = request.body(body.to_string());
         }
         let response = self.send(request)?;
         let status = response.status();

@@ -217,3 +217,193 @@ async fn internal_routes_need_the_gateway_token_when_one_is_set() {
     let (status, _) = f.call(Method::GET, "/api/v1/models", Body::empty()).await;
     assert_eq!(status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn browser_requests_from_elsewhere_are_refused() {
+    let f = fixture_with(|s| s.allowed_hosts = Arc::from(vec!["pm.mm.svc".to_owned()])).await;
+    f.call(Method::PUT, "/api/v1/models/m", f.spec("1024"))
+        .await;
+    let before = views(&f).await;
+    let drain = "/api/v1/replicas/r0/drain";
+    let request = |method: Method, uri: &str, headers: &[(&str, &str)]| {
+        let mut b = Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(Body::empty()).unwrap()
+    };
+    let json = ("content-type", "application/json");
+    let refused = [
+        // A form or fetch with a CORS-safe type: no preflight, so it must be refused here.
+        (
+            request(Method::POST, drain, &[("content-type", "text/plain")]),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            request(Method::POST, drain, &[]),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            request(
+                Method::PUT,
+                "/api/v1/models/x",
+                &[("content-type", "application/x-www-form-urlencoded")],
+            ),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        // Cross-origin, even with the right type.
+        (
+            request(
+                Method::POST,
+                drain,
+                &[
+                    json,
+                    ("host", "127.0.0.1:9090"),
+                    ("origin", "http://evil.example"),
+                ],
+            ),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            request(
+                Method::POST,
+                drain,
+                &[json, ("origin", "null"), ("host", "localhost:9090")],
+            ),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            request(
+                Method::POST,
+                drain,
+                &[json, ("sec-fetch-site", "cross-site")],
+            ),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            request(
+                Method::DELETE,
+                "/api/v1/models/m",
+                &[("sec-fetch-site", "same-site")],
+            ),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            request(
+                Method::GET,
+                "/internal/v1/route/m",
+                &[
+                    ("sec-fetch-site", "cross-site"),
+                    ("sec-fetch-mode", "no-cors"),
+                ],
+            ),
+            StatusCode::FORBIDDEN,
+        ),
+        // DNS rebinding: the page's own name in Host.
+        (
+            request(
+                Method::POST,
+                drain,
+                &[json, ("host", "rebind.evil.example:9090")],
+            ),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            request(
+                Method::GET,
+                "/api/v1/models",
+                &[("host", "rebind.evil.example")],
+            ),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            request(
+                Method::GET,
+                "/api/v1/models",
+                &[
+                    ("host", "rebind.evil.example"),
+                    ("origin", "http://rebind.evil.example"),
+                ],
+            ),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            request(
+                Method::DELETE,
+                "/api/v1/models/m",
+                &[("host", "evil.example")],
+            ),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            request(Method::GET, "/ui", &[("host", "evil.example")]),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            request(Method::GET, "/metrics", &[("host", "evil.example")]),
+            StatusCode::FORBIDDEN,
+        ),
+    ];
+    for (r, want) in refused {
+        let what = format!("{} {} {:?}", r.method(), r.uri(), r.headers());
+        let (status, body) = send(&f.app, r).await;
+        assert_eq!(status, want, "{what}: {body}");
+        assert!(
+            body["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{what}"
+        );
+    }
+    assert_eq!(views(&f).await, before, "a refused write changed the pool");
+
+    let allowed = [
+        request(Method::GET, "/api/v1/models", &[("host", "localhost:9090")]),
+        request(Method::GET, "/api/v1/models", &[("host", "PM.mm.svc:9090")]),
+        request(Method::GET, "/api/v1/models", &[("host", "[::1]:9090")]),
+        request(Method::GET, "/api/v1/models", &[("host", "10.0.3.7:9090")]),
+        // The status page's own fetches, and a link to it from another site.
+        request(
+            Method::GET,
+            "/api/v1/replicas",
+            &[
+                ("host", "127.0.0.1:9090"),
+                ("origin", "http://127.0.0.1:9090"),
+                ("sec-fetch-site", "same-origin"),
+            ],
+        ),
+        request(
+            Method::GET,
+            "/ui",
+            &[
+                ("host", "localhost:9090"),
+                ("sec-fetch-site", "cross-site"),
+                ("sec-fetch-mode", "navigate"),
+            ],
+        ),
+        // Liveness never depends on the name; the gateway's :authority is not a host name.
+        request(Method::GET, "/healthz", &[("host", "anything")]),
+        request(
+            Method::GET,
+            "/internal/v1/route/m",
+            &[("host", "pool-manager")],
+        ),
+        request(
+            Method::POST,
+            "/api/v1/replicas/r0/undrain",
+            &[
+                json,
+                ("host", "localhost:9090"),
+                ("origin", "http://localhost:9090"),
+            ],
+        ),
+        request(
+            Method::DELETE,
+            "/api/v1/models/m",
+            &[("host", "127.0.0.1:9090")],
+        ),
+    ];
+    for r in allowed {
+        let what = format!("{} {} {:?}", r.method(), r.uri(), r.headers());
+        let (status, body) = send(&f.app, r).await;
+        assert!(status.is_success(), "{what}: {status} {body}");
+    }
+}
