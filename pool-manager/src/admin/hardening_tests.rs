@@ -407,3 +407,89 @@ async fn browser_requests_from_elsewhere_are_refused() {
         assert!(status.is_success(), "{what}: {status} {body}");
     }
 }
+
+/// Waits (bounded, in the test's time) until `check` holds.
+async fn until(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..1000 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// Starts a 10 s load of `m` (holding the model's lock) and waits until it is under way.
+async fn slow_load(f: &Fixture) -> tokio::task::JoinHandle<()> {
+    f.fakes[0]
+        .load_delay_ms
+        .store(10_000, std::sync::atomic::Ordering::SeqCst);
+    let pool = f.pool.clone();
+    let load = tokio::spawn(async move {
+        let _ = pool.route("m").await;
+    });
+    let pool = f.pool.clone();
+    until("the load to start", || {
+        pool.model("m")
+            .is_ok_and(|m| m.state == crate::pool::ModelState::Loading)
+    })
+    .await;
+    load
+}
+
+/// Sends `request` and hangs up after one second, long before the write can end.
+async fn hang_up(f: &Fixture, request: Request<Body>) {
+    let sent = tokio::time::timeout(
+        std::time::Duration::from_secs(1),
+        f.app.clone().oneshot(request),
+    )
+    .await;
+    assert!(sent.is_err(), "the write was expected to wait for the load");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_delete_finishes_when_its_client_hangs_up() {
+    let f = fixture_with(|_| {}).await;
+    f.call(Method::PUT, "/api/v1/models/m", f.spec("1024"))
+        .await;
+    let load = slow_load(&f).await;
+    let request = Request::builder()
+        .method(Method::DELETE)
+        .uri("/api/v1/models/m")
+        .body(Body::empty())
+        .unwrap();
+    hang_up(&f, request).await;
+    load.await.unwrap();
+    let pool = f.pool.clone();
+    until("the delete to finish", || pool.model("m").is_err()).await;
+    let (status, _) = f.call(Method::GET, "/api/v1/models/m", Body::empty()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, list) = f.call(Method::GET, "/api/v1/models", Body::empty()).await;
+    assert_eq!(
+        list["models"],
+        serde_json::json!([]),
+        "listed after its delete"
+    );
+    assert!(f.fakes[0].loaded().is_empty(), "the copy was unloaded");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_update_applies_when_its_client_hangs_up() {
+    let f = fixture_with(|_| {}).await;
+    f.call(Method::PUT, "/api/v1/models/m", f.spec("1024"))
+        .await;
+    let load = slow_load(&f).await;
+    let request = Request::builder()
+        .method(Method::PUT)
+        .uri("/api/v1/models/m")
+        .header("content-type", "application/json")
+        .body(Body::from(f.spec("2048")))
+        .unwrap();
+    hang_up(&f, request).await;
+    load.await.unwrap();
+    let pool = f.pool.clone();
+    until("the update to apply", || {
+        pool.model("m").is_ok_and(|m| m.memory == 2048)
+    })
+    .await;
+}

@@ -156,6 +156,19 @@ impl From<PathRejection> for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
+/// Runs an admin write to its end whether or not the client waits for the answer. axum
+/// drops a handler's future when its client disconnects; a write dropped between its
+/// durable commit and the table change (a delete waiting for a load to release the model,
+/// an update waiting to apply) would leave the registry and the table disagreeing.
+async fn to_completion<T: Send + 'static>(
+    write: impl std::future::Future<Output = Result<T, PoolError>> + Send + 'static,
+) -> ApiResult<T> {
+    match tokio::spawn(write).await {
+        Ok(result) => result.map_err(ApiError::from),
+        Err(e) => Err(PoolError::Internal(format!("admin write failed: {e}")).into()),
+    }
+}
+
 async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
@@ -249,7 +262,8 @@ async fn put_model(
             Json(json!({ "dryRun": true, "result": registered_text(what) })).into_response(),
         );
     }
-    let (what, view) = state.pool.register(&name, &body).await?;
+    let pool = state.pool.clone();
+    let (what, view) = to_completion(async move { pool.register(&name, &body).await }).await?;
     let status = match what {
         Registered::Created => StatusCode::CREATED,
         Registered::Updated | Registered::Unchanged => StatusCode::OK,
@@ -272,7 +286,9 @@ async fn delete_model(
 ) -> ApiResult<Json<serde_json::Value>> {
     authorize(&state, &headers)?;
     let Path(name) = name?;
-    state.pool.delete(&name).await?;
+    let pool = state.pool.clone();
+    let deleted = name.clone();
+    to_completion(async move { pool.delete(&deleted).await }).await?;
     Ok(Json(json!({ "deleted": name })))
 }
 

@@ -18,7 +18,8 @@ use crate::spec::{ReplicaId, StoragePolicy};
 pub(super) struct Fixture {
     pub app: Router,
     pub pool: Pool,
-    model_dir: tempfile::TempDir,
+    pub fakes: Vec<Arc<FakeReplica>>,
+    pub model_dir: tempfile::TempDir,
     _repo: tempfile::TempDir,
 }
 
@@ -67,6 +68,7 @@ pub(super) async fn fixture_with(configure: impl FnOnce(&mut AppState)) -> Fixtu
     Fixture {
         app: app(state),
         pool,
+        fakes: vec![fake],
         model_dir,
         _repo: repo,
     }
