@@ -41,7 +41,8 @@ pub struct ModelRepository {
 static NONCE: AtomicU64 = AtomicU64::new(0);
 
 impl ModelRepository {
-    /// Opens (creating if needed) the repository at `root`.
+    /// Opens (creating if needed) the repository at `root`, removing the staging and
+    /// replaced copies a crash left behind (see [`ModelRepository::stage`]).
     pub fn open(root: &Path) -> Result<Self, RepositoryError> {
         let err = |source| RepositoryError::Root {
             path: root.to_path_buf(),
@@ -49,6 +50,7 @@ impl ModelRepository {
         };
         std::fs::create_dir_all(root).map_err(err)?;
         let root = root.canonicalize().map_err(err)?;
+        remove_leftovers(&root);
         Ok(Self { root })
     }
 
@@ -107,6 +109,32 @@ impl ModelRepository {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(source) => Err(RepositoryError::Remove { path, source }),
+        }
+    }
+}
+
+/// Removes `.staging-*` and `.old-*` entries of `root`: a copy a crash interrupted, or a
+/// replaced copy not yet deleted. Only this process writes those names, and it is starting.
+fn remove_leftovers(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if !(name.starts_with(".staging-") || name.starts_with(".old-")) {
+            continue;
+        }
+        let path = entry.path();
+        let removed = match entry.file_type() {
+            Ok(kind) if kind.is_dir() => std::fs::remove_dir_all(&path),
+            _ => std::fs::remove_file(&path),
+        };
+        match removed {
+            Ok(()) => tracing::info!(path = %path.display(), "removed a copy left by a crash"),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove a copy left by a crash")
+            }
         }
     }
 }
@@ -195,6 +223,26 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, RepositoryError::NotRegular(_)), "{err}");
         assert_eq!(std::fs::read_dir(repo.root()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn opening_removes_what_a_crash_left_behind() {
+        let repo_dir = tempfile::tempdir().unwrap();
+        let root = repo_dir.path();
+        for leftover in [".staging-m-41-0/1", ".old-m-41-3/1", ".staging-x-7-2"] {
+            std::fs::create_dir_all(root.join(leftover)).unwrap();
+        }
+        std::fs::write(root.join(".old-m-41-3/1/model.py"), "x").unwrap();
+        std::fs::write(root.join(".staging-file"), "x").unwrap();
+        std::fs::create_dir_all(root.join("m/1")).unwrap();
+        std::fs::create_dir_all(root.join(".cache")).unwrap();
+        let repo = ModelRepository::open(root).unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(repo.root())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, [".cache", "m"], "models and other names are kept");
     }
 
     #[test]
