@@ -57,6 +57,10 @@ impl Pool {
     /// Brings the table in line with replica `idx`'s index.
     pub async fn reconcile_replica(&self, idx: usize) -> Result<Reconciled, ReplicaError> {
         let replica = &self.inner.replicas[idx];
+        // The index describes the replica when the call was made; only what the table held
+        // then can be compared with it. A copy loaded or unloaded while the call was out is
+        // newer than the answer and is left alone.
+        let (held_before, loaded_before) = self.copies_on(idx);
         let index = replica.client.index().await?;
         let ready: HashSet<&str> = index
             .iter()
@@ -74,7 +78,10 @@ impl Pool {
                 match t.models.get(&model) {
                     Some(e) if e.deleting => {}
                     Some(e) => {
-                        if !e.holds(idx) && e.op_lock.try_lock().is_ok() {
+                        if !held_before.contains(&model)
+                            && !e.holds(idx)
+                            && e.op_lock.try_lock().is_ok()
+                        {
                             adopt.push(model);
                         }
                     }
@@ -103,11 +110,11 @@ impl Pool {
         {
             let mut t = self.table();
             for (name, e) in t.models.iter_mut() {
-                let gone = e.copies.iter().any(|c| {
-                    c.replica == idx
-                        && c.state == CopyState::Loaded
-                        && !ready.contains(name.as_str())
-                });
+                let gone = loaded_before.contains(name)
+                    && !ready.contains(name.as_str())
+                    && e.copies
+                        .iter()
+                        .any(|c| c.replica == idx && c.state == CopyState::Loaded);
                 if gone && e.op_lock.try_lock().is_ok() {
                     e.copies
                         .retain(|c| !(c.replica == idx && c.state == CopyState::Loaded));
@@ -147,5 +154,21 @@ impl Pool {
             self.update_gauges();
         }
         Ok(out)
+    }
+
+    /// The models with a copy on replica `idx` (any state), and those with a loaded one.
+    fn copies_on(&self, idx: usize) -> (HashSet<ModelName>, HashSet<ModelName>) {
+        let t = self.table();
+        let mut held = HashSet::new();
+        let mut loaded = HashSet::new();
+        for (name, e) in &t.models {
+            for c in e.copies.iter().filter(|c| c.replica == idx) {
+                held.insert(name.clone());
+                if c.state == CopyState::Loaded {
+                    loaded.insert(name.clone());
+                }
+            }
+        }
+        (held, loaded)
     }
 }

@@ -1079,3 +1079,38 @@ async fn a_flood_of_failure_reports_costs_one_check_per_claim_and_a_bounded_numb
     assert_eq!(ignored(&f.pool, "unknown_model"), 1);
     assert_eq!(ignored(&f.pool, "unknown_replica"), 1);
 }
+
+#[tokio::test]
+async fn reconcile_judges_only_what_the_index_could_know() {
+    // One replica with room for one of the two models.
+    let f = fixture(&[150], settings()).ready().await;
+    f.register("m", 100).await;
+    f.register("b", 100).await;
+    f.pool.route("m").await.unwrap();
+    let hold = f.fakes[0].index_hold.lock().await;
+    let pool = f.pool.clone();
+    let reconcile = tokio::spawn(async move { pool.reconcile_replica(0).await });
+    for _ in 0..1000 {
+        if f.fakes[0].index_calls.load(Ordering::SeqCst) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(f.fakes[0].index_calls.load(Ordering::SeqCst), 1);
+    // While the index (saying "m READY") is on its way, "b" evicts "m" and loads.
+    f.pool.route("b").await.unwrap();
+    assert_eq!(f.loaded(0), ["b"]);
+    drop(hold);
+    let out = reconcile.await.unwrap().unwrap();
+    assert_eq!(out, Reconciled::default(), "nothing to fix");
+    let b = f.pool.model("b").unwrap();
+    assert_eq!(
+        (b.state, b.replicas),
+        (ModelState::Loaded, vec!["r0".to_owned()])
+    );
+    let m = f.pool.model("m").unwrap();
+    assert!(
+        m.copies.is_empty(),
+        "the evicted model was adopted back: {m:?}"
+    );
+}

@@ -22,6 +22,11 @@ pub struct FakeReplica {
     pub failing_probes: AtomicUsize,
     /// How long `ready` and `model_ready` take.
     pub ready_delay_ms: AtomicUsize,
+    /// Index calls made so far.
+    pub index_calls: AtomicUsize,
+    /// Held by a test to keep an index call from answering: the answer is what was loaded
+    /// when the call came in, as with a real server whose answer is on its way.
+    pub index_hold: tokio::sync::Mutex<()>,
     pub fail_loads_with: Mutex<Option<String>>,
     pub loaded: Mutex<BTreeSet<String>>,
     /// What `memory_usage` reports for every model.
@@ -116,7 +121,7 @@ impl ReplicaClient for FakeReplica {
     }
 
     async fn index(&self) -> Result<Vec<IndexEntry>, ReplicaError> {
-        Ok(self
+        let answer = self
             .loaded()
             .into_iter()
             .map(|name| IndexEntry {
@@ -124,6 +129,9 @@ impl ReplicaClient for FakeReplica {
                 state: "READY".into(),
                 reason: String::new(),
             })
-            .collect())
+            .collect();
+        self.index_calls.fetch_add(1, Ordering::SeqCst);
+        let _answered = self.index_hold.lock().await;
+        Ok(answer)
     }
 }
