@@ -2,9 +2,12 @@
 //! bounded ring buffer of structured records that the admin API pages through
 //! (`GET /api/v1/events`) and streams (`GET /api/v1/events/stream`).
 //!
-//! Invariants: sequence numbers start at 1 and grow by one per event, so a reader that
-//! remembers the last one it saw misses nothing that is still buffered; the buffer holds
-//! at most `capacity` events (the oldest go first); recording never blocks on a reader.
+//! Invariants: sequence numbers grow by one per event, so a reader that remembers the last
+//! one it saw misses nothing that is still buffered; they start at 1, or, with a durable
+//! reservation ([`Events::resume`]), above every number an earlier run of the pool-manager
+//! could have used, so a reader's `after` stays meaningful across restarts; the buffer
+//! holds at most `capacity` events (the oldest go first); recording never blocks on a
+//! reader.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -16,6 +19,10 @@ use tokio::sync::{broadcast, watch};
 
 /// Events kept by default (`--events`).
 pub const DEFAULT_CAPACITY: usize = 1000;
+
+/// Sequence numbers reserved durably at a time (see [`Events::resume`]): a restart skips
+/// at most this many numbers.
+pub const SEQ_BLOCK: u64 = 10_000;
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -175,6 +182,18 @@ pub struct Page {
 struct Ring {
     next_seq: u64,
     events: VecDeque<Event>,
+    /// Numbers up to this one are reserved durably (`u64::MAX`: no reservation is kept).
+    reserved: u64,
+}
+
+/// Durably records that sequence numbers up to the given one may be in use.
+pub type Reserve = Box<dyn Fn(u64) + Send + Sync>;
+
+/// How the numbering continues across restarts ([`Events::resume`]).
+struct Reservation {
+    reserve: Reserve,
+    /// Numbers reserved at a time.
+    block: u64,
 }
 
 /// The ring buffer plus a broadcast channel for live readers.
@@ -184,6 +203,7 @@ pub struct Events {
     live: broadcast::Sender<Event>,
     /// Set at shutdown, so that streams end and the server can stop.
     closed: watch::Sender<bool>,
+    reservation: std::sync::OnceLock<Reservation>,
 }
 
 impl Events {
@@ -195,10 +215,26 @@ impl Events {
             ring: Mutex::new(Ring {
                 next_seq: 1,
                 events: VecDeque::with_capacity(capacity.min(4096)),
+                reserved: u64::MAX,
             }),
             live: broadcast::channel(256).0,
             closed: watch::channel(false).0,
+            reservation: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Numbers events from `next` on, where every number below `next` may have been used
+    /// by an earlier run and numbers up to `reserved` (at least `next`) are reserved
+    /// durably. Whenever fewer than half a `block` of reserved numbers remain, `reserve`
+    /// is called with the end of the next block: recording never waits for it, and half a
+    /// block of headroom is far more than can be recorded while it is committed. Call it
+    /// once, before the first event.
+    pub fn resume(&self, next: u64, reserved: u64, block: u64, reserve: Reserve) {
+        let mut ring = self.ring();
+        ring.next_seq = next.max(1);
+        ring.reserved = reserved.max(ring.next_seq);
+        let block = block.max(2);
+        let _ = self.reservation.set(Reservation { reserve, block });
     }
 
     fn ring(&self) -> std::sync::MutexGuard<'_, Ring> {
@@ -224,7 +260,18 @@ impl Events {
                 seconds: event.seconds,
                 reason: event.reason,
             };
-            ring.next_seq += 1;
+            ring.next_seq = ring.next_seq.saturating_add(1);
+            if let Some(r) = self.reservation.get() {
+                // Numbers next_seq..=reserved are still free.
+                let left = ring
+                    .reserved
+                    .saturating_sub(ring.next_seq)
+                    .saturating_add(1);
+                if left < r.block / 2 {
+                    ring.reserved = ring.reserved.saturating_add(r.block);
+                    (r.reserve)(ring.reserved);
+                }
+            }
             if ring.events.len() == self.capacity {
                 ring.events.pop_front();
             }
@@ -355,6 +402,29 @@ mod tests {
         assert!(json.get("bytes").is_none() && json.get("gpuBytes").is_none());
         let time = json["time"].as_str().unwrap();
         assert!(time.ends_with('Z') && time.contains('T'), "{time}");
+    }
+
+    #[test]
+    fn numbering_resumes_above_what_an_earlier_run_reserved() {
+        let events = Events::new(4);
+        let reserved = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let seen = reserved.clone();
+        let reserve: Reserve = Box::new(move |upto| seen.lock().unwrap().push(upto));
+        // The last run reserved up to 1000; this one reserved 1001..=1010 at start.
+        events.resume(1001, 1010, 10, reserve);
+        events.record(loaded("a"));
+        assert_eq!(events.page(None, 1).events[0].seq, 1001);
+        assert!(reserved.lock().unwrap().is_empty(), "9 numbers left of 10");
+        for m in ["b", "c", "d", "e"] {
+            events.record(loaded(m));
+        }
+        // 1005 recorded: 5 left, not under half a block yet; 1006 takes it under.
+        assert!(reserved.lock().unwrap().is_empty());
+        events.record(loaded("f"));
+        assert_eq!(*reserved.lock().unwrap(), vec![1020]);
+        let page = events.page(Some(1004), 10);
+        let seqs: Vec<u64> = page.events.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, vec![1005, 1006]);
     }
 
     #[tokio::test]

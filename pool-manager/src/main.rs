@@ -243,6 +243,7 @@ async fn main() -> anyhow::Result<()> {
         store,
         models,
         unreadable,
+        events_reserved,
     } = Store::open(&args.data_dir)?;
     for bad in &unreadable {
         tracing::error!(model = %bad.name, reason = %bad.reason, "a stored model could not be read; it is not served");
@@ -263,7 +264,21 @@ async fn main() -> anyhow::Result<()> {
         policy,
         metrics,
         settings,
-        Some(store),
+        Some(store.clone()),
+    );
+    // Number events above anything an earlier run may have used, so that a reader's
+    // `after` / Last-Event-ID still means "newer than what I saw" after a restart.
+    let block = pool_manager::events::SEQ_BLOCK;
+    let reserved = events_reserved.saturating_add(block);
+    store
+        .reserve_events(reserved)
+        .await
+        .context("reserving event sequence numbers")?;
+    pool.events().resume(
+        events_reserved.saturating_add(1),
+        reserved,
+        block,
+        Box::new(move |upto| store.reserve_events_later(upto)),
     );
     pool.attach_storage(storage);
     tracing::info!(models = models.len(), "registry restored");

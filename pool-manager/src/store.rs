@@ -18,6 +18,9 @@ use tracing::{error, info};
 use crate::spec::{ModelName, ModelSpec, StoredSpec};
 
 const MODELS: TableDefinition<&str, &str> = TableDefinition::new("models");
+/// Counters that must survive restarts (`events.reserved`).
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const EVENTS_RESERVED: &str = "events.reserved";
 /// Most changes committed in one transaction.
 const MAX_BATCH: usize = 4096;
 
@@ -35,6 +38,8 @@ pub enum StoreError {
 enum Change {
     Put(String, String),
     Delete(String),
+    /// Event sequence numbers up to this one may be in use.
+    EventsReserved(u64),
 }
 
 type Ack = oneshot::Sender<Result<(), StoreError>>;
@@ -52,6 +57,8 @@ pub struct Opened {
     pub models: Vec<(ModelName, ModelSpec)>,
     /// Models that no longer parse, never silently dropped.
     pub unreadable: Vec<Unreadable>,
+    /// Every event sequence number an earlier run may have used is at most this (0: none).
+    pub events_reserved: u64,
 }
 
 /// A stored model that could not be read back (kept out of the registry, logged).
@@ -76,12 +83,19 @@ impl Store {
         let txn = db.begin_write().map_err(|e| open_err(e.to_string()))?;
         txn.open_table(MODELS)
             .map_err(|e| open_err(e.to_string()))?;
+        txn.open_table(META).map_err(|e| open_err(e.to_string()))?;
         txn.commit().map_err(|e| open_err(e.to_string()))?;
 
         let mut models = Vec::new();
         let mut unreadable = Vec::new();
+        let events_reserved;
         {
             let read = db.begin_read().map_err(|e| open_err(e.to_string()))?;
+            let meta = read.open_table(META).map_err(|e| open_err(e.to_string()))?;
+            events_reserved = meta
+                .get(EVENTS_RESERVED)
+                .map_err(|e| open_err(e.to_string()))?
+                .map_or(0, |v| v.value());
             let table = read
                 .open_table(MODELS)
                 .map_err(|e| open_err(e.to_string()))?;
@@ -112,7 +126,20 @@ impl Store {
             store: Self { writes },
             models,
             unreadable,
+            events_reserved,
         })
+    }
+
+    /// Records durably that event numbers up to `upto` may be in use; returns once it is.
+    pub async fn reserve_events(&self, upto: u64) -> Result<(), StoreError> {
+        self.submit(Change::EventsReserved(upto)).await
+    }
+
+    /// Like [`Store::reserve_events`] without waiting for the commit (for a caller that
+    /// cannot wait and keeps enough headroom; a failed commit is logged by the writer).
+    pub fn reserve_events_later(&self, upto: u64) {
+        let (ack, _) = oneshot::channel();
+        let _ = self.writes.send((Change::EventsReserved(upto), ack));
     }
 
     /// Stores `name`'s spec; returns once it is durable.
@@ -169,6 +196,19 @@ fn commit(db: &Database, batch: &[(Change, Ack)]) -> Result<(), String> {
                 Change::Delete(name) => {
                     table.remove(name.as_str()).map_err(|e| e.to_string())?;
                 }
+                Change::EventsReserved(_) => {}
+            }
+        }
+        let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
+        for (change, _) in batch {
+            if let Change::EventsReserved(upto) = change {
+                let current = meta
+                    .get(EVENTS_RESERVED)
+                    .map_err(|e| e.to_string())?
+                    .map_or(0, |v| v.value());
+                // Never lower: reservations only grow.
+                meta.insert(EVENTS_RESERVED, current.max(*upto))
+                    .map_err(|e| e.to_string())?;
             }
         }
     }
@@ -209,10 +249,16 @@ mod tests {
                 r.unwrap();
             }
             store.delete(&ModelName::new("m7").unwrap()).await.unwrap();
+            store.reserve_events(20_000).await.unwrap();
+            store.reserve_events_later(10_000);
+            store.reserve_events(30_000).await.unwrap();
         }
         // The writer thread of the first handle has exited with its channel; reopen.
         let Opened {
-            models, unreadable, ..
+            models,
+            unreadable,
+            events_reserved,
+            ..
         } = loop {
             match Store::open(data.path()) {
                 Ok(opened) => break opened,
@@ -220,6 +266,7 @@ mod tests {
             }
         };
         assert!(unreadable.is_empty());
+        assert_eq!(events_reserved, 30_000);
         assert_eq!(models.len(), 49);
         let m3 = models.iter().find(|(n, _)| n.as_str() == "m3").unwrap();
         assert_eq!(m3.1, spec(model.path(), 103));
