@@ -112,6 +112,7 @@ pub struct Metrics {
     pub replica_healthy: Family<ReplicaLabel, Gauge>,
     pub reports_ignored: Family<ReportLabel, Counter>,
     pub internal_unauthorized: Counter,
+    pub failure_checks: Gauge,
     model_label_limit: usize,
     labelled_models: Mutex<HashSet<String>>,
 }
@@ -151,6 +152,7 @@ impl Metrics {
             replica_healthy: Family::default(),
             reports_ignored: Family::default(),
             internal_unauthorized: Counter::default(),
+            failure_checks: Gauge::default(),
             model_label_limit,
             labelled_models: Mutex::new(HashSet::new()),
         };
@@ -264,6 +266,11 @@ impl Metrics {
             "internal_unauthorized",
             "Calls to /internal/v1/* refused for a missing or wrong gateway token",
             m.internal_unauthorized.clone(),
+        );
+        reg.register(
+            "failure_checks",
+            "Gateway failure claims being checked against their replica now",
+            m.failure_checks.clone(),
         );
         m
     }

@@ -83,3 +83,33 @@ class TritonPythonModel:
 "#,
     )
 }
+
+/// A model whose load takes `seconds` (its initialisation sleeps), so a test can act while
+/// the pool-manager holds the model's operation lock for the load. Same inputs as [`sleepy`]
+/// (it answers at once).
+pub fn slow_loading(dir: &Path, name: &str, seconds: u32) -> anyhow::Result<PathBuf> {
+    write_model(
+        dir,
+        name,
+        "input [{ name: \"seconds\", data_type: TYPE_FP32, dims: [1] }]\noutput [{ name: \"slept\", data_type: TYPE_FP32, dims: [1] }]\n",
+        &format!(
+            r#"import time
+
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        time.sleep({seconds})
+
+    def execute(self, requests):
+        return [
+            pb_utils.InferenceResponse(output_tensors=[
+                pb_utils.Tensor("slept", pb_utils.get_input_tensor_by_name(r, "seconds").as_numpy())
+            ])
+            for r in requests
+        ]
+"#
+        ),
+    )
+}

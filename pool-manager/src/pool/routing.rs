@@ -197,10 +197,12 @@ impl Pool {
                 return Ok(());
             };
             t.checking.insert(claim.clone());
+            metrics.failure_checks.inc();
             let pool = self.clone();
             tokio::spawn(async move {
                 pool.verify_failure(&model, replica, report.kind).await;
                 pool.table().checking.remove(&claim);
+                pool.inner.metrics.failure_checks.dec();
                 drop(permit);
             });
         }
