@@ -25,7 +25,7 @@ pub const DEFAULT_CAPACITY: usize = 1000;
 pub const SEQ_BLOCK: u64 = 10_000;
 
 /// What happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     /// A model was registered for the first time.
@@ -89,7 +89,7 @@ impl fmt::Display for EventKind {
 }
 
 /// One recorded event, as the admin API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Event {
     pub seq: u64,
@@ -167,7 +167,7 @@ impl NewEvent {
 }
 
 /// A page of events.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Page {
     pub events: Vec<Event>,

@@ -76,6 +76,29 @@ pub fn parse_bytes(text: &str) -> Result<u64, QuantityError> {
     u64::try_from(total).map_err(|_| overflow())
 }
 
+/// The OpenAPI schema of an optional quantity: a number of bytes, a string such as `64Mi`,
+/// or null.
+pub fn schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, SchemaType, Type};
+    OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(SchemaType::new(Type::Integer))
+                .minimum(Some(0)),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(SchemaType::new(Type::String))
+                .pattern(Some(r"^[0-9]*\.?[0-9]*(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")),
+        )
+        .item(ObjectBuilder::new().schema_type(SchemaType::new(Type::Null)))
+        .description(Some(
+            "bytes, or a Kubernetes quantity such as 64Mi; absent or null: estimated",
+        ))
+        .build()
+        .into()
+}
+
 /// Formats bytes with the largest binary suffix that keeps the number whole, for messages.
 pub fn format_bytes(bytes: u64) -> String {
     for (suffix, mult) in SUFFIXES[..6].iter().rev() {

@@ -287,7 +287,7 @@ impl fmt::Display for StorageUri {
 
 /// `storage` in a spec, a view and the durable store: a named store (ModelMesh's
 /// `storage.key`), and the path in it (or a `storageUri` to reach with its settings).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StoreRef {
     pub key: String,
@@ -300,7 +300,7 @@ pub struct StoreRef {
 
 /// The model format a spec declares (KServe's `modelFormat`, TrainedModel's `framework`):
 /// recorded, shown and exported, and checked against what a Triton replica loads.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ModelFormat {
     pub name: String,
@@ -386,10 +386,12 @@ pub(crate) fn percent_decode(segment: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+// Public for the OpenAPI document; the handler parses the raw body with
+// `ModelSpec::from_json` to report errors in its own words.
 /// The JSON body of `PUT /api/v1/models/{name}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct SpecRequest {
+pub struct SpecRequest {
     #[serde(default)]
     storage_uri: Option<String>,
     /// A named store (and a path in it).
@@ -401,8 +403,10 @@ struct SpecRequest {
     #[serde(default)]
     pool: Option<String>,
     #[serde(default)]
+    #[schema(schema_with = quantity::schema)]
     memory: Option<Bytes>,
     #[serde(default)]
+    #[schema(schema_with = quantity::schema)]
     gpu_memory: Option<Bytes>,
     #[serde(default)]
     min_copies: Option<u32>,

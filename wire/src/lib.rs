@@ -88,6 +88,7 @@ pub fn validate_model_name(name: &str) -> Result<(), NameError> {
 }
 
 /// The pool-manager's answer to a route call: where to send the request.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RouteResponse {
@@ -119,6 +120,7 @@ pub const MAX_TABLE_WAIT_MS: u64 = 30_000;
 
 /// Every routable model and where its loaded copies are: what the gateway routes warm
 /// requests by, with no call to the pool-manager.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RoutingTable {
@@ -131,6 +133,7 @@ pub struct RoutingTable {
 }
 
 /// One routable model.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TableEntry {
@@ -143,6 +146,7 @@ pub struct TableEntry {
 }
 
 /// Where one copy is.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Endpoint {
@@ -155,6 +159,7 @@ pub struct Endpoint {
 }
 
 /// A tensor as the V2 model metadata describes it (`-1` for a variable dimension).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TensorSpec {
     pub name: String,
@@ -169,6 +174,7 @@ pub struct TensorSpec {
 pub const FAILURE_PATH: &str = "/internal/v1/failure";
 
 /// What the gateway saw go wrong on the data path.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FailureReport {
@@ -177,6 +183,7 @@ pub struct FailureReport {
     pub kind: FailureKind,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FailureKind {
@@ -187,6 +194,7 @@ pub enum FailureKind {
 }
 
 /// Every error body on the admin API, the internal API and the gateway.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     /// One sentence a person can act on.
@@ -203,6 +211,7 @@ pub struct ErrorBody {
 /// - `in_flight` is the absolute number of requests routed and not yet finished;
 /// - a reporter that stops reporting is forgotten after a few periods (its in-flight
 ///   counts expire), so an Envoy restart cannot pin models forever.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UsageReport {
@@ -257,6 +266,7 @@ impl UsageReport {
 }
 
 /// One (model, replica) line of a [`UsageReport`].
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UsageEntry {

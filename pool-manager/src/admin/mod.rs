@@ -10,14 +10,17 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
-use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::pool::{Pool, PoolError, Registered};
+use crate::pool::{ModelView, Pool, PoolError, Registered};
+use mm_wire::ErrorBody;
+use openapi::{Accepted, Applied, Deleted, DryRun, Health, ModelList, PutAnswer, ReplicaList};
 
 mod guard;
+mod openapi;
 mod ops;
 mod summary;
 mod ui;
@@ -61,27 +64,30 @@ fn authorize(state: &AppState, headers: &axum::http::HeaderMap) -> Result<(), Ap
     }
 }
 
-/// Builds the router; tests call it without a socket.
-pub fn app(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .route("/api/v1/models", get(list_models))
-        .route(
-            "/api/v1/models/{name}",
-            get(get_model).put(put_model).delete(delete_model),
-        )
-        .route("/api/v1/replicas", get(list_replicas))
-        .route(mm_wire::ANY_REPLICA_PATH, get(route_any))
-        .route(mm_wire::USAGE_PATH, post(report_usage))
-        .route(mm_wire::TABLE_PATH, get(routing_table))
-        .route(mm_wire::FAILURE_PATH, post(report_failure))
-        .route(
-            &format!("{}{{name}}", mm_wire::ROUTE_PATH_PREFIX),
-            get(route_model),
-        )
+/// Every route with its OpenAPI description: the router and the document
+/// (`GET /api/v1/openapi.json`) are both made from this, so neither can list a route the
+/// other lacks. Routes are only ever added here with `routes!`.
+fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::base())
+        .routes(routes!(healthz))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi::document))
+        .routes(routes!(list_models))
+        .routes(routes!(get_model, put_model, delete_model))
+        .routes(routes!(list_replicas))
+        .routes(routes!(route_any))
+        .routes(routes!(route_model))
+        .routes(routes!(report_usage))
+        .routes(routes!(routing_table))
+        .routes(routes!(report_failure))
         .merge(ops::routes())
         .merge(ui::routes())
+}
+
+/// Builds the router; tests call it without a socket.
+pub fn app(state: AppState) -> Router {
+    let (router, _) = api().split_for_parts();
+    router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
@@ -169,10 +175,21 @@ async fn to_completion<T: Send + 'static>(
     }
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok"}))
+/// Liveness: answers as long as the process serves.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "serving", body = Health)))]
+async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+    })
 }
 
+/// Prometheus metrics (OpenMetrics text).
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses(
+    (status = 200, description = "every metric", body = String,
+     content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    (status = 403, description = "a browser request from elsewhere", body = ErrorBody),
+    (status = 500, description = "the metrics could not be encoded", body = ErrorBody)))]
 async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &state.metrics)
@@ -187,17 +204,26 @@ async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
         .into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListParams {
+    /// Models per page (1 to 1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
+    /// Start after this model name (the previous page's `next`).
     after: Option<String>,
 }
 
+/// Registered models in name order, a page at a time.
+#[utoipa::path(get, path = "/api/v1/models", tag = "models", params(ListParams), responses(
+    (status = 200, description = "a page of models", body = ModelList),
+    (status = 400, description = "a bad limit or query", body = ErrorBody),
+    (status = 403, description = "a browser request from elsewhere", body = ErrorBody)))]
 async fn list_models(
     State(state): State<AppState>,
     query: Result<Query<ListParams>, QueryRejection>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<ModelList>> {
     let Query(params) = query.map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -215,19 +241,27 @@ async fn list_models(
     let next = more
         .then(|| models.last().map(|m| m.name.clone()))
         .flatten();
-    Ok(Json(json!({ "models": models, "next": next })))
+    Ok(Json(ModelList { models, next }))
 }
 
+/// One model: spec, state, copies, last error, traffic.
+#[utoipa::path(get, path = "/api/v1/models/{name}", tag = "models",
+    params(("name" = String, Path, description = "the model's name")), responses(
+    (status = 200, description = "the model", body = ModelView),
+    (status = 400, description = "an invalid name", body = ErrorBody),
+    (status = 403, description = "a browser request from elsewhere", body = ErrorBody),
+    (status = 404, description = "no such model", body = ErrorBody)))]
 async fn get_model(
     State(state): State<AppState>,
     name: Result<Path<String>, PathRejection>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<ModelView>> {
     let Path(name) = name?;
-    Ok(Json(json!(state.pool.model(&name)?)))
+    Ok(Json(state.pool.model(&name)?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[into_params(parameter_in = Query, rename_all = "camelCase")]
 struct PutParams {
     /// Check the spec and say what would happen (created, updated, unchanged), changing
     /// nothing: `mmctl models apply` checks every document of a file before applying any.
@@ -235,6 +269,19 @@ struct PutParams {
     dry_run: bool,
 }
 
+/// Registers a model or updates its spec; runs to its end even if the client hangs up.
+#[utoipa::path(put, path = "/api/v1/models/{name}", tag = "models",
+    params(("name" = String, Path, description = "the model's name"), PutParams),
+    request_body(content = crate::spec::SpecRequest, content_type = "application/json"),
+    security((), ("admin" = [])), responses(
+    (status = 200, description = "updated, or unchanged; with dryRun, what would happen", body = PutAnswer),
+    (status = 201, description = "registered", body = ModelView),
+    (status = 400, description = "an invalid name or spec", body = ErrorBody),
+    (status = 401, description = "the admin token is missing or wrong", body = ErrorBody),
+    (status = 403, description = "a browser request from elsewhere", body = ErrorBody),
+    (status = 413, description = "a body over 64 KiB", body = ErrorBody),
+    (status = 415, description = "a body that is not JSON", body = ErrorBody),
+    (status = 503, description = "the registry could not be saved", body = ErrorBody)))]
 async fn put_model(
     State(state): State<AppState>,
     headers: axum::http::HeaderMap,
@@ -258,9 +305,11 @@ async fn put_model(
     let Query(params) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
     if params.dry_run {
         let what = state.pool.check_registration(&name, &body).await?;
-        return Ok(
-            Json(json!({ "dryRun": true, "result": registered_text(what) })).into_response(),
-        );
+        return Ok(Json(PutAnswer::DryRun(DryRun {
+            dry_run: true,
+            result: registered_text(what).to_owned(),
+        }))
+        .into_response());
     }
     let pool = state.pool.clone();
     let (what, view) = to_completion(async move { pool.register(&name, &body).await }).await?;
@@ -268,7 +317,7 @@ async fn put_model(
         Registered::Created => StatusCode::CREATED,
         Registered::Updated | Registered::Unchanged => StatusCode::OK,
     };
-    Ok((status, Json(view)).into_response())
+    Ok((status, Json(PutAnswer::Model(Box::new(view)))).into_response())
 }
 
 fn registered_text(what: Registered) -> &'static str {
@@ -279,23 +328,48 @@ fn registered_text(what: Registered) -> &'static str {
     }
 }
 
+/// Unloads a model everywhere and forgets it; runs to its end even if the client hangs up.
+#[utoipa::path(delete, path = "/api/v1/models/{name}", tag = "models",
+    params(("name" = String, Path, description = "the model's name")),
+    security((), ("admin" = [])), responses(
+    (status = 200, description = "deleted", body = Deleted),
+    (status = 400, description = "an invalid name", body = ErrorBody),
+    (status = 401, description = "the admin token is missing or wrong", body = ErrorBody),
+    (status = 403, description = "a browser request from elsewhere", body = ErrorBody),
+    (status = 404, description = "no such model", body = ErrorBody),
+    (status = 503, description = "the registry could not be saved", body = ErrorBody)))]
 async fn delete_model(
     State(state): State<AppState>,
     headers: axum::http::HeaderMap,
     name: Result<Path<String>, PathRejection>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<Deleted>> {
     authorize(&state, &headers)?;
     let Path(name) = name?;
     let pool = state.pool.clone();
     let deleted = name.clone();
     to_completion(async move { pool.delete(&deleted).await }).await?;
-    Ok(Json(json!({ "deleted": name })))
+    Ok(Json(Deleted { deleted: name }))
 }
 
-async fn list_replicas(State(state): State<AppState>) -> Json<serde_json::Value> {
-    Json(json!({ "replicas": state.pool.replicas() }))
+/// Every replica: address, health, draining, capacity and use, models.
+#[utoipa::path(get, path = "/api/v1/replicas", tag = "replicas", responses(
+    (status = 200, description = "the replicas", body = ReplicaList),
+    (status = 403, description = "a browser request from elsewhere", body = ErrorBody)))]
+async fn list_replicas(State(state): State<AppState>) -> Json<ReplicaList> {
+    Json(ReplicaList {
+        replicas: state.pool.replicas(),
+    })
 }
 
+/// The filter's route call: where the model's copy is, loading it first if needed.
+#[utoipa::path(get, path = "/internal/v1/route/{name}", tag = "gateway",
+    params(("name" = String, Path, description = "the model's name")),
+    security((), ("gateway" = [])), responses(
+    (status = 200, description = "where to send the request", body = mm_wire::RouteResponse),
+    (status = 400, description = "an invalid name", body = ErrorBody),
+    (status = 401, description = "the gateway token is missing or wrong", body = ErrorBody),
+    (status = 404, description = "no such model", body = ErrorBody),
+    (status = 503, description = "the model could not be loaded now", body = ErrorBody)))]
 async fn route_model(
     State(state): State<AppState>,
     name: Result<Path<String>, PathRejection>,
@@ -304,6 +378,12 @@ async fn route_model(
     Ok(Json(state.pool.route(&name).await?))
 }
 
+/// The filter's route call for requests that name no model: any healthy replica.
+#[utoipa::path(get, path = "/internal/v1/route", tag = "gateway",
+    security((), ("gateway" = [])), responses(
+    (status = 200, description = "a healthy replica", body = mm_wire::RouteResponse),
+    (status = 401, description = "the gateway token is missing or wrong", body = ErrorBody),
+    (status = 503, description = "no replica is healthy", body = ErrorBody)))]
 async fn route_any(State(state): State<AppState>) -> ApiResult<Json<mm_wire::RouteResponse>> {
     Ok(Json(state.pool.any_replica()?))
 }
@@ -311,10 +391,17 @@ async fn route_any(State(state): State<AppState>) -> ApiResult<Json<mm_wire::Rou
 /// Largest accepted usage report (10,000 entries of ~100 bytes).
 const MAX_REPORT_BYTES: usize = 2 << 20;
 
-async fn report_usage(
-    State(state): State<AppState>,
-    body: Body,
-) -> ApiResult<Json<serde_json::Value>> {
+/// The filter's usage report (requests and requests in flight per model and replica).
+#[utoipa::path(post, path = "/internal/v1/usage", tag = "gateway",
+    request_body(content = mm_wire::UsageReport, content_type = "application/json"),
+    security((), ("gateway" = [])), responses(
+    (status = 200, description = "how many entries were applied", body = Applied),
+    (status = 400, description = "a malformed or out-of-bounds report; nothing applied", body = ErrorBody),
+    (status = 401, description = "the gateway token is missing or wrong", body = ErrorBody),
+    (status = 413, description = "a report over 2 MiB", body = ErrorBody),
+    (status = 415, description = "a body that is not JSON", body = ErrorBody),
+    (status = 429, description = "too many reporters have requests in flight", body = ErrorBody)))]
+async fn report_usage(State(state): State<AppState>, body: Body) -> ApiResult<Json<Applied>> {
     let body = axum::body::to_bytes(body, MAX_REPORT_BYTES)
         .await
         .map_err(|_| {
@@ -330,17 +417,28 @@ async fn report_usage(
         )
     })?;
     let applied = state.pool.report_usage(report)?;
-    Ok(Json(json!({ "applied": applied })))
+    Ok(Json(Applied { applied }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[into_params(parameter_in = Query, rename_all = "camelCase")]
 struct TableParams {
+    /// The generation the caller has.
     since: Option<u64>,
+    /// The epoch the caller has.
     epoch: Option<String>,
+    /// Hold the call up to this long for a newer generation (at most 30,000).
+    #[param(maximum = 30000)]
     wait_ms: Option<u64>,
 }
 
+/// The routing table (a long poll when the caller's epoch and generation are current).
+#[utoipa::path(get, path = "/internal/v1/table", tag = "gateway", params(TableParams),
+    security((), ("gateway" = [])), responses(
+    (status = 200, description = "the table", body = mm_wire::RoutingTable),
+    (status = 400, description = "a bad query", body = ErrorBody),
+    (status = 401, description = "the gateway token is missing or wrong", body = ErrorBody)))]
 async fn routing_table(
     State(state): State<AppState>,
     query: Result<Query<TableParams>, QueryRejection>,
@@ -373,10 +471,16 @@ async fn routing_table(
         .into_response())
 }
 
-async fn report_failure(
-    State(state): State<AppState>,
-    body: Body,
-) -> ApiResult<Json<serde_json::Value>> {
+/// The filter's report of an unreachable replica or a missing model (checked before acting).
+#[utoipa::path(post, path = "/internal/v1/failure", tag = "gateway",
+    request_body(content = mm_wire::FailureReport, content_type = "application/json"),
+    security((), ("gateway" = [])), responses(
+    (status = 200, description = "taken (it is checked in the background)", body = Accepted),
+    (status = 400, description = "a malformed report", body = ErrorBody),
+    (status = 401, description = "the gateway token is missing or wrong", body = ErrorBody),
+    (status = 413, description = "a report over 64 KiB", body = ErrorBody),
+    (status = 415, description = "a body that is not JSON", body = ErrorBody)))]
+async fn report_failure(State(state): State<AppState>, body: Body) -> ApiResult<Json<Accepted>> {
     let body = axum::body::to_bytes(body, MAX_SPEC_BYTES)
         .await
         .map_err(|_| {
@@ -392,7 +496,7 @@ async fn report_failure(
         )
     })?;
     state.pool.report_failure(report)?;
-    Ok(Json(json!({ "accepted": true })))
+    Ok(Json(Accepted { accepted: true }))
 }
 
 async fn not_found() -> ApiError {

@@ -11,16 +11,17 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use futures::stream::{self, Stream, StreamExt};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{authorize, summary, ApiError, ApiResult, AppState, MAX_PAGE};
-use crate::events::Event;
-use crate::pool::Pool;
+use crate::events::{Event, Page};
+use crate::pool::{Pool, ReplicaView};
+use mm_wire::ErrorBody;
 
 /// Events returned when no `limit` is given.
 const DEFAULT_EVENTS: usize = 100;
@@ -28,19 +29,23 @@ const DEFAULT_EVENTS: usize = 100;
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 /// The routes of this module.
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/events", get(list_events))
-        .route("/api/v1/events/stream", get(stream_events))
-        .route("/api/v1/summary", get(get_summary))
-        .route("/api/v1/replicas/{name}/drain", post(drain))
-        .route("/api/v1/replicas/{name}/undrain", post(undrain))
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_events))
+        .routes(routes!(stream_events))
+        .routes(routes!(get_summary))
+        .routes(routes!(drain))
+        .routes(routes!(undrain))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct EventParams {
+    /// Events after this sequence number (default: the newest).
     after: Option<u64>,
+    /// At most this many (1 to 1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 
@@ -55,10 +60,14 @@ fn query<T>(query: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
 
 /// `GET /api/v1/events?after=SEQ&limit=N`: the first `N` events after `SEQ`, or the newest
 /// `N` without `after`; oldest first.
+#[utoipa::path(get, path = "/api/v1/events", tag = "operations", params(EventParams), responses(
+    (status = 200, description = "a page of events", body = Page),
+    (status = 400, description = "a bad query", body = ErrorBody),
+    (status = 403, description = "a browser request from elsewhere", body = ErrorBody)))]
 async fn list_events(
     State(state): State<AppState>,
     params: Result<Query<EventParams>, QueryRejection>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<Page>> {
     let params = query(params)?;
     let limit = params.limit.unwrap_or(DEFAULT_EVENTS);
     if limit == 0 || limit > MAX_PAGE {
@@ -67,18 +76,26 @@ async fn list_events(
             format!("limit must be between 1 and {MAX_PAGE}"),
         ));
     }
-    Ok(Json(json!(state.pool.events().page(params.after, limit))))
+    Ok(Json(state.pool.events().page(params.after, limit)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct StreamParams {
+    /// Replay the buffered events after this sequence number first (or `Last-Event-ID`).
     after: Option<u64>,
 }
 
 /// `GET /api/v1/events/stream[?after=SEQ]`: Server-Sent Events, one `data:` JSON event
 /// each with `id:` its sequence number. With `after` (or a `Last-Event-ID` header, as a
 /// reconnecting browser sends) the buffered events after it come first. Ends at shutdown.
+#[utoipa::path(get, path = "/api/v1/events/stream", tag = "operations", params(StreamParams),
+    responses(
+    (status = 200, description = "Server-Sent Events: `id:` the sequence number, `data:` an Event",
+     body = String, content_type = "text/event-stream"),
+    (status = 400, description = "a bad query", body = ErrorBody),
+    (status = 403, description = "a browser request from elsewhere", body = ErrorBody)))]
 async fn stream_events(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -165,38 +182,93 @@ fn live_events(pool: Pool, after: Option<u64>) -> impl Stream<Item = Event> + Se
     })
 }
 
+/// The status page's numbers.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct SummaryView {
+    metrics: summary::Summary,
+    watermarks: WatermarksView,
+    events: EventsView,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct WatermarksView {
+    high: f64,
+    low: f64,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct EventsView {
+    /// Events kept.
+    capacity: usize,
+    /// The newest event's sequence number.
+    last: u64,
+}
+
 /// `GET /api/v1/summary`: the status page's numbers (hit rate, load latency, counts).
-async fn get_summary(State(state): State<AppState>) -> ApiResult<Json<serde_json::Value>> {
+#[utoipa::path(get, path = "/api/v1/summary", tag = "operations", responses(
+    (status = 200, description = "the numbers", body = SummaryView),
+    (status = 403, description = "a browser request from elsewhere", body = ErrorBody),
+    (status = 500, description = "the metrics could not be encoded", body = ErrorBody)))]
+async fn get_summary(State(state): State<AppState>) -> ApiResult<Json<SummaryView>> {
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &state.metrics)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let marks = state.pool.settings().watermarks;
     let events = state.pool.events();
-    Ok(Json(json!({
-        "metrics": summary::summarize(&text),
-        "watermarks": { "high": marks.high, "low": marks.low },
-        "events": { "capacity": events.capacity(), "last": events.page(None, 1).next },
-    })))
+    Ok(Json(SummaryView {
+        metrics: summary::summarize(&text),
+        watermarks: WatermarksView {
+            high: marks.high,
+            low: marks.low,
+        },
+        events: EventsView {
+            capacity: events.capacity(),
+            last: events.page(None, 1).next,
+        },
+    }))
 }
 
 /// `POST /api/v1/replicas/{name}/drain`: no new copies there; its copies move or unload.
+/// (Drain and undrain have no await point: a client hanging up cannot cut them.)
+#[utoipa::path(post, path = "/api/v1/replicas/{name}/drain", tag = "replicas",
+    params(("name" = String, Path, description = "the replica's name")),
+    request_body(content = Option<Object>, content_type = "application/json",
+                 description = "none, or any JSON (ignored); the type must be JSON"),
+    security((), ("admin" = [])), responses(
+    (status = 200, description = "the replica, draining", body = ReplicaView),
+    (status = 400, description = "an invalid name", body = ErrorBody),
+    (status = 401, description = "the admin token is missing or wrong", body = ErrorBody),
+    (status = 403, description = "a browser request from elsewhere", body = ErrorBody),
+    (status = 404, description = "no such replica", body = ErrorBody),
+    (status = 415, description = "a Content-Type that is not JSON", body = ErrorBody)))]
 async fn drain(
     State(state): State<AppState>,
     headers: HeaderMap,
     name: Result<Path<String>, PathRejection>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<ReplicaView>> {
     authorize(&state, &headers)?;
     let Path(name) = name?;
-    Ok(Json(json!(state.pool.drain(&name)?)))
+    Ok(Json(state.pool.drain(&name)?))
 }
 
 /// `POST /api/v1/replicas/{name}/undrain`: the replica takes new copies again.
+#[utoipa::path(post, path = "/api/v1/replicas/{name}/undrain", tag = "replicas",
+    params(("name" = String, Path, description = "the replica's name")),
+    request_body(content = Option<Object>, content_type = "application/json",
+                 description = "none, or any JSON (ignored); the type must be JSON"),
+    security((), ("admin" = [])), responses(
+    (status = 200, description = "the replica, taking copies", body = ReplicaView),
+    (status = 400, description = "an invalid name", body = ErrorBody),
+    (status = 401, description = "the admin token is missing or wrong", body = ErrorBody),
+    (status = 403, description = "a browser request from elsewhere", body = ErrorBody),
+    (status = 404, description = "no such replica", body = ErrorBody),
+    (status = 415, description = "a Content-Type that is not JSON", body = ErrorBody)))]
 async fn undrain(
     State(state): State<AppState>,
     headers: HeaderMap,
     name: Result<Path<String>, PathRejection>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<ReplicaView>> {
     authorize(&state, &headers)?;
     let Path(name) = name?;
-    Ok(Json(json!(state.pool.undrain(&name)?)))
+    Ok(Json(state.pool.undrain(&name)?))
 }

@@ -64,7 +64,7 @@ fn sum(samples: &[Sample<'_>], name: &str, label: Option<(&str, &str)>) -> f64 {
 }
 
 /// A histogram's count, mean and estimated quantiles (seconds). `None` when empty.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Distribution {
     pub count: u64,
     pub mean: Option<f64>,
@@ -125,7 +125,7 @@ fn quantile(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
 }
 
 /// Route-call outcomes (`mm_route_requests_total`).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RouteCalls {
     pub hit: u64,
@@ -135,7 +135,7 @@ pub struct RouteCalls {
 }
 
 /// What the status page shows besides the replicas, models and events.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Summary {
     pub route_calls: RouteCalls,

@@ -5,8 +5,9 @@
 
 use axum::http::header;
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::routing::get;
-use axum::Router;
+use mm_wire::ErrorBody;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::AppState;
 
@@ -15,12 +16,12 @@ const APP_JS: &str = include_str!("ui/app.js");
 const STYLE_CSS: &str = include_str!("ui/style.css");
 
 /// The routes of this module.
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/ui", get(index))
-        .route("/ui/", get(|| async { Redirect::permanent("/ui") }))
-        .route("/ui/app.js", get(app_js))
-        .route("/ui/style.css", get(style_css))
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(index))
+        .routes(routes!(index_slash))
+        .routes(routes!(app_js))
+        .routes(routes!(style_css))
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
@@ -40,14 +41,34 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
+/// The status page.
+#[utoipa::path(get, path = "/ui", tag = "ui", responses(
+    (status = 200, description = "the page", body = String, content_type = "text/html; charset=utf-8"),
+    (status = 403, description = "a browser request from elsewhere", body = ErrorBody)))]
 async fn index() -> Response {
     asset("text/html; charset=utf-8", INDEX_HTML)
 }
 
+/// The status page's other address.
+#[utoipa::path(get, path = "/ui/", tag = "ui", responses(
+    (status = 308, description = "to /ui"),
+    (status = 403, description = "a browser request from elsewhere", body = ErrorBody)))]
+async fn index_slash() -> Redirect {
+    Redirect::permanent("/ui")
+}
+
+/// The status page's script.
+#[utoipa::path(get, path = "/ui/app.js", tag = "ui", responses(
+    (status = 200, description = "the script", body = String, content_type = "text/javascript; charset=utf-8"),
+    (status = 403, description = "a browser request from elsewhere", body = ErrorBody)))]
 async fn app_js() -> Response {
     asset("text/javascript; charset=utf-8", APP_JS)
 }
 
+/// The status page's style sheet.
+#[utoipa::path(get, path = "/ui/style.css", tag = "ui", responses(
+    (status = 200, description = "the style sheet", body = String, content_type = "text/css; charset=utf-8"),
+    (status = 403, description = "a browser request from elsewhere", body = ErrorBody)))]
 async fn style_css() -> Response {
     asset("text/css; charset=utf-8", STYLE_CSS)
 }

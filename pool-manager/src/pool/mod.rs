@@ -220,14 +220,14 @@ fn retry_text(retry_in: Option<Duration>) -> String {
 }
 
 /// One copy as the admin API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct CopyView {
     pub replica: String,
     pub state: CopyState,
 }
 
 /// A model as the admin API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ModelView {
     pub name: String,
@@ -265,7 +265,7 @@ pub struct ModelView {
 }
 
 /// A replica as the admin API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReplicaView {
     pub name: String,

@@ -12,7 +12,7 @@ use crate::placement::Resources;
 use crate::spec::{ModelName, ModelSpec};
 
 /// A model's lifecycle state, as the admin API reports it (derived from its copies).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub enum ModelState {
     /// Registered, loaded nowhere.
     Pending,
@@ -25,7 +25,7 @@ pub enum ModelState {
 }
 
 /// One copy's state on one replica.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub enum CopyState {
     Loading,
     Loaded,
