@@ -88,12 +88,14 @@ fn api() -> OpenApiRouter<AppState> {
 pub fn app(state: AppState) -> Router {
     let (router, _) = api().split_for_parts();
     router
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(
+        // Only routes that exist are guarded: an unknown path or method is a 404 or 405
+        // whatever the request carries, and acts on nothing.
+        .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             guard::check,
         ))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
 }
 
@@ -161,6 +163,17 @@ impl From<PathRejection> for ApiError {
 }
 
 type ApiResult<T> = Result<T, ApiError>;
+
+/// A sequence number or generation from a query: at most 2^63 - 1 (the document's int64).
+fn in_range(value: Option<u64>, what: &str) -> ApiResult<Option<u64>> {
+    match value {
+        Some(v) if i64::try_from(v).is_err() => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("{what} must be at most {}", i64::MAX),
+        )),
+        v => Ok(v),
+    }
+}
 
 /// Runs an admin write to its end whether or not the client waits for the answer. axum
 /// drops a handler's future when its client disconnects; a write dropped between its
@@ -246,7 +259,8 @@ async fn list_models(
 
 /// One model: spec, state, copies, last error, traffic.
 #[utoipa::path(get, path = "/api/v1/models/{name}", tag = "models",
-    params(("name" = String, Path, description = "the model's name")), responses(
+    params(("name" = String, Path, description = "the model's name",
+        pattern = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")), responses(
     (status = 200, description = "the model", body = ModelView),
     (status = 400, description = "an invalid name", body = ErrorBody),
     (status = 403, description = "a browser request from elsewhere", body = ErrorBody),
@@ -271,7 +285,8 @@ struct PutParams {
 
 /// Registers a model or updates its spec; runs to its end even if the client hangs up.
 #[utoipa::path(put, path = "/api/v1/models/{name}", tag = "models",
-    params(("name" = String, Path, description = "the model's name"), PutParams),
+    params(("name" = String, Path, description = "the model's name",
+        pattern = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"), PutParams),
     request_body(content = crate::spec::SpecRequest, content_type = "application/json"),
     security((), ("admin" = [])), responses(
     (status = 200, description = "updated, or unchanged; with dryRun, what would happen", body = PutAnswer),
@@ -330,7 +345,8 @@ fn registered_text(what: Registered) -> &'static str {
 
 /// Unloads a model everywhere and forgets it; runs to its end even if the client hangs up.
 #[utoipa::path(delete, path = "/api/v1/models/{name}", tag = "models",
-    params(("name" = String, Path, description = "the model's name")),
+    params(("name" = String, Path, description = "the model's name",
+        pattern = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")),
     security((), ("admin" = [])), responses(
     (status = 200, description = "deleted", body = Deleted),
     (status = 400, description = "an invalid name", body = ErrorBody),
@@ -363,7 +379,8 @@ async fn list_replicas(State(state): State<AppState>) -> Json<ReplicaList> {
 
 /// The filter's route call: where the model's copy is, loading it first if needed.
 #[utoipa::path(get, path = "/internal/v1/route/{name}", tag = "gateway",
-    params(("name" = String, Path, description = "the model's name")),
+    params(("name" = String, Path, description = "the model's name",
+        pattern = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")),
     security((), ("gateway" = [])), responses(
     (status = 200, description = "where to send the request", body = mm_wire::RouteResponse),
     (status = 400, description = "an invalid name", body = ErrorBody),
@@ -460,7 +477,7 @@ async fn routing_table(
         .pool
         .routing_table(
             params.epoch.as_deref(),
-            params.since,
+            in_range(params.since, "since")?,
             std::time::Duration::from_millis(wait_ms),
         )
         .await;

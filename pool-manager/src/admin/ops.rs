@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -76,7 +77,8 @@ async fn list_events(
             format!("limit must be between 1 and {MAX_PAGE}"),
         ));
     }
-    Ok(Json(state.pool.events().page(params.after, limit)))
+    let after = super::in_range(params.after, "after")?;
+    Ok(Json(state.pool.events().page(after, limit)))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -102,7 +104,7 @@ async fn stream_events(
     params: Result<Query<StreamParams>, QueryRejection>,
 ) -> ApiResult<Response> {
     let params = query(params)?;
-    let after = params.after.or_else(|| {
+    let after = super::in_range(params.after, "after")?.or_else(|| {
         headers
             .get("last-event-id")
             .and_then(|v| v.to_str().ok())
@@ -231,44 +233,70 @@ async fn get_summary(State(state): State<AppState>) -> ApiResult<Json<SummaryVie
 /// `POST /api/v1/replicas/{name}/drain`: no new copies there; its copies move or unload.
 /// (Drain and undrain have no await point: a client hanging up cannot cut them.)
 #[utoipa::path(post, path = "/api/v1/replicas/{name}/drain", tag = "replicas",
-    params(("name" = String, Path, description = "the replica's name")),
+    params(("name" = String, Path, description = "the replica's name",
+        pattern = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")),
     request_body(content = Option<Object>, content_type = "application/json",
                  description = "none, or any JSON (ignored); the type must be JSON"),
     security((), ("admin" = [])), responses(
     (status = 200, description = "the replica, draining", body = ReplicaView),
-    (status = 400, description = "an invalid name", body = ErrorBody),
+    (status = 400, description = "an invalid name, or a body that is not null or an object", body = ErrorBody),
     (status = 401, description = "the admin token is missing or wrong", body = ErrorBody),
     (status = 403, description = "a browser request from elsewhere", body = ErrorBody),
     (status = 404, description = "no such replica", body = ErrorBody),
+    (status = 413, description = "a body over 4 KiB", body = ErrorBody),
     (status = 415, description = "a Content-Type that is not JSON", body = ErrorBody)))]
 async fn drain(
     State(state): State<AppState>,
     headers: HeaderMap,
     name: Result<Path<String>, PathRejection>,
+    body: Body,
 ) -> ApiResult<Json<ReplicaView>> {
     authorize(&state, &headers)?;
     let Path(name) = name?;
+    no_arguments(body).await?;
     Ok(Json(state.pool.drain(&name)?))
 }
 
 /// `POST /api/v1/replicas/{name}/undrain`: the replica takes new copies again.
 #[utoipa::path(post, path = "/api/v1/replicas/{name}/undrain", tag = "replicas",
-    params(("name" = String, Path, description = "the replica's name")),
+    params(("name" = String, Path, description = "the replica's name",
+        pattern = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")),
     request_body(content = Option<Object>, content_type = "application/json",
                  description = "none, or any JSON (ignored); the type must be JSON"),
     security((), ("admin" = [])), responses(
     (status = 200, description = "the replica, taking copies", body = ReplicaView),
-    (status = 400, description = "an invalid name", body = ErrorBody),
+    (status = 400, description = "an invalid name, or a body that is not null or an object", body = ErrorBody),
     (status = 401, description = "the admin token is missing or wrong", body = ErrorBody),
     (status = 403, description = "a browser request from elsewhere", body = ErrorBody),
     (status = 404, description = "no such replica", body = ErrorBody),
+    (status = 413, description = "a body over 4 KiB", body = ErrorBody),
     (status = 415, description = "a Content-Type that is not JSON", body = ErrorBody)))]
 async fn undrain(
     State(state): State<AppState>,
     headers: HeaderMap,
     name: Result<Path<String>, PathRejection>,
+    body: Body,
 ) -> ApiResult<Json<ReplicaView>> {
     authorize(&state, &headers)?;
     let Path(name) = name?;
+    no_arguments(body).await?;
     Ok(Json(state.pool.undrain(&name)?))
+}
+
+/// Drain and undrain take no arguments: an empty body, `null` or an object (ignored);
+/// anything else is a mistake worth saying so.
+async fn no_arguments(body: Body) -> ApiResult<()> {
+    let bytes = axum::body::to_bytes(body, 4096)
+        .await
+        .map_err(|_| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "this call takes no body"))?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(());
+    }
+    match serde_json::from_slice::<Option<serde_json::Map<String, serde_json::Value>>>(&bytes) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("this call takes no arguments (an empty body, null or {{}}): {e}"),
+        )),
+    }
 }
