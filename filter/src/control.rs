@@ -11,7 +11,7 @@ use crate::decision::parse_status;
 use crate::host::{Buffer, Call, Host, HostError, Map};
 
 /// Request header that carries the gateway token to the pool-manager's internal routes.
-pub const GATEWAY_TOKEN_HEADER: &str = "x-mm-gateway-token";
+pub use mm_wire::GATEWAY_TOKEN_HEADER;
 
 /// Most bytes of an error answer read for the log.
 const MAX_ERROR_ANSWER_BYTES: usize = 1024;

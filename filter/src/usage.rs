@@ -189,8 +189,11 @@ impl UsageTracker {
             .map(|(model, replica, counts)| UsageEntry {
                 model: model.clone(),
                 replica: replica.clone(),
-                requests: counts.requests,
-                in_flight: counts.in_flight,
+                // The pool-manager refuses a report over its bounds; what a cap holds
+                // back stays counted (only acknowledged requests are subtracted) and
+                // goes in the next report.
+                requests: counts.requests.min(mm_wire::MAX_REPORTED_REQUESTS),
+                in_flight: counts.in_flight.min(mm_wire::MAX_REPORTED_IN_FLIGHT),
             })
             .collect();
         let requests = entries
@@ -301,6 +304,22 @@ mod tests {
             ids.insert(reporter_id(1, claimed));
         }
         assert_eq!(ids.len(), 4);
+    }
+
+    #[test]
+    fn a_count_over_the_pool_managers_bound_is_sent_in_parts() {
+        let mut tracker = UsageTracker::new();
+        tracker.start("a", "r0");
+        tracker.finish("a", "r0");
+        let max = mm_wire::MAX_REPORTED_REQUESTS;
+        if let Some(counts) = tracker.counts.get_mut("a").and_then(|r| r.get_mut("r0")) {
+            counts.requests = max + 5;
+        }
+        let (report, pending) = tracker.take_report("w").unwrap();
+        assert_eq!(report.entries, vec![entry("a", "r0", max, 0)]);
+        tracker.acknowledge(pending);
+        let (report, _) = tracker.take_report("w").unwrap();
+        assert_eq!(report.entries, vec![entry("a", "r0", 5, 0)]);
     }
 
     #[test]
