@@ -530,8 +530,8 @@ impl Default for StackOptions {
             replica_memory: "1Gi".into(),
             pool_manager_args: Vec::new(),
             replica_env: Vec::new(),
-            // Off until the pool-manager checks it and the filter sends it (issue 12 item 5).
-            gateway_token: false,
+            // As `make up` and the k8s overlays run it: the internal routes authenticated.
+            gateway_token: true,
         }
     }
 }

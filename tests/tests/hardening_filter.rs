@@ -575,11 +575,16 @@ async fn without_bodies_while_paused_nothing_waits_for_the_route_timeout() {
     // the filter told so.
     let dir = stack.dir.path().join("istio");
     std::fs::create_dir_all(&dir).unwrap();
+    let token = stack.gateway_token.clone().unwrap_or_default();
+    let env: Vec<(&str, &str)> = match stack.gateway_token {
+        Some(_) => vec![("MM_GATEWAY_TOKEN", token.as_str())],
+        None => Vec::new(),
+    };
     let (_proxy, port) = envoy_with(
         &dir,
         stack.pool_manager.port,
         r#""bodies_while_paused": false"#,
-        &[],
+        &env,
         false,
     )
     .await;
