@@ -298,6 +298,7 @@ mod tests {
             model: model.into(),
             replicas,
             inputs: None,
+            watch: false,
         }
     }
 

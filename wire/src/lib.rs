@@ -133,6 +133,17 @@ pub struct RoutingTable {
 }
 
 /// One routable model.
+///
+/// Watched models: while an entry has `watch: true`, a filter sends its usage report
+/// ([`USAGE_PATH`]) as soon as its requests in flight for one of the model's (model,
+/// replica) pairs fall to zero after the pool-manager may have been told they were above
+/// zero (the last report it handed out, or one that failed and may have arrived, listed
+/// them), instead of waiting for the next report period. The report is the ordinary one,
+/// the reporter's complete picture, so nothing else changes on either side. A filter also
+/// sends it at once when a table marking such a model arrives while that is already the
+/// case. Models without `watch` never cause an early report, so warm requests make no
+/// call to the pool-manager. The flag is set only while a load waits for room that such a
+/// copy holds, so it is rare and short.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -143,6 +154,15 @@ pub struct TableEntry {
     /// Its inputs from the V2 metadata, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inputs: Option<Vec<TensorSpec>>,
+    /// The pool-manager is waiting for this model's requests to end: it needs the memory
+    /// of a copy that has requests in flight, to load another model. See [`TableEntry`]'s
+    /// "watched models" contract. Absent (false) for every other model.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub watch: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// Where one copy is.
@@ -339,6 +359,7 @@ mod tests {
                     datatype: "FP32".into(),
                     shape: vec![-1, 4],
                 }]),
+                watch: false,
             }],
         };
         let json = serde_json::to_string(&table).unwrap();
@@ -347,6 +368,18 @@ mod tests {
             r#"{"epoch":"e1","generation":7,"models":[{"model":"m","replicas":[{"replica":"r0","address":"127.0.0.1:8000","grpcAddress":"127.0.0.1:8001"}],"inputs":[{"name":"x","datatype":"FP32","shape":[-1,4]}]}]}"#
         );
         assert_eq!(serde_json::from_str::<RoutingTable>(&json).unwrap(), table);
+        // A watched model says so; an old table without the field reads as unwatched.
+        let mut watched = table.clone();
+        watched.models[0].watch = true;
+        let json = serde_json::to_string(&watched).unwrap();
+        assert!(
+            json.ends_with(r#""shape":[-1,4]}],"watch":true}]}"#),
+            "{json}"
+        );
+        assert_eq!(
+            serde_json::from_str::<RoutingTable>(&json).unwrap(),
+            watched
+        );
         let failure: FailureReport =
             serde_json::from_str(r#"{"model":"m","replica":"r0","kind":"model_missing"}"#).unwrap();
         assert_eq!(failure.kind, FailureKind::ModelMissing);

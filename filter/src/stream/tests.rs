@@ -274,11 +274,13 @@ fn warm_table() -> Vec<TableEntry> {
             model: "linear".into(),
             replicas: vec![endpoint("r0", 8000, Some(8001))],
             inputs: Some(inputs()),
+            watch: false,
         },
         TableEntry {
             model: "xor".into(),
             replicas: vec![endpoint("r1", 9000, None)],
             inputs: None,
+            watch: false,
         },
     ]
 }
@@ -746,6 +748,7 @@ fn response_rows() {
                 endpoint("r1", 9000, Some(9001)),
             ],
             inputs: None,
+            watch: false,
         }]
     };
     let rows = vec![

@@ -89,6 +89,7 @@ impl Pool {
                         model: name.to_string(),
                         replicas,
                         inputs: e.inputs.clone(),
+                        watch: false,
                     })
                 })
                 .collect()
