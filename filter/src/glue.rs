@@ -197,6 +197,10 @@ impl Host for WasmHost {
         }
     }
 
+    fn set_tick_period(&mut self, period: std::time::Duration) -> Result<(), HostError> {
+        hostcalls::set_tick_period(period).map_err(host_error)
+    }
+
     fn now(&mut self) -> u64 {
         hostcalls::get_current_time()
             .ok()

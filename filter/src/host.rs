@@ -128,6 +128,10 @@ pub trait Host {
 
     /// Adds `count` to a counter.
     fn increment(&mut self, metric: Metric, count: u64);
+    /// Sets the root context's tick period, the next tick one period from now. Called from
+    /// a request's context it sets that of the request's root context (Envoy re-arms the
+    /// root context's timer), which is how a request brings the next tick forward.
+    fn set_tick_period(&mut self, period: Duration) -> Result<(), HostError>;
     /// The host's clock, in ns since the Unix epoch (0 if it cannot tell).
     fn now(&mut self) -> u64;
 

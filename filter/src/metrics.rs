@@ -38,11 +38,13 @@ pub enum Metric {
     V1TranslationErrors,
     /// A gRPC request of the KServe V2 inference service.
     GrpcRequests,
+    /// A usage report sent at once because a watched model's last request ended.
+    UsageReportsSoon,
 }
 
 impl Metric {
     /// Every metric, in a fixed order (the glue keeps their ids in that order).
-    pub const ALL: [Metric; 14] = [
+    pub const ALL: [Metric; 15] = [
         Metric::TableHits,
         Metric::RouteCalls,
         Metric::TableRefreshes,
@@ -57,6 +59,7 @@ impl Metric {
         Metric::V1Translations,
         Metric::V1TranslationErrors,
         Metric::GrpcRequests,
+        Metric::UsageReportsSoon,
     ];
 
     /// The name given to `define_metric` (Envoy shows it as `wasmcustom.<name>`).
@@ -76,6 +79,7 @@ impl Metric {
             Metric::V1Translations => "mm_filter_v1_translations",
             Metric::V1TranslationErrors => "mm_filter_v1_translation_errors",
             Metric::GrpcRequests => "mm_filter_grpc_requests",
+            Metric::UsageReportsSoon => "mm_filter_usage_reports_soon",
         }
     }
 

@@ -17,6 +17,8 @@ struct ModelRoutes {
     /// Never empty while the model is in the table; at most one per replica name.
     targets: Vec<Rc<Target>>,
     inputs: Option<Rc<[TensorSpec]>>,
+    /// The pool-manager waits for this model's requests to end ([`mm_wire::TableEntry`]).
+    watch: bool,
     /// Index of the next target a pick hands out (modulo the length).
     next: usize,
 }
@@ -115,6 +117,7 @@ impl Table {
                 ModelRoutes {
                     targets,
                     inputs: entry.inputs.map(Rc::from),
+                    watch: entry.watch,
                     next: 0,
                 },
             );
@@ -180,6 +183,20 @@ impl Table {
     /// Whether `model` has at least one endpoint.
     pub fn contains(&self, model: &str) -> bool {
         self.models.contains_key(model)
+    }
+
+    /// Whether the pool-manager waits for `model`'s requests to end: the end of the last
+    /// one is reported at once (see [`mm_wire::TableEntry`]).
+    pub fn is_watched(&self, model: &str) -> bool {
+        self.models.get(model).is_some_and(|r| r.watch)
+    }
+
+    /// The models the pool-manager waits on.
+    pub fn watched(&self) -> impl Iterator<Item = &str> + '_ {
+        self.models
+            .iter()
+            .filter(|(_, r)| r.watch)
+            .map(|(m, _)| m.as_str())
     }
 
     /// Routes a request for `model` with one lookup: `None` if the table does not route
@@ -354,6 +371,17 @@ mod tests {
 
     fn address(t: Option<Rc<Target>>) -> Option<String> {
         t.map(|t| t.address().to_owned())
+    }
+
+    #[test]
+    fn remembers_which_models_the_pool_manager_watches() {
+        let mut watched = entry("busy", vec![endpoint("r0", "10.0.0.1:8000", None)]);
+        watched.watch = true;
+        let plain = entry("plain", vec![endpoint("r0", "10.0.0.1:8000", None)]);
+        let (table, _) = Table::from_wire(wire("e", 1, vec![watched, plain]));
+        assert!(table.is_watched("busy"));
+        assert!(!table.is_watched("plain") && !table.is_watched("absent"));
+        assert_eq!(table.watched().collect::<Vec<_>>(), ["busy"]);
     }
 
     #[test]

@@ -9,8 +9,15 @@
 //! pool-manager acknowledged them, so requests routed while a report is on its way, or
 //! reported in a report that failed, are counted in a later one; in-flight counts never go
 //! below zero.
+//!
+//! Watched models (the routing table's `watch`, see [`mm_wire::TableEntry`]): the tracker
+//! knows which pairs the pool-manager may believe have requests in flight (those the last
+//! acknowledged report listed so, and those of any report since, which may have arrived).
+//! [`UsageTracker::finish`] says when a pair of those has none left, and
+//! [`UsageTracker::owes_idle`] whether a model has such a pair: for a watched model the
+//! glue then sends the report at once instead of at the next period.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use mm_wire::{UsageEntry, UsageReport, MAX_USAGE_ENTRIES};
 
@@ -62,6 +69,8 @@ pub struct Pending {
     in_flight_left_out: usize,
     /// Pairs with only `requests` that did not fit; they go in a later report.
     requests_left_out: usize,
+    /// (model, replica) of every reported entry with `in_flight > 0`.
+    in_flight: Vec<(String, String)>,
 }
 
 impl Pending {
@@ -97,6 +106,8 @@ pub struct UsageTracker {
     /// a non-empty report is handed out (a failed one may still have arrived), cleared when
     /// an empty report is acknowledged.
     peer_may_see_activity: bool,
+    /// Pairs the pool-manager may believe have requests in flight from this reporter.
+    peer_may_see_in_flight: BTreeSet<(String, String)>,
 }
 
 impl UsageTracker {
@@ -129,20 +140,43 @@ impl UsageTracker {
 
     /// Counts the end of a request counted by [`UsageTracker::start`], however it ended.
     /// A finish with no matching start is ignored: in-flight counts never go below zero.
-    pub fn finish(&mut self, model: &str, replica: &str) {
+    /// Returns true when this was the pair's last request in flight and the pool-manager
+    /// may still count it in flight: if the model is watched, report now.
+    pub fn finish(&mut self, model: &str, replica: &str) -> bool {
         let Some(replicas) = self.counts.get_mut(model) else {
-            return;
+            return false;
         };
         let Some(counts) = replicas.get_mut(replica) else {
-            return;
+            return false;
         };
         counts.in_flight = counts.in_flight.saturating_sub(1);
+        let idle = counts.in_flight == 0;
         if counts.is_zero() {
             replicas.remove(replica);
             if replicas.is_empty() {
                 self.counts.remove(model);
             }
         }
+        idle && self
+            .peer_may_see_in_flight
+            .contains(&(model.to_owned(), replica.to_owned()))
+    }
+
+    /// Whether the pool-manager may count a request of `model` in flight from this reporter
+    /// that has ended: if the model is watched, report now.
+    pub fn owes_idle(&self, model: &str) -> bool {
+        self.peer_may_see_in_flight
+            .range((model.to_owned(), String::new())..)
+            .take_while(|(m, _)| m == model)
+            .any(|(_, replica)| self.in_flight(model, replica) == 0)
+    }
+
+    /// Requests in flight on the pair.
+    fn in_flight(&self, model: &str, replica: &str) -> u64 {
+        self.counts
+            .get(model)
+            .and_then(|r| r.get(replica))
+            .map_or(0, |c| c.in_flight)
     }
 
     /// Whether a report is on its way (handed out and not yet acknowledged or rejected).
@@ -202,12 +236,20 @@ impl UsageTracker {
             .map(|e| (e.model.clone(), e.replica.clone(), e.requests))
             .collect();
         let in_flight_sent = in_flight_total.min(MAX_USAGE_ENTRIES);
+        let busy: Vec<(String, String)> = entries
+            .iter()
+            .filter(|e| e.in_flight > 0)
+            .map(|e| (e.model.clone(), e.replica.clone()))
+            .collect();
+        // Until this report is answered, the pool-manager may have it (or not).
+        self.peer_may_see_in_flight.extend(busy.iter().cloned());
         let pending = Pending {
             seq: self.next_seq,
             requests,
             entries: entries.len(),
             in_flight_left_out: in_flight_total - in_flight_sent,
             requests_left_out: requests_only_total - (entries.len() - in_flight_sent),
+            in_flight: busy,
         };
         self.outstanding = Some(self.next_seq);
         self.next_seq = self.next_seq.wrapping_add(1);
@@ -231,6 +273,8 @@ impl UsageTracker {
         if pending.entries == 0 {
             self.peer_may_see_activity = false;
         }
+        // The pool-manager now holds exactly this report's in-flight pairs.
+        self.peer_may_see_in_flight = pending.in_flight.into_iter().collect();
         for (model, replica, requests) in pending.requests {
             let Some(replicas) = self.counts.get_mut(&model) else {
                 continue;
@@ -503,6 +547,7 @@ mod tests {
             entries: first.entries,
             in_flight_left_out: 0,
             requests_left_out: 0,
+            in_flight: first.in_flight.clone(),
         };
         tracker.acknowledge(first);
         tracker.start("a", "r0");
@@ -571,6 +616,48 @@ mod tests {
         assert_eq!(report.entries.len(), MAX_USAGE_ENTRIES);
         assert_eq!(pending.in_flight_left_out(), 2);
         assert_eq!(pending.requests_left_out(), 0);
+    }
+
+    #[test]
+    fn the_end_of_a_reported_request_is_owed_to_the_pool_manager() {
+        let mut tracker = UsageTracker::new();
+        tracker.start("a", "r0");
+        tracker.start("a", "r0");
+        // Never reported: its end owes nothing.
+        tracker.start("b", "r0");
+        assert!(!tracker.finish("b", "r0"));
+        report_and_ack(&mut tracker);
+        assert!(!tracker.finish("a", "r0"), "one request still in flight");
+        assert!(!tracker.owes_idle("a"));
+        assert!(
+            tracker.finish("a", "r0"),
+            "the last one, reported in flight"
+        );
+        assert!(tracker.owes_idle("a") && !tracker.owes_idle("b"));
+        // Once a report saying so is acknowledged, nothing is owed.
+        assert_eq!(report_and_ack(&mut tracker), Some(vec![]));
+        assert!(!tracker.owes_idle("a"));
+    }
+
+    #[test]
+    fn a_report_that_failed_may_have_arrived() {
+        let mut tracker = UsageTracker::new();
+        tracker.start("a", "r0");
+        let (_, pending) = tracker.take_report("w").unwrap();
+        tracker.reject(pending);
+        assert!(
+            tracker.finish("a", "r0"),
+            "the failed report may have said 1 in flight"
+        );
+        // A report that is on its way counts too.
+        tracker.start("a", "r1");
+        let (_, pending) = tracker.take_report("w").unwrap();
+        assert!(tracker.finish("a", "r1"));
+        tracker.acknowledge(pending);
+        assert!(
+            tracker.owes_idle("a"),
+            "the acknowledged report said r1 had one in flight"
+        );
     }
 
     #[test]

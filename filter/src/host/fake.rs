@@ -30,6 +30,7 @@ pub enum Op {
     Reply(Replied),
     Property(String),
     Increment(Metric, u64),
+    SetTickPeriod(Duration),
     Now,
     Log(Level, String),
     FollowLogLevel,
@@ -348,6 +349,11 @@ impl Host for FakeHost {
 
     fn increment(&mut self, metric: Metric, count: u64) {
         self.ops.push(Op::Increment(metric, count));
+    }
+
+    fn set_tick_period(&mut self, period: Duration) -> Result<(), HostError> {
+        self.ops.push(Op::SetTickPeriod(period));
+        Ok(())
     }
 
     fn now(&mut self) -> u64 {

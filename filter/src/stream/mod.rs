@@ -841,12 +841,14 @@ impl Stream {
     }
 
     /// Counts the end of this request, if it was counted; a second call does nothing.
-    fn count_finish(&mut self, _host: &mut impl Host, worker: &mut Worker) {
+    fn count_finish(&mut self, host: &mut impl Host, worker: &mut Worker) {
         if !std::mem::take(&mut self.counted) {
             return;
         }
         if let (Some(model), Some(target)) = (&self.model, &self.target) {
-            worker.usage.finish(model, target.replica());
+            if worker.usage.finish(model, target.replica()) {
+                worker.ended_last_request(host, model);
+            }
         }
     }
 

@@ -15,7 +15,7 @@ use crate::refresh;
 use crate::shared::{cas_update, decode_u64, Update};
 use crate::table::Table;
 use crate::usage::{self, UsageTracker};
-use crate::{debug, info};
+use crate::{debug, error, info};
 
 use reports::Reports;
 use sync::TableSync;
@@ -44,7 +44,12 @@ pub struct Worker {
     counters: Counters,
     sync: TableSync,
     reports: Reports,
+    /// The root context's tick was brought forward to send a report at once.
+    ticking_soon: bool,
 }
+
+/// How soon the brought-forward tick comes.
+const REPORT_SOON: std::time::Duration = std::time::Duration::from_millis(1);
 
 impl Worker {
     /// The worker of root context `context_id`, with the default configuration until
@@ -65,6 +70,7 @@ impl Worker {
             counters: Counters::default(),
             sync: TableSync::default(),
             reports: Reports::default(),
+            ticking_soon: false,
         }
     }
 
@@ -120,8 +126,12 @@ impl Worker {
         host.follow_log_level();
         self.counters.flush(host);
         let now = host.now();
+        let stamp = self.stamp();
         self.sync
             .tick(host, &self.config, &self.reporter, &mut self.table, now);
+        if self.stamp() != stamp {
+            self.check_watched(host);
+        }
         self.reports.tick(
             host,
             &self.config,
@@ -130,11 +140,17 @@ impl Worker {
             &mut self.failures,
             now,
         );
+        if std::mem::take(&mut self.ticking_soon) {
+            if let Err(err) = host.set_tick_period(self.config.tick_period()) {
+                error!(host, "cannot set the tick period: {err}");
+            }
+        }
     }
 
     /// The answer to a call the root context made (table poll, usage or failure report).
     pub fn on_call_answer(&mut self, host: &mut impl Host, token: u32, body_size: usize) {
         if self.sync.owns(token) {
+            let stamp = self.stamp();
             self.sync.on_answer(
                 host,
                 &self.config,
@@ -143,15 +159,65 @@ impl Worker {
                 token,
                 body_size,
             );
+            if self.stamp() != stamp {
+                self.check_watched(host);
+            }
             return;
         }
-        if self
-            .reports
-            .on_answer(host, &mut self.usage, token, body_size)
-        {
+        if self.reports.on_answer(
+            host,
+            &self.config,
+            &self.reporter,
+            &mut self.usage,
+            token,
+            body_size,
+        ) {
             return;
         }
         debug!(host, "call {token}: late answer ignored");
+    }
+
+    // ---- watched models (issue 14; the contract is on `mm_wire::TableEntry`) ----
+    //
+    // The pool-manager marks in the routing table the models whose requests it waits for
+    // (to evict them for a load). When a request's end leaves such a model with nothing in
+    // flight on this worker, and the pool-manager may still count it in flight, the usage
+    // report goes at once: the request brings the root context's tick forward (a tick
+    // period set from a request's context re-arms its root context's timer) and that tick
+    // sends it. Ordinary warm requests never get here.
+
+    /// After a request for `model` ended as the last in flight of a pair the pool-manager
+    /// may count ([`UsageTracker::finish`] said so): reports soon if the model is watched.
+    pub fn ended_last_request(&mut self, host: &mut impl Host, model: &str) {
+        if self.table.is_watched(model) {
+            self.report_soon(host);
+        }
+    }
+
+    /// After a new table: reports soon if it watches a model whose last request ended
+    /// before the table said so.
+    fn check_watched(&mut self, host: &mut impl Host) {
+        if self.table.watched().any(|m| self.usage.owes_idle(m)) {
+            self.report_soon(host);
+        }
+    }
+
+    /// Sends the usage report at the next tick, and brings that tick forward.
+    fn report_soon(&mut self, host: &mut impl Host) {
+        self.reports.report_soon();
+        if !std::mem::replace(&mut self.ticking_soon, true) {
+            if let Err(err) = host.set_tick_period(REPORT_SOON) {
+                debug!(host, "cannot bring the tick forward: {err}");
+            }
+        }
+    }
+
+    /// The table's stamp, to tell a new table from the same one.
+    fn stamp(&self) -> (Option<String>, u64) {
+        (
+            self.table.epoch().map(str::to_owned),
+            self.table.generation(),
+        )
     }
 
     /// Counts an event of a request: in worker memory, added to the host's counter on the

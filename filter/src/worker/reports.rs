@@ -36,6 +36,8 @@ pub struct Reports {
     next_report_at: u64,
     /// Failure reports on their way.
     failure_calls: HashSet<u32>,
+    /// A watched model's last request ended: send the usage report at once.
+    soon: bool,
 }
 
 /// A dispatched usage report waiting for its answer.
@@ -48,6 +50,12 @@ struct Outstanding {
 }
 
 impl Reports {
+    /// Sends the usage report at the next tick (or when the one on its way is answered),
+    /// whatever the period.
+    pub fn report_soon(&mut self) {
+        self.soon = true;
+    }
+
     /// Sends the usage report and the failure reports that are due.
     pub fn tick(
         &mut self,
@@ -66,12 +74,20 @@ impl Reports {
     pub fn on_answer(
         &mut self,
         host: &mut impl Host,
+        config: &Config,
+        reporter: &str,
         usage: &mut UsageTracker,
         token: u32,
         body_size: usize,
     ) -> bool {
         if let Some(Outstanding { pending, .. }) = self.usage.take_if(|r| r.token == token) {
             self.on_usage_answer(host, usage, pending, token, body_size);
+            // A watched model's last request ended while this report was on its way.
+            if self.soon {
+                host.increment(Metric::UsageReportsSoon, 1);
+                let now = host.now();
+                self.send_usage_report(host, config, reporter, usage, now);
+            }
             return true;
         }
         if self.failure_calls.remove(&token) {
@@ -109,6 +125,11 @@ impl Reports {
             let why = format!("report {token} unanswered after {MAX_REPORT_PERIODS} periods");
             self.usage_failed(host, &why);
         }
+        if self.soon {
+            host.increment(Metric::UsageReportsSoon, 1);
+            self.send_usage_report(host, config, reporter, usage, now);
+            return;
+        }
         if now < self.next_report_at {
             return;
         }
@@ -125,6 +146,8 @@ impl Reports {
         usage: &mut UsageTracker,
         now: u64,
     ) {
+        // Whatever happens next, this is the report a watched model was waiting for.
+        self.soon = false;
         let Some((report, pending)) = usage.take_report(reporter) else {
             return;
         };

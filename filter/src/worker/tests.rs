@@ -263,3 +263,85 @@ fn a_bad_configuration_keeps_the_last_good_one() {
     );
     assert!(!logs.iter().any(|l| l.contains("env-token")), "{logs:?}");
 }
+
+const WATCHED: &str = r#"{"epoch":"e1","generation":4,"models":[{"model":"linear","replicas":[{"replica":"r0","address":"127.0.0.1:8000"}],"watch":true}]}"#;
+
+fn usage_reports(ops: &[Op]) -> Vec<Dispatched> {
+    dispatched(ops)
+        .into_iter()
+        .filter(|d| d.header(":path") == Some(USAGE_PATH))
+        .collect()
+}
+
+fn tick_periods(ops: &[Op]) -> Vec<std::time::Duration> {
+    ops.iter()
+        .filter_map(|op| match op {
+            Op::SetTickPeriod(p) => Some(*p),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A worker that polls as leader, with `TABLE` applied; returns the token of its next poll.
+fn leader_with_table(a: &mut Vm) -> u32 {
+    let poll = dispatched(&a.tick_at(T0))[0].token;
+    dispatched(&a.answer(poll, Some(200), TABLE))[0].token
+}
+
+/// Starts a request for linear on r0 and lets the pool-manager hear of it at `at`.
+fn reported_start(a: &mut Vm, at: u64) {
+    a.worker.usage.start("linear", "r0");
+    let report = usage_reports(&a.tick_at(at))[0].token;
+    a.answer(report, Some(200), "");
+}
+
+#[test]
+fn the_end_of_a_watched_models_last_request_is_reported_at_once() {
+    let store = Rc::default();
+    let mut a = Vm::new(&store, 2);
+    let poll = leader_with_table(&mut a);
+    reported_start(&mut a, T0 + 1_000 * MS);
+    // Unwatched: its end waits for the next period, with no host call.
+    assert!(a.worker.usage.finish("linear", "r0"));
+    a.worker.ended_last_request(&mut a.host, "linear");
+    assert!(a.host.take_ops().is_empty());
+    assert!(usage_reports(&a.tick_at(T0 + 1_010 * MS)).is_empty());
+    let report = usage_reports(&a.tick_at(T0 + 2_000 * MS))[0].token;
+    a.answer(report, Some(200), "");
+
+    // Watched: a request's end brings the tick forward, and that tick reports at once.
+    let ops = a.answer(poll, Some(200), WATCHED);
+    assert!(a.worker.table.is_watched("linear"));
+    assert!(tick_periods(&ops).is_empty(), "nothing owed: {ops:#?}");
+    reported_start(&mut a, T0 + 3_000 * MS);
+    assert!(a.worker.usage.finish("linear", "r0"));
+    a.worker.ended_last_request(&mut a.host, "linear");
+    let ops = a.host.take_ops();
+    assert_eq!(tick_periods(&ops), [std::time::Duration::from_millis(1)]);
+    let ops = a.tick_at(T0 + 3_001 * MS);
+    let reports = usage_reports(&ops);
+    assert_eq!(reports.len(), 1, "{ops:#?}");
+    let body: serde_json::Value =
+        serde_json::from_slice(reports[0].body.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        body["entries"],
+        serde_json::json!([]),
+        "nothing in flight any more"
+    );
+    assert!(increments(&ops).contains(&(Metric::UsageReportsSoon, 1)));
+    // The tick period is back to normal.
+    assert_eq!(tick_periods(&ops), [std::time::Duration::from_millis(200)]);
+}
+
+#[test]
+fn a_watched_model_that_went_idle_before_the_table_said_so_is_reported_with_the_table() {
+    let store = Rc::default();
+    let mut a = Vm::new(&store, 2);
+    let poll = leader_with_table(&mut a);
+    reported_start(&mut a, T0 + 1_000 * MS);
+    a.worker.usage.finish("linear", "r0");
+    // The table that watches "linear" arrives after its last request ended.
+    let ops = a.answer(poll, Some(200), WATCHED);
+    assert_eq!(tick_periods(&ops), [std::time::Duration::from_millis(1)]);
+    assert_eq!(usage_reports(&a.tick_at(T0 + 1_001 * MS)).len(), 1);
+}
