@@ -73,6 +73,12 @@ pub struct ModelLabel {
     pub model: String,
 }
 
+/// A step of a cold request (see [`Metrics::cold_phase`]).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabel {
+    pub phase: &'static str,
+}
+
 /// Why a copy was added or removed.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
@@ -99,6 +105,7 @@ pub struct Metrics {
     pub placement_failures: Counter,
     pub load_duration: Histogram,
     pub cold_wait: Histogram,
+    pub cold_phases: Family<PhaseLabel, Histogram, fn() -> Histogram>,
     pub eviction_age: Histogram,
     pub eviction_idle: Histogram,
     pub route_requests: Family<OutcomeLabel, Counter>,
@@ -120,6 +127,11 @@ pub struct Metrics {
 /// Label value for models past the per-model label limit.
 pub const OTHER_MODELS: &str = "_other";
 
+/// 0.1 ms .. ~52 s: the steps of a cold request, from a lock taken at once to a big load.
+fn phase_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.0, 20))
+}
+
 fn seconds_buckets() -> impl Iterator<Item = f64> {
     // 10 ms .. ~160 s: Python models load in ~0.1 s, big GPU models in minutes.
     exponential_buckets(0.01, 2.0, 15)
@@ -138,6 +150,7 @@ impl Metrics {
             placement_failures: Counter::default(),
             load_duration: Histogram::new(seconds_buckets()),
             cold_wait: Histogram::new(seconds_buckets()),
+            cold_phases: Family::new_with_constructor(phase_histogram),
             // 1 s .. ~9 h.
             eviction_age: Histogram::new(exponential_buckets(1.0, 2.0, 16)),
             eviction_idle: Histogram::new(exponential_buckets(1.0, 2.0, 16)),
@@ -197,6 +210,15 @@ impl Metrics {
             "Time a request for a model loaded nowhere waited for its route",
             Unit::Seconds,
             m.cold_wait.clone(),
+        );
+        reg.register_with_unit(
+            "cold_phase",
+            "Time a cold request's load spent in each step (queue: waiting for the model's \
+             lock; files: pulling remote files; placement: planning and waiting for room; \
+             eviction; staging: files into the repository; load_call: the replica's load; \
+             metadata: its memory and inputs; table_update)",
+            Unit::Seconds,
+            m.cold_phases.clone(),
         );
         reg.register_with_unit(
             "model_eviction_age",
@@ -290,6 +312,13 @@ impl Metrics {
             .inc();
     }
 
+    /// Observes how long a cold request's load spent in step `phase`.
+    pub fn cold_phase(&self, phase: &'static str, took: std::time::Duration) {
+        self.cold_phases
+            .get_or_create(&PhaseLabel { phase })
+            .observe(took.as_secs_f64());
+    }
+
     /// Counts `n` requests for `model`, under its own label while the label budget lasts.
     pub fn model_requests(&self, model: &str, n: u64) {
         let label = {
@@ -334,6 +363,7 @@ mod tests {
             "mm_replica_used_bytes{replica=\"r0\",resource=\"memory\"} 42",
             "# TYPE mm_model_load_duration_seconds histogram",
             "# TYPE mm_model_eviction_idle_seconds histogram",
+            "# TYPE mm_cold_phase_seconds histogram",
         ] {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
         }

@@ -1,9 +1,10 @@
-//! Trace simulator: replays a synthetic request trace against a simulated pool of replicas,
-//! placing and evicting models with the very planner the live pool uses
+//! Trace simulator: replays a synthetic request trace against a simulated pool of replicas
+//! kept in the live pool's own model table, planning every miss from the same snapshot
+//! function ([`crate::pool::snapshot`]) with the very planner the live pool uses
 //! ([`placement::plan`]), so its numbers describe the rules that run in production. Only
-//! the victim order (the `rank` of each [`Resident`]) changes between policies; replica
-//! choice, watermarks and the minimum-age guard are shared, so a comparison isolates the
-//! eviction order.
+//! the victim order (the [`VictimOrder`] step) changes between policies; replica choice,
+//! watermarks and the minimum-age guard are shared, so a comparison isolates the eviction
+//! order.
 //!
 //! [`Policy::Lru`] is the live pool's order. [`Policy::Belady`] is the classic
 //! furthest-next-use rule, which needs the future and so cannot run live. Belady's rule is
@@ -14,13 +15,21 @@
 //!
 //! Time is logical: the clock is the index of the request in the trace, and the minimum
 //! age is counted in requests. The simulated pool has no concurrency (nothing is ever in
-//! flight), every replica is healthy, loads are instant, and a model has at most one copy.
+//! flight, so a miss that would have to wait for room fails), every replica is healthy,
+//! loads are instant, and a model has at most one copy.
+
+use std::collections::HashMap;
+use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
+use tokio::time::Instant;
 
-use crate::placement::{self, ReplicaSnapshot, Resident, Resources, Watermarks};
+use crate::placement::{self, Decision, Lru, Resident, Resources, VictimOrder, Watermarks};
+use crate::pool::snapshot::snapshot;
+use crate::pool::table::{CopyState, ReplicaIdx, Rules, Table};
+use crate::spec::{ModelName, ModelSpec, StorageUri};
 
 /// Why a trace could not be generated or simulated.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -283,136 +292,209 @@ impl ZipfCdf {
     }
 }
 
-/// Where each model is and when it was last touched; per-replica resident lists keep the
-/// per-request work independent of the number of models.
-struct PoolState {
-    /// Replica holding each model.
-    location: Vec<Option<usize>>,
-    /// Index of each resident model in its replica's list.
-    slot: Vec<usize>,
-    /// Models on each replica.
-    residents: Vec<Vec<u32>>,
-    /// Bytes used on each replica.
-    used: Vec<u64>,
+/// One request's outcome in a [`Simulation`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// The model was resident.
+    Hit,
+    /// The model was loaded on `replica` after evicting `evicted` (model ids, in order);
+    /// `mass_eviction` is the planner's flag.
+    Loaded {
+        replica: usize,
+        evicted: Vec<u32>,
+        mass_eviction: bool,
+    },
+    /// No room, even after evicting everything evictable (or a model too big for any
+    /// replica).
+    Failed,
 }
 
-impl PoolState {
-    fn new(models: usize, replicas: usize) -> Self {
-        Self {
-            location: vec![None; models],
-            slot: vec![0; models],
-            residents: vec![Vec::new(); replicas],
-            used: vec![0; replicas],
-        }
-    }
+/// A trace replayed against a simulated pool kept in the live pool's own model table
+/// ([`crate::pool::table::Table`]): each miss is planned from [`crate::pool::snapshot`] of
+/// it, so the simulator and the pool plan from the same facts by the same rules. Time is
+/// logical: request `i` happens at `i` ms after the start, and the minimum age is
+/// `min_age` ms.
+pub struct Simulation<'a> {
+    trace: &'a Trace,
+    config: SimConfig,
+    policy: Policy,
+    table: Table,
+    names: Vec<ModelName>,
+    ids: HashMap<ModelName, u32>,
+    /// For each request, when its model is requested next (Belady only).
+    next_uses: Vec<u64>,
+    /// For each model, when it is requested next, as of the current request.
+    next_use: Vec<u64>,
+    start: Instant,
+    step: usize,
+}
 
-    fn load(&mut self, model: u32, size: u64, replica: usize) {
-        let m = model as usize;
-        self.location[m] = Some(replica);
-        self.slot[m] = self.residents[replica].len();
-        self.residents[replica].push(model);
-        self.used[replica] += size;
-    }
+/// Belady's victim order: the copy whose model is requested furthest in the future first.
+struct Belady<'s> {
+    next_use: &'s [u64],
+    ids: &'s HashMap<ModelName, u32>,
+}
 
-    /// Unloads `model` wherever it is; false if it was not resident.
-    fn unload(&mut self, model: u32, size: u64) -> bool {
-        let m = model as usize;
-        let Some(replica) = self.location[m].take() else {
-            return false;
+impl VictimOrder<&ModelName> for Belady<'_> {
+    fn key(&self, r: &Resident<&ModelName>) -> u64 {
+        let next = self
+            .ids
+            .get(r.key)
+            .and_then(|&id| self.next_use.get(id as usize))
+            .copied()
+            .unwrap_or(NEVER);
+        NEVER - next
+    }
+}
+
+impl<'a> Simulation<'a> {
+    /// A pool of `config.replicas` empty, healthy replicas with every model of `trace`
+    /// registered (model `i` as `m{i}`). Fails only for a trace that requests a model it
+    /// has no size for.
+    pub fn new(trace: &'a Trace, config: SimConfig, policy: Policy) -> Result<Self, SimError> {
+        trace.validate()?;
+        let start = Instant::now();
+        let rules = Rules {
+            watermarks: config.marks,
+            min_age: Duration::from_millis(config.min_age),
         };
-        let list = &mut self.residents[replica];
-        let slot = self.slot[m];
-        list.swap_remove(slot);
-        if let Some(&moved) = list.get(slot) {
-            self.slot[moved as usize] = slot;
+        let capacity = Resources::new(config.replica_capacity, 0);
+        let mut table = Table::new((0..config.replicas).map(|_| (capacity, None)), rules, start);
+        for i in 0..config.replicas {
+            table.update_replica(ReplicaIdx::new(i), |r| r.healthy = true);
         }
-        self.used[replica] = self.used[replica].saturating_sub(size);
-        true
+        let mut names = Vec::with_capacity(trace.sizes.len());
+        let mut ids = HashMap::with_capacity(trace.sizes.len());
+        for (i, &size) in trace.sizes.iter().enumerate() {
+            let name = ModelName::new(&format!("m{i}")).map_err(|_| SimError::TooManyModels(i))?;
+            table.insert(name.clone(), spec(size));
+            ids.insert(name.clone(), i as u32);
+            names.push(name);
+        }
+        let next_uses = match policy {
+            Policy::Lru => Vec::new(),
+            Policy::Belady => trace.next_uses(),
+        };
+        Ok(Self {
+            trace,
+            config,
+            policy,
+            table,
+            names,
+            ids,
+            next_uses,
+            next_use: vec![NEVER; trace.sizes.len()],
+            start,
+            step: 0,
+        })
+    }
+
+    /// Replays the next request; `None` at the end of the trace.
+    pub fn step(&mut self) -> Option<(u32, Step)> {
+        let i = self.step;
+        let model = *self.trace.requests.get(i)?;
+        self.step += 1;
+        let m = model as usize;
+        if let Some(&next) = self.next_uses.get(i) {
+            self.next_use[m] = next;
+        }
+        let now = self.start + Duration::from_millis(i as u64);
+        let name = &self.names[m];
+        if self.table.get(name).is_some_and(|e| !e.copies().is_empty()) {
+            self.table.touch(name, now);
+            return Some((model, Step::Hit));
+        }
+        if self.trace.sizes[m] > self.config.max_model_size() {
+            return Some((model, Step::Failed));
+        }
+        Some((model, self.place(m, now)))
+    }
+
+    /// Plans a miss for model `m` and applies the plan.
+    fn place(&mut self, m: usize, now: Instant) -> Step {
+        let name = &self.names[m];
+        let Some(s) = snapshot(&self.table, name, now) else {
+            return Step::Failed;
+        };
+        let decision = match self.policy {
+            Policy::Lru => placement::plan(&s, &Lru),
+            Policy::Belady => placement::plan(
+                &s,
+                &Belady {
+                    next_use: &self.next_use,
+                    ids: &self.ids,
+                },
+            ),
+        };
+        let Decision::Place(plan) = decision else {
+            return Step::Failed;
+        };
+        let plan = plan.map(|k| k.clone());
+        let replica = ReplicaIdx::new(plan.replica);
+        let mut evicted = Vec::with_capacity(plan.evict.len());
+        for victim in &plan.evict {
+            if self.table.remove_copy(victim, replica) {
+                evicted.extend(self.ids.get(victim).copied());
+            }
+        }
+        let name = self.names[m].clone();
+        self.table.add_copy(&name, replica, CopyState::Loaded, now);
+        Step::Loaded {
+            replica: plan.replica,
+            evicted,
+            mass_eviction: plan.mass_eviction,
+        }
+    }
+}
+
+/// A model of `size` bytes of host memory, for the simulated table.
+fn spec(size: u64) -> ModelSpec {
+    ModelSpec {
+        storage_uri: StorageUri::File {
+            uri: String::new(),
+            path: std::path::PathBuf::new(),
+        },
+        memory: size,
+        memory_declared: true,
+        gpu_memory: 0,
+        min_copies: 0,
+        max_copies: 1,
+        sha256: None,
+        model_format: None,
+        pool: None,
     }
 }
 
 /// Replays `trace` on the pool described by `config`, evicting in `policy`'s order.
 ///
 /// A request for a model resident on any replica is a hit and refreshes its last use.
-/// Otherwise [`placement::plan`] chooses a replica and victims for it; the victims are
-/// unloaded and the model loaded there, or, when no plan exists, the request fails and
-/// nothing changes. Fails only for a trace that requests a model it has no size for.
+/// Otherwise [`placement::plan`] chooses a replica and victims for it from a snapshot of
+/// the simulated table; the victims are unloaded and the model loaded there, or, when no
+/// plan can be carried out now, the request fails and nothing changes. Fails only for a
+/// trace that requests a model it has no size for.
 pub fn simulate(trace: &Trace, config: &SimConfig, policy: Policy) -> Result<SimResult, SimError> {
-    trace.validate()?;
-    let next_uses = match policy {
-        Policy::Lru => Vec::new(),
-        Policy::Belady => trace.next_uses(),
-    };
-    let models = trace.sizes.len();
-    let capacity = Resources::new(config.replica_capacity, 0);
-    let max_size = config.max_model_size();
-    let mut pool = PoolState::new(models, config.replicas);
-    let mut last_use = vec![0u64; models];
-    let mut next_use = vec![NEVER; models];
-    // Reused across misses so a miss allocates only the plan.
-    let mut snapshots: Vec<ReplicaSnapshot<u32>> = (0..config.replicas)
-        .map(|_| ReplicaSnapshot {
-            healthy: true,
-            holds_model: false,
-            capacity,
-            used: Resources::ZERO,
-            in_flight: 0,
-            residents: Vec::new(),
-        })
-        .collect();
+    let mut sim = Simulation::new(trace, *config, policy)?;
     let mut result = SimResult {
         requests: trace.requests.len() as u64,
         ..SimResult::default()
     };
-
-    for (i, &model) in trace.requests.iter().enumerate() {
-        let now = i as u64;
-        let m = model as usize;
-        if let Some(&next) = next_uses.get(i) {
-            next_use[m] = next;
-        }
-        if pool.location[m].is_some() {
-            result.hits += 1;
-            last_use[m] = now;
-            continue;
-        }
-        result.misses += 1;
-        let size = trace.sizes[m];
-        if size > max_size {
-            result.failed += 1;
-            continue;
-        }
-        for ((snapshot, residents), &used) in
-            snapshots.iter_mut().zip(&pool.residents).zip(&pool.used)
-        {
-            snapshot.used = Resources::new(used, 0);
-            snapshot.residents.clear();
-            snapshot.residents.extend(residents.iter().map(|&key| {
-                let k = key as usize;
-                Resident {
-                    key,
-                    size: Resources::new(trace.sizes[k], 0),
-                    evictable: now - last_use[k] >= config.min_age,
-                    rank: match policy {
-                        Policy::Lru => last_use[k],
-                        Policy::Belady => NEVER - next_use[k],
-                    },
-                }
-            }));
-        }
-        match placement::plan(&snapshots, Resources::new(size, 0), config.marks) {
-            Ok(plan) => {
-                for victim in plan.evict {
-                    if pool.unload(victim, trace.sizes[victim as usize]) {
-                        result.evictions += 1;
-                    }
-                }
-                result.mass_evictions += u64::from(plan.mass_eviction);
-                pool.load(model, size, plan.replica);
+    while let Some((_, step)) = sim.step() {
+        match step {
+            Step::Hit => result.hits += 1,
+            Step::Loaded {
+                evicted,
+                mass_eviction,
+                ..
+            } => {
+                result.misses += 1;
                 result.loads += 1;
-                last_use[m] = now;
+                result.evictions += evicted.len() as u64;
+                result.mass_evictions += u64::from(mass_eviction);
             }
-            Err(_) => result.failed += 1,
+            Step::Failed => {
+                result.misses += 1;
+                result.failed += 1;
+            }
         }
     }
     Ok(result)

@@ -1,7 +1,8 @@
 //! Capacity management through the real gateway: lazy loads are single-flight, a replica
 //! with room for two models serves four by evicting the least recently used, a model with
-//! requests in flight is never unloaded under them (the gateway's usage reports say so),
-//! and a pinned model is loaded without a request and never evicted.
+//! requests in flight is never unloaded under them (the gateway's usage reports say so) and
+//! a load that needs its room waits for them, and a pinned model is loaded without a
+//! request and never evicted.
 
 mod common;
 
@@ -196,7 +197,7 @@ async fn four_models_cycle_through_room_for_two_evicting_lru_first() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn models_with_requests_in_flight_are_not_unloaded() {
+async fn a_load_waits_for_requests_in_flight_and_never_unloads_under_them() {
     let stack = Stack::start(room_for_two()).await.unwrap();
     for name in ["slow_a", "slow_b"] {
         let dir = sleepy(stack.dir.path(), name).unwrap();
@@ -214,7 +215,7 @@ async fn models_with_requests_in_flight_are_not_unloaded() {
     let six_seconds = sleep_request(6.0);
     let long_a = stack.infer("slow_a", &six_seconds);
     let long_b = stack.infer("slow_b", &six_seconds);
-    let check = async {
+    let waiting = async {
         eventually(
             "both slow models reported in flight",
             Duration::from_secs(5),
@@ -230,20 +231,34 @@ async fn models_with_requests_in_flight_are_not_unloaded() {
         )
         .await
         .unwrap();
+        let soon_before = stack
+            .envoy
+            .stat("wasmcustom.mm_filter_usage_reports_soon")
+            .await
+            .unwrap();
+        // Only requests in flight block the load: the request waits for them (within the
+        // route wait) instead of failing.
         let (body, _, _) = example("linear");
-        let refused = stack.infer("linear", &body).await.unwrap();
-        assert_eq!(refused.status, 503, "{}", refused.text);
-        assert!(
-            refused.json["error"]
-                .as_str()
-                .unwrap()
-                .contains("no replica can take"),
-            "{}",
-            refused.text
-        );
+        (stack.infer("linear", &body).await.unwrap(), soon_before)
+    };
+    let during = async {
+        // While it waits, the pool-manager asks the gateway to watch the model it needs.
+        eventually("a slow model watched", Duration::from_secs(5), || async {
+            let (_, table) = stack
+                .internal_call(Method::GET, "/internal/v1/table", None)
+                .await?;
+            let watched = table["models"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|m| m["watch"] == true);
+            Ok(watched.then_some(()))
+        })
+        .await
+        .unwrap();
         stack.ready_models("r0").await.unwrap()
     };
-    let (a, b, ready_during) = tokio::join!(long_a, long_b, check);
+    let (a, b, (served, soon_before), ready_during) = tokio::join!(long_a, long_b, waiting, during);
     assert_eq!(
         ready_during,
         vec!["slow_a", "slow_b"],
@@ -253,18 +268,8 @@ async fn models_with_requests_in_flight_are_not_unloaded() {
         assert_eq!(r.status, 200, "{}", r.text);
         assert_close(&r.output("slept").unwrap(), &[6.0], "slow request");
     }
-
-    // Once the requests are over (and reported so), the same request evicts one of them.
-    let (body, output, want) = example("linear");
-    let served = stack
-        .infer_until_ok(
-            "linear placed once nothing is in flight",
-            "linear",
-            &body,
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap();
+    assert_eq!(served.status, 200, "{}", served.text);
+    let (_, output, want) = example("linear");
     assert_close(&served.output(output).unwrap(), &want, "linear");
     assert_eq!(
         stack
@@ -273,6 +278,17 @@ async fn models_with_requests_in_flight_are_not_unloaded() {
             .await
             .unwrap(),
         1.0
+    );
+    // The end of the watched model's last request was reported at once, not at the next
+    // once-a-second report.
+    let soon = stack
+        .envoy
+        .stat("wasmcustom.mm_filter_usage_reports_soon")
+        .await
+        .unwrap();
+    assert!(
+        soon > soon_before,
+        "no early usage report: {soon} after {soon_before}"
     );
 }
 

@@ -157,7 +157,7 @@ fn main() -> anyhow::Result<()> {
             marks.low,
             config.min_age,
         ),
-        "both policies place and evict through placement::plan, the live pool's planner; \
+        "both policies plan from the live pool's own table, snapshot and planner (placement::plan); \
          only the victim order differs. Belady (furthest next use) needs the future: a \
          reference, optimal only for one cache of equal-sized models"
             .to_owned(),

@@ -6,12 +6,13 @@
 //! not persisted (a restarted pool-manager starts with every replica undrained).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::place::Purpose;
-use super::table::CopyState;
+use super::table::{CopyState, ReplicaIdx};
 use super::{Pool, PoolError, ReplicaView};
 use crate::events::{EventKind, NewEvent};
 use crate::spec::ModelName;
@@ -19,9 +20,9 @@ use crate::spec::ModelName;
 /// A copy used within this long is moved to another replica before it is unloaded.
 pub const WARM: Duration = Duration::from_secs(60);
 
-/// Per-replica drain state, readable without the table lock.
+/// Per-replica drain passes (the draining flag itself is in the table, where placement
+/// reads it).
 pub(super) struct Drains {
-    draining: Vec<AtomicBool>,
     /// One pass at a time per replica.
     passes: Vec<tokio::sync::Mutex<()>>,
     /// Whether the replica's drain loop has been started (it runs for the process's life).
@@ -31,17 +32,9 @@ pub(super) struct Drains {
 impl Drains {
     pub fn new(replicas: usize) -> Self {
         Self {
-            draining: (0..replicas).map(|_| AtomicBool::new(false)).collect(),
             passes: (0..replicas).map(|_| tokio::sync::Mutex::new(())).collect(),
             started: (0..replicas).map(|_| AtomicBool::new(false)).collect(),
         }
-    }
-
-    /// Whether replica `idx` is draining (an unknown index is not).
-    pub fn is_draining(&self, idx: usize) -> bool {
-        self.draining
-            .get(idx)
-            .is_some_and(|d| d.load(Ordering::Relaxed))
     }
 }
 
@@ -64,31 +57,20 @@ struct Candidate {
 }
 
 impl Pool {
-    fn replica_index(&self, name: &str) -> Result<usize, PoolError> {
-        self.inner
-            .replicas
-            .iter()
-            .position(|r| r.id.as_str() == name)
+    fn replica_named(&self, name: &str) -> Result<ReplicaIdx, PoolError> {
+        self.replica_index(name)
             .ok_or_else(|| PoolError::UnknownReplica(name.to_owned()))
-    }
-
-    fn replica_view(&self, idx: usize) -> Result<ReplicaView, PoolError> {
-        self.replicas()
-            .into_iter()
-            .nth(idx)
-            .ok_or_else(|| PoolError::Internal("replica vanished".into()))
     }
 
     /// Marks replica `name` draining (idempotent) and starts moving its copies away.
     pub fn drain(&self, name: &str) -> Result<ReplicaView, PoolError> {
-        let idx = self.replica_index(name)?;
-        let drains = &self.inner.drains;
-        if !drains.draining[idx].swap(true, Ordering::Relaxed) {
+        let idx = self.replica_named(name)?;
+        if self.set_draining(idx, true) {
             info!(replica = %name, "replica draining: no new copies; its copies move or unload when idle");
             self.events()
                 .record(NewEvent::new(EventKind::Drained).replica(name));
         }
-        if !drains.started[idx].swap(true, Ordering::Relaxed) {
+        if !self.inner.drains.started[idx.index()].swap(true, Ordering::Relaxed) {
             tokio::spawn(self.clone().run_drain(idx));
         }
         self.replica_view(idx)
@@ -96,21 +78,32 @@ impl Pool {
 
     /// Makes replica `name` take new copies again (idempotent).
     pub fn undrain(&self, name: &str) -> Result<ReplicaView, PoolError> {
-        let idx = self.replica_index(name)?;
-        if self.inner.drains.draining[idx].swap(false, Ordering::Relaxed) {
+        let idx = self.replica_named(name)?;
+        if self.set_draining(idx, false) {
             info!(replica = %name, "replica undrained: takes new copies again");
             self.events()
                 .record(NewEvent::new(EventKind::Undrained).replica(name));
+            self.inner.room.changed();
         }
         self.replica_view(idx)
     }
 
-    pub(super) fn is_draining(&self, idx: usize) -> bool {
-        self.inner.drains.is_draining(idx)
+    /// Sets the draining flag; whether it changed.
+    fn set_draining(&self, idx: ReplicaIdx, on: bool) -> bool {
+        let mut t = self.table();
+        if t.is_draining(idx) == on {
+            return false;
+        }
+        t.update_replica(idx, |r| r.draining = on);
+        true
+    }
+
+    pub(super) fn is_draining(&self, idx: ReplicaIdx) -> bool {
+        self.table().is_draining(idx)
     }
 
     /// Runs a drain pass on replica `idx` every scaler tick while it is draining.
-    async fn run_drain(self, idx: usize) {
+    async fn run_drain(self, idx: ReplicaIdx) {
         let mut tick = tokio::time::interval(self.inner.settings.scale.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -124,46 +117,20 @@ impl Pool {
     /// One pass over the copies on draining replica `idx`: moves the wanted ones, unloads
     /// the idle ones; busy copies (requests in flight, another operation under way) wait
     /// for the next pass.
-    pub async fn drain_pass(&self, idx: usize) -> DrainPass {
+    pub async fn drain_pass(&self, idx: ReplicaIdx) -> DrainPass {
         let mut out = DrainPass::default();
-        let Ok(_pass) = self.inner.drains.passes[idx].try_lock() else {
+        let Ok(_pass) = self.inner.drains.passes[idx.index()].try_lock() else {
             return out;
         };
-        let now = Instant::now();
-        let candidates: Vec<Candidate> = {
-            let t = self.table();
-            t.models
-                .iter()
-                .filter(|(_, e)| !e.deleting)
-                .filter(|(_, e)| {
-                    e.copies
-                        .iter()
-                        .any(|c| c.replica == idx && c.state == CopyState::Loaded)
-                })
-                .filter(|(name, _)| t.in_flight.get(name.as_str(), idx) == 0)
-                .map(|(name, e)| Candidate {
-                    model: name.clone(),
-                    wanted: e.spec.min_copies > 0
-                        || e.last_used
-                            .is_some_and(|u| now.saturating_duration_since(u) < WARM),
-                    elsewhere: e.copies.iter().any(|c| {
-                        c.replica != idx
-                            && c.state != CopyState::Unloading
-                            && t.healthy[c.replica]
-                            && !self.is_draining(c.replica)
-                    }),
-                })
-                .collect()
-        };
-        for c in candidates {
+        for c in self.drain_candidates(idx, Instant::now()) {
             if !self.is_draining(idx) {
                 break;
             }
             if c.wanted && !c.elsewhere {
-                match self.place_copy(&c.model, Purpose::Drain).await {
+                match self.place_background(&c.model, Purpose::Drain).await {
                     Ok(_) => out.moved.push(c.model.to_string()),
                     Err(e) => {
-                        warn!(model = %c.model, replica = %self.inner.replicas[idx].id, error = %e,
+                        warn!(model = %c.model, replica = %self.config(idx).id, error = %e,
                               "moving a copy off a draining replica failed; it stays for now");
                         continue;
                     }
@@ -173,51 +140,62 @@ impl Pool {
                 out.unloaded.push(c.model.to_string());
             }
         }
-        out.remaining = self
-            .table()
-            .models
-            .values()
-            .filter(|e| e.holds(idx))
-            .count();
+        out.remaining = self.table().replica(idx).map_or(0, |r| r.copies());
         out
+    }
+
+    /// The loaded copies on replica `idx` with nothing in flight.
+    fn drain_candidates(&self, idx: ReplicaIdx, now: Instant) -> Vec<Candidate> {
+        let t = self.table();
+        let Some(state) = t.replica(idx) else {
+            return Vec::new();
+        };
+        state
+            .by_use()
+            .filter_map(|(_, name)| Some((name, t.get(name)?)))
+            .filter(|(_, e)| !e.deleting)
+            .filter(|(_, e)| e.copy_on(idx).is_some_and(|c| c.state == CopyState::Loaded))
+            .filter(|(name, _)| t.in_flight().get(name.as_str(), idx) == 0)
+            .map(|(name, e)| Candidate {
+                model: name.clone(),
+                wanted: e.spec().min_copies > 0
+                    || e.last_used()
+                        .is_some_and(|u| now.saturating_duration_since(u) < WARM),
+                elsewhere: e.copies().iter().any(|c| {
+                    c.replica != idx
+                        && c.state != CopyState::Unloading
+                        && t.is_healthy(c.replica)
+                        && !t.is_draining(c.replica)
+                }),
+            })
+            .collect()
     }
 
     /// Unloads `model`'s copy from draining replica `idx` if it is still loaded there with
     /// nothing in flight; true if it went.
-    async fn unload_drained(&self, model: &ModelName, idx: usize) -> bool {
-        let Some(lock) = self.table().models.get(model).map(|e| e.op_lock.clone()) else {
+    async fn unload_drained(&self, model: &ModelName, idx: ReplicaIdx) -> bool {
+        let Ok(_op) = self.lock_model(model).await else {
             return false;
         };
-        let _op = lock.lock().await;
         {
-            let mut guard = self.table();
-            let t = &mut *guard;
-            let busy = t.in_flight.get(model.as_str(), idx) > 0;
-            let Some(e) = t.models.get_mut(model).filter(|e| !e.deleting) else {
-                return false;
-            };
-            let Some(copy) = e
-                .copies
-                .iter_mut()
-                .find(|c| c.replica == idx && c.state == CopyState::Loaded)
-            else {
-                return false;
-            };
-            if busy {
+            let mut t = self.table();
+            let busy = t.in_flight().get(model.as_str(), idx) > 0;
+            let loaded = t
+                .get(model)
+                .filter(|e| !e.deleting)
+                .and_then(|e| e.copy_on(idx))
+                .is_some_and(|c| c.state == CopyState::Loaded);
+            if busy || !loaded {
                 return false;
             }
-            copy.state = CopyState::Unloading;
-            copy.since = Instant::now();
+            t.set_copy_state(model, idx, CopyState::Unloading, Instant::now());
         }
         self.update_gauges();
         match self.unload_copy(model, idx, "drained", false).await {
             Ok(()) => true,
             Err(_) => {
-                if let Some(e) = self.table().models.get_mut(model) {
-                    for c in e.copies.iter_mut().filter(|c| c.replica == idx) {
-                        c.state = CopyState::Loaded;
-                    }
-                }
+                self.table()
+                    .set_copy_state(model, idx, CopyState::Loaded, Instant::now());
                 self.update_gauges();
                 false
             }

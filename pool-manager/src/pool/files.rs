@@ -10,7 +10,8 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+
+use tokio::time::Instant;
 
 use tracing::warn;
 
@@ -42,7 +43,6 @@ impl Pool {
         let (spec, backing_off) = {
             let t = self.table();
             let entry = t
-                .models
                 .get(model)
                 .filter(|e| !e.deleting)
                 .ok_or_else(|| PoolError::UnknownModel(model.to_string()))?;
@@ -50,7 +50,7 @@ impl Pool {
                 .failure
                 .as_ref()
                 .is_some_and(|f| Instant::now() < f.retry_at);
-            (entry.spec.clone(), backing_off)
+            (entry.spec().clone(), backing_off)
         };
         let source = match &spec.storage_uri {
             StorageUri::File { path, .. } => {
@@ -76,11 +76,8 @@ impl Pool {
             Ok(lease) => lease,
             Err(e) => return Err(self.files_failed(model, pull_failed(&e))),
         };
-        if let Some(e) = self.table().models.get_mut(model) {
-            if e.spec.storage_uri == spec.storage_uri {
-                e.spec.estimate_from_files(lease.bytes);
-            }
-        }
+        self.table()
+            .estimate_from_files(model, &spec.storage_uri, lease.bytes);
         if lease.pulled {
             let in_use = self.cache_keys_in_use();
             storage.cache().evict(&|k| in_use.contains(k)).await;
@@ -104,16 +101,23 @@ impl Pool {
     /// unloading): their cached files are not evicted.
     fn cache_keys_in_use(&self) -> HashSet<CacheKey> {
         let t = self.table();
-        t.models
-            .iter()
-            .filter(|(_, e)| !e.copies.is_empty())
-            .filter_map(|(name, e)| match &e.spec.storage_uri {
-                StorageUri::Remote(source) => Some(CacheKey::new(
-                    name,
-                    &source.identity(),
-                    e.spec.sha256.as_deref(),
-                )),
-                StorageUri::File { .. } => None,
+        let with_copies: HashSet<&ModelName> = t
+            .replica_indexes()
+            .filter_map(|idx| t.replica(idx))
+            .flat_map(|r| r.by_use().map(|(_, name)| name))
+            .collect();
+        with_copies
+            .into_iter()
+            .filter_map(|name| {
+                let spec = t.get(name)?.spec();
+                match &spec.storage_uri {
+                    StorageUri::Remote(source) => Some(CacheKey::new(
+                        name,
+                        &source.identity(),
+                        spec.sha256.as_deref(),
+                    )),
+                    StorageUri::File { .. } => None,
+                }
             })
             .collect()
     }
@@ -123,17 +127,17 @@ impl Pool {
     fn files_failed(&self, model: &ModelName, reason: String) -> PoolError {
         {
             let mut t = self.table();
-            if let Some(entry) = t.models.get_mut(model) {
+            if let Some(entry) = t.get_mut(model) {
                 let count = entry
                     .failure
                     .as_ref()
                     .map_or(0, |f| f.count)
                     .saturating_add(1);
-                entry.failure = Some(Failure {
+                entry.failure = Some(Box::new(Failure {
                     reason: reason.clone(),
                     count,
                     retry_at: Instant::now() + backoff(&self.inner.settings, count),
-                });
+                }));
             }
         }
         self.update_gauges();

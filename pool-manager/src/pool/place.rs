@@ -1,18 +1,22 @@
-//! Placing a copy of a model (for a request, a pin, or a scale-up): plan with
-//! [`crate::placement::plan`] from a snapshot of the table, evict the plan's victims, stage
-//! the files, load; and unloading copies.
+//! Placing a copy of a model (for a request, a pin, a scale-up or a drain), in four steps
+//! each on one screen: [`Pool::reserve`] plans from a snapshot of the table and claims the
+//! replica and the victims (waiting for room when the purpose allows), `evict` unloads the
+//! victims, `load` stages the files and loads, `record` writes the outcome. Also unloading
+//! a copy. A cold request's time in each step is observed in
+//! `mm_cold_phase_seconds{phase}`.
 
-use std::collections::HashMap;
-use std::time::Instant;
+use std::time::Duration;
 
-use tokio::sync::OwnedMutexGuard;
+use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::table::{Copy, CopyState, Failure};
+use super::room::{OpGuard, Waiter};
+use super::snapshot::snapshot;
+use super::table::{CopyState, Failure, ReplicaIdx, Table};
 use super::{backoff, Pool, PoolError};
 use crate::events::{EventKind, NewEvent};
 use crate::metrics::{ReasonLabel, ReplicaLabel};
-use crate::placement::{self, PlacementError, ReplicaSnapshot, Resident, Resources};
+use crate::placement::{self, Decision, Lru, PlacementError, Resources, Wait};
 use crate::spec::ModelName;
 use mm_wire::RouteResponse;
 
@@ -40,270 +44,326 @@ impl Purpose {
     }
 }
 
-/// A victim chosen by a plan, with its op lock held until it is unloaded.
+/// A victim chosen by a plan, its op lock held until it is unloaded.
 struct Victim {
     model: ModelName,
-    _lock: OwnedMutexGuard<()>,
+    _lock: OpGuard,
     loaded_at: Instant,
     last_used: Option<Instant>,
     size: Resources,
 }
 
-impl Pool {
-    /// Loads `model` unless a copy is routable already; the single-flight slow path of
-    /// [`Pool::route`].
-    pub(super) async fn place_for_demand(
-        &self,
-        model: &ModelName,
-    ) -> Result<RouteResponse, PoolError> {
-        match self.place_copy(model, Purpose::Demand).await? {
-            Some(replica) => {
-                let t = self.table();
-                let inputs = t.models.get(model).and_then(|e| e.inputs.clone());
-                self.route_to(&t, Some(model), replica, inputs)
-                    .ok_or(PoolError::NoHealthyReplica)
-            }
-            None => Err(PoolError::Internal(
-                "demand placement placed nothing".into(),
-            )),
+/// A replica claimed for a new copy: the copy is in the table as `Loading`, the victims as
+/// `Unloading`.
+struct Reservation {
+    replica: ReplicaIdx,
+    victims: Vec<Victim>,
+    /// The model's declared size (host and GPU memory).
+    declared: Resources,
+    mass_eviction: bool,
+}
+
+/// What one planning attempt under the table lock came to.
+enum Attempt {
+    /// Nothing to place: the replica of the copy that serves already, if any.
+    Needless(Option<ReplicaIdx>),
+    Reserved(Reservation),
+    /// A planned victim became busy between the plan and its lock: plan again.
+    Raced,
+    Wait(Wait<ModelName>, Resources),
+    Refused(PlacementError),
+}
+
+/// What a load came to, with the model's metadata when it worked.
+struct Loaded {
+    outcome: Result<(), String>,
+    elapsed: Duration,
+    measured: Option<crate::replica::MemoryUsage>,
+    inputs: Option<Vec<mm_wire::TensorSpec>>,
+}
+
+/// Times the steps of a cold request into `mm_cold_phase_seconds` (demand loads only).
+pub(super) struct Phases<'p> {
+    pool: &'p Pool,
+    on: bool,
+    last: Instant,
+}
+
+impl<'p> Phases<'p> {
+    pub fn new(pool: &'p Pool, purpose: Purpose, since: Instant) -> Self {
+        Self {
+            pool,
+            on: purpose == Purpose::Demand,
+            last: since,
         }
     }
 
+    /// Ends phase `phase` now.
+    pub fn mark(&mut self, phase: &'static str) {
+        let now = Instant::now();
+        if self.on {
+            self.pool
+                .inner
+                .metrics
+                .cold_phase(phase, now.saturating_duration_since(self.last));
+        }
+        self.last = now;
+    }
+}
+
+/// Planning attempts that found a victim taken between plan and lock before giving up.
+const MAX_RACES: u32 = 16;
+
+impl Pool {
+    /// Loads `model` unless a copy is routable already; the single-flight slow path of
+    /// [`Pool::route`], giving up waiting for room at `deadline`.
+    pub(super) async fn place_for_demand(
+        &self,
+        model: &ModelName,
+        started: Instant,
+        deadline: Instant,
+    ) -> Result<RouteResponse, PoolError> {
+        let replica = self
+            .place_copy(model, Purpose::Demand, started, deadline)
+            .await?
+            .ok_or_else(|| PoolError::Internal("demand placement placed nothing".into()))?;
+        let t = self.table();
+        let inputs = t.get(model).and_then(|e| e.inputs.clone());
+        self.route_to(&t, Some(model), replica, inputs)
+            .ok_or(PoolError::NoHealthyReplica)
+    }
+
     /// Places one more copy of `model` if `purpose` still calls for it once the model's op
-    /// lock is held. Returns the replica of the new (or, for demand, existing routable)
-    /// copy, or `None` when nothing was needed.
+    /// lock is held: reserve, evict, load, record. Returns the replica of the new (or, for
+    /// demand, existing routable) copy, or `None` when nothing was needed.
     pub(super) async fn place_copy(
         &self,
         model: &ModelName,
         purpose: Purpose,
-    ) -> Result<Option<usize>, PoolError> {
-        let lock = {
-            let t = self.table();
-            let entry = t
-                .models
-                .get(model)
-                .filter(|e| !e.deleting)
-                .ok_or_else(|| PoolError::UnknownModel(model.to_string()))?;
-            entry.op_lock.clone()
-        };
-        let _op = lock.lock().await;
+        started: Instant,
+        deadline: Instant,
+    ) -> Result<Option<ReplicaIdx>, PoolError> {
+        let mut phases = Phases::new(self, purpose, started);
+        let _op = self.lock_model(model).await?;
+        phases.mark("queue");
         // Remote files are pulled (or found cached) before anything is planned or evicted.
         let files = self.prepare_files(model).await?;
-        let settings = &self.inner.settings;
-        let deadline = Instant::now() + settings.route_wait;
+        phases.mark("files");
+        let reservation = match self.reserve(model, purpose, deadline).await? {
+            Ok(r) => r,
+            Err(existing) => return Ok(existing),
+        };
+        phases.mark("placement");
+        self.evict(model, purpose, &reservation).await?;
+        phases.mark("eviction");
+        let loaded = self
+            .load(model, reservation.replica, files, &mut phases)
+            .await;
+        let result = self.record(model, purpose, &reservation, loaded);
+        phases.mark("table_update");
+        result
+    }
 
-        // Plan and reserve under the table lock. A demand load that finds no room only
-        // because the candidates are younger than the minimum age (or busy with another
-        // operation) waits for the first to become evictable, within the route wait, rather
-        // than fail: those will be evictable soon, unlike ones with requests in flight or
-        // pinned, for which it fails fast.
-        let (idx, victims, spec, mass) = loop {
+    /// Plans and claims room for `model` (see [`Attempt`]); demand placements wait for
+    /// busy copies to free room, in arrival order, until `deadline`. `Ok(Err(_))` means
+    /// nothing needs placing.
+    async fn reserve(
+        &self,
+        model: &ModelName,
+        purpose: Purpose,
+        deadline: Instant,
+    ) -> Result<Result<Reservation, Option<ReplicaIdx>>, PoolError> {
+        let waits = purpose == Purpose::Demand;
+        let mut waiter = Waiter::new(self);
+        if waits && self.inner.room.is_busy() {
+            waiter
+                .take_turn(deadline, || {
+                    self.refused(model, purpose, PlacementError::Queued)
+                })
+                .await?;
+        }
+        let mut races = 0;
+        loop {
+            let mut changes = self.inner.room.subscribe();
             let now = Instant::now();
-            let planned: Result<_, std::time::Duration> = 'plan: {
-                let mut guard = self.table();
-                let t = &mut *guard;
-                let entry = t
-                    .models
-                    .get(model)
-                    .filter(|e| !e.deleting)
-                    .ok_or_else(|| PoolError::UnknownModel(model.to_string()))?;
-                let present = entry
-                    .copies
-                    .iter()
-                    .filter(|c| c.state != CopyState::Unloading && t.healthy[c.replica])
-                    .count();
-                match purpose {
-                    Purpose::Demand => {
-                        if let Some(c) = entry.routable(&t.healthy).next() {
-                            return Ok(Some(c.replica));
-                        }
-                    }
-                    Purpose::Pin if present >= entry.spec.min_copies as usize => return Ok(None),
-                    Purpose::Scale if present >= entry.spec.max_copies as usize => return Ok(None),
-                    Purpose::Drain
-                        if entry.copies.iter().any(|c| {
-                            c.state != CopyState::Unloading
-                                && t.healthy[c.replica]
-                                && !self.is_draining(c.replica)
-                        }) =>
-                    {
-                        return Ok(None)
-                    }
-                    _ => {}
+            match self.try_reserve(model, purpose, now)? {
+                Attempt::Needless(existing) => return Ok(Err(existing)),
+                Attempt::Reserved(r) => return Ok(Ok(r)),
+                Attempt::Raced if races < MAX_RACES => races += 1,
+                Attempt::Raced => {
+                    return Err(PoolError::Internal(format!(
+                        "placement raced with other operations {MAX_RACES} times"
+                    )))
                 }
-                if let Some(f) = &entry.failure {
-                    if now < f.retry_at {
-                        return Err(PoolError::LoadFailed {
-                            name: model.to_string(),
-                            reason: f.reason.clone(),
-                            retry_in: Some(f.retry_at - now),
-                        });
+                Attempt::Refused(source) => return Err(self.refused(model, purpose, source)),
+                Attempt::Wait(wait, need) => {
+                    let in_time = wait.ready_in().is_none_or(|d| now + d < deadline);
+                    if !waits || !in_time || now >= deadline {
+                        return Err(self.refused(model, purpose, wait.into_error(need)));
                     }
-                }
-                let need = entry.size();
-                let holds: Vec<bool> = (0..self.inner.replicas.len())
-                    .map(|i| entry.holds(i))
-                    .collect();
-
-                let n = self.inner.replicas.len();
-                let in_flight = t.in_flight.replica_totals(n);
-                let used = t.used_all(n);
-                let mut locks: HashMap<ModelName, OwnedMutexGuard<()>> = HashMap::new();
-                // How soon the first model protected only by the minimum age becomes evictable.
-                let mut age_out: Option<std::time::Duration> = None;
-                // One pass over the models, bucketing each copy under its replica.
-                let mut residents: Vec<Vec<Resident<ModelName>>> =
-                    (0..n).map(|_| Vec::new()).collect();
-                for (name, e) in t.models.iter().filter(|(n, _)| *n != model) {
-                    for c in &e.copies {
-                        let last = e.last_used.map_or(c.since, |u| u.max(c.since));
-                        let age = now.saturating_duration_since(last);
-                        let soon = c.state == CopyState::Loaded
-                            && !e.deleting
-                            && t.in_flight.get(name.as_str(), c.replica) == 0
-                            && e.loaded_copies() > e.spec.min_copies as usize;
-                        if soon && age < settings.min_age {
-                            let left = settings.min_age - age;
-                            age_out =
-                                Some(age_out.map_or(left, |w: std::time::Duration| w.min(left)));
-                        } else if soon && !locks.contains_key(name) && e.op_lock.try_lock().is_err()
-                        {
-                            // Busy with another placement or unload: free again in a moment.
-                            let left = std::time::Duration::from_millis(50);
-                            age_out =
-                                Some(age_out.map_or(left, |w: std::time::Duration| w.min(left)));
-                        }
-                        let evictable = c.state == CopyState::Loaded
-                            && !e.deleting
-                            && t.in_flight.get(name.as_str(), c.replica) == 0
-                            && now.saturating_duration_since(last) >= settings.min_age
-                            && e.loaded_copies() > e.spec.min_copies as usize
-                            && (locks.contains_key(name)
-                                || match e.op_lock.clone().try_lock_owned() {
-                                    Ok(g) => {
-                                        locks.insert(name.clone(), g);
-                                        true
-                                    }
-                                    Err(_) => false,
-                                });
-                        if let Some(slot) = residents.get_mut(c.replica) {
-                            slot.push(Resident {
-                                key: name.clone(),
-                                size: e.size(),
-                                evictable,
-                                rank: u64::try_from(
-                                    last.saturating_duration_since(self.inner.epoch).as_nanos(),
-                                )
-                                .unwrap_or(u64::MAX),
-                            });
-                        }
+                    if !waiter.has_turn() {
+                        waiter
+                            .take_turn(deadline, || {
+                                self.refused(model, purpose, wait.into_error(need))
+                            })
+                            .await?;
+                        continue;
                     }
-                }
-                let snapshots: Vec<ReplicaSnapshot<ModelName>> = residents
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, residents)| ReplicaSnapshot {
-                        // A draining replica takes no new copies.
-                        healthy: t.healthy[i] && !self.is_draining(i),
-                        holds_model: holds[i],
-                        capacity: self.inner.replicas[i].capacity,
-                        used: used[i],
-                        in_flight: in_flight[i],
-                        residents,
-                    })
-                    .collect();
-                let plan = match placement::plan(&snapshots, need, settings.watermarks) {
-                    Ok(plan) => plan,
-                    Err(PlacementError::NoRoom { .. })
-                        if purpose == Purpose::Demand
-                            && age_out.is_some_and(|w| now + w < deadline) =>
-                    {
-                        // The churn guard, not a lack of memory: wait for it.
-                        break 'plan Err(
-                            age_out.unwrap_or_default() + std::time::Duration::from_millis(5)
-                        );
-                    }
-                    Err(source) => {
-                        self.inner.metrics.placement_failures.inc();
-                        warn!(model = %model, purpose = purpose.reason(), error = %source, "placement failed");
-                        return Err(PoolError::NoCapacity {
-                            name: model.to_string(),
-                            source,
-                        });
-                    }
-                };
-                let mut victims = Vec::with_capacity(plan.evict.len());
-                for key in &plan.evict {
-                    let (Some(lock), Some(e)) = (locks.remove(key), t.models.get_mut(key)) else {
-                        return Err(PoolError::Internal("planned victim vanished".into()));
-                    };
-                    let mut loaded_at = now;
-                    for c in e.copies.iter_mut().filter(|c| c.replica == plan.replica) {
-                        loaded_at = c.since;
-                        c.state = CopyState::Unloading;
-                        c.since = now;
-                    }
-                    victims.push(Victim {
-                        model: key.clone(),
-                        _lock: lock,
-                        loaded_at,
-                        last_used: e.last_used,
-                        size: e.size(),
+                    waiter.watch(in_flight_victims(&wait));
+                    let until = wait.next_age_out().map_or(deadline, |d| {
+                        deadline.min(now + d + Duration::from_millis(1))
                     });
-                }
-                drop(locks);
-                let entry = t
-                    .models
-                    .get_mut(model)
-                    .ok_or_else(|| PoolError::UnknownModel(model.to_string()))?;
-                entry.copies.push(Copy {
-                    replica: plan.replica,
-                    state: CopyState::Loading,
-                    since: now,
-                });
-                Ok((
-                    plan.replica,
-                    victims,
-                    entry.spec.clone(),
-                    plan.mass_eviction,
-                ))
-            };
-            match planned {
-                Ok(reserved) => break reserved,
-                Err(wait) => {
-                    tracing::debug!(model = %model, ?wait, "no room until a recently used model ages out; waiting");
-                    tokio::time::sleep(wait).await;
+                    tracing::debug!(model = %model, blocked = wait.blocked.len(), "waiting for room");
+                    tokio::select! {
+                        _ = changes.changed() => {}
+                        () = tokio::time::sleep_until(until) => {}
+                    }
                 }
             }
+        }
+    }
+
+    /// One planning attempt under the table lock: snapshot, plan, lock the victims, claim.
+    fn try_reserve(
+        &self,
+        model: &ModelName,
+        purpose: Purpose,
+        now: Instant,
+    ) -> Result<Attempt, PoolError> {
+        let mut guard = self.table();
+        let t = &mut *guard;
+        if let Some(existing) = self.needless(t, model, purpose, now)? {
+            return Ok(Attempt::Needless(existing));
+        }
+        let s =
+            snapshot(t, model, now).ok_or_else(|| PoolError::UnknownModel(model.to_string()))?;
+        let plan = match placement::plan(&s, &Lru) {
+            Decision::Place(plan) => plan.map(|k| k.clone()),
+            Decision::Wait(wait) => return Ok(Attempt::Wait(wait.map(|k| k.clone()), s.need)),
+            Decision::Refuse(e) => return Ok(Attempt::Refused(e)),
         };
-        self.update_gauges();
-        let replica = &self.inner.replicas[idx];
+        let replica = ReplicaIdx::new(plan.replica);
+        let mut victims = Vec::with_capacity(plan.evict.len());
+        for key in plan.evict {
+            let Some(e) = t.get_mut(&key) else {
+                return Ok(Attempt::Raced);
+            };
+            let Some(lock) = self.try_lock_entry(e) else {
+                return Ok(Attempt::Raced);
+            };
+            let loaded_at = e.copy_on(replica).map_or(now, |c| c.since);
+            let (last_used, size) = (e.last_used(), e.size());
+            victims.push(Victim {
+                model: key,
+                _lock: lock,
+                loaded_at,
+                last_used,
+                size,
+            });
+        }
+        for v in &victims {
+            t.set_copy_state(&v.model, replica, CopyState::Unloading, now);
+        }
+        t.add_copy(model, replica, CopyState::Loading, now);
+        let declared = t
+            .get(model)
+            .map(|e| Resources::new(e.spec().memory, e.spec().gpu_memory))
+            .ok_or_else(|| PoolError::UnknownModel(model.to_string()))?;
+        Ok(Attempt::Reserved(Reservation {
+            replica,
+            victims,
+            declared,
+            mass_eviction: plan.mass_eviction,
+        }))
+    }
+
+    /// `Some` when `purpose` no longer calls for a copy (with the serving replica, for
+    /// demand); an error while the model backs off after a failed load.
+    fn needless(
+        &self,
+        t: &Table,
+        model: &ModelName,
+        purpose: Purpose,
+        now: Instant,
+    ) -> Result<Option<Option<ReplicaIdx>>, PoolError> {
+        let entry = t
+            .get(model)
+            .filter(|e| !e.deleting)
+            .ok_or_else(|| PoolError::UnknownModel(model.to_string()))?;
+        let live =
+            |c: &&super::table::Copy| c.state != CopyState::Unloading && t.is_healthy(c.replica);
+        let present = entry.copies().iter().filter(live).count();
+        let spec = entry.spec();
+        let needless = match purpose {
+            Purpose::Demand => t.routable(model).first().map(|r| Some(*r)),
+            Purpose::Pin => (present >= spec.min_copies as usize).then_some(None),
+            Purpose::Scale => (present >= spec.max_copies as usize).then_some(None),
+            Purpose::Drain => entry
+                .copies()
+                .iter()
+                .filter(live)
+                .any(|c| !t.is_draining(c.replica))
+                .then_some(None),
+        };
+        if needless.is_some() {
+            return Ok(needless);
+        }
+        match &entry.failure {
+            Some(f) if now < f.retry_at => Err(PoolError::LoadFailed {
+                name: model.to_string(),
+                reason: f.reason.clone(),
+                retry_in: Some(f.retry_at - now),
+            }),
+            _ => Ok(None),
+        }
+    }
+
+    fn refused(&self, model: &ModelName, purpose: Purpose, source: PlacementError) -> PoolError {
+        self.inner.metrics.placement_failures.inc();
+        warn!(model = %model, purpose = purpose.reason(), error = %source, "placement failed");
+        PoolError::NoCapacity {
+            name: model.to_string(),
+            source,
+        }
+    }
+
+    /// Unloads the reservation's victims; if one fails, gives the others back and drops
+    /// the reserved copy.
+    async fn evict(
+        &self,
+        model: &ModelName,
+        purpose: Purpose,
+        r: &Reservation,
+    ) -> Result<(), PoolError> {
+        let replica = self.config(r.replica);
         let label = ReplicaLabel::new(replica.id.as_str());
-        if mass {
+        if r.mass_eviction {
             self.inner
                 .metrics
                 .mass_evictions
                 .get_or_create(&label)
                 .inc();
-            warn!(model = %model, replica = %replica.id, victims = victims.len(),
+            warn!(model = %model, replica = %replica.id, victims = r.victims.len(),
                   "placement evicts most of the replica's models");
         }
         info!(model = %model, replica = %replica.id, purpose = purpose.reason(),
-              memory = spec.memory, gpu_memory = spec.gpu_memory,
-              evict = ?victims.iter().map(|v| v.model.as_str()).collect::<Vec<_>>(),
-              "placing model");
+              memory = r.declared.memory, gpu_memory = r.declared.gpu_memory,
+              evict = ?r.victims.iter().map(|v| v.model.as_str()).collect::<Vec<_>>(), "placing model");
         self.events().record(
             NewEvent::new(EventKind::Placed)
                 .model(model)
                 .replica(&replica.id)
-                .size(spec.memory, spec.gpu_memory)
+                .size(r.declared.memory, r.declared.gpu_memory)
                 .reason(purpose.reason()),
         );
-
-        for victim in &victims {
-            if let Err(reason) = self.unload_copy(&victim.model, idx, "evicted", false).await {
-                self.restore_victims(&victims, idx);
-                self.forget_copy(model, idx);
+        self.update_gauges();
+        for victim in &r.victims {
+            if let Err(reason) = self
+                .unload_copy(&victim.model, r.replica, "evicted", false)
+                .await
+            {
+                self.restore_victims(&r.victims, r.replica);
+                self.forget_copy(model, r.replica);
                 self.update_gauges();
                 return Err(PoolError::EvictionFailed {
                     name: model.to_string(),
@@ -312,166 +372,220 @@ impl Pool {
                     reason,
                 });
             }
-            self.inner.metrics.evictions.get_or_create(&label).inc();
-            self.inner
-                .metrics
-                .eviction_age
-                .observe(victim.loaded_at.elapsed().as_secs_f64());
-            if let Some(used) = victim.last_used {
-                self.inner
-                    .metrics
-                    .eviction_idle
-                    .observe(used.elapsed().as_secs_f64());
-            }
-            info!(model = %victim.model, replica = %replica.id, for_model = %model,
-                  memory = victim.size.memory, gpu_memory = victim.size.gpu_memory,
-                  loaded_seconds = victim.loaded_at.elapsed().as_secs_f64(),
-                  idle_seconds = victim.last_used.map(|u| u.elapsed().as_secs_f64()),
-                  reason = "room for another model", "model evicted");
-            self.events().record(
-                NewEvent::new(EventKind::Evicted)
-                    .model(&victim.model)
-                    .replica(&replica.id)
-                    .size(victim.size.memory, victim.size.gpu_memory)
-                    .seconds(victim.loaded_at.elapsed().as_secs_f64())
-                    .reason(format!("room for {model}")),
-            );
+            self.evicted(model, victim, r.replica);
         }
-        drop(victims);
+        Ok(())
+    }
 
+    /// Metrics, log line and event of one eviction.
+    fn evicted(&self, model: &ModelName, victim: &Victim, replica: ReplicaIdx) {
+        let r = self.config(replica);
+        let m = &self.inner.metrics;
+        let loaded = victim.loaded_at.elapsed().as_secs_f64();
+        let idle = victim.last_used.map(|u| u.elapsed().as_secs_f64());
+        m.evictions
+            .get_or_create(&ReplicaLabel::new(r.id.as_str()))
+            .inc();
+        m.eviction_age.observe(loaded);
+        if let Some(idle) = idle {
+            m.eviction_idle.observe(idle);
+        }
+        info!(model = %victim.model, replica = %r.id, for_model = %model,
+              memory = victim.size.memory, gpu_memory = victim.size.gpu_memory,
+              loaded_seconds = loaded, idle_seconds = idle,
+              reason = "room for another model", "model evicted");
+        self.events().record(
+            NewEvent::new(EventKind::Evicted)
+                .model(&victim.model)
+                .replica(&r.id)
+                .size(victim.size.memory, victim.size.gpu_memory)
+                .seconds(loaded)
+                .reason(format!("room for {model}")),
+        );
+    }
+
+    /// Stages the files and loads the model on `replica`; then reads what the replica says
+    /// of it (measured memory and inputs, both at once).
+    async fn load(
+        &self,
+        model: &ModelName,
+        replica: ReplicaIdx,
+        files: Option<super::files::Files>,
+        phases: &mut Phases<'_>,
+    ) -> Loaded {
+        let r = self.config(replica);
         // Into the shared repository, or read to travel in the load request (files.rs).
         let staging = self.stage_files(model, files.as_ref()).await;
+        phases.mark("staging");
         let started = Instant::now();
         let outcome = match staging {
-            Ok(payload) => self.load_staged(replica, model, payload).await,
+            Ok(payload) => self.load_staged(r, model, payload).await,
             Err(e) => Err(e),
         };
         drop(files);
         let elapsed = started.elapsed();
+        phases.mark("load_call");
         let (measured, inputs) = match outcome {
-            Ok(()) => (
-                replica.client.memory_usage(model.as_str()).await.ok(),
-                replica.client.inputs(model.as_str()).await.ok(),
-            ),
+            Ok(()) => {
+                let (m, i) = tokio::join!(
+                    r.client.memory_usage(model.as_str()),
+                    r.client.inputs(model.as_str())
+                );
+                (m.ok(), i.ok())
+            }
             Err(_) => (None, None),
         };
-        let result = {
-            let mut t = self.table();
-            let entry = t
-                .models
-                .get_mut(model)
-                .ok_or_else(|| PoolError::Internal("model vanished during its load".into()))?;
-            match outcome {
-                Ok(()) => {
-                    if let Some(c) = entry.copies.iter_mut().find(|c| c.replica == idx) {
-                        c.state = CopyState::Loaded;
-                        c.since = Instant::now();
+        phases.mark("metadata");
+        Loaded {
+            outcome,
+            elapsed,
+            measured,
+            inputs,
+        }
+    }
+
+    /// Writes a load's outcome into the table: the copy loaded, or gone with the failure
+    /// recorded for the backoff.
+    fn record(
+        &self,
+        model: &ModelName,
+        purpose: Purpose,
+        r: &Reservation,
+        loaded: Loaded,
+    ) -> Result<Option<ReplicaIdx>, PoolError> {
+        let replica = self.config(r.replica);
+        let result = match loaded.outcome {
+            Ok(()) => {
+                {
+                    let mut t = self.table();
+                    if !t.contains(model) {
+                        return Err(PoolError::Internal("model vanished during its load".into()));
                     }
-                    entry.failure = None;
-                    if inputs.is_some() {
-                        entry.inputs = inputs;
+                    t.set_copy_state(model, r.replica, CopyState::Loaded, Instant::now());
+                    if let Some(e) = t.get_mut(model) {
+                        e.failure = None;
                     }
-                    if let Some(m) = measured {
-                        let declared = Resources::new(entry.spec.memory, entry.spec.gpu_memory);
+                    if loaded.inputs.is_some() {
+                        t.set_inputs(model, loaded.inputs);
+                    }
+                    if let Some(m) = loaded.measured {
                         let seen = Resources::new(m.cpu, m.gpu);
-                        if !seen.fits_in(declared) {
-                            info!(model = %model, declared = ?declared, measured = ?seen,
+                        if !seen.fits_in(r.declared) {
+                            info!(model = %model, measured = ?seen,
                                   "replica measured more memory than declared; accounting the larger");
-                            entry.measured = seen.max(entry.measured);
+                            t.set_measured(model, seen);
                         }
                     }
-                    if entry.loaded_copies() > 1 {
-                        self.inner
-                            .metrics
-                            .copies_added
-                            .get_or_create(&ReasonLabel {
-                                reason: purpose.reason(),
-                            })
-                            .inc();
-                    }
-                    self.inner.metrics.loads.get_or_create(&label).inc();
-                    self.inner
-                        .metrics
-                        .load_duration
-                        .observe(elapsed.as_secs_f64());
-                    let size = entry.size();
-                    info!(model = %model, replica = %replica.id, seconds = elapsed.as_secs_f64(),
-                          memory = size.memory, gpu_memory = size.gpu_memory,
-                          purpose = purpose.reason(), copies = entry.loaded_copies(), "model loaded");
-                    self.events().record(
-                        NewEvent::new(EventKind::Loaded)
-                            .model(model)
-                            .replica(&replica.id)
-                            .size(size.memory, size.gpu_memory)
-                            .seconds(elapsed.as_secs_f64())
-                            .reason(purpose.reason()),
-                    );
-                    if entry.loaded_copies() > 1 {
-                        self.events().record(
-                            NewEvent::new(EventKind::CopyAdded)
-                                .model(model)
-                                .replica(&replica.id)
-                                .size(size.memory, size.gpu_memory)
-                                .reason(purpose.reason()),
-                        );
-                    }
-                    Ok(Some(idx))
                 }
-                Err(reason) => {
-                    entry.copies.retain(|c| c.replica != idx);
-                    let count = entry
-                        .failure
-                        .as_ref()
-                        .map_or(0, |f| f.count)
-                        .saturating_add(1);
-                    let reason = format!("replica {}: {reason}", replica.id);
-                    entry.failure = Some(Failure {
-                        reason: reason.clone(),
-                        count,
-                        retry_at: Instant::now() + backoff(settings, count),
-                    });
-                    self.inner.metrics.load_failures.get_or_create(&label).inc();
-                    warn!(model = %model, replica = %replica.id, memory = spec.memory,
-                          gpu_memory = spec.gpu_memory, purpose = purpose.reason(),
-                          error = %reason, "model load failed");
-                    self.events().record(
-                        NewEvent::new(EventKind::LoadFailed)
-                            .model(model)
-                            .replica(&replica.id)
-                            .size(spec.memory, spec.gpu_memory)
-                            .seconds(elapsed.as_secs_f64())
-                            .reason(&reason),
-                    );
-                    Err(PoolError::LoadFailed {
-                        name: model.to_string(),
-                        reason,
-                        retry_in: None,
-                    })
+                self.loaded(model, purpose, r, loaded.elapsed);
+                Ok(Some(r.replica))
+            }
+            Err(reason) => {
+                let reason = format!("replica {}: {reason}", replica.id);
+                {
+                    let mut t = self.table();
+                    t.remove_copy(model, r.replica);
+                    if let Some(e) = t.get_mut(model) {
+                        let count = e.failure.as_ref().map_or(0, |f| f.count).saturating_add(1);
+                        e.failure = Some(Box::new(Failure {
+                            reason: reason.clone(),
+                            count,
+                            retry_at: Instant::now() + backoff(&self.inner.settings, count),
+                        }));
+                    }
                 }
+                self.load_failed(model, purpose, r, &reason, loaded.elapsed);
+                Err(PoolError::LoadFailed {
+                    name: model.to_string(),
+                    reason,
+                    retry_in: None,
+                })
             }
         };
         self.update_gauges();
         result
     }
 
+    /// Metrics, log line and events of a successful load.
+    fn loaded(&self, model: &ModelName, purpose: Purpose, r: &Reservation, elapsed: Duration) {
+        let replica = self.config(r.replica);
+        let (size, copies) = self
+            .table()
+            .get(model)
+            .map_or((Resources::ZERO, 0), |e| (e.size(), e.loaded_copies()));
+        let m = &self.inner.metrics;
+        m.loads
+            .get_or_create(&ReplicaLabel::new(replica.id.as_str()))
+            .inc();
+        m.load_duration.observe(elapsed.as_secs_f64());
+        info!(model = %model, replica = %replica.id, seconds = elapsed.as_secs_f64(),
+              memory = size.memory, gpu_memory = size.gpu_memory,
+              purpose = purpose.reason(), copies, "model loaded");
+        let event = |kind| {
+            NewEvent::new(kind)
+                .model(model)
+                .replica(&replica.id)
+                .size(size.memory, size.gpu_memory)
+                .reason(purpose.reason())
+        };
+        self.events()
+            .record(event(EventKind::Loaded).seconds(elapsed.as_secs_f64()));
+        if copies > 1 {
+            m.copies_added
+                .get_or_create(&ReasonLabel {
+                    reason: purpose.reason(),
+                })
+                .inc();
+            self.events().record(event(EventKind::CopyAdded));
+        }
+    }
+
+    /// Metrics, log line and event of a failed load.
+    fn load_failed(
+        &self,
+        model: &ModelName,
+        purpose: Purpose,
+        r: &Reservation,
+        reason: &str,
+        elapsed: Duration,
+    ) {
+        let replica = self.config(r.replica);
+        self.inner
+            .metrics
+            .load_failures
+            .get_or_create(&ReplicaLabel::new(replica.id.as_str()))
+            .inc();
+        warn!(model = %model, replica = %replica.id, memory = r.declared.memory,
+              gpu_memory = r.declared.gpu_memory, purpose = purpose.reason(),
+              error = %reason, "model load failed");
+        self.events().record(
+            NewEvent::new(EventKind::LoadFailed)
+                .model(model)
+                .replica(&replica.id)
+                .size(r.declared.memory, r.declared.gpu_memory)
+                .seconds(elapsed.as_secs_f64())
+                .reason(reason),
+        );
+    }
+
     /// Puts planned victims back to `Loaded` when an eviction failed half-way.
-    fn restore_victims(&self, victims: &[Victim], replica: usize) {
+    fn restore_victims(&self, victims: &[Victim], replica: ReplicaIdx) {
         let mut t = self.table();
+        let now = Instant::now();
         for v in victims {
-            if let Some(e) = t.models.get_mut(&v.model) {
-                for c in e.copies.iter_mut().filter(|c| c.replica == replica) {
-                    if c.state == CopyState::Unloading {
-                        c.state = CopyState::Loaded;
-                    }
-                }
+            let unloading = t
+                .get(&v.model)
+                .and_then(|e| e.copy_on(replica))
+                .is_some_and(|c| c.state == CopyState::Unloading);
+            if unloading {
+                t.set_copy_state(&v.model, replica, CopyState::Loaded, now);
             }
         }
     }
 
-    pub(super) fn forget_copy(&self, model: &ModelName, replica: usize) {
-        if let Some(e) = self.table().models.get_mut(model) {
-            e.copies.retain(|c| c.replica != replica);
-        }
+    pub(super) fn forget_copy(&self, model: &ModelName, replica: ReplicaIdx) {
+        self.table().remove_copy(model, replica);
+        self.inner.room.changed();
     }
 
     /// Unloads `model` from `replica` and waits (bounded) until the replica has let it go,
@@ -481,14 +595,13 @@ impl Pool {
     pub(super) async fn unload_copy(
         &self,
         model: &ModelName,
-        replica: usize,
+        replica: ReplicaIdx,
         why: &'static str,
         force: bool,
     ) -> Result<(), String> {
-        let r = &self.inner.replicas[replica];
+        let r = self.config(replica);
         let size = self
             .table()
-            .models
             .get(model)
             .map_or(Resources::ZERO, |e| e.size());
         let outcome = r
@@ -502,12 +615,7 @@ impl Pool {
                 // before another model loads into it (or the load can run out of device
                 // memory); host memory of a stopping model comes back within a second or
                 // two, so host-only models are not waited for.
-                let gpu = self
-                    .table()
-                    .models
-                    .get(model)
-                    .is_some_and(|e| e.size().gpu_memory > 0);
-                if gpu {
+                if size.gpu_memory > 0 {
                     self.wait_unloaded(model, replica).await;
                 }
                 self.inner
@@ -540,8 +648,8 @@ impl Pool {
     /// ~1 s to exit); memory is only free once its index stops listing it as READY or
     /// UNLOADING. Bounded by `unload_wait`; past it we go on and say so. Used for models
     /// holding GPU memory.
-    async fn wait_unloaded(&self, model: &ModelName, replica: usize) {
-        let r = &self.inner.replicas[replica];
+    async fn wait_unloaded(&self, model: &ModelName, replica: ReplicaIdx) {
+        let r = self.config(replica);
         let deadline = Instant::now() + self.inner.settings.unload_wait;
         loop {
             match r.client.index().await {
@@ -563,7 +671,30 @@ impl Pool {
                 warn!(model = %model, replica = %r.id, "model still unloading after the unload wait");
                 return;
             }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+}
+
+/// The victims of a wait's plan that wait for requests to end: the gateway is asked to
+/// report those promptly.
+fn in_flight_victims(wait: &Wait<ModelName>) -> Vec<ModelName> {
+    wait.blocked
+        .iter()
+        .filter(|(_, b)| *b == placement::Blocker::InFlight)
+        .map(|(k, _)| k.clone())
+        .collect()
+}
+
+impl Pool {
+    /// Places a copy for a background purpose (pin, scale, drain): it never waits for room.
+    pub(super) async fn place_background(
+        &self,
+        model: &ModelName,
+        purpose: Purpose,
+    ) -> Result<Option<ReplicaIdx>, PoolError> {
+        let now = Instant::now();
+        self.place_copy(model, purpose, now, now + self.inner.settings.route_wait)
+            .await
     }
 }

@@ -9,11 +9,12 @@
 //! operation itself will leave the table right.
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::table::{Copy, CopyState};
+use super::table::{CopyState, ReplicaIdx};
 use super::Pool;
 use crate::events::{EventKind, NewEvent};
 use crate::metrics::ReplicaLabel;
@@ -31,15 +32,13 @@ pub struct Reconciled {
 impl Pool {
     /// Reconciles every healthy replica; errors are logged per replica.
     pub async fn reconcile(&self) {
-        let healthy: Vec<usize> = {
+        let healthy: Vec<ReplicaIdx> = {
             let t = self.table();
-            (0..self.inner.replicas.len())
-                .filter(|&i| t.healthy[i])
-                .collect()
+            t.replica_indexes().filter(|&i| t.is_healthy(i)).collect()
         };
         for idx in healthy {
             if let Err(e) = self.reconcile_replica(idx).await {
-                warn!(replica = %self.inner.replicas[idx].id, error = %e, "reconcile failed");
+                warn!(replica = %self.config(idx).id, error = %e, "reconcile failed");
             }
         }
     }
@@ -55,8 +54,8 @@ impl Pool {
     }
 
     /// Brings the table in line with replica `idx`'s index.
-    pub async fn reconcile_replica(&self, idx: usize) -> Result<Reconciled, ReplicaError> {
-        let replica = &self.inner.replicas[idx];
+    pub async fn reconcile_replica(&self, idx: ReplicaIdx) -> Result<Reconciled, ReplicaError> {
+        let replica = self.config(idx);
         // The index describes the replica when the call was made; only what the table held
         // then can be compared with it. A copy loaded or unloaded while the call was out is
         // newer than the answer and is left alone.
@@ -68,78 +67,15 @@ impl Pool {
             .map(|m| m.name.as_str())
             .collect();
         let mut out = Reconciled::default();
-        let mut adopt = Vec::new();
-        {
-            let t = self.table();
-            for name in &ready {
-                let Ok(model) = ModelName::new(name) else {
-                    continue;
-                };
-                match t.models.get(&model) {
-                    Some(e) if e.deleting => {}
-                    Some(e) => {
-                        if !held_before.contains(&model)
-                            && !e.holds(idx)
-                            && e.op_lock.try_lock().is_ok()
-                        {
-                            adopt.push(model);
-                        }
-                    }
-                    None => out.unloaded_unknown.push((*name).to_owned()),
-                }
-            }
-        }
+        let adopt = self.to_adopt(idx, &ready, &held_before, &mut out.unloaded_unknown);
         for model in adopt {
             let inputs = replica.client.inputs(model.as_str()).await.ok();
-            let mut t = self.table();
-            if let Some(e) = t.models.get_mut(&model) {
-                if !e.holds(idx) && !e.deleting {
-                    e.copies.push(Copy {
-                        replica: idx,
-                        state: CopyState::Loaded,
-                        since: Instant::now(),
-                    });
-                    if e.inputs.is_none() {
-                        e.inputs = inputs;
-                    }
-                    e.failure = None;
-                    out.adopted.push(model.to_string());
-                }
+            if self.adopt(&model, idx, inputs) {
+                out.adopted.push(model.to_string());
             }
         }
-        {
-            let mut t = self.table();
-            for (name, e) in t.models.iter_mut() {
-                let gone = loaded_before.contains(name)
-                    && !ready.contains(name.as_str())
-                    && e.copies
-                        .iter()
-                        .any(|c| c.replica == idx && c.state == CopyState::Loaded);
-                if gone && e.op_lock.try_lock().is_ok() {
-                    e.copies
-                        .retain(|c| !(c.replica == idx && c.state == CopyState::Loaded));
-                    out.dropped.push(name.to_string());
-                }
-            }
-        }
-        if self.inner.settings.unload_unknown {
-            for name in &out.unloaded_unknown {
-                match replica.client.unload(name).await {
-                    Ok(()) => {
-                        self.inner
-                            .metrics
-                            .unloads
-                            .get_or_create(&ReplicaLabel::new(replica.id.as_str()))
-                            .inc();
-                    }
-                    Err(e) => {
-                        warn!(replica = %replica.id, model = %name, error = %e, "unloading an unknown model failed")
-                    }
-                }
-            }
-        } else {
-            out.unloaded_unknown.clear();
-        }
+        out.dropped = self.drop_lost(idx, &ready, &loaded_before);
+        self.unload_unknown(idx, &mut out.unloaded_unknown).await;
         if out != Reconciled::default() {
             info!(replica = %replica.id, adopted = ?out.adopted, dropped = ?out.dropped,
                   unloaded_unknown = ?out.unloaded_unknown, "reconciled with the replica's index");
@@ -156,17 +92,118 @@ impl Pool {
         Ok(out)
     }
 
+    /// The registered models `ready` on replica `idx` that the table did not hold there when
+    /// the index was asked for (and still does not, with no operation under way); the
+    /// models nobody registered go to `unknown`.
+    fn to_adopt(
+        &self,
+        idx: ReplicaIdx,
+        ready: &HashSet<&str>,
+        held_before: &HashSet<ModelName>,
+        unknown: &mut Vec<String>,
+    ) -> Vec<ModelName> {
+        let t = self.table();
+        let mut adopt = Vec::new();
+        for name in ready {
+            let Ok(model) = ModelName::new(name) else {
+                continue;
+            };
+            match t.get(&model) {
+                Some(e) if e.deleting => {}
+                Some(e) => {
+                    if !held_before.contains(&model) && !e.holds(idx) && !e.is_busy() {
+                        adopt.push(model);
+                    }
+                }
+                None => unknown.push((*name).to_owned()),
+            }
+        }
+        adopt
+    }
+
+    /// Records `model` as loaded on replica `idx` (found READY there); false if that no
+    /// longer applies.
+    fn adopt(
+        &self,
+        model: &ModelName,
+        idx: ReplicaIdx,
+        inputs: Option<Vec<mm_wire::TensorSpec>>,
+    ) -> bool {
+        let mut t = self.table();
+        let Some(e) = t.get_mut(model).filter(|e| !e.holds(idx) && !e.deleting) else {
+            return false;
+        };
+        e.failure = None;
+        let known = e.inputs.is_some();
+        t.add_copy(model, idx, CopyState::Loaded, Instant::now());
+        if !known {
+            t.set_inputs(model, inputs);
+        }
+        true
+    }
+
+    /// Drops the copies on replica `idx` that were loaded when its index was asked for and
+    /// that it does not list READY (no operation under way on them).
+    fn drop_lost(
+        &self,
+        idx: ReplicaIdx,
+        ready: &HashSet<&str>,
+        loaded_before: &HashSet<ModelName>,
+    ) -> Vec<String> {
+        let mut t = self.table();
+        let gone: Vec<ModelName> = loaded_before
+            .iter()
+            .filter(|name| !ready.contains(name.as_str()))
+            .filter(|name| {
+                t.get(*name).is_some_and(|e| {
+                    !e.is_busy() && e.copy_on(idx).is_some_and(|c| c.state == CopyState::Loaded)
+                })
+            })
+            .cloned()
+            .collect();
+        for name in &gone {
+            t.remove_copy(name, idx);
+        }
+        gone.iter().map(ToString::to_string).collect()
+    }
+
+    /// Unloads the models nobody registered from replica `idx` (or, when configured to keep
+    /// them, forgets the list).
+    async fn unload_unknown(&self, idx: ReplicaIdx, unknown: &mut Vec<String>) {
+        if !self.inner.settings.unload_unknown {
+            unknown.clear();
+            return;
+        }
+        let replica = self.config(idx);
+        for name in unknown.iter() {
+            match replica.client.unload(name).await {
+                Ok(()) => {
+                    self.inner
+                        .metrics
+                        .unloads
+                        .get_or_create(&ReplicaLabel::new(replica.id.as_str()))
+                        .inc();
+                }
+                Err(e) => {
+                    warn!(replica = %replica.id, model = %name, error = %e, "unloading an unknown model failed")
+                }
+            }
+        }
+    }
+
     /// The models with a copy on replica `idx` (any state), and those with a loaded one.
-    fn copies_on(&self, idx: usize) -> (HashSet<ModelName>, HashSet<ModelName>) {
+    fn copies_on(&self, idx: ReplicaIdx) -> (HashSet<ModelName>, HashSet<ModelName>) {
         let t = self.table();
         let mut held = HashSet::new();
         let mut loaded = HashSet::new();
-        for (name, e) in &t.models {
-            for c in e.copies.iter().filter(|c| c.replica == idx) {
-                held.insert(name.clone());
-                if c.state == CopyState::Loaded {
-                    loaded.insert(name.clone());
-                }
+        for (_, name) in t.replica(idx).into_iter().flat_map(|r| r.by_use()) {
+            held.insert(name.clone());
+            let is_loaded = t
+                .get(name)
+                .and_then(|e| e.copy_on(idx))
+                .is_some_and(|c| c.state == CopyState::Loaded);
+            if is_loaded {
+                loaded.insert(name.clone());
             }
         }
         (held, loaded)

@@ -1,19 +1,28 @@
 //! The routing table the gateway routes warm requests by: every model with a loaded copy on
-//! a healthy replica, and where those copies are. It is rebuilt after every change to the
-//! model table and gets a new generation only when what is routable really changed; long
-//! polls (`table`) are woken through a `watch` channel. Failure reports from the gateway
-//! are checked against the replica before anything changes.
+//! a healthy replica, where those copies are, and whether the pool is waiting for the
+//! model's requests to end (`watch`). It is updated from the models the table marked
+//! changed (not rebuilt from the registry) and gets a new generation only when what is
+//! routable really changed; long polls (`table`) are woken through a `watch` channel.
+//! Failure reports from the gateway are checked against the replica before anything
+//! changes.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use mm_wire::{Endpoint, FailureKind, FailureReport, RoutingTable, TableEntry};
+use mm_wire::{Endpoint, FailureKind, FailureReport, TableEntry};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::table::{Claim, CopyState};
+use super::table::{Claim, CopyState, ReplicaIdx, Table};
 use super::{Pool, PoolError};
 use crate::spec::ModelName;
+
+/// The latest published table, serialised once for every poller.
+pub(super) struct Published {
+    pub generation: u64,
+    pub json: Arc<String>,
+}
 
 /// Most gateway failure claims checked at once; more are ignored until one ends (the
 /// gateway reports again on the next failed request).
@@ -22,17 +31,23 @@ pub const MAX_FAILURE_CHECKS: usize = 16;
 /// Pause between the probes that check one "unreachable" claim.
 const REPORT_PROBE_GAP: Duration = Duration::from_millis(200);
 
-/// The latest published table, serialised once for every poller.
-pub(super) struct Published {
-    pub generation: u64,
-    pub models: Vec<TableEntry>,
-    pub json: Arc<String>,
+/// One routable model: its entry, and that entry as JSON (made once per change, so that a
+/// publication is a concatenation, not a serialisation of the whole table).
+struct Routed {
+    entry: TableEntry,
+    json: String,
+}
+
+/// The routable entries and the latest publication; one publisher at a time.
+struct State {
+    entries: BTreeMap<ModelName, Routed>,
+    published: Arc<Published>,
 }
 
 /// Publishing state, owned by the pool.
 pub(super) struct Routing {
     pub epoch: String,
-    pub published: std::sync::Mutex<Arc<Published>>,
+    state: std::sync::Mutex<State>,
     pub changes: watch::Sender<u64>,
     /// Bounds the failure claims being checked at once.
     pub checks: Arc<tokio::sync::Semaphore>,
@@ -45,83 +60,112 @@ impl Routing {
             .map(|d| d.as_nanos())
             .unwrap_or(0);
         let epoch = format!("{:x}-{:x}", nanos, std::process::id());
-        let empty = RoutingTable {
-            epoch: epoch.clone(),
-            generation: 0,
-            models: Vec::new(),
-        };
-        let json = Arc::new(serde_json::to_string(&empty).unwrap_or_default());
+        let entries = BTreeMap::new();
+        let json = Arc::new(serialize(&epoch, 0, &entries));
         Self {
             epoch,
-            published: std::sync::Mutex::new(Arc::new(Published {
-                generation: 0,
-                models: Vec::new(),
-                json,
-            })),
+            state: std::sync::Mutex::new(State {
+                entries,
+                published: Arc::new(Published {
+                    generation: 0,
+                    json,
+                }),
+            }),
             changes: watch::channel(0).0,
             checks: Arc::new(tokio::sync::Semaphore::new(MAX_FAILURE_CHECKS)),
         }
     }
 
-    fn current(&self) -> Arc<Published> {
-        self.published
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+    }
+
+    pub(super) fn current(&self) -> Arc<Published> {
+        self.lock().published.clone()
     }
 }
 
+/// The table as [`mm_wire::RoutingTable`] JSON, from the entries' own JSON.
+fn serialize(epoch: &str, generation: u64, models: &BTreeMap<ModelName, Routed>) -> String {
+    let head = serde_json::json!({ "epoch": epoch, "generation": generation }).to_string();
+    let body: usize = models.values().map(|r| r.json.len() + 1).sum();
+    let mut out = String::with_capacity(head.len() + body + 12);
+    // `{"epoch":..,"generation":..}` without its closing brace, then the models.
+    out.push_str(head.trim_end_matches('}'));
+    out.push_str(",\"models\":[");
+    for (i, routed) in models.values().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&routed.json);
+    }
+    out.push_str("]}");
+    out
+}
+
 impl Pool {
-    /// Rebuilds the routing table from the model table; publishes a new generation if the
-    /// routable set changed.
+    /// Brings the routing table in line with the models the table marked changed; publishes
+    /// a new generation if what is routable changed.
     pub(super) fn publish(&self) {
-        let models: Vec<TableEntry> = {
-            let t = self.table();
-            t.models
-                .iter()
-                .filter(|(_, e)| !e.deleting)
-                .filter_map(|(name, e)| {
-                    let replicas: Vec<Endpoint> = e
-                        .routable(&t.healthy)
-                        .filter_map(|c| self.endpoint(&t, c.replica))
-                        .collect();
-                    (!replicas.is_empty()).then(|| TableEntry {
-                        model: name.to_string(),
-                        replicas,
-                        inputs: e.inputs.clone(),
-                        watch: false,
-                    })
+        let routing = &self.inner.routing;
+        // One publisher at a time, from reading the changes to publishing them, so an older
+        // view of a model never overwrites a newer one.
+        let mut state = routing.lock();
+        let changes: Vec<(ModelName, Option<TableEntry>)> = {
+            let mut t = self.table();
+            let dirty = t.take_dirty();
+            dirty
+                .into_iter()
+                .map(|name| {
+                    let entry = self.table_entry(&t, &name);
+                    (name, entry)
                 })
                 .collect()
         };
-        let routing = &self.inner.routing;
-        let mut published = routing
-            .published
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if published.models == models {
+        let mut changed = false;
+        for (name, entry) in changes {
+            changed |= match entry {
+                Some(e) if state.entries.get(&name).map(|r| &r.entry) != Some(&e) => {
+                    let json = serde_json::to_string(&e).unwrap_or_default();
+                    state.entries.insert(name, Routed { entry: e, json });
+                    true
+                }
+                Some(_) => false,
+                None => state.entries.remove(&name).is_some(),
+            };
+        }
+        if !changed {
             return;
         }
-        let generation = published.generation + 1;
-        let table = RoutingTable {
-            epoch: routing.epoch.clone(),
-            generation,
-            models,
-        };
-        let json = Arc::new(serde_json::to_string(&table).unwrap_or_default());
-        *published = Arc::new(Published {
-            generation,
-            models: table.models,
-            json,
-        });
-        drop(published);
+        let generation = state.published.generation + 1;
+        let json = Arc::new(serialize(&routing.epoch, generation, &state.entries));
+        state.published = Arc::new(Published { generation, json });
+        drop(state);
         routing.changes.send_replace(generation);
     }
 
+    /// `name`'s routing-table entry: its routable copies, if it has any.
+    fn table_entry(&self, t: &Table, name: &ModelName) -> Option<TableEntry> {
+        let e = t.get(name)?;
+        let replicas: Vec<Endpoint> = t
+            .routable(name)
+            .into_iter()
+            .filter_map(|r| self.endpoint(t, r))
+            .collect();
+        (!replicas.is_empty()).then(|| TableEntry {
+            model: name.to_string(),
+            replicas,
+            inputs: e.inputs.clone(),
+            watch: e.watched(),
+        })
+    }
+
     /// Where replica `replica` is now; `None` while its name does not resolve.
-    pub(super) fn endpoint(&self, t: &super::table::Table, replica: usize) -> Option<Endpoint> {
-        let r = &self.inner.replicas[replica];
-        let address = (*t.addresses.get(replica)?)?;
+    pub(super) fn endpoint(&self, t: &Table, replica: ReplicaIdx) -> Option<Endpoint> {
+        let r = self.config(replica);
+        let address = t.replica(replica)?.address?;
         Some(Endpoint {
             replica: r.id.to_string(),
             address: address.to_string(),
@@ -167,12 +211,7 @@ impl Pool {
             metrics.report_ignored("failure", "invalid", 1);
             PoolError::BadReport(e.to_string())
         })?;
-        let Some(replica) = self
-            .inner
-            .replicas
-            .iter()
-            .position(|r| r.id.as_str() == report.replica)
-        else {
+        let Some(replica) = self.replica_index(&report.replica) else {
             metrics.report_ignored("failure", "unknown_replica", 1);
             return Ok(());
         };
@@ -180,38 +219,37 @@ impl Pool {
             FailureKind::Unreachable => Claim::Unreachable(replica),
             FailureKind::ModelMissing => Claim::ModelMissing(model.clone(), replica),
         };
-        {
-            let mut t = self.table();
-            if !t.models.contains_key(&model) {
-                drop(t);
-                metrics.report_ignored("failure", "unknown_model", 1);
-                return Ok(());
-            }
-            if t.checking.contains(&claim) {
-                drop(t);
-                metrics.report_ignored("failure", "duplicate", 1);
-                return Ok(());
-            }
-            let Ok(permit) = self.inner.routing.checks.clone().try_acquire_owned() else {
-                drop(t);
-                metrics.report_ignored("failure", "busy", 1);
-                return Ok(());
-            };
-            t.checking.insert(claim.clone());
-            metrics.failure_checks.inc();
-            let pool = self.clone();
-            tokio::spawn(async move {
-                pool.verify_failure(&model, replica, report.kind).await;
-                pool.table().checking.remove(&claim);
-                pool.inner.metrics.failure_checks.dec();
-                drop(permit);
-            });
+        let mut t = self.table();
+        if !t.contains(&model) {
+            drop(t);
+            metrics.report_ignored("failure", "unknown_model", 1);
+            return Ok(());
         }
+        if t.checking.contains(&claim) {
+            drop(t);
+            metrics.report_ignored("failure", "duplicate", 1);
+            return Ok(());
+        }
+        let Ok(permit) = self.inner.routing.checks.clone().try_acquire_owned() else {
+            drop(t);
+            metrics.report_ignored("failure", "busy", 1);
+            return Ok(());
+        };
+        t.checking.insert(claim.clone());
+        drop(t);
+        metrics.failure_checks.inc();
+        let pool = self.clone();
+        tokio::spawn(async move {
+            pool.verify_failure(&model, replica, report.kind).await;
+            pool.table().checking.remove(&claim);
+            pool.inner.metrics.failure_checks.dec();
+            drop(permit);
+        });
         Ok(())
     }
 
-    async fn verify_failure(&self, model: &ModelName, replica: usize, kind: FailureKind) {
-        let r = &self.inner.replicas[replica];
+    async fn verify_failure(&self, model: &ModelName, replica: ReplicaIdx, kind: FailureKind) {
+        let r = self.config(replica);
         match kind {
             FailureKind::Unreachable => {
                 let timeout = self.inner.settings.probe_timeout;
@@ -238,13 +276,11 @@ impl Pool {
                 if matches!(ready, Ok(false)) {
                     let had_copy = {
                         let mut t = self.table();
-                        t.models.get_mut(model).is_some_and(|e| {
-                            let before = e.copies.len();
-                            e.copies.retain(|c| {
-                                !(c.replica == replica && c.state == CopyState::Loaded)
-                            });
-                            e.copies.len() != before
-                        })
+                        let loaded = t
+                            .get(model)
+                            .and_then(|e| e.copy_on(replica))
+                            .is_some_and(|c| c.state == CopyState::Loaded);
+                        loaded && t.remove_copy(model, replica)
                     };
                     if had_copy {
                         warn!(replica = %r.id, model = %model,

@@ -1,0 +1,182 @@
+//! The gateway's calls on the pool: where to send a request (loading the model first on a
+//! miss), any replica for requests that name no model, and the usage reports that carry
+//! recency and requests in flight.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::table::{ReplicaIdx, Table};
+use super::{Pool, PoolError};
+use crate::metrics::Outcome;
+use crate::spec::ModelName;
+use mm_wire::{RouteResponse, UsageReport};
+
+/// How much longer than the route wait a caller waits for its load task, so that a task
+/// that gave up waiting for room at the deadline answers with its own reason.
+const ANSWER_GRACE: Duration = Duration::from_millis(50);
+
+impl Pool {
+    /// Where to send a request for `name`: loads the model first if it is loaded nowhere
+    /// (evicting if needed, waiting for busy models to free room), waiting at most the
+    /// configured route wait. Counts as use.
+    pub async fn route(&self, name: &str) -> Result<RouteResponse, PoolError> {
+        let model = ModelName::new(name)?;
+        if let Some(route) = self.routable(&model)? {
+            self.inner.metrics.route(Outcome::Hit);
+            return Ok(route);
+        }
+        let started = Instant::now();
+        let Ok(_waiting) = self.inner.waiting.clone().try_acquire_owned() else {
+            self.inner.metrics.route(Outcome::Error);
+            return Err(PoolError::Overloaded(self.inner.settings.max_waiting));
+        };
+        // The load runs in its own task so that it finishes even if this caller stops
+        // waiting; concurrent callers queue on the model's op lock and find it loaded.
+        let waited = self.inner.settings.route_wait;
+        let deadline = started + waited;
+        let pool = self.clone();
+        let task_model = model.clone();
+        let load =
+            tokio::spawn(
+                async move { pool.place_for_demand(&task_model, started, deadline).await },
+            );
+        let result = match tokio::time::timeout_at(deadline + ANSWER_GRACE, load).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(join)) => Err(PoolError::Internal(join.to_string())),
+            Err(_) => Err(PoolError::StillLoading {
+                name: model.to_string(),
+                waited,
+            }),
+        };
+        self.inner.metrics.route(match &result {
+            Ok(_) => Outcome::Miss,
+            Err(PoolError::UnknownModel(_)) => Outcome::NotFound,
+            Err(_) => Outcome::Error,
+        });
+        if result.is_ok() {
+            self.inner
+                .metrics
+                .cold_wait
+                .observe(started.elapsed().as_secs_f64());
+            self.table().touch(&model, Instant::now());
+        }
+        result
+    }
+
+    /// The fast path: a route if the model is loaded on a healthy replica. Among copies,
+    /// the one with the fewest requests in flight, round-robin among equals.
+    fn routable(&self, model: &ModelName) -> Result<Option<RouteResponse>, PoolError> {
+        let mut t = self.table();
+        if t.get(model).is_none_or(|e| e.deleting) {
+            return Err(PoolError::UnknownModel(model.to_string()));
+        }
+        let candidates: Vec<(u64, ReplicaIdx)> = t
+            .routable(model)
+            .into_iter()
+            .map(|r| (t.in_flight().get(model.as_str(), r), r))
+            .collect();
+        let Some(least) = candidates.iter().map(|(n, _)| *n).min() else {
+            return Ok(None);
+        };
+        let tied: Vec<ReplicaIdx> = candidates
+            .iter()
+            .filter(|(n, _)| *n == least)
+            .map(|(_, r)| *r)
+            .collect();
+        let (replica, inputs) = {
+            let Some(entry) = t.get_mut(model) else {
+                return Ok(None);
+            };
+            entry.next_copy = entry.next_copy.wrapping_add(1);
+            (tied[entry.next_copy % tied.len()], entry.inputs.clone())
+        };
+        t.touch(model, Instant::now());
+        Ok(self.route_to(&t, Some(model), replica, inputs))
+    }
+
+    /// Where to send a request for `model` on replica `idx`; `None` if the replica's name
+    /// does not resolve now.
+    pub(super) fn route_to(
+        &self,
+        t: &Table,
+        model: Option<&ModelName>,
+        idx: ReplicaIdx,
+        inputs: Option<Vec<mm_wire::TensorSpec>>,
+    ) -> Option<RouteResponse> {
+        let endpoint = self.endpoint(t, idx)?;
+        Some(RouteResponse {
+            model: model.map(ToString::to_string),
+            replica: endpoint.replica,
+            address: endpoint.address,
+            grpc_address: endpoint.grpc_address,
+            inputs,
+        })
+    }
+
+    /// Any healthy replica, round-robin: for requests that name no model.
+    pub fn any_replica(&self) -> Result<RouteResponse, PoolError> {
+        let t = self.table();
+        let n = t.replica_count();
+        let start = self.inner.next_any.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|k| ReplicaIdx::new((start + k) % n))
+            .filter(|&i| t.is_healthy(i))
+            .find_map(|i| self.route_to(&t, None, i, None))
+            .ok_or(PoolError::NoHealthyReplica)
+    }
+
+    /// Takes a gateway worker's usage report: request counts feed recency and request
+    /// rates; in-flight counts protect models from eviction, and a fall in them wakes
+    /// placements waiting for room. Entries naming an unknown model or replica are skipped
+    /// (the model may just have been deleted). Returns how many entries were applied.
+    pub fn report_usage(&self, report: UsageReport) -> Result<usize, PoolError> {
+        let metrics = &self.inner.metrics;
+        if let Err(e) = report.validate() {
+            metrics.report_ignored("usage", "invalid", 1);
+            return Err(PoolError::BadReport(e.to_string()));
+        }
+        let now = Instant::now();
+        let mut in_flight = Vec::new();
+        let (mut applied, mut unknown_model, mut unknown_replica) = (0, 0, 0);
+        let mut t = self.table();
+        if !t.in_flight().has_room_for(&report.reporter) {
+            drop(t);
+            metrics.report_ignored("usage", "too_many_reporters", 1);
+            return Err(PoolError::TooManyReporters(super::table::MAX_REPORTERS));
+        }
+        for entry in &report.entries {
+            let Some(replica) = self.replica_index(&entry.replica) else {
+                unknown_replica += 1;
+                continue;
+            };
+            let Some(name) = ModelName::new(&entry.model)
+                .ok()
+                .filter(|name| t.contains(name))
+            else {
+                unknown_model += 1;
+                continue;
+            };
+            if entry.requests > 0 || entry.in_flight > 0 {
+                t.touch(&name, now);
+            }
+            t.add_requests(&name, entry.requests);
+            if entry.requests > 0 {
+                metrics.model_requests(name.as_str(), entry.requests);
+            }
+            if entry.in_flight > 0 {
+                in_flight.push((name, replica, entry.in_flight));
+            }
+            applied += 1;
+        }
+        let fell = t.replace_in_flight(&report.reporter, now, in_flight);
+        drop(t);
+        metrics.report_ignored("usage", "unknown_model", unknown_model);
+        metrics.report_ignored("usage", "unknown_replica", unknown_replica);
+        if fell {
+            self.inner.room.changed();
+        }
+        Ok(applied)
+    }
+}

@@ -1,0 +1,99 @@
+//! The pool's tunables: how long requests wait, how copies scale, what is protected from
+//! eviction. Read once at start; the table carries the part placement needs ([`super::table::Rules`]).
+
+use std::time::Duration;
+
+use crate::placement::Watermarks;
+
+/// When a model's copies are scaled up and down.
+#[derive(Debug, Clone)]
+pub struct ScaleSettings {
+    /// How often the scaler looks at traffic (and re-loads pinned models).
+    pub tick: Duration,
+    /// A copy is added when, per loaded copy, the request rate exceeds this...
+    pub up_rate: f64,
+    /// ...or the requests in flight exceed this...
+    pub up_in_flight: f64,
+    /// ...for this many ticks in a row.
+    pub up_ticks: u32,
+    /// An extra copy is removed when the remaining copies would each see less than half
+    /// of both thresholds, for this many ticks in a row.
+    pub down_ticks: u32,
+}
+
+impl Default for ScaleSettings {
+    fn default() -> Self {
+        Self {
+            tick: Duration::from_secs(1),
+            up_rate: 50.0,
+            up_in_flight: 4.0,
+            up_ticks: 3,
+            down_ticks: 30,
+        }
+    }
+}
+
+/// Tunables of the pool.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// How long a route call waits for a cold model's load before answering "still
+    /// loading"; also how long it waits for busy models to free room for it.
+    pub route_wait: Duration,
+    /// First retry delay after a failed load; doubles per failure up to `retry_max`.
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    /// Bound on one readiness probe.
+    pub probe_timeout: Duration,
+    pub watermarks: Watermarks,
+    /// A model loaded or used more recently than this is not evicted (guards against
+    /// churn, and covers the moment between a request's routing and its first usage
+    /// report). A load that needs such a model's room waits for it.
+    pub min_age: Duration,
+    /// Bound on waiting for a replica to finish an unload before loading into the memory it
+    /// frees (Triton answers the unload call before the model is gone).
+    pub unload_wait: Duration,
+    /// A usage reporter (one gateway worker) not heard from for this long is forgotten.
+    pub report_ttl: Duration,
+    pub scale: ScaleSettings,
+    /// Most requests held waiting for a load at once; past it they get 503 at once.
+    pub max_waiting: usize,
+    /// Consecutive failed probes before a replica is taken out of placement and routing.
+    pub unhealthy_after: u32,
+    /// Unload models a replica has loaded that the registry does not know.
+    pub unload_unknown: bool,
+    /// How replica host names are resolved (again on every probe).
+    pub resolver: crate::resolve::Resolver,
+    /// Events kept for the admin API's event list.
+    pub events_capacity: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            route_wait: Duration::from_secs(60),
+            retry_base: Duration::from_secs(1),
+            retry_max: Duration::from_secs(60),
+            probe_timeout: Duration::from_secs(2),
+            watermarks: Watermarks::default(),
+            min_age: Duration::from_secs(10),
+            unload_wait: Duration::from_secs(10),
+            report_ttl: Duration::from_secs(10),
+            scale: ScaleSettings::default(),
+            max_waiting: 1000,
+            unhealthy_after: 2,
+            unload_unknown: true,
+            resolver: crate::resolve::Resolver::default(),
+            events_capacity: crate::events::DEFAULT_CAPACITY,
+        }
+    }
+}
+
+impl Settings {
+    /// The part of the settings placement rules read, as the table carries it.
+    pub(crate) fn rules(&self) -> super::table::Rules {
+        super::table::Rules {
+            watermarks: self.watermarks,
+            min_age: self.min_age,
+        }
+    }
+}
