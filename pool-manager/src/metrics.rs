@@ -103,6 +103,7 @@ pub struct Metrics {
     pub evictions: Family<ReplicaLabel, Counter>,
     pub mass_evictions: Family<ReplicaLabel, Counter>,
     pub placement_failures: Counter,
+    pub reconciliations: Family<ReplicaLabel, Counter>,
     pub load_duration: Histogram,
     pub cold_wait: Histogram,
     pub cold_phases: Family<PhaseLabel, Histogram, fn() -> Histogram>,
@@ -148,6 +149,7 @@ impl Metrics {
             evictions: Family::default(),
             mass_evictions: Family::default(),
             placement_failures: Counter::default(),
+            reconciliations: Family::default(),
             load_duration: Histogram::new(seconds_buckets()),
             cold_wait: Histogram::new(seconds_buckets()),
             cold_phases: Family::new_with_constructor(phase_histogram),
@@ -198,6 +200,11 @@ impl Metrics {
             "placement_failures",
             "Loads refused because no replica could make room",
             m.placement_failures.clone(),
+        );
+        reg.register(
+            "reconciliations",
+            "Passes that brought the table in line with a replica's own index, by replica",
+            m.reconciliations.clone(),
         );
         reg.register_with_unit(
             "model_load_duration",

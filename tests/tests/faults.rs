@@ -41,6 +41,7 @@ impl Load {
                     Ok(r) if r.status().is_success() => o.fetch_add(1, Ordering::SeqCst),
                     _ => f.fetch_add(1, Ordering::SeqCst),
                 };
+                // Paces the load (about 100 requests/s); nothing waits on it.
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         });
@@ -57,6 +58,16 @@ impl Load {
             self.ok.load(Ordering::SeqCst),
             self.failed.load(Ordering::SeqCst),
         )
+    }
+
+    /// Waits (bounded, 10 s) until `more` requests succeeded from now on.
+    async fn wait_for_successes(&self, what: &str, more: u64) {
+        let target = self.counts().0 + more;
+        eventually(what, Duration::from_secs(10), || async {
+            Ok((self.counts().0 >= target).then_some(()))
+        })
+        .await
+        .unwrap();
     }
 
     async fn stop(self) -> (u64, u64) {
@@ -94,7 +105,7 @@ async fn a_killed_replica_s_models_are_served_again_within_ten_seconds() {
     let victim = view["replicas"][0].as_str().unwrap().to_owned();
     let load = Load::start(stack.envoy.url(""), "linear");
     let other_load = Load::start(stack.envoy.url(""), "xor_mlp");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    load.wait_for_successes("background load running", 5).await;
     let before = load.counts().0;
 
     let idx = stack
@@ -165,22 +176,49 @@ async fn the_pool_manager_killed_under_load_loses_nothing() {
         .await
         .unwrap();
     assert_eq!(loads_before, 2.0);
-    // Let every Envoy worker get the table.
-    let (body, _, _) = example("linear");
-    stack
-        .infer_until_ok("linear warm", "linear", &body, Duration::from_secs(5))
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Every Envoy worker routes both models from its table.
+    for model in ["linear", "anomaly"] {
+        let (body, _, _) = example(model);
+        stack
+            .wait_warm(model, &body, Duration::from_secs(10))
+            .await
+            .unwrap();
+    }
 
     let load = Load::start(stack.envoy.url(""), "linear");
     let other = Load::start(stack.envoy.url(""), "anomaly");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    load.wait_for_successes("linear traffic running", 5).await;
+    other.wait_for_successes("anomaly traffic running", 5).await;
     stack.pool_manager.process.kill();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Warm traffic goes on while the pool-manager is down.
+    load.wait_for_successes("linear served with the pool-manager down", 50)
+        .await;
+    other
+        .wait_for_successes("anomaly served with the pool-manager down", 50)
+        .await;
     let during = (load.counts(), other.counts());
+    let refreshes = stack
+        .envoy
+        .stat("wasmcustom.mm_filter_table_refreshes")
+        .await
+        .unwrap();
     stack.pool_manager.restart(1).await.unwrap();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // ... and after its restart, once the gateway has the new pool-manager's table.
+    eventually(
+        "the gateway applied the restarted pool-manager's table",
+        Duration::from_secs(10),
+        || async {
+            let now = stack
+                .envoy
+                .stat("wasmcustom.mm_filter_table_refreshes")
+                .await?;
+            Ok((now > refreshes).then_some(()))
+        },
+    )
+    .await
+    .unwrap();
+    load.wait_for_successes("linear served after the restart", 20)
+        .await;
     let (ok, failed) = load.stop().await;
     let (other_ok, other_failed) = other.stop().await;
     println!(

@@ -491,11 +491,26 @@ async fn replicas_without_a_shared_disk_get_the_files_in_the_load_request() {
 
     // Triton's repository index does not list models loaded from request files; the
     // reconciliation (every 500 ms here) must not take them for lost.
-    for _ in 0..20 {
-        let view = model_view(&stack, "s3-linear").await;
-        assert_eq!(view["state"], "Loaded", "{view}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let passes = stack
+        .pool_manager
+        .metric("mm_reconciliations_total")
+        .await
+        .unwrap();
+    eventually(
+        "two more reconciliations",
+        Duration::from_secs(10),
+        || async {
+            let now = stack
+                .pool_manager
+                .metric("mm_reconciliations_total")
+                .await?;
+            Ok((now >= passes + 2.0).then_some(()))
+        },
+    )
+    .await
+    .unwrap();
+    let view = model_view(&stack, "s3-linear").await;
+    assert_eq!(view["state"], "Loaded", "{view}");
     infer_ok(&stack, "s3-linear", "linear").await;
     assert_eq!(
         stack

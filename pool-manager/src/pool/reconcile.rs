@@ -76,6 +76,11 @@ impl Pool {
         }
         out.dropped = self.drop_lost(idx, &ready, &loaded_before);
         self.unload_unknown(idx, &mut out.unloaded_unknown).await;
+        self.inner
+            .metrics
+            .reconciliations
+            .get_or_create(&ReplicaLabel::new(replica.id.as_str()))
+            .inc();
         if out != Reconciled::default() {
             info!(replica = %replica.id, adopted = ?out.adopted, dropped = ?out.dropped,
                   unloaded_unknown = ?out.unloaded_unknown, "reconciled with the replica's index");
