@@ -15,8 +15,7 @@ use tokio::time::Instant;
 
 use tracing::warn;
 
-use super::table::Failure;
-use super::{backoff, Pool, PoolError, Replica};
+use super::{Pool, PoolError, Replica};
 use crate::spec::{ModelName, StorageUri};
 use crate::storage::{CacheKey, FileTransfer, Lease, ModelFiles, PullError, Storage};
 
@@ -125,21 +124,7 @@ impl Pool {
     /// Records why the model's files cannot be had on the model, like a failed load, and
     /// returns the error.
     fn files_failed(&self, model: &ModelName, reason: String) -> PoolError {
-        {
-            let mut t = self.table();
-            if let Some(entry) = t.get_mut(model) {
-                let count = entry
-                    .failure
-                    .as_ref()
-                    .map_or(0, |f| f.count)
-                    .saturating_add(1);
-                entry.failure = Some(Box::new(Failure {
-                    reason: reason.clone(),
-                    count,
-                    retry_at: Instant::now() + backoff(&self.inner.settings, count),
-                }));
-            }
-        }
+        self.note_failure(&mut self.table(), model, &reason);
         self.update_gauges();
         warn!(model = %model, error = %reason, "model files could not be pulled");
         PoolError::LoadFailed {

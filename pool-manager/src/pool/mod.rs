@@ -197,6 +197,21 @@ impl Pool {
     }
 }
 
+impl Pool {
+    /// Records a failed load or pull of `model`: its reason, and when it is tried again
+    /// (the backoff doubles with each failure in a row).
+    fn note_failure(&self, t: &mut Table, model: &crate::spec::ModelName, reason: &str) {
+        if let Some(e) = t.get_mut(model) {
+            let count = e.failure.as_ref().map_or(0, |f| f.count).saturating_add(1);
+            e.failure = Some(Box::new(table::Failure {
+                reason: reason.to_owned(),
+                count,
+                retry_at: tokio::time::Instant::now() + backoff(&self.inner.settings, count),
+            }));
+        }
+    }
+}
+
 fn backoff(settings: &Settings, failures: u32) -> std::time::Duration {
     let factor = 2u32.saturating_pow(failures.saturating_sub(1).min(16));
     settings

@@ -12,8 +12,8 @@ use tracing::{info, warn};
 
 use super::room::{OpGuard, Waiter};
 use super::snapshot::snapshot;
-use super::table::{CopyState, Failure, ReplicaIdx, Table};
-use super::{backoff, Pool, PoolError};
+use super::table::{CopyState, ReplicaIdx, Table};
+use super::{Pool, PoolError};
 use crate::events::{EventKind, NewEvent};
 use crate::metrics::{ReasonLabel, ReplicaLabel};
 use crate::placement::{self, Decision, Lru, PlacementError, Resources, Wait};
@@ -453,46 +453,19 @@ impl Pool {
         r: &Reservation,
         loaded: Loaded,
     ) -> Result<Option<ReplicaIdx>, PoolError> {
-        let replica = self.config(r.replica);
         let result = match loaded.outcome {
-            Ok(()) => {
-                {
-                    let mut t = self.table();
-                    if !t.contains(model) {
-                        return Err(PoolError::Internal("model vanished during its load".into()));
-                    }
-                    t.set_copy_state(model, r.replica, CopyState::Loaded, Instant::now());
-                    if let Some(e) = t.get_mut(model) {
-                        e.failure = None;
-                    }
-                    if loaded.inputs.is_some() {
-                        t.set_inputs(model, loaded.inputs);
-                    }
-                    if let Some(m) = loaded.measured {
-                        let seen = Resources::new(m.cpu, m.gpu);
-                        if !seen.fits_in(r.declared) {
-                            info!(model = %model, measured = ?seen,
-                                  "replica measured more memory than declared; accounting the larger");
-                            t.set_measured(model, seen);
-                        }
-                    }
-                }
-                self.loaded(model, purpose, r, loaded.elapsed);
-                Ok(Some(r.replica))
-            }
+            Ok(()) => self
+                .record_loaded(model, r, loaded.inputs, loaded.measured)
+                .map(|()| {
+                    self.loaded(model, purpose, r, loaded.elapsed);
+                    Some(r.replica)
+                }),
             Err(reason) => {
-                let reason = format!("replica {}: {reason}", replica.id);
+                let reason = format!("replica {}: {reason}", self.config(r.replica).id);
                 {
                     let mut t = self.table();
                     t.remove_copy(model, r.replica);
-                    if let Some(e) = t.get_mut(model) {
-                        let count = e.failure.as_ref().map_or(0, |f| f.count).saturating_add(1);
-                        e.failure = Some(Box::new(Failure {
-                            reason: reason.clone(),
-                            count,
-                            retry_at: Instant::now() + backoff(&self.inner.settings, count),
-                        }));
-                    }
+                    self.note_failure(&mut t, model, &reason);
                 }
                 self.load_failed(model, purpose, r, &reason, loaded.elapsed);
                 Err(PoolError::LoadFailed {
@@ -504,6 +477,33 @@ impl Pool {
         };
         self.update_gauges();
         result
+    }
+
+    /// The copy is loaded: its state, the model's inputs, and what the replica measured
+    /// when it is more than declared.
+    fn record_loaded(
+        &self,
+        model: &ModelName,
+        r: &Reservation,
+        inputs: Option<Vec<mm_wire::TensorSpec>>,
+        measured: Option<crate::replica::MemoryUsage>,
+    ) -> Result<(), PoolError> {
+        let mut t = self.table();
+        let Some(e) = t.get_mut(model) else {
+            return Err(PoolError::Internal("model vanished during its load".into()));
+        };
+        e.failure = None;
+        t.set_copy_state(model, r.replica, CopyState::Loaded, Instant::now());
+        if inputs.is_some() {
+            t.set_inputs(model, inputs);
+        }
+        let seen = measured.map(|m| Resources::new(m.cpu, m.gpu));
+        if let Some(seen) = seen.filter(|s| !s.fits_in(r.declared)) {
+            info!(model = %model, measured = ?seen,
+                  "replica measured more memory than declared; accounting the larger");
+            t.set_measured(model, seen);
+        }
+        Ok(())
     }
 
     /// Metrics, log line and events of a successful load.
