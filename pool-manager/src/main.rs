@@ -74,6 +74,11 @@ struct Args {
     /// Bound on waiting for a replica to finish unloading before reusing the memory.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     unload_wait: Duration,
+    /// How long the gateway's workers take to apply a new routing table (the filter's
+    /// table_refresh_ms and a margin): an evicted copy leaves the table this long before it
+    /// is unloaded, so no worker still routes to it.
+    #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
+    table_propagation: Duration,
     /// How often the scaler looks at traffic, copies and pinned models.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     scale_tick: Duration,
@@ -203,6 +208,7 @@ async fn main() -> anyhow::Result<()> {
         watermarks,
         min_age: args.min_age,
         unload_wait: args.unload_wait,
+        table_propagation: args.table_propagation,
         scale: ScaleSettings {
             tick: args.scale_tick,
             up_rate: args.scale_up_rate,

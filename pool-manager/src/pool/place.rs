@@ -357,6 +357,11 @@ impl Pool {
                 .reason(purpose.reason()),
         );
         self.update_gauges();
+        if !r.victims.is_empty() {
+            // The victims left the routing table just now; a worker that has not applied the
+            // new table yet could still send them a request.
+            tokio::time::sleep(self.inner.settings.table_propagation).await;
+        }
         for victim in &r.victims {
             if let Err(reason) = self
                 .unload_copy(&victim.model, r.replica, "evicted", false)
@@ -417,6 +422,11 @@ impl Pool {
         // Into the shared repository, or read to travel in the load request (files.rs).
         let staging = self.stage_files(model, files.as_ref()).await;
         phases.mark("staging");
+        // Loading a model the replica may still be unloading would race with that unload.
+        let unconfirmed = self.table().take_unconfirmed_unload(model, replica);
+        if unconfirmed {
+            self.wait_unloaded(model, replica).await;
+        }
         let started = Instant::now();
         let outcome = match staging {
             Ok(payload) => self.load_staged(r, model, payload).await,
@@ -617,6 +627,9 @@ impl Pool {
                 // two, so host-only models are not waited for.
                 if size.gpu_memory > 0 {
                     self.wait_unloaded(model, replica).await;
+                } else {
+                    self.table()
+                        .note_unconfirmed_unload(model, replica, Instant::now());
                 }
                 self.inner
                     .metrics

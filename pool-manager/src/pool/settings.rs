@@ -52,6 +52,10 @@ pub struct Settings {
     /// Bound on waiting for a replica to finish an unload before loading into the memory it
     /// frees (Triton answers the unload call before the model is gone).
     pub unload_wait: Duration,
+    /// How long the gateway's workers take to apply a new routing table: an evicted copy
+    /// leaves the table this long before it is unloaded, so that a worker still routing by
+    /// the previous table does not send a request to a model that is going.
+    pub table_propagation: Duration,
     /// A usage reporter (one gateway worker) not heard from for this long is forgotten.
     pub report_ttl: Duration,
     pub scale: ScaleSettings,
@@ -77,6 +81,7 @@ impl Default for Settings {
             watermarks: Watermarks::default(),
             min_age: Duration::from_secs(10),
             unload_wait: Duration::from_secs(10),
+            table_propagation: Duration::from_millis(250),
             report_ttl: Duration::from_secs(10),
             scale: ScaleSettings::default(),
             max_waiting: 1000,

@@ -360,6 +360,9 @@ pub(crate) struct Table {
     rules: Rules,
     /// Instants become `by_use` ranks relative to this.
     epoch: Instant,
+    /// Host-only copies unloaded without waiting for the replica to let them go (Triton
+    /// answers first): loading the same model there again waits for it.
+    unconfirmed_unloads: HashMap<(ModelName, ReplicaIdx), Instant>,
     /// Gateway failure claims being checked, so a burst of them costs one check.
     pub checking: std::collections::HashSet<Claim>,
     /// Entries looked up, for tests that count what an operation touches.
@@ -386,6 +389,7 @@ impl Table {
             dirty: BTreeSet::new(),
             rules,
             epoch,
+            unconfirmed_unloads: HashMap::new(),
             checking: std::collections::HashSet::new(),
             #[cfg(test)]
             lookups: std::cell::Cell::new(0),
@@ -778,6 +782,24 @@ impl Table {
             fell |= self.replace_in_flight(&reporter, now, Vec::new());
         }
         fell
+    }
+
+    // ---- unloads the replica has not confirmed ----
+
+    /// Notes that `name` was unloaded from `replica` at `now` without waiting for the
+    /// replica to let it go; notes older than a minute are dropped (long gone).
+    pub fn note_unconfirmed_unload(&mut self, name: &ModelName, replica: ReplicaIdx, now: Instant) {
+        self.unconfirmed_unloads
+            .retain(|_, at| now.saturating_duration_since(*at) < Duration::from_secs(60));
+        self.unconfirmed_unloads
+            .insert((name.clone(), replica), now);
+    }
+
+    /// Whether `name` was unloaded from `replica` without confirmation (and forgets it).
+    pub fn take_unconfirmed_unload(&mut self, name: &ModelName, replica: ReplicaIdx) -> bool {
+        self.unconfirmed_unloads
+            .remove(&(name.clone(), replica))
+            .is_some()
     }
 
     // ---- scaler and publishing ----

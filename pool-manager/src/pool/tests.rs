@@ -30,6 +30,7 @@ struct Fixture {
 fn settings() -> Settings {
     Settings {
         min_age: Duration::ZERO,
+        table_propagation: Duration::ZERO,
         watermarks: Watermarks::new(1.0, 1.0).unwrap(),
         unhealthy_after: 1,
         ..Settings::default()
@@ -447,6 +448,37 @@ async fn waiting_loads_get_room_in_arrival_order() {
     f.report("w1", &[]);
     second.await.unwrap().unwrap();
     assert!(f.loaded(0).contains(&"second".to_string()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_victim_leaves_the_routing_table_before_it_is_unloaded() {
+    let propagation = Duration::from_millis(250);
+    let f = fixture(
+        &[200],
+        Settings {
+            table_propagation: propagation,
+            ..settings()
+        },
+    )
+    .ready()
+    .await;
+    for m in ["old", "keep", "new"] {
+        f.register(m, 100).await;
+    }
+    f.pool.route("old").await.unwrap();
+    tokio::time::advance(Duration::from_millis(1)).await;
+    f.pool.route("keep").await.unwrap();
+    let pool = f.pool.clone();
+    let started = Instant::now();
+    let placing = tokio::spawn(async move { pool.route("new").await });
+    tokio::time::sleep(propagation / 2).await;
+    let table = parse_table(&f.pool.routing_table(None, None, Duration::ZERO).await);
+    let routed: Vec<&str> = table.models.iter().map(|m| m.model.as_str()).collect();
+    assert_eq!(routed, ["keep"], "the victim is no longer routed");
+    assert_eq!(f.loaded(0), vec!["keep", "old"], "but not unloaded yet");
+    placing.await.unwrap().unwrap();
+    assert!(started.elapsed() >= propagation);
+    assert_eq!(f.loaded(0), vec!["keep", "new"]);
 }
 
 #[tokio::test(start_paused = true)]
