@@ -9,7 +9,9 @@ Sends, through the gateway:
 - field_twice: a message naming `linear`, then `anomaly` again in field 1 (protobuf
   keeps the last, which is what Triton runs);
 - stream_together: a ModelStreamInfer whose first message names `linear` and second
-  `anomaly`, sent at once;
+  `anomaly`, sent at once (grpcio writes them as two DATA frames, so whether the
+  filter sees the second before the answer started is a race; the test sends the
+  single-frame case with raw HTTP/2);
 - stream_later: the same, the second message sent once the first one's answer came.
 Prints one JSON line: for each, the gRPC status code name and details, and how many
 answers came back.
