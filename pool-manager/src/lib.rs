@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod election;
 pub mod events;
 pub mod metrics;
 pub mod placement;

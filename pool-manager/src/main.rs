@@ -250,6 +250,7 @@ async fn main() -> anyhow::Result<()> {
         models,
         unreadable,
         events_reserved,
+        ..
     } = Store::open(&args.data_dir)?;
     for bad in &unreadable {
         tracing::error!(model = %bad.name, reason = %bad.reason, "a stored model could not be read; it is not served");

@@ -1,0 +1,361 @@
+//! The durable records of a pool, behind one [`Backend`] trait with two implementations:
+//! the embedded redb database ([`redb`], the default: one pool-manager) and etcd v3
+//! ([`etcd`]: several pool-managers sharing one registry, one of them leading).
+//!
+//! Records are typed by [`Kind`], each kind a key space of its own (a redb table, an etcd
+//! key prefix): new durable state (aliases, model metadata, the copy table) is one more
+//! kind, not one more store. Counters (the event-number reservation) are a separate,
+//! only-growing map.
+//!
+//! Invariants: a change is acknowledged only once the backend made it durable (redb's
+//! committed transaction, etcd's raft commit). A write made while leading carries the
+//! leader's [`Fence`], which the backend checks in the same transaction, so a deposed
+//! leader's writes are refused by the store itself, whatever its own (possibly stale) view.
+
+pub mod config;
+pub mod etcd;
+mod journal;
+#[cfg(test)]
+pub mod memory;
+pub mod redb;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::sync::{mpsc, watch};
+use tracing::warn;
+
+use crate::election::Role;
+use crate::spec::{ModelName, ModelSpec, StoredSpec};
+
+/// A store's position in its history: every committed change has a larger one.
+pub type Revision = u64;
+
+/// The counter that bounds the event sequence numbers in use (see [`crate::events`]).
+pub const EVENTS_RESERVED: &str = "events.reserved";
+
+/// Why the store failed. A failed write means the change was not made (nor acknowledged).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The embedded database could not be opened (a bad path, a file another process holds).
+    #[error("cannot open the registry at {path}: {reason}")]
+    Open { path: PathBuf, reason: String },
+    /// The embedded database refused the commit.
+    #[error("registry write failed: {0}")]
+    Write(String),
+    /// The embedded store's writer thread is gone (the process is stopping).
+    #[error("the registry writer has stopped")]
+    Stopped,
+    /// This instance does not lead, so it may not change the pool.
+    #[error("this instance does not lead the pool (leader: {})", leader.as_deref().unwrap_or("none"))]
+    NotLeader { leader: Option<String> },
+    /// No instance leads (an election is under way, or the store has no quorum).
+    #[error("no pool-manager leads the pool now (an election is under way or the store has no quorum); retry shortly")]
+    NoLeader,
+    /// The write carried a fence that no longer holds: leadership was lost before it
+    /// reached the store (a paused or partitioned leader).
+    #[error(
+        "write refused by the store: this instance's leadership ended before the write arrived"
+    )]
+    Fenced,
+    /// The store could not be reached or did not answer (no quorum, network, timeout).
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+    /// The store answered something this version cannot read, or refused the request.
+    #[error("the store refused the request: {0}")]
+    Rejected(String),
+    /// A watch fell behind the store's history (compacted, or too slow to read): the
+    /// watcher must read a new snapshot and watch from its revision.
+    #[error("the store's change feed was lost; a full reload is needed")]
+    WatchLost,
+}
+
+impl StoreError {
+    /// Whether the same request may succeed later without any change on the caller's side.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            StoreError::NoLeader | StoreError::Unavailable(_) | StoreError::WatchLost
+        )
+    }
+}
+
+/// A kind of durable record: each is a key space of its own (a redb table, an etcd key
+/// segment). Adding durable state means adding a kind here and its redb table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// A registered model's spec ([`StoredSpec`] JSON), keyed by model name.
+    Model,
+}
+
+impl Kind {
+    /// Every kind, in the order a snapshot lists them.
+    pub const ALL: [Kind; 1] = [Kind::Model];
+
+    /// The key space's name: the redb table, the etcd key segment.
+    pub fn segment(self) -> &'static str {
+        match self {
+            Kind::Model => "models",
+        }
+    }
+
+    fn from_segment(segment: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.segment() == segment)
+    }
+}
+
+/// Where one record lives.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key {
+    pub kind: Kind,
+    pub name: String,
+}
+
+impl Key {
+    pub fn model(name: &ModelName) -> Self {
+        Self {
+            kind: Kind::Model,
+            name: name.to_string(),
+        }
+    }
+}
+
+/// One change of a commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Put { key: Key, value: Vec<u8> },
+    Delete { key: Key },
+}
+
+/// Every record and counter, read at one revision.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub records: BTreeMap<Key, Vec<u8>>,
+    pub counters: BTreeMap<String, u64>,
+    pub revision: Revision,
+}
+
+/// One committed change of a record, as a watch reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchEvent {
+    pub revision: Revision,
+    pub key: Key,
+    /// The new value; `None`: the record was deleted.
+    pub value: Option<Vec<u8>>,
+}
+
+/// Proof of leadership carried by a write: the leader key and the revision at which this
+/// instance created it. The backend applies the write only if the key still has that
+/// creation revision, so a write sent by an instance that has since lost its lease (and
+/// whose key was deleted, or re-created by another leader) changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub key: String,
+    pub revision: Revision,
+}
+
+/// The changes committed after a revision, in commit order; ends with an error when the
+/// feed is lost (then: snapshot again and watch from the snapshot's revision).
+pub struct Watch {
+    events: mpsc::Receiver<Result<WatchEvent, StoreError>>,
+}
+
+impl Watch {
+    pub(crate) fn new(events: mpsc::Receiver<Result<WatchEvent, StoreError>>) -> Self {
+        Self { events }
+    }
+
+    /// The next change; `Err(WatchLost)` when the feed ended without being asked to.
+    pub async fn next(&mut self) -> Result<WatchEvent, StoreError> {
+        self.events
+            .recv()
+            .await
+            .unwrap_or(Err(StoreError::WatchLost))
+    }
+}
+
+/// A durable key-value store of typed records. Implementations are cheap to call
+/// concurrently.
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// Every record and counter, read at one revision.
+    async fn snapshot(&self) -> Result<Snapshot, StoreError>;
+    /// Applies `changes` all or none, only while `fence` (when given) still holds;
+    /// returns the commit's revision once it is durable.
+    async fn commit(
+        &self,
+        fence: Option<&Fence>,
+        changes: Vec<Change>,
+    ) -> Result<Revision, StoreError>;
+    /// Raises counter `name` to at least `to` (never lowers it); returns once durable.
+    async fn raise_counter(&self, name: &str, to: u64) -> Result<(), StoreError>;
+    /// The record changes committed after revision `after`, in order.
+    async fn watch(&self, after: Revision) -> Result<Watch, StoreError>;
+    /// Where the records are, for logs and the cluster view (no credentials).
+    fn describe(&self) -> String;
+}
+
+/// What [`Store::open`] and [`Store::open_with`] found.
+pub struct Opened {
+    pub store: Store,
+    /// Every model read back.
+    pub models: Vec<(ModelName, ModelSpec)>,
+    /// Models that no longer parse, never silently dropped.
+    pub unreadable: Vec<Unreadable>,
+    /// Every event sequence number an earlier run may have used is at most this (0: none).
+    pub events_reserved: u64,
+    /// The revision all of this was read at (watch from here).
+    pub revision: Revision,
+}
+
+/// A stored model that could not be read back (kept out of the registry, logged).
+#[derive(Debug)]
+pub struct Unreadable {
+    pub name: String,
+    pub reason: String,
+}
+
+/// A handle on the store; cheap to clone. Writes are fenced by this instance's current
+/// [`Role`]: refused at once when it does not lead, and carrying its fence when it does.
+#[derive(Clone)]
+pub struct Store {
+    backend: Arc<dyn Backend>,
+    role: watch::Receiver<Role>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the embedded store `dir/registry.redb`, the only writer
+    /// of which is this process, and reads every record in it.
+    pub fn open(dir: &std::path::Path) -> Result<Opened, StoreError> {
+        let (backend, snapshot) = redb::RedbBackend::open(dir)?;
+        let (_, role) = watch::channel(Role::Sole);
+        let store = Self {
+            backend: Arc::new(backend),
+            role,
+        };
+        Ok(store.opened(snapshot))
+    }
+
+    /// A store over `backend`, writing under the leadership `role` reports, and every
+    /// record read back from it.
+    pub async fn open_with(
+        backend: Arc<dyn Backend>,
+        role: watch::Receiver<Role>,
+    ) -> Result<Opened, StoreError> {
+        let snapshot = backend.snapshot().await?;
+        Ok(Self { backend, role }.opened(snapshot))
+    }
+
+    fn opened(self, snapshot: Snapshot) -> Opened {
+        let (models, unreadable) = decode_models(&snapshot);
+        Opened {
+            events_reserved: snapshot.counters.get(EVENTS_RESERVED).copied().unwrap_or(0),
+            revision: snapshot.revision,
+            store: self,
+            models,
+            unreadable,
+        }
+    }
+
+    /// The backend, for watching and the cluster view.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// Stores `name`'s spec; returns once it is durable.
+    pub async fn put(&self, name: &ModelName, spec: &ModelSpec) -> Result<(), StoreError> {
+        let value = serde_json::to_vec(&StoredSpec::from(spec))
+            .map_err(|e| StoreError::Rejected(e.to_string()))?;
+        self.commit(vec![Change::Put {
+            key: Key::model(name),
+            value,
+        }])
+        .await
+        .map(drop)
+    }
+
+    /// Forgets `name`; returns once that is durable.
+    pub async fn delete(&self, name: &ModelName) -> Result<(), StoreError> {
+        self.commit(vec![Change::Delete {
+            key: Key::model(name),
+        }])
+        .await
+        .map(drop)
+    }
+
+    /// Commits `changes` under this instance's leadership (all or none).
+    pub async fn commit(&self, changes: Vec<Change>) -> Result<Revision, StoreError> {
+        let fence = self.write_fence()?;
+        self.backend.commit(fence.as_ref(), changes).await
+    }
+
+    /// Records durably that event numbers up to `upto` may be in use; returns once it is.
+    /// Not fenced: every instance numbers its own events.
+    pub async fn reserve_events(&self, upto: u64) -> Result<(), StoreError> {
+        self.backend.raise_counter(EVENTS_RESERVED, upto).await
+    }
+
+    /// Like [`Store::reserve_events`] without waiting for the commit (for a caller that
+    /// cannot wait and keeps enough headroom; a failure is logged).
+    pub fn reserve_events_later(&self, upto: u64) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            warn!(upto, "event numbers not reserved: no runtime");
+            return;
+        };
+        let backend = self.backend.clone();
+        runtime.spawn(async move {
+            if let Err(e) = backend.raise_counter(EVENTS_RESERVED, upto).await {
+                warn!(error = %e, upto, "event numbers not reserved");
+            }
+        });
+    }
+
+    /// The fence a write must carry now, or why this instance may not write.
+    fn write_fence(&self) -> Result<Option<Fence>, StoreError> {
+        match &*self.role.borrow() {
+            Role::Sole => Ok(None),
+            Role::Leader { fence, until } if tokio::time::Instant::now() < *until => {
+                Ok(Some(fence.clone()))
+            }
+            Role::Leader { .. } | Role::Follower { leader: None } => Err(StoreError::NoLeader),
+            Role::Follower {
+                leader: Some(leader),
+            } => Err(StoreError::NotLeader {
+                leader: Some(leader.id.clone()),
+            }),
+        }
+    }
+}
+
+/// Reads every model record; those that no longer parse are returned apart.
+pub fn decode_models(snapshot: &Snapshot) -> (Vec<(ModelName, ModelSpec)>, Vec<Unreadable>) {
+    let mut models = Vec::new();
+    let mut unreadable = Vec::new();
+    let records = snapshot
+        .records
+        .iter()
+        .filter(|(k, _)| k.kind == Kind::Model);
+    for (key, value) in records {
+        match decode_model(&key.name, value) {
+            Ok(model) => models.push(model),
+            Err(reason) => unreadable.push(Unreadable {
+                name: key.name.clone(),
+                reason,
+            }),
+        }
+    }
+    (models, unreadable)
+}
+
+/// One model record back to its name and spec.
+pub fn decode_model(name: &str, value: &[u8]) -> Result<(ModelName, ModelSpec), String> {
+    let name = ModelName::new(name).map_err(|e| e.to_string())?;
+    let stored: StoredSpec = serde_json::from_slice(value).map_err(|e| e.to_string())?;
+    let spec = ModelSpec::try_from(stored).map_err(|e| e.to_string())?;
+    Ok((name, spec))
+}
+
+#[cfg(test)]
+mod tests;
