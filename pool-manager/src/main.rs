@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use pool_manager::admin::cluster::ClusterState;
 use pool_manager::admin::{self, AppState};
 use pool_manager::config::{self, ReplicaConfig};
+use pool_manager::election::Election;
 use pool_manager::metrics::Metrics;
 use pool_manager::placement::{Resources, Watermarks};
 use pool_manager::pool::{Pool, Replica, ScaleSettings, Settings};
@@ -18,6 +20,8 @@ use pool_manager::repository::ModelRepository;
 use pool_manager::resolve::Resolver;
 use pool_manager::spec::StoragePolicy;
 use pool_manager::storage::{FileTransfer, Storage};
+use pool_manager::store::config::StoreArgs;
+use pool_manager::store::etcd::EtcdBackend;
 use pool_manager::store::{Opened, Store};
 
 /// Control plane of the multi-model gateway.
@@ -129,6 +133,9 @@ struct Args {
     /// Log format.
     #[arg(long, env = "MM_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    /// Where the registry lives (embedded, or etcd shared by several instances).
+    #[command(flatten)]
+    cluster: StoreArgs,
     /// Model storage: the cache of pulled files and how files reach replicas.
     #[command(flatten)]
     storage: pool_manager::storage::StorageArgs,
@@ -245,13 +252,20 @@ async fn main() -> anyhow::Result<()> {
     } else {
         tracing::warn!("no gateway token (--gateway-token-file / MM_GATEWAY_TOKEN): /internal/v1/* accepts reports and route calls from anything that reaches this port");
     }
-    let Opened {
-        store,
-        models,
-        unreadable,
-        events_reserved,
-        ..
-    } = Store::open(&args.data_dir)?;
+    let (
+        Opened {
+            store,
+            models,
+            unreadable,
+            events_reserved,
+            ..
+        },
+        election,
+    ) = open_store(&args).await?;
+    let cluster = ClusterState {
+        store: store.backend().describe(),
+        election: election.clone(),
+    };
     for bad in &unreadable {
         tracing::error!(model = %bad.name, reason = %bad.reason, "a stored model could not be read; it is not served");
     }
@@ -309,6 +323,7 @@ async fn main() -> anyhow::Result<()> {
             .iter()
             .map(|h| h.trim().to_owned())
             .collect(),
+        cluster,
     });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -317,12 +332,40 @@ async fn main() -> anyhow::Result<()> {
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
+            if let Some(election) = &election {
+                // Hand leadership over now rather than when the lease expires.
+                election.resign(Duration::from_secs(2)).await;
+            }
             // Open event streams would hold the graceful shutdown open forever.
             closing.events().close();
         })
         .await?;
     tracing::info!("pool-manager stopped");
     Ok(())
+}
+
+/// The store the flags name and, with etcd, this instance's campaign for leadership.
+async fn open_store(args: &Args) -> anyhow::Result<(Opened, Option<Arc<Election>>)> {
+    let Some(options) = args.cluster.etcd_options()? else {
+        return Ok((Store::open(&args.data_dir)?, None));
+    };
+    let me = args.cluster.member(args.listen)?;
+    tracing::info!(etcd = ?options, member = %me.id, url = %me.url, ttl = ?args.cluster.lease_ttl,
+                   "store: etcd; campaigning for leadership");
+    let backend = Arc::new(EtcdBackend::connect(options).await?);
+    let election = Arc::new(Election::start(backend.clone(), me, args.cluster.lease_ttl));
+    // Nothing can be served before the registry is read: wait for etcd, saying why.
+    let mut retry = Duration::from_millis(200);
+    loop {
+        match Store::open_with(backend.clone(), election.role()).await {
+            Ok(opened) => return Ok((opened, Some(election))),
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?retry, "cannot read the registry from etcd yet");
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
 }
 
 /// A shared secret from `flag`'s file or the environment variable `env`, trimmed; never

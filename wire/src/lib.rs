@@ -460,3 +460,52 @@ mod tests {
         }
     }
 }
+
+/// Path of the cluster view: the pool-manager instances sharing one store, which leads,
+/// and this instance's role ([`ClusterView`]). Every instance answers it.
+pub const CLUSTER_PATH: &str = "/api/v1/cluster";
+
+/// The answer to `GET {CLUSTER_PATH}`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterView {
+    /// Where the registry lives, e.g. `embedded (/var/lib/mm/registry.redb)` or
+    /// `etcd (https://e1:2379,https://e2:2379; prefix /mm/prod/)`.
+    pub store: String,
+    /// The instance that answered.
+    pub instance: ClusterMember,
+    /// Its role now.
+    pub role: ClusterRole,
+    /// The leader as this instance knows it (itself when it leads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<ClusterMember>,
+    /// Every instance whose lease lives, by id.
+    pub members: Vec<ClusterMember>,
+    /// Why `members` could not be read now (the store unavailable), if so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One pool-manager instance.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterMember {
+    pub id: String,
+    /// Where the other instances reach its API.
+    pub url: String,
+}
+
+/// What an instance does in its cluster.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterRole {
+    /// The only instance (the embedded store): it does everything.
+    Sole,
+    /// It places, loads, unloads and writes the pool's state.
+    Leader,
+    /// It serves from its copy and hands changes to the leader.
+    Follower,
+}

@@ -19,6 +19,7 @@ use crate::pool::{ModelView, Pool, PoolError, Registered};
 use mm_wire::ErrorBody;
 use openapi::{Accepted, Applied, Deleted, DryRun, Health, ModelList, PutAnswer, ReplicaList};
 
+pub mod cluster;
 mod guard;
 mod openapi;
 mod ops;
@@ -42,6 +43,8 @@ pub struct AppState {
     /// Host names the admin API answers to besides IP literals and `localhost`
     /// (`--allowed-host`, e.g. the Service's names in Kubernetes).
     pub allowed_hosts: Arc<[String]>,
+    /// The instances sharing the store, for `GET /api/v1/cluster`.
+    pub cluster: cluster::ClusterState,
 }
 
 /// Checks the bearer token of a mutating admin call (constant-time comparison).
@@ -81,6 +84,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(routing_table))
         .routes(routes!(report_failure))
         .merge(ops::routes())
+        .merge(cluster::routes())
         .merge(ui::routes())
 }
 

@@ -203,6 +203,7 @@ mod tests {
             "/api/v1/events",
             "/api/v1/events/stream",
             "/api/v1/summary",
+            mm_wire::CLUSTER_PATH,
             "/ui",
             "/ui/",
             "/ui/app.js",
@@ -215,7 +216,7 @@ mod tests {
         ] {
             assert!(paths.contains(&path), "{path} is not documented");
         }
-        assert_eq!(paths.len(), 20, "{paths:?}");
+        assert_eq!(paths.len(), 21, "{paths:?}");
         assert!(mm_wire::ROUTE_PATH_PREFIX.ends_with('/'));
     }
 
@@ -227,6 +228,7 @@ mod tests {
             ("mod.rs", include_str!("mod.rs")),
             ("ops.rs", include_str!("ops.rs")),
             ("ui.rs", include_str!("ui.rs")),
+            ("cluster.rs", include_str!("cluster.rs")),
         ] {
             // (Split so that this file does not match itself.)
             for plain in ["(\"/", "(&format!", "(mm_wire::"].map(|arg| [".route", arg].concat()) {

@@ -63,6 +63,7 @@ pub(super) async fn fixture_with(configure: impl FnOnce(&mut AppState)) -> Fixtu
         admin_token: None,
         gateway_token: None,
         allowed_hosts: Arc::from(Vec::new()),
+        cluster: super::cluster::ClusterState::sole("embedded (test)".into()),
     };
     configure(&mut state);
     Fixture {
@@ -644,4 +645,16 @@ async fn a_dry_run_says_what_a_registration_would_do_and_changes_nothing() {
         .call(Method::PUT, "/api/v1/models/m1?dryRun=maybe", f.spec("1"))
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn a_single_instance_says_it_is_the_sole_member() {
+    let f = fixture().await;
+    let (status, body) = f.call(Method::GET, "/api/v1/cluster", Body::empty()).await;
+    assert_eq!(status, StatusCode::OK);
+    let view: mm_wire::ClusterView = serde_json::from_value(body).unwrap();
+    assert_eq!(view.role, mm_wire::ClusterRole::Sole);
+    assert_eq!(view.store, "embedded (test)");
+    assert_eq!(view.members, std::slice::from_ref(&view.instance));
+    assert_eq!(view.leader, Some(view.instance));
 }
