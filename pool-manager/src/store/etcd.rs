@@ -145,15 +145,36 @@ impl EtcdBackend {
         format!("{}members/{id}", self.prefix)
     }
 
-    /// Runs one call with the request timeout.
-    async fn call<T>(
-        &self,
-        fut: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
-    ) -> Result<T, StoreError> {
-        tokio::time::timeout(self.timeout, fut)
-            .await
-            .map_err(|_| timed_out(self.timeout))?
-            .map_err(from_etcd)
+    /// Runs `op` on a client within the request timeout, again when an attempt could
+    /// not reach a member (the balanced channel may pick one that is down) or got no
+    /// answer within a third of the timeout (a proposal in flight when the etcd leader
+    /// died waits for etcd's own 7 s request timeout; etcd elects a new leader in about
+    /// one). Every operation here is safe to repeat: puts of the same value,
+    /// compare-guarded transactions, revokes.
+    async fn call<T, F, Fut>(&self, mut op: F) -> Result<T, StoreError>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let attempt = (self.timeout / 3).max(Duration::from_millis(500));
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(timed_out(self.timeout));
+            }
+            match tokio::time::timeout(attempt.min(left), op(self.client.clone())).await {
+                Ok(Ok(answer)) => return Ok(answer),
+                Ok(Err(e)) if !unreached(&e) => return Err(from_etcd(e)),
+                Ok(Err(e)) => {
+                    debug!(error = %e, "etcd member unreachable; trying again");
+                    tokio::time::sleep(pause.min(left)).await;
+                    pause = (pause * 2).min(Duration::from_millis(200));
+                }
+                Err(_) => debug!(after = ?attempt, "no answer from etcd; trying again"),
+            }
+        }
     }
 
     /// One page of keys in `[from, end)` at `revision` (0: the current one).
@@ -163,17 +184,21 @@ impl EtcdBackend {
         end: Vec<u8>,
         revision: i64,
     ) -> Result<etcd_client::GetResponse, StoreError> {
-        let mut client = self.client.clone();
         let options = GetOptions::new()
             .with_range(end)
             .with_limit(PAGE)
             .with_revision(revision);
-        self.call(client.get(from, Some(options))).await
+        self.call(|mut c| {
+            let (from, options) = (from.clone(), options.clone());
+            async move { c.get(from, Some(options)).await }
+        })
+        .await
     }
 
     async fn current_counter(&self, key: &str) -> Result<(u64, i64), StoreError> {
-        let mut client = self.client.clone();
-        let got = self.call(client.get(key, None)).await?;
+        let got = self
+            .call(|mut c| async move { c.get(key, None).await })
+            .await?;
         match got.kvs().first() {
             Some(kv) => {
                 let value = parse_counter(kv.value())?;
@@ -252,9 +277,13 @@ impl Backend for EtcdBackend {
             .map(|f| Compare::create_revision(f.key.as_str(), CompareOp::Equal, to_i64(f.revision)))
             .into_iter()
             .collect();
-        let mut client = self.client.clone();
         let txn = Txn::new().when(compares).and_then(ops);
-        let answer = self.call(client.txn(txn)).await?;
+        let answer = self
+            .call(|mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await?;
         if !answer.succeeded() {
             return Err(StoreError::Fenced);
         }
@@ -276,8 +305,13 @@ impl Backend for EtcdBackend {
                     mod_revision,
                 )])
                 .and_then([TxnOp::put(key.as_str(), format!("{to:020}"), None)]);
-            let mut client = self.client.clone();
-            if self.call(client.txn(txn)).await?.succeeded() {
+            let answer = self
+                .call(|mut c| {
+                    let txn = txn.clone();
+                    async move { c.txn(txn).await }
+                })
+                .await?;
+            if answer.succeeded() {
                 return Ok(());
             }
         }
@@ -287,12 +321,15 @@ impl Backend for EtcdBackend {
     }
 
     async fn watch(&self, after: Revision) -> Result<Watch, StoreError> {
-        let mut client = self.client.clone();
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(to_i64(after.saturating_add(1)));
+        let prefix = self.prefix.clone();
         let stream = self
-            .call(client.watch(self.prefix.as_str(), Some(options)))
+            .call(|mut c| {
+                let (prefix, options) = (prefix.clone(), options.clone());
+                async move { c.watch(prefix, Some(options)).await }
+            })
             .await?;
         let (tx, rx) = mpsc::channel(1024);
         tokio::spawn(forward_watch(stream, self.prefix.clone(), tx));
@@ -311,9 +348,10 @@ impl Backend for EtcdBackend {
 #[async_trait]
 impl Coordinator for EtcdBackend {
     async fn grant(&self, ttl: Duration) -> Result<(LeaseId, Duration), StoreError> {
-        let mut client = self.client.clone();
         let seconds = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
-        let granted = self.call(client.lease_grant(seconds, None)).await?;
+        let granted = self
+            .call(|mut c| async move { c.lease_grant(seconds, None).await })
+            .await?;
         let ttl = Duration::from_secs(u64::try_from(granted.ttl()).unwrap_or(0));
         if let Ok(mut g) = self.granted.lock() {
             *g = Some((granted.id(), ttl));
@@ -325,9 +363,11 @@ impl Coordinator for EtcdBackend {
         let mut keeper = self.keeper.lock().await;
         if keeper.as_ref().map(|(id, _, _)| *id) != Some(lease) {
             *keeper = None;
-            let mut client = self.client.clone();
             // Opening the stream renews once and fails if the lease is gone.
-            match self.call(client.lease_keep_alive(lease)).await {
+            match self
+                .call(|mut c| async move { c.lease_keep_alive(lease).await })
+                .await
+            {
                 Ok((k, s)) => *keeper = Some((lease, k, s)),
                 Err(StoreError::Rejected(e)) if e.contains("lease not found") => return Ok(None),
                 Err(e) => return Err(e),
@@ -366,8 +406,10 @@ impl Coordinator for EtcdBackend {
     }
 
     async fn revoke(&self, lease: LeaseId) -> Result<(), StoreError> {
-        let mut client = self.client.clone();
-        match self.call(client.lease_revoke(lease)).await {
+        match self
+            .call(|mut c| async move { c.lease_revoke(lease).await })
+            .await
+        {
             Ok(_) => Ok(()),
             Err(StoreError::Rejected(e)) if e.contains("lease not found") => Ok(()),
             Err(e) => Err(e),
@@ -376,18 +418,23 @@ impl Coordinator for EtcdBackend {
 
     async fn join(&self, me: &Member, lease: LeaseId) -> Result<(), StoreError> {
         let value = serde_json::to_vec(me).map_err(|e| StoreError::Rejected(e.to_string()))?;
-        let mut client = self.client.clone();
         let options = etcd_client::PutOptions::new().with_lease(lease);
-        self.call(client.put(self.member_key(&me.id), value, Some(options)))
-            .await
-            .map(drop)
+        let key = self.member_key(&me.id);
+        self.call(|mut c| {
+            let (key, value, options) = (key.clone(), value.clone(), options.clone());
+            async move { c.put(key, value, Some(options)).await }
+        })
+        .await
+        .map(drop)
     }
 
     async fn members(&self) -> Result<Vec<Member>, StoreError> {
-        let mut client = self.client.clone();
         let prefix = self.member_key("");
         let got = self
-            .call(client.get(prefix, Some(GetOptions::new().with_prefix())))
+            .call(|mut c| {
+                let prefix = prefix.clone();
+                async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
+            })
             .await?;
         Ok(got
             .kvs()
@@ -407,8 +454,12 @@ impl Coordinator for EtcdBackend {
                 Some(etcd_client::PutOptions::new().with_lease(lease)),
             )])
             .or_else([TxnOp::get(key.as_str(), None)]);
-        let mut client = self.client.clone();
-        let answer = self.call(client.txn(txn)).await?;
+        let answer = self
+            .call(|mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await?;
         if answer.succeeded() {
             return Ok(Acquired::Won(Fence {
                 key,
@@ -602,6 +653,21 @@ fn to_i64(revision: Revision) -> i64 {
 
 fn timed_out(after: Duration) -> StoreError {
     StoreError::Unavailable(format!("etcd did not answer within {after:?}"))
+}
+
+/// Whether `e` says no member was reached (connection refused or broken) rather than
+/// that a member answered: then another attempt may reach another member.
+fn unreached(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        etcd_client::Error::GRpcStatus(status) => {
+            matches!(
+                status.code(),
+                tonic::Code::Unavailable | tonic::Code::Unknown
+            ) && !status.message().starts_with("etcdserver:")
+        }
+        _ => false,
+    }
 }
 
 /// etcd's errors, as the store's: refusals (bad credentials, permissions, a lease it
