@@ -230,7 +230,7 @@ impl Campaign {
         let mut campaign = true;
         let mut renew_at = Instant::now() + ttl / 3;
         loop {
-            if campaign && leading.is_none() {
+            if campaign {
                 leading = self.campaign(lease, *until).await?;
             }
             campaign = false;
@@ -264,14 +264,14 @@ impl Campaign {
                         return Ok(Ended::Lost("the leader watch ended".into()));
                     }
                     let key = observed.borrow_and_update().clone();
-                    campaign = self.on_leader_key(&mut leading, key);
+                    campaign = self.on_leader_key(leading.as_ref(), lease, key);
                 }
                 _ = stop.changed() => return Ok(Ended::Resigned),
             }
         }
     }
 
-    /// Tries to take the leader key; publishes the outcome.
+    /// Tries to take the leader key (or confirms it is still ours); publishes the outcome.
     async fn campaign(
         &mut self,
         lease: LeaseId,
@@ -279,7 +279,11 @@ impl Campaign {
     ) -> Result<Option<Fence>, StoreError> {
         match self.coordinator.acquire(&self.me, lease).await? {
             Acquired::Won(fence) => {
-                info!(member = %self.me.id, fence = fence.revision, "leading the pool");
+                let known =
+                    matches!(&*self.role.borrow(), Role::Leader { fence: f, .. } if *f == fence);
+                if !known {
+                    info!(member = %self.me.id, fence = fence.revision, "leading the pool");
+                }
                 self.publish(Role::Leader {
                     fence: fence.clone(),
                     until,
@@ -293,19 +297,18 @@ impl Campaign {
         }
     }
 
-    /// Follows a change of the leader key; returns whether to campaign again.
-    fn on_leader_key(&mut self, leading: &mut Option<Fence>, key: Option<LeaderKey>) -> bool {
-        match (leading.as_ref(), key) {
-            (Some(fence), Some(k)) if k.created == fence.revision => false,
-            (Some(_), key) => {
-                warn!(member = %self.me.id, "the leader key is no longer ours; stepping down");
-                *leading = None;
-                let holder = key.map(|k| k.holder);
-                let vacant = holder.is_none();
-                self.step_down(holder);
-                vacant
-            }
-            (None, None) => true,
+    /// Follows a change of the leader key as the watch saw it; returns whether to ask
+    /// the store (campaign), which alone decides: the watch may lag behind a campaign.
+    fn on_leader_key(
+        &mut self,
+        leading: Option<&Fence>,
+        lease: LeaseId,
+        key: Option<LeaderKey>,
+    ) -> bool {
+        match (leading, key) {
+            (Some(fence), Some(k)) => k.created != fence.revision,
+            (Some(_), None) | (None, None) => true,
+            (None, Some(k)) if k.lease == lease => true,
             (None, Some(k)) => {
                 self.step_down(Some(k.holder));
                 false

@@ -177,6 +177,44 @@ async fn without_the_store_nobody_leads_until_it_returns() {
     assert!(!(role_a.borrow().leads() && role_b.borrow().leads()));
 }
 
+/// The watch of the leader key may lag behind a campaign (it said "no key" just after
+/// this instance created it): only the store decides, so leadership does not flap.
+#[tokio::test(start_paused = true)]
+async fn a_lagging_watch_does_not_unseat_the_leader() {
+    let server = MemoryServer::start();
+    let a = start(&server.client(), "pm-a");
+    let mut role_a = a.role();
+    until(&mut role_a, leads).await;
+    let before = role_a.borrow_and_update().clone();
+    let mut watcher = a.role();
+    let followed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = followed.clone();
+    tokio::spawn(async move {
+        while watcher.changed().await.is_ok() {
+            if !leads(&watcher.borrow_and_update()) {
+                seen.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    });
+    let mut stale = server.leader().unwrap();
+    stale.created -= 1;
+    stale.holder = member("pm-old");
+    server.hint(None);
+    server.hint(Some(stale));
+    tokio::time::sleep(TTL).await;
+    let Role::Leader { fence, .. } = role_a.borrow().clone() else {
+        panic!("still leads: {:?}", role_a.borrow());
+    };
+    let Role::Leader { fence: first, .. } = before else {
+        panic!("led before");
+    };
+    assert_eq!(fence, first);
+    assert!(
+        !followed.load(std::sync::atomic::Ordering::SeqCst),
+        "it never stopped leading"
+    );
+}
+
 #[test]
 fn the_margin_leaves_time_to_stop_before_the_store_expires_the_lease() {
     let now = Instant::now();

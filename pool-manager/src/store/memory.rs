@@ -74,6 +74,11 @@ impl MemoryServer {
         self.drop_keys(&mut state);
     }
 
+    /// Sends watchers of the leader key `key`, whatever the key is: a lagging watch.
+    pub fn hint(&self, key: Option<LeaderKey>) {
+        self.leader.send_replace(key);
+    }
+
     /// The leader key now.
     pub fn leader(&self) -> Option<LeaderKey> {
         self.lock().leader.clone()
