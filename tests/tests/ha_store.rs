@@ -48,7 +48,9 @@ fn spawn_instance(
         format!("--store-prefix={prefix}"),
         format!("--instance-id={id}"),
         format!("--lease-ttl={}s", TTL.as_secs()),
-        "--store-timeout=2s".to_owned(),
+        // The default: above etcd's own leader election (about 1 s), which a write
+        // waits through when the etcd leader is the member that died.
+        "--store-timeout=5s".to_owned(),
     ];
     PoolManager::spawn(&dir.join("repo"), &[replica], &extra, &dir)
 }
@@ -137,18 +139,27 @@ async fn leader_of<'a>(
 #[tokio::test]
 async fn leadership_fencing_and_quorum_on_a_real_etcd() -> anyhow::Result<()> {
     let logs = tempfile::Builder::new().prefix("mm-ha-store").tempdir()?;
-    let mut cluster = EtcdCluster::start(3, logs.path()).await?;
+    let outcome = scenarios(logs.path()).await;
+    if outcome.is_err() {
+        // Every process has stopped by now; keep their logs for the reader.
+        eprintln!("logs kept in {}", logs.keep().display());
+    }
+    outcome
+}
+
+async fn scenarios(logs: &Path) -> anyhow::Result<()> {
+    let mut cluster = EtcdCluster::start(3, logs).await?;
 
     a_deposed_leaders_fence_is_refused_by_etcd(&cluster).await?;
 
     let prefix = "/mm/ha-store/";
-    let mut a = start_instance(&cluster, prefix, "pm-a", logs.path()).await?;
-    let mut b = start_instance(&cluster, prefix, "pm-b", logs.path()).await?;
+    let mut a = start_instance(&cluster, prefix, "pm-a", logs).await?;
+    let mut b = start_instance(&cluster, prefix, "pm-b", logs).await?;
     let (leader, follower) = leader_of(&mut a, &mut b).await?;
     only_the_leader_writes(&cluster, prefix, leader, follower).await?;
     a_paused_leader_is_replaced_and_fenced(&cluster, prefix, leader, follower).await?;
     // `follower` leads now; `leader` (woken) follows it.
-    a_killed_leader_is_replaced(&cluster, prefix, follower, leader, logs.path()).await?;
+    a_killed_leader_is_replaced(&cluster, prefix, follower, leader, logs).await?;
     let (leader, _) = leader_of(&mut a, &mut b).await?;
     quorum_loss_stops_writes_until_it_returns(&mut cluster, leader).await?;
     Ok(())
@@ -214,6 +225,8 @@ async fn a_deposed_leaders_fence_is_refused_by_etcd(cluster: &EtcdCluster) -> an
     })
     .await?;
     use pool_manager::store::Backend;
+    let before = backend_a.snapshot().await?.revision;
+    let mut feed = backend_a.watch(before).await?;
     match backend_a.commit(Some(&stale), change("by-a")).await {
         Err(StoreError::Fenced) => {}
         other => bail!("a stale fence must be refused by etcd: {other:?}"),
@@ -222,6 +235,15 @@ async fn a_deposed_leaders_fence_is_refused_by_etcd(cluster: &EtcdCluster) -> an
     let keys = cluster.keys(&format!("{prefix}models/"))?;
     if keys != [format!("{prefix}models/by-b")] {
         bail!("only the current leader's write may land: {keys:?}");
+    }
+    // Another instance sees the change through its watch, and in a snapshot.
+    let seen = tokio::time::timeout(Duration::from_secs(5), feed.next()).await??;
+    if seen.key.name != "by-b" || seen.value.as_deref() != Some(b"{}".as_slice()) {
+        bail!("the watch reports the leader's write: {seen:?}");
+    }
+    let records = backend_a.snapshot().await?.records;
+    if records.keys().map(|k| k.name.as_str()).collect::<Vec<_>>() != ["by-b"] {
+        bail!("a snapshot holds exactly the records: {records:?}");
     }
     b.resign(Duration::from_secs(2)).await;
     Ok(())
@@ -374,25 +396,20 @@ async fn quorum_loss_stops_writes_until_it_returns(
     Ok(())
 }
 
-/// Quorum is back: some instance leads again and takes writes.
+/// Quorum is back: some instance leads again and takes writes (a 503 while the lease
+/// the old leader could not revoke without quorum is cleared is part of recovering).
 async fn until_leads_any(pm: &PoolManager) -> anyhow::Result<()> {
-    eventually("a leader once quorum is back", TTL * 5, || async {
-        let v = view(pm).await?;
-        Ok(v.leader.map(|_| ()))
-    })
-    .await?;
-    let v = view(pm).await?;
-    let Some(leader) = v.leader else {
-        bail!("no leader")
-    };
-    let url = format!("{}/api/v1/models/after-quorum", leader.url);
     let spec = serde_json::json!({
         "storageUri": format!("file://{}", example_model("linear").display()),
         "memory": "32Mi",
     });
-    let r = http().put(url).json(&spec).send().await?;
-    if r.status() != 201 {
-        bail!("writes work again with quorum: {}", r.status());
-    }
-    Ok(())
+    eventually("writes to work again with quorum", TTL * 5, || async {
+        let Some(leader) = view(pm).await?.leader else {
+            return Ok(None);
+        };
+        let url = format!("{}/api/v1/models/after-quorum", leader.url);
+        let r = http().put(url).json(&spec).send().await?;
+        Ok((r.status() == 201).then_some(()))
+    })
+    .await
 }
