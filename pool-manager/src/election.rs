@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::{sleep, sleep_until, timeout, Instant};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::store::{Fence, Revision, StoreError};
 
@@ -229,6 +229,7 @@ impl Campaign {
         let mut leading: Option<Fence> = None;
         let mut campaign = true;
         let mut renew_at = Instant::now() + ttl / 3;
+        let mut failing = false;
         loop {
             if campaign {
                 leading = self.campaign(lease, *until).await?;
@@ -236,24 +237,9 @@ impl Campaign {
             campaign = false;
             tokio::select! {
                 () = sleep_until(renew_at) => {
-                    let sent = Instant::now();
-                    match timeout(ttl / 3, self.coordinator.keep_alive(lease)).await {
-                        Ok(Ok(Some(left))) => {
-                            *until = valid_until(sent, left);
-                            renew_at = sent + ttl / 3;
-                            if let Some(fence) = &leading {
-                                self.publish(Role::Leader { fence: fence.clone(), until: *until });
-                            }
-                        }
-                        Ok(Ok(None)) => return Ok(Ended::Lost("the store expired the lease".into())),
-                        Ok(Err(e)) => {
-                            warn!(member = %self.me.id, error = %e, "lease renewal failed");
-                            renew_at = Instant::now() + RETRY_MIN;
-                        }
-                        Err(_) => {
-                            warn!(member = %self.me.id, "lease renewal timed out");
-                            renew_at = Instant::now() + RETRY_MIN;
-                        }
+                    match self.renew(lease, ttl, until, leading.as_ref(), &mut failing).await {
+                        Some(next) => renew_at = next,
+                        None => return Ok(Ended::Lost("the store expired the lease".into())),
                     }
                 }
                 () = sleep_until(*until) => {
@@ -269,6 +255,45 @@ impl Campaign {
                 _ = stop.changed() => return Ok(Ended::Resigned),
             }
         }
+    }
+
+    /// One renewal of `lease`; returns when to renew next, or `None` when the store no
+    /// longer knows the lease. A failure leaves `until` as it was (and is logged once per
+    /// run of failures: without quorum they repeat every few hundred milliseconds).
+    async fn renew(
+        &self,
+        lease: LeaseId,
+        ttl: Duration,
+        until: &mut Instant,
+        leading: Option<&Fence>,
+        failing: &mut bool,
+    ) -> Option<Instant> {
+        let sent = Instant::now();
+        let why = match timeout(ttl / 3, self.coordinator.keep_alive(lease)).await {
+            Ok(Ok(Some(left))) => {
+                *until = valid_until(sent, left);
+                if let Some(fence) = leading {
+                    self.publish(Role::Leader {
+                        fence: fence.clone(),
+                        until: *until,
+                    });
+                }
+                if std::mem::take(failing) {
+                    info!(member = %self.me.id, "lease renewed again");
+                }
+                return Some(sent + ttl / 3);
+            }
+            Ok(Ok(None)) => return None,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {:?}", ttl / 3),
+        };
+        if std::mem::replace(failing, true) {
+            debug!(member = %self.me.id, error = %why, "lease renewal failed again");
+        } else {
+            warn!(member = %self.me.id, error = %why, left = ?until.saturating_duration_since(Instant::now()),
+                  "lease renewal failed; retrying until the lease runs out");
+        }
+        Some(Instant::now() + RETRY_MIN)
     }
 
     /// Tries to take the leader key (or confirms it is still ours); publishes the outcome.
