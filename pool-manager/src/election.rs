@@ -228,19 +228,30 @@ impl Campaign {
         let mut stop = self.stop.clone();
         let mut leading: Option<Fence> = None;
         let mut campaign = true;
+        let mut recheck = false;
         let mut renew_at = Instant::now() + ttl / 3;
         let mut failing = false;
         loop {
-            if campaign {
-                leading = self.campaign(lease, *until).await?;
+            if std::mem::take(&mut campaign) {
+                match self.campaign(lease, *until).await {
+                    Ok(won) => leading = won,
+                    // A leader keeps leading through a check the store did not answer
+                    // (its fence still guards every write) and checks again after its
+                    // next renewal; an answer such as "no such lease" ends the session.
+                    Err(e) if leading.is_some() && e.is_transient() => {
+                        debug!(member = %self.me.id, error = %e, "leadership check failed");
+                        recheck = true;
+                    }
+                    Err(e) => return Err(e),
+                }
             }
-            campaign = false;
             tokio::select! {
                 () = sleep_until(renew_at) => {
                     match self.renew(lease, ttl, until, leading.as_ref(), &mut failing).await {
                         Some(next) => renew_at = next,
                         None => return Ok(Ended::Lost("the store expired the lease".into())),
                     }
+                    campaign = !failing && std::mem::take(&mut recheck);
                 }
                 () = sleep_until(*until) => {
                     return Ok(Ended::Lost("the lease could not be renewed before its TTL".into()));

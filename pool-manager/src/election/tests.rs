@@ -135,9 +135,12 @@ async fn a_lease_the_store_forgot_ends_leadership() {
         panic!("a leads");
     };
     server.expire_lease(server.leader().unwrap().lease);
-    until(&mut role_a, |r| !leads(r)).await;
-    // Alone, it leads again, under a new fence.
-    until(&mut role_a, leads).await;
+    // Alone, it leads again, under a new fence (a new term: never the old one's).
+    until(
+        &mut role_a,
+        |r| matches!(r, Role::Leader { fence, .. } if *fence != first),
+    )
+    .await;
     let Role::Leader { fence: second, .. } = role_a.borrow().clone() else {
         panic!("a leads again");
     };
