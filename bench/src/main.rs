@@ -8,6 +8,7 @@ mod cold;
 mod cpu;
 mod envoys;
 mod fake_triton;
+mod ha;
 mod instructions;
 mod phases;
 mod plot;
@@ -31,9 +32,13 @@ struct Args {
     /// Where the sections, JSON and plots go.
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
-    /// Parts to run: warm, cold, churn, scale; opt-in: instructions (callgrind, slow) and
-    /// churn-long (the churn trace for --churn-long-seconds).
-    #[arg(long, value_delimiter = ',', default_value = "warm,cold,churn,scale")]
+    /// Parts to run: warm, cold, churn, scale, ha; opt-in: instructions (callgrind, slow)
+    /// and churn-long (the churn trace for --churn-long-seconds).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "warm,cold,churn,scale,ha"
+    )]
     parts: Vec<String>,
     /// Interleaved rounds of the warm path.
     #[arg(long, default_value_t = 5)]
@@ -91,6 +96,15 @@ struct Args {
     /// ...within this many seconds (at least 10 calls).
     #[arg(long, default_value_t = 30)]
     cold_budget_seconds: u64,
+    /// Models registered on each store in the high-availability part.
+    #[arg(long, default_value_t = 2_000)]
+    ha_models: usize,
+    /// Failovers per way of losing the leader (kill -9, SIGTERM) in the ha part.
+    #[arg(long, default_value_t = 5)]
+    ha_rounds: usize,
+    /// The pool-managers' lease TTL in the ha part, seconds.
+    #[arg(long, default_value_t = 3)]
+    ha_lease_ttl_seconds: u64,
 }
 
 fn label_and_path(s: &str) -> Result<(String, PathBuf), String> {
@@ -188,6 +202,16 @@ async fn main() -> anyhow::Result<()> {
                 };
                 let s = scale::run(&options).await.context("scale")?;
                 write(&args.out, "scale", &s.markdown(), &s)?;
+            }
+            "ha" => {
+                let options = ha::Options {
+                    models: args.ha_models,
+                    clients: 64,
+                    rounds: args.ha_rounds,
+                    lease_ttl: std::time::Duration::from_secs(args.ha_lease_ttl_seconds),
+                };
+                let h = ha::run(&options).await.context("ha")?;
+                write(&args.out, "ha", &h.markdown(), &h)?;
             }
             other => anyhow::bail!("unknown part {other}"),
         }

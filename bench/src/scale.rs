@@ -39,7 +39,7 @@ pub struct Timing {
 }
 
 impl Timing {
-    fn of(ms: &[f64]) -> Self {
+    pub(crate) fn of(ms: &[f64]) -> Self {
         Self {
             n: ms.len(),
             mean: mean(ms),
@@ -112,9 +112,11 @@ pub async fn run(options: &Options) -> anyhow::Result<Scale> {
     })
 }
 
-async fn start_pool_manager(
+/// A pool-manager for `replicas` (fake replica ports) with `extra` flags, ready.
+pub(crate) async fn start_pool_manager(
     replicas: &[u16],
     dir: &std::path::Path,
+    extra: &[String],
 ) -> anyhow::Result<PoolManager> {
     let config: String = replicas
         .iter()
@@ -127,7 +129,7 @@ async fn start_pool_manager(
         .collect();
     let config_path = dir.join("pool.toml");
     std::fs::write(&config_path, config)?;
-    let args = [
+    let mut args = vec![
         "--config".into(),
         config_path.display().to_string(),
         "--probe-interval".into(),
@@ -135,13 +137,14 @@ async fn start_pool_manager(
         "--reconcile-interval".into(),
         "600s".into(),
     ];
+    args.extend_from_slice(extra);
     let mut pm = PoolManager::spawn(&dir.join("repo"), &[], &args, dir)?;
     pm.wait_ready().await?;
     Ok(pm)
 }
 
 /// Registers `models` models with `clients` concurrent PUTs; returns the seconds it took.
-async fn register(
+pub(crate) async fn register(
     http: &reqwest::Client,
     pm: &PoolManager,
     models: usize,
@@ -192,7 +195,7 @@ async fn timed_get(http: &reqwest::Client, url: String) -> anyhow::Result<(f64, 
 async fn size(options: &Options, models: usize) -> anyhow::Result<Size> {
     let dir = tempfile::Builder::new().prefix("mm-scale-").tempdir()?;
     let replicas = crate::fake_triton::start(options.replicas).await?;
-    let mut pm = start_pool_manager(&replicas.ports, dir.path()).await?;
+    let mut pm = start_pool_manager(&replicas.ports, dir.path(), &[]).await?;
     let pid = pm.process.pid();
     let rss_before = rss_mib(pid)?;
     let http = reqwest::Client::builder()
