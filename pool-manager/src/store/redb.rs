@@ -29,6 +29,8 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const REVISION: &str = "store.revision";
 /// Most commits written in one transaction.
 const MAX_BATCH: usize = 4096;
+/// The database's page cache.
+const CACHE_BYTES: usize = 16 << 20;
 
 fn table(kind: Kind) -> TableDefinition<'static, &'static str, &'static str> {
     TableDefinition::new(kind.segment())
@@ -58,7 +60,13 @@ impl RedbBackend {
             reason,
         };
         std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
-        let db = Database::create(&path).map_err(|e| open_err(e.to_string()))?;
+        // The registry is read once at start and then only written: a small page cache is
+        // enough, where redb's default (1 GiB) would keep every page written in memory, some
+        // hundred bytes per registered model.
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+            .map_err(|e| open_err(e.to_string()))?;
         // Make sure every table exists so reads of an empty registry work.
         let txn = db.begin_write().map_err(|e| open_err(e.to_string()))?;
         for kind in Kind::ALL {
