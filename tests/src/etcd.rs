@@ -57,6 +57,8 @@ pub struct EtcdCluster {
     logs: PathBuf,
     _dir: tempfile::TempDir,
     http: reqwest::Client,
+    /// `user:password` etcdctl logs in with once authentication is on.
+    root: Option<String>,
 }
 
 impl EtcdCluster {
@@ -89,6 +91,7 @@ impl EtcdCluster {
                 .timeout(Duration::from_secs(2))
                 .no_proxy()
                 .build()?,
+            root: None,
         };
         for i in 0..size {
             cluster.spawn(i, "new")?;
@@ -189,7 +192,11 @@ impl EtcdCluster {
             .filter(|m| m.is_running())
             .map(EtcdMember::client_url)
             .collect();
-        let out = Command::new("etcdctl")
+        let mut cmd = Command::new("etcdctl");
+        if let Some(root) = &self.root {
+            cmd.arg(format!("--user={root}"));
+        }
+        let out = cmd
             .env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={}", endpoints.join(",")))
             .arg("--command-timeout=5s")
@@ -203,6 +210,30 @@ impl EtcdCluster {
             );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Turns etcd's authentication on with a `root` user, and adds `user` (`password`)
+    /// with read-write access to the keys under `prefix` only. etcdctl logs in as root
+    /// from then on.
+    pub fn enable_auth(&mut self, user: &str, password: &str, prefix: &str) -> anyhow::Result<()> {
+        let root_password = format!("root-{}", free_port()?);
+        let role = format!("{user}-role");
+        self.etcdctl(&["user", "add", &format!("root:{root_password}")])?;
+        self.etcdctl(&["user", "grant-role", "root", "root"])?;
+        self.etcdctl(&["user", "add", &format!("{user}:{password}")])?;
+        self.etcdctl(&["role", "add", &role])?;
+        self.etcdctl(&[
+            "role",
+            "grant-permission",
+            &role,
+            "--prefix=true",
+            "readwrite",
+            prefix,
+        ])?;
+        self.etcdctl(&["user", "grant-role", user, &role])?;
+        self.etcdctl(&["auth", "enable"])?;
+        self.root = Some(format!("root:{root_password}"));
+        Ok(())
     }
 
     /// The keys under `prefix` (`etcdctl get --prefix --keys-only`).

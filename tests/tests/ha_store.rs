@@ -162,6 +162,8 @@ async fn scenarios(logs: &Path) -> anyhow::Result<()> {
     a_killed_leader_is_replaced(&cluster, prefix, follower, leader, logs).await?;
     let (leader, _) = leader_of(&mut a, &mut b).await?;
     quorum_loss_stops_writes_until_it_returns(&mut cluster, leader).await?;
+    drop((a, b));
+    etcd_credentials_come_from_a_file_and_stay_secret(&mut cluster, logs).await?;
     Ok(())
 }
 
@@ -412,4 +414,65 @@ async fn until_leads_any(pm: &PoolManager) -> anyhow::Result<()> {
         Ok((r.status() == 201).then_some(()))
     })
     .await
+}
+
+/// With etcd's authentication on, an instance given the user and a password file reads
+/// and writes its prefix; a wrong password stops it at start with a clear error that
+/// does not show the password.
+async fn etcd_credentials_come_from_a_file_and_stay_secret(
+    cluster: &mut EtcdCluster,
+    logs: &Path,
+) -> anyhow::Result<()> {
+    let prefix = "/mm/auth/";
+    let password = format!("pw-{}", free_port()?);
+    cluster.enable_auth("pool", &password, prefix)?;
+    let secrets = logs.join("secrets");
+    std::fs::create_dir_all(&secrets)?;
+    let good = secrets.join("good");
+    let bad = secrets.join("bad");
+    std::fs::write(&good, format!("{password}\n"))?;
+    std::fs::write(&bad, "not-the-password\n")?;
+    let with_password = |id: &str, file: &Path| -> anyhow::Result<PoolManager> {
+        let dir = logs.join(id);
+        std::fs::create_dir_all(dir.join("repo"))?;
+        let replica = format!("name=r0,url=http://127.0.0.1:{},memory=1Gi", free_port()?);
+        let extra = [
+            format!("--store={}", cluster.store_url()),
+            format!("--store-prefix={prefix}"),
+            format!("--instance-id={id}"),
+            format!("--lease-ttl={}s", TTL.as_secs()),
+            "--etcd-user=pool".to_owned(),
+            format!("--etcd-password-file={}", file.display()),
+        ];
+        PoolManager::spawn(&dir.join("repo"), &[replica], &extra, &dir)
+    };
+
+    let mut authed = with_password("pm-auth", &good)?;
+    authed.wait_ready().await?;
+    until_leads(&authed, TTL * 4).await?;
+    let (status, body) = register(&authed, "with-auth").await?;
+    if status != 201 || cluster.get(&format!("{prefix}models/with-auth"))?.is_none() {
+        bail!("an instance with etcd credentials registers: {status} {body}");
+    }
+
+    let mut refused = with_password("pm-bad-password", &bad)?;
+    let log = eventually(
+        "a wrong etcd password to stop the instance",
+        Duration::from_secs(30),
+        || {
+            let exited = refused.process.check_alive().is_err();
+            // The whole log: with RUST_BACKTRACE set, a backtrace follows the error.
+            let log = std::fs::read_to_string(refused.process.log_path()).unwrap_or_default();
+            async move { Ok(exited.then_some(log)) }
+        },
+    )
+    .await?;
+    if !log.contains("authentication failed") || log.contains("not-the-password") {
+        bail!("a wrong password is named as such, never shown:\n{log}");
+    }
+    let own = std::fs::read_to_string(authed.process.log_path())?;
+    if own.contains(&password) {
+        bail!("the etcd password appeared in the log");
+    }
+    Ok(())
 }
