@@ -258,6 +258,7 @@ async fn main() -> anyhow::Result<()> {
             models,
             unreadable,
             events_reserved,
+            metadata,
             ..
         },
         election,
@@ -304,6 +305,7 @@ async fn main() -> anyhow::Result<()> {
     pool.attach_storage(storage);
     tracing::info!(models = models.len(), "registry restored");
     pool.restore(models);
+    pool.restore_metadata(metadata);
     // Know which replicas are up, and what they have loaded, before the first request is
     // placed: a restarted pool-manager adopts what is loaded instead of loading it twice.
     pool.probe_replicas().await;

@@ -108,6 +108,53 @@ pub struct RouteResponse {
     pub inputs: Option<Vec<TensorSpec>>,
 }
 
+/// Path prefix of the gateway's metadata call, made instead of the route call for a
+/// metadata or readiness request whose model is in none of its tables:
+/// `GET {METADATA_PATH_PREFIX}{model}?for=metadata|ready|config[&version=V][&grpc=true]`.
+/// It never loads a model for `ready`; for `metadata` and `config` only when nothing was
+/// kept from an earlier load (then it answers like the route call).
+pub const METADATA_PATH_PREFIX: &str = "/internal/v1/metadata/";
+
+/// The pool-manager's answer to a metadata call: exactly one of `route` and `standby`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MetadataAnswer {
+    /// The model is loaded (or was loaded for this call): the request goes to this copy
+    /// like any routed request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<RouteResponse>,
+    /// The model is registered and loaded nowhere: the gateway answers itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standby: Option<Standby>,
+}
+
+/// What the gateway answers for a registered model that is loaded nowhere.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Standby {
+    /// Whether a request for the model would be served (after a load): false while its
+    /// last load failed and it waits for the retry backoff.
+    pub ready: bool,
+    /// Why it is not ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The HTTP answer's JSON for `for=metadata` (the V2 metadata under the client's model
+    /// name) and `for=config` (the model configuration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub body: Option<serde_json::Value>,
+    /// For a gRPC call: the answer message (`ModelMetadataResponse` or
+    /// `ModelReadyResponse`), protobuf in standard base64, without the gRPC frame.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_message: Option<String>,
+    /// For a gRPC call: a healthy replica whose gRPC port carries the answer (Envoy answers
+    /// a gRPC call by itself only with a status, never with a message).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub carrier: Option<RouteResponse>,
+}
+
 /// Path of the routing table: `GET {TABLE_PATH}?since=G&waitMs=W` answers the whole table
 /// at once if its generation differs from `G` (or the pool-manager restarted), and
 /// otherwise holds the call up to `W` milliseconds (at most [`MAX_TABLE_WAIT_MS`]) for a

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::pool::{ModelView, Pool, PoolError, Registered};
+use crate::pool::{Asked, ModelView, Pool, PoolError, Registered};
 use mm_wire::ErrorBody;
 use openapi::{Accepted, Applied, Deleted, DryRun, Health, ModelList, PutAnswer, ReplicaList};
 
@@ -80,6 +80,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(list_replicas))
         .routes(routes!(route_any))
         .routes(routes!(route_model))
+        .routes(routes!(model_metadata))
         .routes(routes!(report_usage))
         .routes(routes!(routing_table))
         .routes(routes!(report_failure))
@@ -134,7 +135,9 @@ impl IntoResponse for ApiError {
 impl From<PoolError> for ApiError {
     fn from(e: PoolError) -> Self {
         let status = match &e {
-            PoolError::UnknownModel(_) | PoolError::UnknownReplica(_) => StatusCode::NOT_FOUND,
+            PoolError::UnknownModel(_)
+            | PoolError::UnknownReplica(_)
+            | PoolError::UnknownVersion { .. } => StatusCode::NOT_FOUND,
             PoolError::Spec(_)
             | PoolError::TooBig { .. }
             | PoolError::TooManyCopies { .. }
@@ -397,6 +400,69 @@ async fn route_model(
 ) -> ApiResult<Json<mm_wire::RouteResponse>> {
     let Path(name) = name?;
     Ok(Json(state.pool.route(&name).await?))
+}
+
+/// What the filter's metadata call asks (`?for=metadata|ready|config&version=V&grpc=true`).
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct MetadataQuery {
+    /// `metadata`, `ready` or `config`.
+    #[serde(rename = "for")]
+    asked: String,
+    /// The version the request names (1 to 19 digits).
+    #[serde(default)]
+    version: Option<String>,
+    /// The request is a gRPC call: the answer carries its message.
+    #[serde(default)]
+    grpc: bool,
+}
+
+/// The filter's metadata call, for a metadata or readiness request whose model is in none
+/// of its tables: where the model's copy is, or (loaded nowhere) the answer from the
+/// metadata kept from its last load. Never loads for `ready`.
+#[utoipa::path(get, path = "/internal/v1/metadata/{name}", tag = "gateway",
+    params(("name" = String, Path, description = "the model's name",
+        pattern = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"), MetadataQuery),
+    security((), ("gateway" = [])), responses(
+    (status = 200, description = "where to send the request, or the answer", body = mm_wire::MetadataAnswer),
+    (status = 400, description = "an invalid name, version or `for`", body = ErrorBody),
+    (status = 401, description = "the gateway token is missing or wrong", body = ErrorBody),
+    (status = 404, description = "no such model or version", body = ErrorBody),
+    (status = 503, description = "the model could not be loaded now (metadata never kept)", body = ErrorBody)))]
+async fn model_metadata(
+    State(state): State<AppState>,
+    name: Result<Path<String>, PathRejection>,
+    query: Result<Query<MetadataQuery>, QueryRejection>,
+) -> ApiResult<Json<mm_wire::MetadataAnswer>> {
+    let Path(name) = name?;
+    let Query(query) = query.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("invalid query: {}", e.body_text()),
+        )
+    })?;
+    let version = match query.version {
+        Some(v) if v.is_empty() || v.len() > 19 || !v.bytes().all(|b| b.is_ascii_digit()) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "version must be 1 to 19 ASCII digits",
+            ))
+        }
+        v => v,
+    };
+    let asked = match query.asked.as_str() {
+        "metadata" => Asked::Metadata(version),
+        "ready" => Asked::Ready,
+        "config" if !query.grpc => Asked::Config,
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "for must be metadata, ready or (HTTP only) config",
+            ))
+        }
+    };
+    let answer = state.pool.metadata_answer(&name, asked, query.grpc).await?;
+    Ok(Json(answer))
 }
 
 /// The filter's route call for requests that name no model: any healthy replica.

@@ -210,14 +210,16 @@ mod tests {
             "/ui/style.css",
             mm_wire::ANY_REPLICA_PATH,
             "/internal/v1/route/{name}",
+            "/internal/v1/metadata/{name}",
             mm_wire::USAGE_PATH,
             mm_wire::TABLE_PATH,
             mm_wire::FAILURE_PATH,
         ] {
             assert!(paths.contains(&path), "{path} is not documented");
         }
-        assert_eq!(paths.len(), 21, "{paths:?}");
+        assert_eq!(paths.len(), 22, "{paths:?}");
         assert!(mm_wire::ROUTE_PATH_PREFIX.ends_with('/'));
+        assert!(mm_wire::METADATA_PATH_PREFIX.ends_with('/'));
     }
 
     /// The admin module adds routes only through `routes!` (which documents them): a plain

@@ -15,9 +15,7 @@ const GRPC_SERVICE_DESCRIPTOR: &[u8] = include_bytes!("grpc_service.binpb");
 fn message(name: &str) -> Result<MessageDescriptor, MetadataError> {
     static POOL: OnceLock<Result<DescriptorPool, String>> = OnceLock::new();
     let pool = POOL
-        .get_or_init(|| {
-            DescriptorPool::decode(GRPC_SERVICE_DESCRIPTOR).map_err(|e| e.to_string())
-        })
+        .get_or_init(|| DescriptorPool::decode(GRPC_SERVICE_DESCRIPTOR).map_err(|e| e.to_string()))
         .as_ref()
         .map_err(|e| MetadataError::NotEncodable(e.clone()))?;
     pool.get_message_by_name(name)
@@ -62,11 +60,17 @@ mod tests {
             "parameters": {"ignored": true}
         });
         let bytes = metadata_response(&json).unwrap();
-        let back = DynamicMessage::decode(message("inference.ModelMetadataResponse").unwrap(), &bytes[..])
-            .unwrap();
+        let back = DynamicMessage::decode(
+            message("inference.ModelMetadataResponse").unwrap(),
+            &bytes[..],
+        )
+        .unwrap();
         let text = back.to_text_format();
         assert!(text.contains(r#"name:"linear""#), "{text}");
-        assert!(text.contains("shape:[-1,4]") || text.contains("shape:-1"), "{text}");
+        assert!(
+            text.contains("shape:[-1,4]") || text.contains("shape:-1"),
+            "{text}"
+        );
         assert!(metadata_response(&serde_json::json!({"inputs": 3})).is_err());
     }
 }

@@ -51,6 +51,15 @@ pub fn spec_digest(spec: &ModelSpec) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The inputs listed in V2 metadata (what KServe V1 translation needs): empty when it
+/// lists none, `None` when the list cannot be read.
+pub fn inputs_of(metadata: &serde_json::Value) -> Option<Vec<mm_wire::TensorSpec>> {
+    match metadata.get("inputs") {
+        None => Some(Vec::new()),
+        Some(inputs) => serde_json::from_value(inputs.clone()).ok(),
+    }
+}
+
 impl KeptMetadata {
     /// The record of `metadata` (and `config`) read under `spec`.
     pub fn new(
@@ -133,7 +142,10 @@ mod tests {
         let (a, b) = (model_dir(), model_dir());
         let kept = KeptMetadata::new(&spec(a.path(), 100), serde_json::json!({}), None);
         assert!(kept.matches(&spec(a.path(), 100)));
-        assert!(kept.matches(&spec(a.path(), 5000)), "memory is not the files");
+        assert!(
+            kept.matches(&spec(a.path(), 5000)),
+            "memory is not the files"
+        );
         assert!(!kept.matches(&spec(b.path(), 100)), "another storageUri is");
     }
 

@@ -39,6 +39,9 @@ pub enum PoolError {
         reason: String,
         retry_in: Option<Duration>,
     },
+    /// The model has no version of that number, as far as its kept metadata says (404).
+    #[error("model '{name}' has no version {version}")]
+    UnknownVersion { name: String, version: String },
     /// No replica can take the model now (503).
     #[error("no replica can take model '{name}': {source}")]
     NoCapacity {

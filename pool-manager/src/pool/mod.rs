@@ -29,6 +29,7 @@ mod drain;
 mod error;
 mod files;
 mod health;
+mod metadata;
 mod place;
 mod reconcile;
 mod registry;
@@ -55,6 +56,7 @@ use crate::store::Store;
 
 pub use drain::DrainPass;
 pub use error::PoolError;
+pub use metadata::Asked;
 pub use reconcile::Reconciled;
 pub use registry::Registered;
 pub use settings::{ScaleSettings, Settings};

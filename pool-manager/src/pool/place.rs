@@ -79,7 +79,7 @@ struct Loaded {
     outcome: Result<(), String>,
     elapsed: Duration,
     measured: Option<crate::replica::MemoryUsage>,
-    inputs: Option<Vec<mm_wire::TensorSpec>>,
+    description: Option<super::metadata::Description>,
 }
 
 /// Times the steps of a cold request into `mm_cold_phase_seconds` (demand loads only).
@@ -435,13 +435,13 @@ impl Pool {
         drop(files);
         let elapsed = started.elapsed();
         phases.mark("load_call");
-        let (measured, inputs) = match outcome {
+        let (measured, description) = match outcome {
             Ok(()) => {
-                let (m, i) = tokio::join!(
+                let (m, d) = tokio::join!(
                     r.client.memory_usage(model.as_str()),
-                    r.client.inputs(model.as_str())
+                    self.describe(model.as_str(), replica)
                 );
-                (m.ok(), i.ok())
+                (m.ok(), d)
             }
             Err(_) => (None, None),
         };
@@ -450,7 +450,7 @@ impl Pool {
             outcome,
             elapsed,
             measured,
-            inputs,
+            description,
         }
     }
 
@@ -465,7 +465,7 @@ impl Pool {
     ) -> Result<Option<ReplicaIdx>, PoolError> {
         let result = match loaded.outcome {
             Ok(()) => self
-                .record_loaded(model, r, loaded.inputs, loaded.measured)
+                .record_loaded(model, r, loaded.description, loaded.measured)
                 .map(|()| {
                     self.loaded(model, purpose, r, loaded.elapsed);
                     Some(r.replica)
@@ -495,7 +495,7 @@ impl Pool {
         &self,
         model: &ModelName,
         r: &Reservation,
-        inputs: Option<Vec<mm_wire::TensorSpec>>,
+        description: Option<super::metadata::Description>,
         measured: Option<crate::replica::MemoryUsage>,
     ) -> Result<(), PoolError> {
         let mut t = self.table();
@@ -504,6 +504,7 @@ impl Pool {
         };
         e.failure = None;
         t.set_copy_state(model, r.replica, CopyState::Loaded, Instant::now());
+        let inputs = description.and_then(|d| self.keep_description(&mut t, model, d));
         if inputs.is_some() {
             t.set_inputs(model, inputs);
         }

@@ -69,8 +69,8 @@ impl Pool {
         let mut out = Reconciled::default();
         let adopt = self.to_adopt(idx, &ready, &held_before, &mut out.unloaded_unknown);
         for model in adopt {
-            let inputs = replica.client.inputs(model.as_str()).await.ok();
-            if self.adopt(&model, idx, inputs) {
+            let description = self.describe(model.as_str(), idx).await;
+            if self.adopt(&model, idx, description) {
                 out.adopted.push(model.to_string());
             }
         }
@@ -132,7 +132,7 @@ impl Pool {
         &self,
         model: &ModelName,
         idx: ReplicaIdx,
-        inputs: Option<Vec<mm_wire::TensorSpec>>,
+        description: Option<super::metadata::Description>,
     ) -> bool {
         let mut t = self.table();
         let Some(e) = t.get_mut(model).filter(|e| !e.holds(idx) && !e.deleting) else {
@@ -141,6 +141,7 @@ impl Pool {
         e.failure = None;
         let known = e.inputs.is_some();
         t.add_copy(model, idx, CopyState::Loaded, Instant::now());
+        let inputs = description.and_then(|d| self.keep_description(&mut t, model, d));
         if !known {
             t.set_inputs(model, inputs);
         }

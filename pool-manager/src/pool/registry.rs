@@ -75,8 +75,12 @@ impl Pool {
                 self.inner.metrics.models_registered.set(clamp(n));
                 Registered::Created
             }
-            Some(_) => {
-                self.persist_put(&name, &spec).await?;
+            Some(old) => {
+                if old.needs_reload(&spec) {
+                    self.persist_reloaded(&name, &spec).await?;
+                } else {
+                    self.persist_put(&name, &spec).await?;
+                }
                 self.update_spec(&name, spec.clone()).await?;
                 self.update_gauges();
                 Registered::Updated
@@ -108,6 +112,9 @@ impl Pool {
             }
             let copies: Vec<ReplicaIdx> = e.copies().iter().map(|c| c.replica).collect();
             t.set_inputs(name, None);
+            if let Some(e) = t.get_mut(name) {
+                e.metadata = None;
+            }
             let now = Instant::now();
             for &r in &copies {
                 t.set_copy_state(name, r, CopyState::Unloading, now);
@@ -153,6 +160,17 @@ impl Pool {
         match &self.inner.store {
             Some(store) => store
                 .put(name, spec)
+                .await
+                .map_err(|e| PoolError::Store(e.to_string())),
+            None => Ok(()),
+        }
+    }
+
+    /// Like `persist_put`, for a spec whose files may differ: the kept metadata goes too.
+    async fn persist_reloaded(&self, name: &ModelName, spec: &ModelSpec) -> Result<(), PoolError> {
+        match &self.inner.store {
+            Some(store) => store
+                .put_reloaded(name, spec)
                 .await
                 .map_err(|e| PoolError::Store(e.to_string())),
             None => Ok(()),

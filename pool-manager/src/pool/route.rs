@@ -67,7 +67,7 @@ impl Pool {
 
     /// The fast path: a route if the model is loaded on a healthy replica. Among copies,
     /// the one with the fewest requests in flight, round-robin among equals.
-    fn routable(&self, model: &ModelName) -> Result<Option<RouteResponse>, PoolError> {
+    pub(super) fn routable(&self, model: &ModelName) -> Result<Option<RouteResponse>, PoolError> {
         let mut t = self.table();
         if t.get(model).is_none_or(|e| e.deleting) {
             return Err(PoolError::UnknownModel(model.to_string()));

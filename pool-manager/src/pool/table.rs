@@ -115,6 +115,9 @@ pub(crate) struct Entry {
     pub next_copy: usize,
     /// The model's inputs from its V2 metadata, fetched after its first load.
     pub inputs: Option<Vec<mm_wire::TensorSpec>>,
+    /// What its replica said of it after a load under its current spec (or an earlier
+    /// run's record of that); cleared by a reload.
+    pub metadata: Option<Arc<crate::metadata::KeptMetadata>>,
 }
 
 impl Entry {
@@ -135,6 +138,7 @@ impl Entry {
             scaling: false,
             next_copy: 0,
             inputs: None,
+            metadata: None,
         }
     }
 

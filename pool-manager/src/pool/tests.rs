@@ -1485,3 +1485,97 @@ async fn reconcile_judges_only_what_the_index_could_know() {
         "the evicted model was adopted back: {m:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn metadata_and_readiness_of_a_model_loaded_nowhere_load_nothing() {
+    let f = fixture(&[100], settings()).ready().await;
+    f.register("m", 100).await;
+    f.register("n", 100).await;
+    f.register("never", 100).await;
+    // Never loaded: ready answers at once; metadata can only be had by loading once.
+    let ready = f
+        .pool
+        .metadata_answer("never", Asked::Ready, false)
+        .await
+        .unwrap();
+    assert_eq!(ready.standby.as_ref().map(|s| s.ready), Some(true));
+    assert_eq!(f.total_loads(), 0);
+    f.pool.route("m").await.unwrap();
+    // Loaded: the call routes to the copy like a route call.
+    let routed = f
+        .pool
+        .metadata_answer("m", Asked::Metadata(None), false)
+        .await
+        .unwrap();
+    assert_eq!(routed.route.map(|r| r.replica), Some("r0".to_owned()));
+    f.pool.route("n").await.unwrap(); // evicts m
+    assert_eq!(f.loaded(0), vec!["n"]);
+    let loads = f.total_loads();
+    let answer = f
+        .pool
+        .metadata_answer("m", Asked::Metadata(None), false)
+        .await
+        .unwrap();
+    let standby = answer.standby.expect("answered from what was kept");
+    assert!(answer.route.is_none());
+    let body = standby.body.unwrap();
+    assert_eq!(body["name"], "m");
+    assert_eq!(body["inputs"][0]["shape"], serde_json::json!([-1, 4]));
+    let versioned = f
+        .pool
+        .metadata_answer("m", Asked::Metadata(Some("7".into())), false)
+        .await;
+    assert!(matches!(versioned, Err(PoolError::UnknownVersion { .. })));
+    let config = f.pool.metadata_answer("m", Asked::Config, false).await;
+    assert_eq!(
+        config.unwrap().standby.unwrap().body.unwrap()["max_batch_size"],
+        8
+    );
+    let grpc = f
+        .pool
+        .metadata_answer("m", Asked::Ready, true)
+        .await
+        .unwrap()
+        .standby
+        .unwrap();
+    assert_eq!(grpc.grpc_message.as_deref(), Some("CAE="), "ready: true");
+    assert_eq!(grpc.carrier.map(|c| c.replica), Some("r0".to_owned()));
+    assert_eq!(f.total_loads(), loads, "nothing loaded");
+    assert_eq!(f.loaded(0), vec!["n"], "nothing evicted");
+    assert!(matches!(
+        f.pool.metadata_answer("nobody", Asked::Ready, false).await,
+        Err(PoolError::UnknownModel(_))
+    ));
+    // New files: what was kept no longer describes the model.
+    let other = tempfile::tempdir().unwrap();
+    std::fs::create_dir(other.path().join("1")).unwrap();
+    let body = format!(
+        r#"{{"storageUri": "file://{}", "memory": 100}}"#,
+        other.path().display()
+    );
+    f.pool.register("m", body.as_bytes()).await.unwrap();
+    let reloaded = f
+        .pool
+        .metadata_answer("m", Asked::Metadata(None), false)
+        .await
+        .unwrap();
+    assert!(reloaded.route.is_some(), "loaded to learn the new metadata");
+    assert_eq!(f.total_loads(), loads + 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_model_is_not_ready() {
+    let f = fixture(&[1000], settings()).ready().await;
+    f.register("m", 100).await;
+    *f.fakes[0].fail_loads_with.lock().unwrap() = Some("bad model".into());
+    assert!(f.pool.route("m").await.is_err());
+    let answer = f
+        .pool
+        .metadata_answer("m", Asked::Ready, true)
+        .await
+        .unwrap();
+    let standby = answer.standby.unwrap();
+    assert!(!standby.ready);
+    assert!(standby.reason.unwrap().contains("replica r0"));
+    assert_eq!(standby.grpc_message.as_deref(), Some(""), "ready: false");
+}

@@ -104,12 +104,16 @@ impl ReplicaClient for FakeReplica {
         Ok(*self.reported_usage.lock().unwrap())
     }
 
-    async fn inputs(&self, _model: &str) -> Result<Vec<mm_wire::TensorSpec>, ReplicaError> {
-        Ok(vec![mm_wire::TensorSpec {
-            name: "x".into(),
-            datatype: "FP32".into(),
-            shape: vec![-1, 4],
-        }])
+    async fn metadata(&self, model: &str) -> Result<serde_json::Value, ReplicaError> {
+        Ok(serde_json::json!({
+            "name": model, "versions": ["1"], "platform": "python",
+            "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
+            "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 1]}],
+        }))
+    }
+
+    async fn config(&self, model: &str) -> Result<serde_json::Value, ReplicaError> {
+        Ok(serde_json::json!({"name": model, "max_batch_size": 8}))
     }
 
     async fn model_ready(&self, model: &str) -> Result<bool, ReplicaError> {

@@ -71,8 +71,10 @@ pub trait ReplicaClient: Send + Sync + 'static {
     /// Memory the loaded `model` uses by the server's own estimate, where it has one
     /// (Triton measures it at load time for some backends; Python models report none).
     async fn memory_usage(&self, model: &str) -> Result<MemoryUsage, ReplicaError>;
-    /// The loaded `model`'s inputs from its V2 metadata (`GET /v2/models/{m}`).
-    async fn inputs(&self, model: &str) -> Result<Vec<mm_wire::TensorSpec>, ReplicaError>;
+    /// The loaded `model`'s V2 metadata (`GET /v2/models/{m}`), a JSON object.
+    async fn metadata(&self, model: &str) -> Result<serde_json::Value, ReplicaError>;
+    /// The loaded `model`'s configuration (`GET /v2/models/{m}/config`), a JSON object.
+    async fn config(&self, model: &str) -> Result<serde_json::Value, ReplicaError>;
     /// Whether the replica has `model` loaded and ready (`GET /v2/models/{m}/ready`).
     async fn model_ready(&self, model: &str) -> Result<bool, ReplicaError>;
     /// Sends later calls to `address` (the replica's host name now resolves there).

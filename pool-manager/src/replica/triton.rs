@@ -95,6 +95,23 @@ impl TritonClient {
             .unwrap_or_else(|p| p.into_inner().clone())
     }
 
+    /// `GET path`, answered with a JSON object.
+    async fn get_object(&self, path: &str) -> Result<serde_json::Value, ReplicaError> {
+        let request = self
+            .http
+            .get(format!("{}{path}", self.base()))
+            .timeout(self.timeouts.call);
+        let text = finish(request.send().await, self.timeouts.call).await?;
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| ReplicaError::BadResponse(e.to_string()))?;
+        if !value.is_object() {
+            return Err(ReplicaError::BadResponse(format!(
+                "{path} did not answer a JSON object"
+            )));
+        }
+        Ok(value)
+    }
+
     async fn post(
         &self,
         path: &str,
@@ -226,20 +243,12 @@ impl ReplicaClient for TritonClient {
         parse_memory_usage(&text)
     }
 
-    async fn inputs(&self, model: &str) -> Result<Vec<mm_wire::TensorSpec>, ReplicaError> {
-        #[derive(Deserialize)]
-        struct Metadata {
-            #[serde(default)]
-            inputs: Vec<mm_wire::TensorSpec>,
-        }
-        let request = self
-            .http
-            .get(format!("{}/v2/models/{model}", self.base()))
-            .timeout(self.timeouts.call);
-        let text = finish(request.send().await, self.timeouts.call).await?;
-        let metadata: Metadata =
-            serde_json::from_str(&text).map_err(|e| ReplicaError::BadResponse(e.to_string()))?;
-        Ok(metadata.inputs)
+    async fn metadata(&self, model: &str) -> Result<serde_json::Value, ReplicaError> {
+        self.get_object(&format!("/v2/models/{model}")).await
+    }
+
+    async fn config(&self, model: &str) -> Result<serde_json::Value, ReplicaError> {
+        self.get_object(&format!("/v2/models/{model}/config")).await
     }
 
     async fn model_ready(&self, model: &str) -> Result<bool, ReplicaError> {

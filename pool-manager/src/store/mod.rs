@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::warn;
 
 use crate::election::Role;
+use crate::metadata::KeptMetadata;
 use crate::spec::{ModelName, ModelSpec, StoredSpec};
 
 /// A store's position in its history: every committed change has a larger one.
@@ -88,16 +89,20 @@ impl StoreError {
 pub enum Kind {
     /// A registered model's spec ([`StoredSpec`] JSON), keyed by model name.
     Model,
+    /// What a model's replica said of it after a load ([`KeptMetadata`] JSON), keyed by
+    /// the client-facing model name; carries the digest of the spec it was read under.
+    Metadata,
 }
 
 impl Kind {
     /// Every kind, in the order a snapshot lists them.
-    pub const ALL: [Kind; 1] = [Kind::Model];
+    pub const ALL: [Kind; 2] = [Kind::Model, Kind::Metadata];
 
     /// The key space's name: the redb table, the etcd key segment.
     pub fn segment(self) -> &'static str {
         match self {
             Kind::Model => "models",
+            Kind::Metadata => "metadata",
         }
     }
 
@@ -117,6 +122,13 @@ impl Key {
     pub fn model(name: &ModelName) -> Self {
         Self {
             kind: Kind::Model,
+            name: name.to_string(),
+        }
+    }
+
+    pub fn metadata(name: &ModelName) -> Self {
+        Self {
+            kind: Kind::Metadata,
             name: name.to_string(),
         }
     }
@@ -204,6 +216,9 @@ pub struct Opened {
     pub models: Vec<(ModelName, ModelSpec)>,
     /// Models that no longer parse, never silently dropped.
     pub unreadable: Vec<Unreadable>,
+    /// Kept metadata of registered models (records that no longer parse, or of a model no
+    /// longer registered, are left out: they are a cache, refilled by the next load).
+    pub metadata: Vec<(ModelName, KeptMetadata)>,
     /// Every event sequence number an earlier run may have used is at most this (0: none).
     pub events_reserved: u64,
     /// The revision all of this was read at (watch from here).
@@ -250,12 +265,14 @@ impl Store {
 
     fn opened(self, snapshot: Snapshot) -> Opened {
         let (models, unreadable) = decode_models(&snapshot);
+        let metadata = decode_metadata(&snapshot, &models);
         Opened {
             events_reserved: snapshot.counters.get(EVENTS_RESERVED).copied().unwrap_or(0),
             revision: snapshot.revision,
             store: self,
             models,
             unreadable,
+            metadata,
         }
     }
 
@@ -276,10 +293,47 @@ impl Store {
         .map(drop)
     }
 
-    /// Forgets `name`; returns once that is durable.
+    /// Stores `name`'s changed spec whose files may differ, and forgets its kept metadata
+    /// in the same commit; returns once both are durable.
+    pub async fn put_reloaded(&self, name: &ModelName, spec: &ModelSpec) -> Result<(), StoreError> {
+        let value = serde_json::to_vec(&StoredSpec::from(spec))
+            .map_err(|e| StoreError::Rejected(e.to_string()))?;
+        self.commit(vec![
+            Change::Put {
+                key: Key::model(name),
+                value,
+            },
+            Change::Delete {
+                key: Key::metadata(name),
+            },
+        ])
+        .await
+        .map(drop)
+    }
+
+    /// Forgets `name` and its kept metadata; returns once that is durable.
     pub async fn delete(&self, name: &ModelName) -> Result<(), StoreError> {
-        self.commit(vec![Change::Delete {
-            key: Key::model(name),
+        self.commit(vec![
+            Change::Delete {
+                key: Key::model(name),
+            },
+            Change::Delete {
+                key: Key::metadata(name),
+            },
+        ])
+        .await
+        .map(drop)
+    }
+
+    /// Keeps `name`'s metadata; returns once it is durable.
+    pub async fn put_metadata(
+        &self,
+        name: &ModelName,
+        kept: &KeptMetadata,
+    ) -> Result<(), StoreError> {
+        self.commit(vec![Change::Put {
+            key: Key::metadata(name),
+            value: kept.encode(),
         }])
         .await
         .map(drop)
@@ -347,6 +401,35 @@ pub fn decode_models(snapshot: &Snapshot) -> (Vec<(ModelName, ModelSpec)>, Vec<U
         }
     }
     (models, unreadable)
+}
+
+/// Reads the kept metadata of the registered `models` whose spec it still describes.
+fn decode_metadata(
+    snapshot: &Snapshot,
+    models: &[(ModelName, ModelSpec)],
+) -> Vec<(ModelName, KeptMetadata)> {
+    let specs: std::collections::HashMap<&str, &ModelSpec> =
+        models.iter().map(|(n, s)| (n.as_str(), s)).collect();
+    let mut kept = Vec::new();
+    let records = snapshot
+        .records
+        .iter()
+        .filter(|(k, _)| k.kind == Kind::Metadata);
+    for (key, value) in records {
+        let Some(spec) = specs.get(key.name.as_str()) else {
+            continue;
+        };
+        match KeptMetadata::decode(value) {
+            Ok(m) if m.matches(spec) => {
+                if let Ok(name) = ModelName::new(&key.name) {
+                    kept.push((name, m));
+                }
+            }
+            Ok(_) => {}
+            Err(e) => warn!(model = %key.name, error = %e, "kept metadata not read back"),
+        }
+    }
+    kept
 }
 
 /// One model record back to its name and spec.

@@ -214,3 +214,34 @@ fn errors_say_whether_to_retry() {
     assert!(!StoreError::Fenced.is_transient());
     assert!(!StoreError::NotLeader { leader: None }.is_transient());
 }
+
+#[tokio::test]
+async fn kept_metadata_survives_reopening_and_goes_with_its_spec() {
+    use crate::metadata::KeptMetadata;
+    let data = tempfile::tempdir().unwrap();
+    let (model, other) = (model_dir(), model_dir());
+    let first = spec(model.path(), 1);
+    let kept = KeptMetadata::new(&first, serde_json::json!({"name": "a"}), None);
+    {
+        let Opened { store, .. } = Store::open(data.path()).unwrap();
+        for n in ["a", "b", "c"] {
+            store.put(&name(n), &first).await.unwrap();
+            store.put_metadata(&name(n), &kept).await.unwrap();
+        }
+        // A size change keeps it; new files and a delete drop it.
+        store.put(&name("a"), &spec(model.path(), 2)).await.unwrap();
+        store
+            .put_reloaded(&name("b"), &spec(other.path(), 1))
+            .await
+            .unwrap();
+        store.delete(&name("c")).await.unwrap();
+    }
+    let Opened { metadata, .. } = reopen(data.path());
+    assert_eq!(metadata, vec![(name("a"), kept.clone())]);
+    // A record left under another spec (a write racing an update) is not read back.
+    let Opened { store, .. } = reopen(data.path());
+    store.put_metadata(&name("b"), &kept).await.unwrap();
+    drop(store);
+    let Opened { metadata, .. } = reopen(data.path());
+    assert_eq!(metadata.len(), 1);
+}

@@ -1,0 +1,162 @@
+//! The pool's kept metadata: what a replica says of a model after its load (or adoption),
+//! kept in the table and durably; dropped by a reload or a delete; and the gateway's
+//! metadata call, which answers metadata and readiness for a model loaded nowhere from it,
+//! without loading the model.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use tracing::{debug, warn};
+
+use super::table::ReplicaIdx;
+use super::{Pool, PoolError};
+use crate::metadata::{grpc, KeptMetadata};
+use crate::spec::ModelName;
+use mm_wire::{MetadataAnswer, Standby};
+
+/// What a metadata call asks for (`for=` of the call).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Asked {
+    /// The V2 metadata, of one version when `Some`.
+    Metadata(Option<String>),
+    /// Whether the model is ready.
+    Ready,
+    /// The model configuration.
+    Config,
+}
+
+/// What a replica said of a loaded model: V2 metadata and, if it gave it, configuration.
+pub(super) type Description = (serde_json::Value, Option<serde_json::Value>);
+
+impl Pool {
+    /// Reads what `replica` says of the loaded `name` (metadata and configuration at once);
+    /// `None` when it gives no metadata.
+    pub(super) async fn describe(&self, name: &str, replica: ReplicaIdx) -> Option<Description> {
+        let client = &self.config(replica).client;
+        let (metadata, config) = tokio::join!(client.metadata(name), client.config(name));
+        match metadata {
+            Ok(metadata) => Some((metadata, config.ok())),
+            Err(e) => {
+                warn!(model = %name, error = %e, "no metadata from the replica after a load");
+                None
+            }
+        }
+    }
+
+    /// Keeps `description`, read under `model`'s current spec: in the table at once and
+    /// durably in the background when it changed (the record is a cache: a write that
+    /// fails is refilled by the next load). Returns the model's inputs from it.
+    pub(super) fn keep_description(
+        &self,
+        t: &mut super::table::Table,
+        model: &ModelName,
+        description: Description,
+    ) -> Option<Vec<mm_wire::TensorSpec>> {
+        let (metadata, config) = description;
+        let inputs = crate::metadata::inputs_of(&metadata);
+        let entry = t.get_mut(model)?;
+        let kept = KeptMetadata::new(entry.spec(), metadata, config);
+        if entry.metadata.as_deref() == Some(&kept) {
+            return inputs;
+        }
+        let kept = Arc::new(kept);
+        entry.metadata = Some(kept.clone());
+        if let Some(store) = self.inner.store.clone() {
+            let model = model.clone();
+            tokio::spawn(async move {
+                if let Err(e) = store.put_metadata(&model, &kept).await {
+                    warn!(model = %model, error = %e, "metadata not kept durably");
+                }
+            });
+        }
+        inputs
+    }
+
+    /// Puts metadata read back from the durable store into the table (the store checked
+    /// that it describes each model's current spec).
+    pub fn restore_metadata(&self, kept: Vec<(ModelName, KeptMetadata)>) {
+        let mut t = self.table();
+        for (name, kept) in kept {
+            if let Some(e) = t.get_mut(&name) {
+                if kept.matches(e.spec()) {
+                    e.metadata = Some(Arc::new(kept));
+                }
+            }
+        }
+    }
+
+    /// The gateway's metadata call for `name`: where its loaded copy is, or (loaded
+    /// nowhere) the answer from what was kept. `ready` never loads; `metadata` and
+    /// `config` load the model (as a route call does) only when nothing was kept.
+    pub async fn metadata_answer(
+        &self,
+        name: &str,
+        asked: Asked,
+        grpc: bool,
+    ) -> Result<MetadataAnswer, PoolError> {
+        let model = ModelName::new(name)?;
+        if let Some(route) = self.routable(&model)? {
+            return Ok(MetadataAnswer {
+                route: Some(route),
+                standby: None,
+            });
+        }
+        let (ready, reason, kept) = {
+            let t = self.table();
+            let entry = t
+                .get(&model)
+                .filter(|e| !e.deleting)
+                .ok_or_else(|| PoolError::UnknownModel(model.to_string()))?;
+            let kept = entry.metadata.clone().filter(|k| k.matches(entry.spec()));
+            let reason = entry.failure.as_ref().map(|f| f.reason.clone());
+            (reason.is_none(), reason, kept)
+        };
+        let body = match (&asked, kept) {
+            (Asked::Ready, _) => None,
+            (Asked::Metadata(version), Some(kept)) => Some(
+                kept.for_client(model.as_str(), version.as_deref())
+                    .ok_or_else(|| PoolError::UnknownVersion {
+                        name: model.to_string(),
+                        version: version.clone().unwrap_or_default(),
+                    })?,
+            ),
+            (Asked::Config, Some(kept)) if kept.config.is_some() => kept.config.clone(),
+            // Never loaded under this spec: loading once is the only way to know.
+            (Asked::Metadata(_) | Asked::Config, _) => {
+                debug!(model = %model, ?asked, "no kept metadata: loading for it");
+                let route = self.route(model.as_str()).await?;
+                return Ok(MetadataAnswer {
+                    route: Some(route),
+                    standby: None,
+                });
+            }
+        };
+        let mut standby = Standby {
+            ready,
+            reason,
+            body,
+            grpc_message: None,
+            carrier: None,
+        };
+        if grpc {
+            self.add_grpc_answer(&mut standby, &asked)?;
+        }
+        Ok(MetadataAnswer {
+            route: None,
+            standby: Some(standby),
+        })
+    }
+
+    /// The gRPC message of a standby answer, and a replica to carry it.
+    fn add_grpc_answer(&self, standby: &mut Standby, asked: &Asked) -> Result<(), PoolError> {
+        let message = match (asked, &standby.body) {
+            (Asked::Ready, _) => grpc::ready_response(standby.ready),
+            (Asked::Metadata(_), Some(body)) => grpc::metadata_response(body),
+            _ => return Err(PoolError::Internal("no gRPC answer for this call".into())),
+        }
+        .map_err(|e| PoolError::Internal(e.to_string()))?;
+        standby.grpc_message = Some(base64::engine::general_purpose::STANDARD.encode(message));
+        standby.carrier = Some(self.any_replica()?);
+        Ok(())
+    }
+}
