@@ -14,6 +14,7 @@ pub mod decision;
 pub mod failure;
 pub mod filter_state;
 pub mod grpc;
+pub mod metadata;
 pub mod metrics;
 pub mod refresh;
 pub mod reply;

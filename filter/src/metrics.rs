@@ -40,11 +40,15 @@ pub enum Metric {
     GrpcRequests,
     /// A usage report sent at once because a watched model's last request ended.
     UsageReportsSoon,
+    /// A metadata or readiness request that made the metadata call (model not in the table).
+    MetadataCalls,
+    /// A metadata or readiness request answered for a model loaded nowhere, without a load.
+    StandbyAnswers,
 }
 
 impl Metric {
     /// Every metric, in a fixed order (the glue keeps their ids in that order).
-    pub const ALL: [Metric; 15] = [
+    pub const ALL: [Metric; 17] = [
         Metric::TableHits,
         Metric::RouteCalls,
         Metric::TableRefreshes,
@@ -60,6 +64,8 @@ impl Metric {
         Metric::V1TranslationErrors,
         Metric::GrpcRequests,
         Metric::UsageReportsSoon,
+        Metric::MetadataCalls,
+        Metric::StandbyAnswers,
     ];
 
     /// The name given to `define_metric` (Envoy shows it as `wasmcustom.<name>`).
@@ -80,6 +86,8 @@ impl Metric {
             Metric::V1TranslationErrors => "mm_filter_v1_translation_errors",
             Metric::GrpcRequests => "mm_filter_grpc_requests",
             Metric::UsageReportsSoon => "mm_filter_usage_reports_soon",
+            Metric::MetadataCalls => "mm_filter_metadata_calls",
+            Metric::StandbyAnswers => "mm_filter_standby_answers",
         }
     }
 

@@ -10,6 +10,7 @@
 //! failures ([`response`]) and, for V1, translated back.
 
 mod head;
+mod metadata;
 mod response;
 
 use std::rc::Rc;
@@ -111,6 +112,11 @@ pub struct Stream {
     /// For a per-model gRPC call: the check that every message names the routed model,
     /// and how many bytes of the held body it has read.
     messages: Option<(MessageScan, usize)>,
+    /// Set for a metadata or readiness request: what it asks (a miss makes the metadata
+    /// call, which never loads for readiness, instead of the route call).
+    asked: Option<crate::metadata::Asked>,
+    /// The version an HTTP request's path names.
+    version: Option<String>,
 }
 
 impl Stream {
@@ -130,6 +136,8 @@ impl Stream {
             binary_header: None,
             held: 0,
             messages: None,
+            asked: None,
+            version: None,
         }
     }
 
@@ -266,6 +274,9 @@ impl Stream {
             );
             return;
         }
+        if let Some(asked) = self.asked {
+            return self.on_metadata_answer(host, worker, asked, body_size);
+        }
         let status = control::answer_status(host);
         let body = control::answer_body(host, body_size, decision::MAX_ROUTE_BODY_BYTES);
         debug!(
@@ -349,6 +360,8 @@ impl Stream {
             versioned: version.is_some(),
         };
         self.model = Some(name);
+        self.asked = crate::metadata::Asked::of_http(api);
+        self.version = version;
         if api == ModelApi::V1Predict {
             if end_of_stream {
                 return self.refuse(host, worker, Reply::V1BodyRequired);
@@ -429,7 +442,10 @@ impl Stream {
                 return self.refuse(host, worker, Reply::MethodRefused(method));
             }
             GrpcRoute::AnyReplica(_) => false,
-            GrpcRoute::Model(_) => true,
+            GrpcRoute::Model(method) => {
+                self.asked = crate::metadata::Asked::of_grpc(method);
+                true
+            }
         };
         self.kind = Kind::Grpc { per_model };
         if !per_model {
@@ -469,9 +485,16 @@ impl Stream {
         };
         let grpc = self.is_grpc();
         let Some(route) = worker.table.route(&model, grpc) else {
+            if let Some(asked) = self.asked {
+                return self.metadata_call(host, worker, asked);
+            }
             return self.route_call(host, worker);
         };
         worker.count(Metric::TableHits);
+        if self.asked == Some(crate::metadata::Asked::V1Ready) {
+            // Triton has no V1 API: the table says the model is loaded, so it is ready.
+            return self.answer_v1_ready(host, false);
+        }
         let Some(target) = route.target else {
             // Only for gRPC: the model's copies have no gRPC endpoint.
             return self.refuse(host, worker, Reply::NoGrpcEndpoint(model));

@@ -25,6 +25,9 @@ pub(super) enum ResponseBody {
     Inspect { status: u16, api: ModelApi },
     /// Envoy's own connect-failure reply: replace its text with this JSON.
     Replace(Vec<u8>),
+    /// A carrier's `ServerLive` answer: replace its message with this gRPC frame (the
+    /// answer for a model loaded nowhere, see [`crate::metadata`]).
+    Carry(Vec<u8>),
     /// A V2 infer response to a KServe V1 request: translate it to V1. `headers_held`: the
     /// response headers wait for the translation (which can then turn the answer into a
     /// 502); without bodies while paused they go first, and a failed translation can only
@@ -104,6 +107,20 @@ impl Stream {
                 let body = body.clone();
                 if let Err(err) = host.set_body(Buffer::ResponseBody, 0, body_size, &body) {
                     warn!(host, "[{}] cannot replace the 503 body: {err}", self.id);
+                }
+                self.response = ResponseBody::Pass;
+                Action::Continue
+            }
+            ResponseBody::Carry(frame) => {
+                let held = host
+                    .body(Buffer::ResponseBody, 0, body_size)
+                    .unwrap_or_default();
+                if !end_of_stream && !crate::metadata::frame_complete(&held) {
+                    return Action::Pause;
+                }
+                let frame = frame.clone();
+                if let Err(err) = host.set_body(Buffer::ResponseBody, 0, body_size, &frame) {
+                    warn!(host, "[{}] cannot give the kept answer: {err}", self.id);
                 }
                 self.response = ResponseBody::Pass;
                 Action::Continue

@@ -1746,3 +1746,120 @@ fn counts_go_to_the_host_on_the_tick() {
     assert!(sim.host.ops.contains(&Op::Increment(Metric::TableHits, 1)));
     assert_eq!(sim.worker.counted(Metric::TableHits), 0);
 }
+
+// ---- metadata and readiness without loading ----
+
+fn standby(extra: serde_json::Value) -> String {
+    let mut standby = serde_json::json!({"ready": true});
+    if let (Some(s), Some(e)) = (standby.as_object_mut(), extra.as_object()) {
+        s.extend(e.clone());
+    }
+    serde_json::json!({ "standby": standby }).to_string()
+}
+
+#[test]
+fn http_metadata_and_ready_of_a_model_loaded_nowhere_make_the_metadata_call() {
+    let metadata = serde_json::json!({"name": "cold", "versions": ["1"]});
+    let rows: Vec<(&'static str, &str, String, u16, Option<String>)> = vec![
+        (
+            "/v2/models/cold/ready",
+            "/internal/v1/metadata/cold?for=ready",
+            standby(serde_json::json!({})),
+            200,
+            None,
+        ),
+        (
+            "/v2/models/cold/versions/1",
+            "/internal/v1/metadata/cold?for=metadata&version=1",
+            standby(serde_json::json!({ "body": metadata })),
+            200,
+            Some(metadata.to_string()),
+        ),
+        (
+            "/v1/models/cold",
+            "/internal/v1/metadata/cold?for=ready",
+            standby(serde_json::json!({})),
+            200,
+            Some(r#"{"name":"cold","ready":true}"#.to_owned()),
+        ),
+    ];
+    for (path, call, answer, status, body) in rows {
+        let mut sim = Sim::new("", warm_table());
+        sim.run(&[Step::Headers(get(path), true)]);
+        assert_eq!(sim.route_calls(), vec![call.to_owned()], "{path}");
+        sim.run(&[Step::Answer(Some(200), answer)]);
+        let reply = sim.reply().expect("answered by the gateway");
+        assert_eq!(reply.status, status, "{path}");
+        assert_eq!(reply.header("x-mm-model-state"), Some("standby"), "{path}");
+        assert_eq!(
+            reply.body.clone().map(|b| String::from_utf8(b).unwrap()),
+            body
+        );
+        assert!(sim.upstreams().is_empty(), "{path}: nothing forwarded");
+    }
+}
+
+#[test]
+fn kserve_v1_readiness_of_a_loaded_model_is_answered_from_the_table() {
+    let mut sim = Sim::new("", warm_table());
+    sim.run(&[Step::Headers(get("/v1/models/linear"), true)]);
+    assert!(sim.route_calls().is_empty());
+    let reply = sim.reply().unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("x-mm-model-state"), None);
+    assert_eq!(
+        reply.body.as_deref(),
+        Some(&br#"{"name":"linear","ready":true}"#[..])
+    );
+}
+
+#[test]
+fn a_loaded_model_found_by_the_metadata_call_is_forwarded() {
+    let mut sim = Sim::new("", warm_table());
+    sim.run(&[Step::Headers(get("/v2/models/linear2"), true)]);
+    let route: serde_json::Value = serde_json::from_str(&route_answer("r1", 9000, false)).unwrap();
+    let answer = serde_json::json!({ "route": route }).to_string();
+    sim.run(&[Step::Answer(Some(200), answer)]);
+    assert_eq!(sim.upstreams(), vec!["127.0.0.1:9000"]);
+    assert!(sim.reply().is_none());
+}
+
+#[test]
+fn grpc_answers_for_a_model_loaded_nowhere_ride_on_server_live() {
+    let mut sim = Sim::new("", warm_table());
+    let method = "/inference.GRPCInferenceService/ModelMetadata";
+    sim.run(&[Step::Headers(
+        grpc_call(method, &[("mm-model-id", "cold")]),
+        false,
+    )]);
+    assert_eq!(
+        sim.route_calls(),
+        vec!["/internal/v1/metadata/cold?for=metadata&grpc=true".to_owned()]
+    );
+    let carrier: serde_json::Value =
+        serde_json::from_str(&route_answer("r1", 9000, false)).unwrap();
+    let answer = standby(serde_json::json!({"grpcMessage": "CgRjb2xk", "carrier": carrier}));
+    sim.run(&[Step::Answer(Some(200), answer)]);
+    assert_eq!(
+        sim.upstreams(),
+        vec!["127.0.0.1:9001"],
+        "the carrier's gRPC port"
+    );
+    assert_eq!(
+        sim.host.header(Map::RequestHeaders, ":path").as_deref(),
+        Some(&b"/inference.GRPCInferenceService/ServerLive"[..])
+    );
+    sim.run(&[
+        Step::ResponseHeaders(
+            vec![(":status", "200"), ("content-type", "application/grpc")],
+            false,
+        ),
+        Step::ResponseBody(vec![0, 0, 0, 0], false),
+        Step::ResponseBody(vec![2, 0x08, 0x01], false),
+        Step::ResponseTrailers(vec![("grpc-status", "0")]),
+    ]);
+    // ServerLive's own `live: true` is replaced by the kept ModelMetadataResponse.
+    assert_eq!(sim.delivered, b"\0\0\0\0\x06\x0a\x04cold".to_vec());
+    assert!(sim.in_flight().is_empty(), "not counted on the carrier");
+    assert!(sim.reply().is_none());
+}
