@@ -145,12 +145,14 @@ async fn envoy_with(
     panic!("envoy not ready\n{}", process.log_tail(40));
 }
 
-/// The route call the filter makes for `GET /v2/models/linear/ready`, as the control plane
+/// The route call the filter makes for an infer request to `linear`, as the control plane
 /// saw it.
 async fn route_call_seen(port: u16, seen: &Arc<Mutex<Vec<Seen>>>) -> Seen {
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let r = http
-        .get(format!("http://127.0.0.1:{port}/v2/models/linear/ready"))
+        .post(format!("http://127.0.0.1:{port}/v2/models/linear/infer"))
+        .header("content-type", "application/json")
+        .body(r#"{"inputs":[]}"#)
         .send()
         .await
         .unwrap();
