@@ -658,3 +658,67 @@ async fn a_single_instance_says_it_is_the_sole_member() {
     assert_eq!(view.members, std::slice::from_ref(&view.instance));
     assert_eq!(view.leader, Some(view.instance));
 }
+
+#[tokio::test]
+async fn the_metadata_call_answers_without_loading_and_refuses_bad_queries() {
+    let f = fixture().await;
+    let (status, _) = f
+        .call(Method::PUT, "/api/v1/models/m1", f.spec("\"64Mi\""))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, body) = f
+        .call(
+            Method::GET,
+            "/internal/v1/metadata/m1?for=ready&grpc=true",
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["standby"]["ready"], true, "{body}");
+    assert_eq!(body["standby"]["grpcMessage"], "CAE=", "{body}");
+    assert_eq!(
+        body["standby"]["carrier"]["grpcAddress"], "127.0.0.1:8001",
+        "{body}"
+    );
+    assert_eq!(
+        f.fakes[0].loads.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "ready never loads"
+    );
+    for (uri, want) in [
+        ("/internal/v1/metadata/m1", StatusCode::BAD_REQUEST),
+        (
+            "/internal/v1/metadata/m1?for=stats",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/internal/v1/metadata/m1?for=config&grpc=true",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/internal/v1/metadata/m1?for=metadata&version=1a",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/internal/v1/metadata/m1?for=metadata&version=",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/internal/v1/metadata/m1?for=ready&grpc=maybe",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/internal/v1/metadata/..?for=ready",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/internal/v1/metadata/ghost?for=ready",
+            StatusCode::NOT_FOUND,
+        ),
+    ] {
+        let (status, body) = f.call(Method::GET, uri, Body::empty()).await;
+        assert_eq!(status, want, "{uri}: {body}");
+        assert!(body["error"].is_string(), "{uri}: {body}");
+    }
+    assert!(f.fakes[0].loaded().is_empty(), "nothing loaded");
+}
