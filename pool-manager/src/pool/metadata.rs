@@ -87,7 +87,8 @@ impl Pool {
 
     /// The gateway's metadata call for `name`: where its loaded copy is, or (loaded
     /// nowhere) the answer from what was kept. `ready` never loads; `metadata` and
-    /// `config` load the model (as a route call does) only when nothing was kept.
+    /// `config` load the model (as a route call does) only when nothing was kept. A model
+    /// loaded nowhere is ready unless its last load failed or no replica is healthy.
     pub async fn metadata_answer(
         &self,
         name: &str,
@@ -110,6 +111,11 @@ impl Pool {
             let kept = entry.metadata.clone().filter(|k| k.matches(entry.spec()));
             let reason = entry.failure.as_ref().map(|f| f.reason.clone());
             (reason.is_none(), reason, kept)
+        };
+        // Nowhere to load it: a request would not be served either.
+        let (ready, reason) = match self.any_replica() {
+            Err(e) if ready => (false, Some(e.to_string())),
+            _ => (ready, reason),
         };
         let body = match (&asked, kept) {
             (Asked::Ready, _) => None,

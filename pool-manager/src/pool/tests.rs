@@ -1579,3 +1579,19 @@ async fn a_failed_model_is_not_ready() {
     assert!(standby.reason.unwrap().contains("replica r0"));
     assert_eq!(standby.grpc_message.as_deref(), Some(""), "ready: false");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_model_with_no_healthy_replica_to_load_on_is_not_ready() {
+    let f = fixture(&[1000], settings()).ready().await;
+    f.register("m", 100).await;
+    f.fakes[0].down.store(true, Ordering::SeqCst);
+    f.pool.probe_replicas().await;
+    let answer = f
+        .pool
+        .metadata_answer("m", Asked::Ready, false)
+        .await
+        .unwrap();
+    let standby = answer.standby.unwrap();
+    assert!(!standby.ready);
+    assert_eq!(standby.reason.as_deref(), Some("no healthy replica"));
+}
