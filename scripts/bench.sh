@@ -30,8 +30,11 @@ budget=1020
 case "$BENCH_ARGS" in *churn-long*) budget=$((budget + 420)) ;; esac
 case "$BENCH_ARGS" in *instructions*) budget=$((budget + 1800)) ;; esac
 
-log "building (release pool-manager is not needed: the stack runs what make test runs)"
-cargo build -q -p pool-manager --bins
+# The pool-manager as production runs it (release): a debug build's planner, JSON and
+# allocation costs are several times a release build's, and would be measured instead.
+log "building (release pool-manager, filter and bench)"
+cargo build -q --release -p pool-manager --bins
+export MM_POOL_MANAGER_BIN="$root/target/release/pool-manager"
 cargo build -q -p mm-filter -p mm-noop-filter --release --target wasm32-wasip1
 cargo build -q --release -p mm-bench
 # Sections this run does not regenerate are kept, marked as older.
