@@ -8,6 +8,7 @@ pub mod admin;
 pub mod config;
 pub mod election;
 pub mod events;
+pub mod eviction;
 pub mod metadata;
 pub mod metrics;
 pub mod placement;
