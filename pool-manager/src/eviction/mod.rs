@@ -1,6 +1,11 @@
 //! Eviction beyond LRU (issue 18): a cost-aware victim order, the workloads it is judged
 //! on, and the offline references it is judged against.
 //!
+//! - [`gdsf`]: GreedyDual-Size-Frequency, the policy: pure state plus an ordering of
+//!   eviction candidates, so any planner can use it as its victim order.
 //! - [`traces`]: seeded synthetic workloads (sizes, requests, arrival times, load costs).
 
+pub mod gdsf;
 pub mod traces;
+
+pub use gdsf::{Aging, Gdsf, GdsfConfig, MissCost};
