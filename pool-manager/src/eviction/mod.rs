@@ -4,8 +4,10 @@
 //! - [`gdsf`]: GreedyDual-Size-Frequency, the policy: pure state plus an ordering of
 //!   eviction candidates, so any planner can use it as its victim order.
 //! - [`traces`]: seeded synthetic workloads (sizes, requests, arrival times, load costs).
+//! - [`replay`]: a single cache with the pool's watermarks, to compare victim orders.
 
 pub mod gdsf;
+pub mod replay;
 pub mod traces;
 
 pub use gdsf::{Aging, Gdsf, GdsfConfig, MissCost};
