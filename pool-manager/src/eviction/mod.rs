@@ -5,8 +5,11 @@
 //!   eviction candidates, so any planner can use it as its victim order.
 //! - [`traces`]: seeded synthetic workloads (sizes, requests, arrival times, load costs).
 //! - [`replay`]: a single cache with the pool's watermarks, to compare victim orders.
+//! - [`offline`]: Belady's idea lives in [`replay::Victims::Belady`]; FOO, PFOO-L and
+//!   PFOO-U bound what any schedule could do.
 
 pub mod gdsf;
+pub mod offline;
 pub mod replay;
 pub mod traces;
 
