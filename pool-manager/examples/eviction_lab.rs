@@ -13,7 +13,7 @@ use pool_manager::eviction::offline::{
 };
 use pool_manager::eviction::replay::next_uses;
 use pool_manager::eviction::replay::{replay, Cache, Outcome, Victims};
-use pool_manager::eviction::traces::{Arrivals, LoadCost, Popularity, Workload, WorkloadSpec};
+use pool_manager::eviction::traces::{shape, Workload, WorkloadSpec, SHAPES};
 use pool_manager::eviction::Gdsf;
 use pool_manager::eviction::{Aging, GdsfConfig, MissCost};
 use pool_manager::placement::{
@@ -146,7 +146,7 @@ fn policies(set: &str) -> anyhow::Result<Vec<(String, Victims)>> {
     })
 }
 
-fn scenarios(args: &Args) -> Vec<(&'static str, WorkloadSpec)> {
+fn scenarios(args: &Args) -> anyhow::Result<Vec<(String, WorkloadSpec)>> {
     let base = WorkloadSpec {
         models: args.models,
         requests: args.requests,
@@ -154,76 +154,13 @@ fn scenarios(args: &Args) -> Vec<(&'static str, WorkloadSpec)> {
         jitter: args.jitter,
         ..WorkloadSpec::default()
     };
-    let independent = LoadCost::Independent {
-        min: 0.1,
-        max: 20.0,
-    };
-    let zipf = |s| Popularity::Zipf { s };
-    let with = |popularity| WorkloadSpec {
-        popularity,
-        ..base.clone()
-    };
-    let shapes = [
-        ("zipf-0.8", with(zipf(0.8))),
-        ("zipf-1.0", with(zipf(1.0))),
-        ("zipf-1.2", with(zipf(1.2))),
-        (
-            "shift",
-            with(Popularity::Shifting {
-                s: 1.0,
-                every: args.requests / 10,
-            }),
-        ),
-        (
-            "bursty",
-            WorkloadSpec {
-                arrivals: Arrivals::Bursty {
-                    rate: 100.0,
-                    fraction: 0.3,
-                    length: 40.0,
-                    speedup: 20.0,
-                },
-                ..base.clone()
-            },
-        ),
-        (
-            "small-popular",
-            with(Popularity::SizeCorrelated {
-                s: 1.0,
-                small_popular: true,
-                noise: 0.5,
-            }),
-        ),
-        (
-            "large-popular",
-            with(Popularity::SizeCorrelated {
-                s: 1.0,
-                small_popular: false,
-                noise: 0.5,
-            }),
-        ),
-        (
-            "scan",
-            with(Popularity::Scan {
-                s: 1.0,
-                fraction: 0.2,
-                run: 100,
-            }),
-        ),
-    ];
     let mut all = Vec::new();
-    for (name, spec) in shapes {
-        all.push((name, spec.clone()));
-        let flat: &'static str = Box::leak(format!("{name}/flat-load").into_boxed_str());
-        all.push((
-            flat,
-            WorkloadSpec {
-                load: independent,
-                ..spec
-            },
-        ));
+    for name in SHAPES {
+        for name in [name.to_owned(), format!("{name}/flat-load")] {
+            all.push((name.clone(), shape(&name, &base)?));
+        }
     }
-    all
+    Ok(all)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -235,8 +172,8 @@ fn main() -> anyhow::Result<()> {
     };
     let policies = policies(&args.policies)?;
     let wanted: Vec<&str> = args.scenarios.split(',').collect();
-    for (name, spec) in scenarios(&args) {
-        if !wanted.contains(&"all") && !wanted.contains(&name) {
+    for (name, spec) in scenarios(&args)? {
+        if !wanted.contains(&"all") && !wanted.contains(&name.as_str()) {
             continue;
         }
         let w = spec

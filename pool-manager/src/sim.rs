@@ -6,7 +6,9 @@
 //! watermarks and the minimum-age guard are shared, so a comparison isolates the eviction
 //! order.
 //!
-//! [`Policy::Lru`] is the live pool's order. [`Policy::Belady`] is the classic
+//! [`Policy::Lru`] and [`Policy::Gdsf`] are the live pool's orders (`--eviction`), through
+//! the same [`VictimState`] the pool keeps, fed here with one request per trace entry and
+//! the trace's load times. [`Policy::Belady`] is the classic
 //! furthest-next-use rule, which needs the future and so cannot run live. Belady's rule is
 //! optimal only for a single cache of equal-sized items evicting one item at a time; here
 //! models differ in size, several replicas compete, and eviction runs from the high down
@@ -26,7 +28,8 @@ use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
 use tokio::time::Instant;
 
-use crate::placement::{self, Decision, Lru, Resident, Resources, VictimOrder, Watermarks};
+use crate::eviction::{EvictionPolicy, VictimState};
+use crate::placement::{self, Decision, Resident, Resources, VictimOrder, Watermarks};
 use crate::pool::snapshot::snapshot;
 use crate::pool::table::{CopyState, ReplicaIdx, Rules, Table};
 use crate::spec::{ModelName, ModelSpec, StorageUri};
@@ -98,14 +101,16 @@ pub struct SimConfig {
 /// The victim order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Policy {
-    /// Least recently used (or loaded) first: the live pool's order.
+    /// Least recently used (or loaded) first: the live pool's default order.
     Lru,
+    /// Lowest GreedyDual-Size-Frequency priority first: the pool's `--eviction gdsf`.
+    Gdsf,
     /// The model whose next request is furthest in the future first (never-again first).
     Belady,
 }
 
 /// Counts from one simulation. `misses == loads + failed`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct SimResult {
     pub requests: u64,
     /// Requests for a model resident on some replica.
@@ -122,6 +127,13 @@ pub struct SimResult {
     /// models larger than a replica's high watermark (the live pool refuses those at
     /// registration).
     pub failed: u64,
+    /// Bytes of the models requested, summed over requests.
+    pub requested_bytes: u128,
+    /// Bytes of the models requested by hits.
+    pub hit_bytes: u128,
+    /// Seconds spent loading (the trace's load time of each request that loaded; 0
+    /// without load times).
+    pub load_secs: f64,
 }
 
 impl SimResult {
@@ -133,18 +145,48 @@ impl SimResult {
             self.hits as f64 / self.requests as f64
         }
     }
+
+    /// Hit bytes over requested bytes; 0 for an empty trace.
+    pub fn byte_hit_rate(&self) -> f64 {
+        if self.requested_bytes == 0 {
+            0.0
+        } else {
+            self.hit_bytes as f64 / self.requested_bytes as f64
+        }
+    }
 }
 
 impl Policy {
-    /// Both policies, LRU first.
-    pub const ALL: [Policy; 2] = [Policy::Lru, Policy::Belady];
+    /// Every policy, the live ones first.
+    pub const ALL: [Policy; 3] = [Policy::Lru, Policy::Gdsf, Policy::Belady];
 
     /// The name used in reports.
     pub fn name(self) -> &'static str {
         match self {
             Policy::Lru => "LRU",
+            Policy::Gdsf => "GDSF",
             Policy::Belady => "Belady",
         }
+    }
+
+    /// The live order this policy is, if it is one.
+    fn live(self) -> Option<EvictionPolicy> {
+        match self {
+            Policy::Lru => Some(EvictionPolicy::Lru),
+            Policy::Gdsf => Some(EvictionPolicy::Gdsf),
+            Policy::Belady => None,
+        }
+    }
+}
+
+impl std::str::FromStr for Policy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Policy::ALL
+            .into_iter()
+            .find(|p| p.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| format!("unknown policy {s:?} (lru, gdsf, belady)"))
     }
 }
 
@@ -325,6 +367,10 @@ pub struct Simulation<'a> {
     next_uses: Vec<u64>,
     /// For each model, when it is requested next, as of the current request.
     next_use: Vec<u64>,
+    /// The live pool's victim order and its state (LRU and GDSF).
+    victims: VictimState,
+    /// Seconds each request's load takes if it misses (none: loads cost nothing).
+    load_secs: Option<&'a [f64]>,
     start: Instant,
     step: usize,
 }
@@ -372,9 +418,10 @@ impl<'a> Simulation<'a> {
             names.push(name);
         }
         let next_uses = match policy {
-            Policy::Lru => Vec::new(),
+            Policy::Lru | Policy::Gdsf => Vec::new(),
             Policy::Belady => trace.next_uses(),
         };
+        let victims = VictimState::new(policy.live().unwrap_or_default(), start);
         Ok(Self {
             trace,
             config,
@@ -384,9 +431,25 @@ impl<'a> Simulation<'a> {
             ids,
             next_uses,
             next_use: vec![NEVER; trace.sizes.len()],
+            victims,
+            load_secs: None,
             start,
             step: 0,
         })
+    }
+
+    /// Loads cost `load_secs[i]` seconds when request `i` loads (GDSF's cost, and the
+    /// load time [`simulate_loads`] sums); one entry per request.
+    pub fn with_load_times(mut self, load_secs: &'a [f64]) -> Self {
+        self.load_secs = Some(load_secs);
+        self
+    }
+
+    fn load_time(&self, request: usize) -> f64 {
+        self.load_secs
+            .and_then(|l| l.get(request))
+            .copied()
+            .unwrap_or(0.0)
     }
 
     /// Replays the next request; `None` at the end of the trace.
@@ -400,6 +463,7 @@ impl<'a> Simulation<'a> {
         }
         let now = self.start + Duration::from_millis(i as u64);
         let name = &self.names[m];
+        self.victims.requested(name, 1, now);
         if self.table.get(name).is_some_and(|e| !e.copies().is_empty()) {
             self.table.touch(name, now);
             return Some((model, Step::Hit));
@@ -407,17 +471,17 @@ impl<'a> Simulation<'a> {
         if self.trace.sizes[m] > self.config.max_model_size() {
             return Some((model, Step::Failed));
         }
-        Some((model, self.place(m, now)))
+        Some((model, self.place(m, i, now)))
     }
 
     /// Plans a miss for model `m` and applies the plan.
-    fn place(&mut self, m: usize, now: Instant) -> Step {
+    fn place(&mut self, m: usize, request: usize, now: Instant) -> Step {
         let name = &self.names[m];
         let Some(s) = snapshot(&self.table, name, now) else {
             return Step::Failed;
         };
         let decision = match self.policy {
-            Policy::Lru => placement::plan(&s, &Lru),
+            Policy::Lru | Policy::Gdsf => placement::plan(&s, &self.victims),
             Policy::Belady => placement::plan(
                 &s,
                 &Belady {
@@ -434,11 +498,16 @@ impl<'a> Simulation<'a> {
         let mut evicted = Vec::with_capacity(plan.evict.len());
         for victim in &plan.evict {
             if self.table.remove_copy(victim, replica) {
+                self.victims.evicted(victim, now);
                 evicted.extend(self.ids.get(victim).copied());
             }
         }
         let name = self.names[m].clone();
         self.table.add_copy(&name, replica, CopyState::Loaded, now);
+        let size = Resources::new(self.trace.sizes[m], 0);
+        let capacity = Resources::new(self.config.replica_capacity, 0);
+        let took = Duration::from_secs_f64(self.load_time(request).max(0.0));
+        self.victims.loaded(&name, size, capacity, took, now);
         Step::Loaded {
             replica: plan.replica,
             evicted,
@@ -473,14 +542,35 @@ fn spec(size: u64) -> ModelSpec {
 /// plan can be carried out now, the request fails and nothing changes. Fails only for a
 /// trace that requests a model it has no size for.
 pub fn simulate(trace: &Trace, config: &SimConfig, policy: Policy) -> Result<SimResult, SimError> {
-    let mut sim = Simulation::new(trace, *config, policy)?;
+    run_simulation(Simulation::new(trace, *config, policy)?)
+}
+
+/// [`simulate`] with a load time per request (`load_secs[i]` is paid if request `i`
+/// loads): GDSF weighs misses by it, and the result sums what the loads took.
+pub fn simulate_loads(
+    trace: &Trace,
+    load_secs: &[f64],
+    config: &SimConfig,
+    policy: Policy,
+) -> Result<SimResult, SimError> {
+    run_simulation(Simulation::new(trace, *config, policy)?.with_load_times(load_secs))
+}
+
+fn run_simulation(mut sim: Simulation<'_>) -> Result<SimResult, SimError> {
+    let trace = sim.trace;
     let mut result = SimResult {
         requests: trace.requests.len() as u64,
         ..SimResult::default()
     };
-    while let Some((_, step)) = sim.step() {
+    while let Some((model, step)) = sim.step() {
+        let request = sim.step - 1;
+        let bytes = u128::from(trace.sizes.get(model as usize).copied().unwrap_or(0));
+        result.requested_bytes += bytes;
         match step {
-            Step::Hit => result.hits += 1,
+            Step::Hit => {
+                result.hits += 1;
+                result.hit_bytes += bytes;
+            }
             Step::Loaded {
                 evicted,
                 mass_eviction,
@@ -488,6 +578,7 @@ pub fn simulate(trace: &Trace, config: &SimConfig, policy: Policy) -> Result<Sim
             } => {
                 result.misses += 1;
                 result.loads += 1;
+                result.load_secs += sim.load_time(request);
                 result.evictions += evicted.len() as u64;
                 result.mass_evictions += u64::from(mass_eviction);
             }

@@ -3,6 +3,8 @@
 //!
 //! - [`gdsf`]: GreedyDual-Size-Frequency, the policy: pure state plus an ordering of
 //!   eviction candidates, so any planner can use it as its victim order.
+//! - [`policy`]: the victim order the live pool and the simulator plan with, and its
+//!   feeding (`--eviction lru|gdsf`).
 //! - [`traces`]: seeded synthetic workloads (sizes, requests, arrival times, load costs).
 //! - [`replay`]: a single cache with the pool's watermarks, to compare victim orders.
 //! - [`offline`]: Belady's idea lives in [`replay::Victims::Belady`]; FOO, PFOO-L and
@@ -10,7 +12,9 @@
 
 pub mod gdsf;
 pub mod offline;
+pub mod policy;
 pub mod replay;
 pub mod traces;
 
 pub use gdsf::{Aging, Gdsf, GdsfConfig, MissCost};
+pub use policy::{EvictionPolicy, VictimState};

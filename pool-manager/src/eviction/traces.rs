@@ -135,6 +135,80 @@ impl Default for WorkloadSpec {
     }
 }
 
+/// The shapes an eviction policy is judged on (issue 18), by the names [`shape`] takes;
+/// each also exists with `/flat-load` (load times independent of size).
+pub const SHAPES: [&str; 8] = [
+    "zipf-0.8",
+    "zipf-1.0",
+    "zipf-1.2",
+    "shift",
+    "bursty",
+    "small-popular",
+    "large-popular",
+    "scan",
+];
+
+/// The workload named `name`, with `base`'s counts, sizes, seed and jitter:
+/// - `zipf-S`: Zipf(S) popularity, ranks shuffled against sizes;
+/// - `shift`: Zipf(1.0) whose ranks are dealt again every tenth of the trace;
+/// - `bursty`: `base`'s popularity with 30% of requests in bursts (mean 40, 20x the rate)
+///   for models drawn uniformly;
+/// - `small-popular` / `large-popular`: Zipf(1.0) ranked by size (log-normal noise 0.5);
+/// - `scan`: Zipf(1.0) with 20% of requests in runs of 100 one-hit wonders;
+/// - any of them with `/flat-load`: load times log-uniform in 0.1..20 s whatever the size
+///   (otherwise `base`'s load cost, proportional to size by default).
+pub fn shape(name: &str, base: &WorkloadSpec) -> Result<WorkloadSpec, TraceError> {
+    let (shape, flat) = match name.strip_suffix("/flat-load") {
+        Some(shape) => (shape, true),
+        None => (name, false),
+    };
+    let with = |popularity| WorkloadSpec {
+        popularity,
+        ..base.clone()
+    };
+    let mut spec = match shape {
+        "shift" => with(Popularity::Shifting {
+            s: 1.0,
+            every: (base.requests / 10).max(1),
+        }),
+        "bursty" => WorkloadSpec {
+            arrivals: Arrivals::Bursty {
+                rate: 100.0,
+                fraction: 0.3,
+                length: 40.0,
+                speedup: 20.0,
+            },
+            ..base.clone()
+        },
+        "small-popular" | "large-popular" => with(Popularity::SizeCorrelated {
+            s: 1.0,
+            small_popular: shape == "small-popular",
+            noise: 0.5,
+        }),
+        "scan" => with(Popularity::Scan {
+            s: 1.0,
+            fraction: 0.2,
+            run: 100,
+        }),
+        other => match other.strip_prefix("zipf-").map(str::parse::<f64>) {
+            Some(Ok(s)) => with(Popularity::Zipf { s }),
+            _ => {
+                return Err(TraceError::Parameter(format!(
+                    "unknown trace shape {name:?} (zipf-S, shift, bursty, small-popular, \
+                     large-popular, scan; each optionally with /flat-load)"
+                )))
+            }
+        },
+    };
+    if flat {
+        spec.load = LoadCost::Independent {
+            min: 0.1,
+            max: 20.0,
+        };
+    }
+    Ok(spec)
+}
+
 /// Seeds of the independent random streams, so that adding a feature to one stream never
 /// changes another (the Zipf stream must match the simulator's).
 const TIMES_STREAM: u64 = 0x7469_6d65;
@@ -858,6 +932,27 @@ mod tests {
             },
         ] {
             assert!(matches!(bad(broken), TraceError::Parameter(_)));
+        }
+    }
+
+    #[test]
+    fn shapes_by_name() {
+        let base = WorkloadSpec::default();
+        for name in SHAPES {
+            assert!(shape(name, &base).is_ok(), "{name}");
+            let flat = shape(&format!("{name}/flat-load"), &base).unwrap();
+            assert!(matches!(flat.load, LoadCost::Independent { .. }), "{name}");
+        }
+        assert_eq!(
+            shape("zipf-0.7", &base).unwrap().popularity,
+            Popularity::Zipf { s: 0.7 }
+        );
+        assert_eq!(shape("zipf-1.0", &base).unwrap(), base);
+        for bad in ["zipf", "zipf-x", "lru", "shift/flat", ""] {
+            assert!(
+                matches!(shape(bad, &base), Err(TraceError::Parameter(_))),
+                "{bad}"
+            );
         }
     }
 }
