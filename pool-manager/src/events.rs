@@ -110,6 +110,13 @@ pub struct Event {
     pub seconds: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Evictions: the victim order in force (`lru` or `gdsf`)...
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// ...and the victim's priority in it when chosen (GDSF's `H`; LRU: seconds from the
+    /// pool's start to the victim's last use). Lowest goes first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority: Option<f64>,
 }
 
 /// An event being described, before it gets its number and time. Built with chained
@@ -123,6 +130,8 @@ pub struct NewEvent {
     gpu_bytes: Option<u64>,
     seconds: Option<f64>,
     reason: Option<String>,
+    policy: Option<String>,
+    priority: Option<f64>,
 }
 
 impl NewEvent {
@@ -135,6 +144,8 @@ impl NewEvent {
             gpu_bytes: None,
             seconds: None,
             reason: None,
+            policy: None,
+            priority: None,
         }
     }
 
@@ -162,6 +173,13 @@ impl NewEvent {
 
     pub fn reason(mut self, reason: impl fmt::Display) -> Self {
         self.reason = Some(reason.to_string());
+        self
+    }
+
+    /// An eviction's victim order and the victim's priority in it (non-finite: left out).
+    pub fn priority(mut self, policy: &str, priority: f64) -> Self {
+        self.policy = Some(policy.to_owned());
+        self.priority = priority.is_finite().then_some(priority);
         self
     }
 }
@@ -259,6 +277,8 @@ impl Events {
                 gpu_bytes: event.gpu_bytes,
                 seconds: event.seconds,
                 reason: event.reason,
+                policy: event.policy,
+                priority: event.priority,
             };
             ring.next_seq = ring.next_seq.saturating_add(1);
             if let Some(r) = self.reservation.get() {

@@ -66,7 +66,13 @@ struct Args {
     /// How often replicas' readiness is probed.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     probe_interval: Duration,
-    /// Placing a model above this fraction of a replica's memory evicts LRU models...
+    /// The order in which evictable models go when a load needs room: lru (least recently
+    /// used first) or gdsf (GreedyDual-Size-Frequency: lowest request count x smoothed load
+    /// time / size, aged by inflation; see docs/eviction.md). Which models may go at all
+    /// (minimum age, requests in flight, pins) does not depend on it.
+    #[arg(long, env = "MM_EVICTION", default_value = "lru")]
+    eviction: pool_manager::eviction::EvictionPolicy,
+    /// Placing a model above this fraction of a replica's memory evicts models...
     #[arg(long, default_value_t = 0.8)]
     high_watermark: f64,
     /// ...until the replica is under this fraction (with the new model).
@@ -214,6 +220,7 @@ async fn main() -> anyhow::Result<()> {
         probe_timeout: args.call_timeout.min(Duration::from_secs(2)),
         watermarks,
         min_age: args.min_age,
+        eviction: args.eviction,
         unload_wait: args.unload_wait,
         table_propagation: args.table_propagation,
         scale: ScaleSettings {

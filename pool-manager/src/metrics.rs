@@ -94,6 +94,12 @@ pub struct ReportLabel {
     pub reason: &'static str,
 }
 
+/// The victim order in force, as an info metric's label.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabel {
+    pub policy: &'static str,
+}
+
 /// Every metric the pool-manager exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -121,6 +127,7 @@ pub struct Metrics {
     pub reports_ignored: Family<ReportLabel, Counter>,
     pub internal_unauthorized: Counter,
     pub failure_checks: Gauge,
+    pub eviction_policy: Family<PolicyLabel, Gauge>,
     model_label_limit: usize,
     labelled_models: Mutex<HashSet<String>>,
 }
@@ -168,6 +175,7 @@ impl Metrics {
             reports_ignored: Family::default(),
             internal_unauthorized: Counter::default(),
             failure_checks: Gauge::default(),
+            eviction_policy: Family::default(),
             model_label_limit,
             labelled_models: Mutex::new(HashSet::new()),
         };
@@ -301,7 +309,19 @@ impl Metrics {
             "Gateway failure claims being checked against their replica now",
             m.failure_checks.clone(),
         );
+        reg.register(
+            "eviction_policy",
+            "The victim order among evictable copies (--eviction): 1 for the one in force",
+            m.eviction_policy.clone(),
+        );
         m
+    }
+
+    /// Marks `policy` as the victim order in force (the pool is made once per process).
+    pub fn set_eviction_policy(&self, policy: &'static str) {
+        self.eviction_policy
+            .get_or_create(&PolicyLabel { policy })
+            .set(1);
     }
 
     /// Counts `n` reports or entries of `report` ignored for `reason`.

@@ -23,7 +23,9 @@
 //! - a model with requests in flight, or loaded or used within the minimum age, or needed
 //!   for its `minCopies`, or busy with another operation, is never chosen for eviction;
 //! - the table's mutex is never held across an `.await`; the pool's clock is
-//!   `tokio::time`, so its tests run on paused time.
+//!   `tokio::time`, so its tests run on paused time;
+//! - the victim order's state (`--eviction`, [`crate::eviction::VictimState`]) has its own
+//!   mutex, taken only while the table's is held (never the other way round).
 
 mod drain;
 mod error;
@@ -83,6 +85,8 @@ struct Inner {
     /// Replica names to indexes, for reports that name them.
     replica_names: HashMap<String, ReplicaIdx>,
     table: Mutex<Table>,
+    /// The victim order and what it remembers (GDSF's counts, load times, inflation).
+    victims: Mutex<crate::eviction::VictimState>,
     repository: ModelRepository,
     storage: StoragePolicy,
     metrics: Arc<Metrics>,
@@ -128,11 +132,14 @@ impl Pool {
         store: Option<Store>,
     ) -> Self {
         let gauges = views::Gauges::new(&metrics, &replicas);
+        let epoch = tokio::time::Instant::now();
         let table = Table::new(
             replicas.iter().map(|r| (r.capacity, r.address)),
             settings.rules(),
-            tokio::time::Instant::now(),
+            epoch,
         );
+        let victims = crate::eviction::VictimState::new(settings.eviction, epoch);
+        metrics.set_eviction_policy(settings.eviction.name());
         let max_waiting = settings.max_waiting.max(1);
         let events = crate::events::Events::new(settings.events_capacity);
         let drains = drain::Drains::new(replicas.len());
@@ -146,6 +153,7 @@ impl Pool {
                 replicas,
                 replica_names,
                 table: Mutex::new(table),
+                victims: Mutex::new(victims),
                 repository,
                 storage,
                 metrics,
@@ -169,6 +177,15 @@ impl Pool {
         // every unlock point, so keep serving.
         self.inner
             .table
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The victim order's state. Take it only while holding the table's lock (or without
+    /// it), never the other way round.
+    fn victims(&self) -> MutexGuard<'_, crate::eviction::VictimState> {
+        self.inner
+            .victims
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }

@@ -16,7 +16,7 @@ use super::table::{CopyState, ReplicaIdx, Table};
 use super::{Pool, PoolError};
 use crate::events::{EventKind, NewEvent};
 use crate::metrics::{ReasonLabel, ReplicaLabel};
-use crate::placement::{self, Decision, Lru, PlacementError, Resources, Wait};
+use crate::placement::{self, Decision, PlacementError, Resources, Wait};
 use crate::spec::ModelName;
 use mm_wire::RouteResponse;
 
@@ -51,6 +51,9 @@ struct Victim {
     loaded_at: Instant,
     last_used: Option<Instant>,
     size: Resources,
+    /// Its priority in the victim order when it was chosen (GDSF's `H`; LRU: seconds from
+    /// the pool's start to its last use).
+    priority: f64,
 }
 
 /// A replica claimed for a new copy: the copy is in the table as `Loading`, the victims as
@@ -237,7 +240,7 @@ impl Pool {
         }
         let s =
             snapshot(t, model, now).ok_or_else(|| PoolError::UnknownModel(model.to_string()))?;
-        let plan = match placement::plan(&s, &Lru) {
+        let plan = match placement::plan(&s, &*self.victims()) {
             Decision::Place(plan) => plan.map(|k| k.clone()),
             Decision::Wait(wait) => return Ok(Attempt::Wait(wait.map(|k| k.clone()), s.need)),
             Decision::Refuse(e) => return Ok(Attempt::Refused(e)),
@@ -259,11 +262,15 @@ impl Pool {
                 loaded_at,
                 last_used,
                 size,
+                priority: 0.0,
             });
         }
-        for v in &victims {
+        let mut order = self.victims();
+        for v in &mut victims {
             t.set_copy_state(&v.model, replica, CopyState::Unloading, now);
+            v.priority = order.evicted(&v.model, v.last_used.unwrap_or(v.loaded_at));
         }
+        drop(order);
         t.add_copy(model, replica, CopyState::Loading, now);
         let declared = t
             .get(model)
@@ -395,9 +402,11 @@ impl Pool {
         if let Some(idle) = idle {
             m.eviction_idle.observe(idle);
         }
+        let policy = self.inner.settings.eviction;
         info!(model = %victim.model, replica = %r.id, for_model = %model,
               memory = victim.size.memory, gpu_memory = victim.size.gpu_memory,
               loaded_seconds = loaded, idle_seconds = idle,
+              policy = policy.name(), priority = victim.priority,
               reason = "room for another model", "model evicted");
         self.events().record(
             NewEvent::new(EventKind::Evicted)
@@ -405,6 +414,7 @@ impl Pool {
                 .replica(&r.id)
                 .size(victim.size.memory, victim.size.gpu_memory)
                 .seconds(loaded)
+                .priority(policy.name(), victim.priority)
                 .reason(format!("room for {model}")),
         );
     }
@@ -465,7 +475,13 @@ impl Pool {
     ) -> Result<Option<ReplicaIdx>, PoolError> {
         let result = match loaded.outcome {
             Ok(()) => self
-                .record_loaded(model, r, loaded.description, loaded.measured)
+                .record_loaded(
+                    model,
+                    r,
+                    loaded.description,
+                    loaded.measured,
+                    loaded.elapsed,
+                )
                 .map(|()| {
                     self.loaded(model, purpose, r, loaded.elapsed);
                     Some(r.replica)
@@ -497,6 +513,7 @@ impl Pool {
         r: &Reservation,
         description: Option<super::metadata::Description>,
         measured: Option<crate::replica::MemoryUsage>,
+        elapsed: Duration,
     ) -> Result<(), PoolError> {
         let mut t = self.table();
         let Some(e) = t.get_mut(model) else {
@@ -514,6 +531,10 @@ impl Pool {
                   "replica measured more memory than declared; accounting the larger");
             t.set_measured(model, seen);
         }
+        let size = t.get(model).map_or(r.declared, |e| e.size());
+        let capacity = self.config(r.replica).capacity;
+        self.victims()
+            .loaded(model, size, capacity, elapsed, Instant::now());
         Ok(())
     }
 

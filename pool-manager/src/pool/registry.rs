@@ -260,7 +260,11 @@ impl Pool {
             Ok(Err(e)) => tracing::warn!(model = %name, error = %e, "removing staged files failed"),
             Err(e) => tracing::warn!(model = %name, error = %e, "removing staged files panicked"),
         }
-        self.table().remove(&name);
+        {
+            let mut t = self.table();
+            t.remove(&name);
+            self.victims().forget(&name);
+        }
         self.update_gauges();
         info!(model = %name, "model deleted");
         self.events()

@@ -141,7 +141,9 @@ impl Pool {
         let mut in_flight = Vec::new();
         let (mut applied, mut unknown_model, mut unknown_replica) = (0, 0, 0);
         let mut t = self.table();
+        let mut victims = self.victims();
         if !t.in_flight().has_room_for(&report.reporter) {
+            drop(victims);
             drop(t);
             metrics.report_ignored("usage", "too_many_reporters", 1);
             return Err(PoolError::TooManyReporters(super::table::MAX_REPORTERS));
@@ -162,6 +164,7 @@ impl Pool {
                 t.touch(&name, now);
             }
             t.add_requests(&name, entry.requests);
+            victims.requested(&name, entry.requests, now);
             if entry.requests > 0 {
                 metrics.model_requests(name.as_str(), entry.requests);
             }
@@ -171,6 +174,7 @@ impl Pool {
             applied += 1;
         }
         let fell = t.replace_in_flight(&report.reporter, now, in_flight);
+        drop(victims);
         drop(t);
         metrics.report_ignored("usage", "unknown_model", unknown_model);
         metrics.report_ignored("usage", "unknown_replica", unknown_replica);

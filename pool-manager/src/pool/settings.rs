@@ -69,6 +69,8 @@ pub struct Settings {
     pub resolver: crate::resolve::Resolver,
     /// Events kept for the admin API's event list.
     pub events_capacity: usize,
+    /// The victim order among evictable copies (`--eviction`).
+    pub eviction: crate::eviction::EvictionPolicy,
 }
 
 impl Default for Settings {
@@ -89,6 +91,7 @@ impl Default for Settings {
             unload_unknown: true,
             resolver: crate::resolve::Resolver::default(),
             events_capacity: crate::events::DEFAULT_CAPACITY,
+            eviction: crate::eviction::EvictionPolicy::default(),
         }
     }
 }

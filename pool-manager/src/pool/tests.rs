@@ -274,6 +274,114 @@ async fn evicts_the_least_recently_used_model() {
     assert_eq!(f.total_loads(), 5);
 }
 
+/// One replica with room for two: "hot" gets five requests (reported by the gateway),
+/// then three one-off models arrive. Returns the models left loaded and the evicted
+/// events' (model, policy, priority).
+async fn one_offs_after_a_hot_model(
+    eviction: crate::eviction::EvictionPolicy,
+    hot_load_ms: usize,
+) -> (Vec<String>, Vec<(String, String, f64)>) {
+    let f = fixture(
+        &[200],
+        Settings {
+            eviction,
+            ..settings()
+        },
+    )
+    .ready()
+    .await;
+    for m in ["hot", "c0", "c1", "c2"] {
+        f.register(m, 100).await;
+    }
+    f.fakes[0]
+        .load_delay_ms
+        .store(hot_load_ms, Ordering::SeqCst);
+    f.pool.route("hot").await.unwrap();
+    f.fakes[0].load_delay_ms.store(0, Ordering::SeqCst);
+    f.report("w1", &[("hot", "r0", 5, 0)]);
+    for m in ["c0", "c1", "c2"] {
+        tokio::time::advance(Duration::from_millis(1)).await;
+        f.pool.route(m).await.unwrap();
+        f.report("w1", &[(m, "r0", 1, 0)]);
+    }
+    let evicted = f
+        .pool
+        .events()
+        .page(None, 100)
+        .events
+        .into_iter()
+        .filter(|e| e.kind == crate::events::EventKind::Evicted)
+        .map(|e| {
+            (
+                e.model.unwrap_or_default(),
+                e.policy.unwrap_or_default(),
+                e.priority.unwrap_or(f64::NAN),
+            )
+        })
+        .collect();
+    (f.loaded(0), evicted)
+}
+
+#[tokio::test(start_paused = true)]
+async fn gdsf_keeps_a_frequent_model_through_one_offs_that_lru_lets_evict_it() {
+    use crate::eviction::EvictionPolicy;
+    let (left, evicted) = one_offs_after_a_hot_model(EvictionPolicy::Lru, 0).await;
+    assert_eq!(left, vec!["c1", "c2"]);
+    let victims: Vec<&str> = evicted.iter().map(|(m, _, _)| m.as_str()).collect();
+    assert_eq!(victims, ["hot", "c0"]);
+    assert!(evicted.iter().all(|(_, p, _)| p == "lru"));
+
+    let (left, evicted) = one_offs_after_a_hot_model(EvictionPolicy::Gdsf, 0).await;
+    assert_eq!(left, vec!["c2", "hot"]);
+    // H = L + f * c / s with c = 0.5 s (no measured load time) and s = 1/2 of the
+    // replica: c0 goes at 1 (raising L to 1), then c1 at 1 + 1 = 2; hot is worth 5.
+    assert_eq!(
+        evicted,
+        [
+            ("c0".to_owned(), "gdsf".to_owned(), 1.0),
+            ("c1".to_owned(), "gdsf".to_owned(), 2.0)
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn gdsf_keeps_the_model_that_is_slower_to_load_back() {
+    use crate::eviction::EvictionPolicy;
+    for (eviction, victim) in [
+        (EvictionPolicy::Lru, "slow"),
+        (EvictionPolicy::Gdsf, "fast"),
+    ] {
+        let f = fixture(
+            &[200],
+            Settings {
+                eviction,
+                ..settings()
+            },
+        )
+        .ready()
+        .await;
+        for m in ["slow", "fast", "new"] {
+            f.register(m, 100).await;
+        }
+        // Same traffic; "slow" takes 2 s to load and is the least recently used.
+        f.fakes[0].load_delay_ms.store(2000, Ordering::SeqCst);
+        f.pool.route("slow").await.unwrap();
+        f.fakes[0].load_delay_ms.store(0, Ordering::SeqCst);
+        f.pool.route("fast").await.unwrap();
+        f.report("w1", &[("slow", "r0", 2, 0)]);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        f.report("w1", &[("fast", "r0", 2, 0)]);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        f.pool.route("new").await.unwrap();
+        assert!(
+            !f.loaded(0).contains(&victim.to_owned()),
+            "{eviction}: {:?}",
+            f.loaded(0)
+        );
+        assert_eq!(f.loaded(0).len(), 2, "{eviction}");
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn evicts_down_to_the_low_watermark() {
     let f = fixture(
