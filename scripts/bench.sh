@@ -44,13 +44,15 @@ trap 'rm -f "$stamp"' EXIT
 log "mm-bench $BENCH_ARGS (at most ${budget} s)"
 timeout "$budget" target/release/mm-bench --out "$out" $BENCH_ARGS
 
-# Part: the trace simulator's policy comparison (pure placement code, fake replicas).
-SIM_ARGS=${SIM_ARGS:---models 10000 --requests 200000 --zipf 1.0 --replicas 4 --replica-capacity 4Gi --size-min 16Mi --size-max 512Mi --high 0.8 --low 0.6 --min-age 0 --seed 42}
+# Part: the trace simulator's eviction policies on every workload shape, against the
+# offline bounds (pure placement code, no replicas), and its plot.
+SIM_ARGS=${SIM_ARGS:---trace all --policy all --bounds all --models 10000 --requests 200000 --replicas 4 --replica-capacity 4Gi --size-min 16Mi --size-max 512Mi --high 0.8 --low 0.6 --min-age 0 --seed 42}
 log "trace simulator: mm-sim $SIM_ARGS"
 cargo build --release -q -p pool-manager --bin mm-sim
 # shellcheck disable=SC2086
-timeout 600 target/release/mm-sim $SIM_ARGS --markdown > "$out/sim.md.tmp"
+timeout 900 target/release/mm-sim $SIM_ARGS --markdown --json "$out/eviction.json" > "$out/sim.md.tmp"
 mv "$out/sim.md.tmp" "$out/sim.md"
+target/release/mm-bench --out "$out" --parts eviction-plot
 
 section() { # part
   local md="$out/$1.md"

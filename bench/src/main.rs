@@ -32,8 +32,9 @@ struct Args {
     /// Where the sections, JSON and plots go.
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
-    /// Parts to run: warm, cold, churn, scale, ha; opt-in: instructions (callgrind, slow)
-    /// and churn-long (the churn trace for --churn-long-seconds).
+    /// Parts to run: warm, cold, churn, scale, ha; opt-in: instructions (callgrind, slow),
+    /// churn-long (the churn trace for --churn-long-seconds) and eviction-plot (plots
+    /// `mm-sim --json OUT/eviction.json` into OUT/eviction.png; scripts/bench.sh runs it).
     #[arg(
         long,
         value_delimiter = ',',
@@ -174,6 +175,13 @@ async fn main() -> anyhow::Result<()> {
                 };
                 let i = instructions::run(&options).await.context("instructions")?;
                 write(&args.out, "instructions", &i.markdown(), &i)?;
+            }
+            "eviction-plot" => {
+                let json = args.out.join("eviction.json");
+                let text = std::fs::read_to_string(&json)
+                    .with_context(|| format!("{} (mm-sim --json)", json.display()))?;
+                let traces: Vec<plot::EvictionTrace> = serde_json::from_str(&text)?;
+                plot::eviction(&traces, &args.out.join("eviction.png"))?;
             }
             "cold" => {
                 let c = cold::run(5).await.context("cold path")?;

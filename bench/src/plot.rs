@@ -213,3 +213,110 @@ pub fn cold(cold: &Cold, path: &Path) -> anyhow::Result<()> {
     root.present().map_err(err)?;
     Ok(())
 }
+
+/// One trace's rows as `mm-sim --json` writes them.
+#[derive(Debug, serde::Deserialize)]
+pub struct EvictionTrace {
+    pub trace: String,
+    pub rows: Vec<EvictionRow>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct EvictionRow {
+    pub name: String,
+    pub hit_rate: f64,
+    pub bound: bool,
+}
+
+/// Hit rate per trace: one bar per policy, and a black line at the best (lowest) upper
+/// bound on any policy's hit rate.
+pub fn eviction(traces: &[EvictionTrace], path: &Path) -> anyhow::Result<()> {
+    let colors = [
+        RGBColor(234, 67, 53),
+        RGBColor(66, 133, 244),
+        RGBColor(52, 168, 83),
+        RGBColor(251, 188, 5),
+    ];
+    let root = BitMapBackend::new(path, (1200, 500)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let n = traces.len().max(1);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "Hit rate % per trace: policies (bars) and the best upper bound (black)",
+            ("sans-serif", 20),
+        )
+        .margin(15)
+        .x_label_area_size(90)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0f64..(n as f64), 0f64..100f64)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(0)
+        .y_desc("hit rate %")
+        .draw()
+        .map_err(err)?;
+    for (i, t) in traces.iter().enumerate() {
+        let x = i as f64;
+        let policies: Vec<&EvictionRow> = t.rows.iter().filter(|r| !r.bound).collect();
+        let width = 0.8 / policies.len().max(1) as f64;
+        for (k, row) in policies.iter().enumerate() {
+            let left = x + 0.1 + k as f64 * width;
+            chart
+                .draw_series(std::iter::once(Rectangle::new(
+                    [(left, 0.0), (left + width * 0.9, row.hit_rate)],
+                    colors[k % colors.len()].filled(),
+                )))
+                .map_err(err)?;
+        }
+        let best = t
+            .rows
+            .iter()
+            .filter(|r| r.bound && r.name.contains("upper bound"))
+            .map(|r| r.hit_rate)
+            .fold(f64::INFINITY, f64::min);
+        if best.is_finite() {
+            chart
+                .draw_series(std::iter::once(PathElement::new(
+                    vec![(x + 0.05, best), (x + 0.95, best)],
+                    BLACK.stroke_width(3),
+                )))
+                .map_err(err)?;
+        }
+        chart
+            .draw_series(std::iter::once(Text::new(
+                t.trace.clone(),
+                (x + 0.05, -3.0),
+                ("sans-serif", 11)
+                    .into_font()
+                    .transform(FontTransform::Rotate90),
+            )))
+            .map_err(err)?;
+    }
+    let names: Vec<String> = traces
+        .first()
+        .map(|t| {
+            t.rows
+                .iter()
+                .filter(|r| !r.bound)
+                .map(|r| r.name.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    let legend = names
+        .iter()
+        .enumerate()
+        .map(|(k, name)| format!("{}: {name}", ["red", "blue", "green", "yellow"][k % 4]))
+        .collect::<Vec<_>>()
+        .join(", ");
+    chart
+        .draw_series(std::iter::once(Text::new(
+            legend,
+            (0.1, 96.0),
+            ("sans-serif", 14),
+        )))
+        .map_err(err)?;
+    root.present().map_err(err)?;
+    Ok(())
+}
