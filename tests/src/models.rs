@@ -88,6 +88,13 @@ class TritonPythonModel:
 /// the pool-manager holds the model's operation lock for the load. Same inputs as [`sleepy`]
 /// (it answers at once).
 pub fn slow_loading(dir: &Path, name: &str, seconds: u32) -> anyhow::Result<PathBuf> {
+    slow_to_load(dir, name, std::time::Duration::from_secs(seconds.into()))
+}
+
+/// [`slow_loading`] for any duration (to the millisecond): a model that is costly to load
+/// again, for eviction policies that weigh load times.
+pub fn slow_to_load(dir: &Path, name: &str, load: std::time::Duration) -> anyhow::Result<PathBuf> {
+    let seconds = format!("{:.3}", load.as_secs_f64());
     write_model(
         dir,
         name,

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{assert_close, example};
+use common::{assert_close, example, wait_reported};
 use mm_tests::models::{sleep_request, sleepy};
 use mm_tests::paths::example_model;
 use mm_tests::stack::eventually;
@@ -33,38 +33,6 @@ fn room_for_two() -> StackOptions {
         .to_vec(),
         ..StackOptions::default()
     }
-}
-
-/// Waits (bounded) until the pool-manager has the gateway's usage report for the `count`th
-/// request to `model` and sees nothing in flight. Reports come once a second per Envoy
-/// worker; until then a finished request still counts as in flight (protecting its model
-/// from eviction) and its recency is not known, so a scenario about eviction order waits.
-async fn wait_reported(stack: &Stack, model: &str, count: f64) {
-    let label = format!("model=\"{model}\"");
-    eventually(
-        "the request reported and nothing in flight",
-        Duration::from_secs(5),
-        || {
-            let label = label.clone();
-            async move {
-                let counted = stack
-                    .pool_manager
-                    .metric_where("mm_model_requests_total", &label)
-                    .await?;
-                let (_, models) = stack
-                    .admin_call(Method::GET, "/api/v1/models", None)
-                    .await?;
-                let busy = models["models"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .any(|m| m["inFlight"].as_u64().unwrap_or(0) > 0);
-                Ok((counted >= count && !busy).then_some(()))
-            }
-        },
-    )
-    .await
-    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

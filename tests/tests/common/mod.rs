@@ -75,3 +75,35 @@ pub async fn mmctl(url: &str, args: &[&str], stdin: Option<&str>) -> MmctlRun {
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
+
+/// Waits (bounded) until the pool-manager has the gateway's usage report for the `count`th
+/// request to `model` and sees nothing in flight. Reports come once a second per Envoy
+/// worker; until then a finished request still counts as in flight (protecting its model
+/// from eviction) and its recency is not known, so a scenario about eviction order waits.
+pub async fn wait_reported(stack: &mm_tests::Stack, model: &str, count: f64) {
+    let label = format!("model=\"{model}\"");
+    mm_tests::stack::eventually(
+        "the request reported and nothing in flight",
+        std::time::Duration::from_secs(5),
+        || {
+            let label = label.clone();
+            async move {
+                let counted = stack
+                    .pool_manager
+                    .metric_where("mm_model_requests_total", &label)
+                    .await?;
+                let (_, models) = stack
+                    .admin_call(reqwest::Method::GET, "/api/v1/models", None)
+                    .await?;
+                let busy = models["models"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|m| m["inFlight"].as_u64().unwrap_or(0) > 0);
+                Ok((counted >= count && !busy).then_some(()))
+            }
+        },
+    )
+    .await
+    .unwrap();
+}
