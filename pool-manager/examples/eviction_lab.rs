@@ -142,7 +142,48 @@ fn policies(set: &str) -> anyhow::Result<Vec<(String, Victims)>> {
             ),
             ("Belady".to_owned(), Victims::Belady),
         ],
-        other => bail!("unknown policy set {other:?} (main, variants)"),
+        "zipf-target" => {
+            let mut v = vec![("LRU".to_owned(), Victims::Lru), gdsf("GDSF", base)];
+            for beta in [1.5, 2.0, 3.0] {
+                for (cost, label) in [(base.cost, "c=EWMA+0.5"), (MissCost::Unit, "c=1")] {
+                    v.push(gdsf(
+                        &format!("s^{beta} {label}"),
+                        GdsfConfig {
+                            size_exponent: beta,
+                            cost,
+                            ..base
+                        },
+                    ));
+                }
+            }
+            for (admission, label) in [(0.0, "probation all"), (0.05, "probation >5%")] {
+                for beta in [1.0, 2.0] {
+                    for (cost, c) in [(base.cost, "c=EWMA+0.5"), (MissCost::Unit, "c=1")] {
+                        v.push(gdsf(
+                            &format!("{label} s^{beta} {c}"),
+                            GdsfConfig {
+                                admission: Some(admission),
+                                size_exponent: beta,
+                                cost,
+                                ..base
+                            },
+                        ));
+                    }
+                }
+            }
+            v.push(gdsf(
+                "s^2 decay 200s",
+                GdsfConfig {
+                    size_exponent: 2.0,
+                    aging: Aging::Decay,
+                    half_life: 200.0,
+                    ..base
+                },
+            ));
+            v.push(("Belady".to_owned(), Victims::Belady));
+            v
+        }
+        other => bail!("unknown policy set {other:?} (main, variants, zipf-target)"),
     })
 }
 

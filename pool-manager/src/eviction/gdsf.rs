@@ -48,6 +48,9 @@ pub struct GdsfConfig {
     pub admission: Option<f64>,
     /// How idle models lose priority.
     pub aging: Aging,
+    /// `s` enters the priority as `s^size_exponent`: 1 is GDSF; above 1 favours small
+    /// models more (more hits per byte), below 1 less.
+    pub size_exponent: f64,
 }
 
 /// How idle models lose priority.
@@ -75,6 +78,7 @@ impl Default for GdsfConfig {
             history: true,
             admission: Some(0.25),
             aging: Aging::Inflation,
+            size_exponent: 1.0,
         }
     }
 }
@@ -254,7 +258,13 @@ fn value(config: &GdsfConfig, stats: &Stats) -> f64 {
         MissCost::LoadTime { overhead } => overhead + stats.load_time.unwrap_or(0.0),
         MissCost::LastLoadTime => stats.last_load_time,
     };
-    stats.count * cost / stats.size.max(MIN_SIZE)
+    let size = stats.size.max(MIN_SIZE);
+    let size = if config.size_exponent == 1.0 {
+        size
+    } else {
+        size.powf(config.size_exponent)
+    };
+    stats.count * cost / size
 }
 
 /// A `u64` that sorts as the float does: flip every bit of negatives, only the sign bit
@@ -452,6 +462,19 @@ mod tests {
         assert_eq!(order(&p, &["old", "new2"]), ["old", "new2"]);
         p.evicted(&"old");
         assert_eq!(p.inflation(), 0.0, "decay needs no inflation");
+    }
+
+    #[test]
+    fn a_size_exponent_favours_small_models_more() {
+        let mut p = Gdsf::new(GdsfConfig {
+            cost: MissCost::Unit,
+            admission: None,
+            size_exponent: 2.0,
+            ..GdsfConfig::default()
+        });
+        p.requested(&"m", 1, 0.0);
+        p.loaded(&"m", 0.5, 1.0, 0.0);
+        assert_eq!(p.priority(&"m"), 4.0, "1 / 0.5^2");
     }
 
     #[test]
