@@ -13,7 +13,7 @@ use pool_manager::config::{self, ReplicaConfig};
 use pool_manager::election::Election;
 use pool_manager::metrics::Metrics;
 use pool_manager::placement::{Resources, Watermarks};
-use pool_manager::pool::{Pool, Replica, ScaleSettings, Settings};
+use pool_manager::pool::{Intervals, Pool, Replica, ScaleSettings, Settings};
 use pool_manager::replica::triton::{Timeouts, TritonClient};
 use pool_manager::replica::ReplicaClient;
 use pool_manager::repository::ModelRepository;
@@ -266,6 +266,7 @@ async fn main() -> anyhow::Result<()> {
             unreadable,
             events_reserved,
             metadata,
+            revision,
             ..
         },
         election,
@@ -287,6 +288,7 @@ async fn main() -> anyhow::Result<()> {
         allowed_roots,
         stores: storage.catalog().clone(),
     };
+    let store_for_pool = store.clone();
     let pool = Pool::with_store(
         pool_replicas,
         repository,
@@ -313,13 +315,31 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(models = models.len(), "registry restored");
     pool.restore(models);
     pool.restore_metadata(metadata);
-    // Know which replicas are up, and what they have loaded, before the first request is
-    // placed: a restarted pool-manager adopts what is loaded instead of loading it twice.
-    pool.probe_replicas().await;
-    pool.reconcile().await;
-    tokio::spawn(pool.clone().run_probes(args.probe_interval));
-    tokio::spawn(pool.clone().run_scaler());
-    tokio::spawn(pool.clone().run_reconcile(args.reconcile_interval));
+    let every = Intervals {
+        probe: args.probe_interval,
+        reconcile: args.reconcile_interval,
+    };
+    // Held to the end of `main`: dropping the set would stop the loops.
+    let mut loops = tokio::task::JoinSet::new();
+    match &election {
+        None => {
+            // Know which replicas are up, and what they have loaded, before the first
+            // request is placed: a restarted pool-manager adopts what is loaded instead of
+            // loading it twice.
+            pool.take_lead(None).await?;
+            pool.start_loops(every, &mut loops);
+        }
+        Some(election) => {
+            // Shared: the registry and the leader's table follow the store; the pool is
+            // acted on only while this instance leads (it then rebuilds its view first).
+            pool.attach_role(election.role());
+            loops.spawn(
+                pool.clone()
+                    .follow_store(store_for_pool.backend().clone(), revision),
+            );
+            loops.spawn(pool.clone().run_leadership(store_for_pool.clone(), every));
+        }
+    }
 
     let closing = pool.clone();
     let app = admin::app(AppState {

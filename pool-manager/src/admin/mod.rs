@@ -148,7 +148,8 @@ impl From<PoolError> for ApiError {
             | PoolError::Store(_)
             | PoolError::Overloaded(_)
             | PoolError::StillLoading { .. }
-            | PoolError::NoHealthyReplica => StatusCode::SERVICE_UNAVAILABLE,
+            | PoolError::NoHealthyReplica
+            | PoolError::NotLeader => StatusCode::SERVICE_UNAVAILABLE,
             PoolError::TooManyReporters(_) => StatusCode::TOO_MANY_REQUESTS,
             PoolError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };

@@ -79,6 +79,10 @@ pub enum PoolError {
     /// No replica of that name is configured (404).
     #[error("replica '{0}' is not configured")]
     UnknownReplica(String),
+    /// This instance does not lead the pool (or has not rebuilt its view yet), so it may
+    /// not place or load (503; the admin layer forwards such calls to the leader).
+    #[error("this instance does not lead the pool; retry")]
+    NotLeader,
     /// A bug or a panicked task (500).
     #[error("internal error: {0}")]
     Internal(String),

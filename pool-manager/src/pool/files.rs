@@ -176,6 +176,9 @@ impl Pool {
         model: &ModelName,
         files: Option<ModelFiles>,
     ) -> Result<(), String> {
+        // Checked last thing before the replica is asked: a leader that was paused past
+        // its lease must not load anything when it wakes.
+        self.check_may_act()?;
         let loaded = match files {
             None => replica.client.load(model.as_str()).await,
             Some(files) => replica.client.load_files(model.as_str(), &files).await,

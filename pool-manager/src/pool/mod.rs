@@ -30,7 +30,9 @@
 mod drain;
 mod error;
 mod files;
+mod follow;
 mod health;
+mod leading;
 mod metadata;
 mod place;
 mod reconcile;
@@ -58,6 +60,7 @@ use crate::store::Store;
 
 pub use drain::DrainPass;
 pub use error::PoolError;
+pub use leading::{Followed, Intervals};
 pub use metadata::Asked;
 pub use reconcile::Reconciled;
 pub use registry::Registered;
@@ -94,6 +97,8 @@ struct Inner {
     settings: Settings,
     next_any: AtomicUsize,
     routing: routing::Routing,
+    /// Whether this instance leads, and what it follows when it does not.
+    leading: leading::Leading,
     store: Option<Store>,
     name_locks: Vec<tokio::sync::Mutex<()>>,
     /// Bounds the requests held waiting for a load.
@@ -161,6 +166,7 @@ impl Pool {
                 settings,
                 next_any: AtomicUsize::new(0),
                 routing: routing::Routing::new(),
+                leading: leading::Leading::new(),
                 store,
                 name_locks: (0..1024).map(|_| tokio::sync::Mutex::new(())).collect(),
                 waiting: Arc::new(tokio::sync::Semaphore::new(max_waiting)),

@@ -636,11 +636,14 @@ impl Pool {
             .table()
             .get(model)
             .map_or(Resources::ZERO, |e| e.size());
-        let outcome = r
-            .client
-            .unload(model.as_str())
-            .await
-            .map_err(|e| e.to_string());
+        let outcome = match self.check_may_act() {
+            Ok(()) => r
+                .client
+                .unload(model.as_str())
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        };
         match &outcome {
             Ok(()) => {
                 // Triton answers before the model is gone. GPU memory must really be free

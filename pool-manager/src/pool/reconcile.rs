@@ -182,6 +182,9 @@ impl Pool {
         }
         let replica = self.config(idx);
         for name in unknown.iter() {
+            if !self.may_act() {
+                return;
+            }
             match replica.client.unload(name).await {
                 Ok(()) => {
                     self.inner

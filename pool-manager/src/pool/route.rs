@@ -23,6 +23,7 @@ impl Pool {
     /// configured route wait. Counts as use.
     pub async fn route(&self, name: &str) -> Result<RouteResponse, PoolError> {
         let model = ModelName::new(name)?;
+        self.check_acting()?;
         if let Some(route) = self.routable(&model)? {
             self.inner.metrics.route(Outcome::Hit);
             return Ok(route);

@@ -183,6 +183,9 @@ impl Pool {
         since: Option<u64>,
         wait: Duration,
     ) -> Arc<String> {
+        if let Some(followed) = self.followed_table(epoch, since, wait).await {
+            return followed;
+        }
         let routing = &self.inner.routing;
         let mut changes = routing.changes.subscribe();
         let current = routing.current();

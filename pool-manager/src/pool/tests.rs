@@ -1703,3 +1703,120 @@ async fn a_model_with_no_healthy_replica_to_load_on_is_not_ready() {
     assert!(!standby.ready);
     assert_eq!(standby.reason.as_deref(), Some("no healthy replica"));
 }
+
+/// A role channel for a pool shared with other instances, starting as a follower.
+fn shared_role(pool: &Pool) -> tokio::sync::watch::Sender<crate::election::Role> {
+    let (tx, rx) = tokio::sync::watch::channel(crate::election::Role::Follower { leader: None });
+    pool.attach_role(rx);
+    tx
+}
+
+fn leading_until(until: Instant) -> crate::election::Role {
+    crate::election::Role::Leader {
+        fence: crate::store::Fence {
+            key: "/mm/leader".into(),
+            revision: 7,
+        },
+        until,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_a_leader_with_its_view_rebuilt_places_and_a_lapsed_one_touches_nothing() {
+    let f = fixture(&[1000], settings()).ready().await;
+    f.register("m", 100).await;
+    let role = shared_role(&f.pool);
+    assert!(matches!(f.pool.route("m").await, Err(PoolError::NotLeader)));
+    // Leading, but the view is not rebuilt yet: still no route call served.
+    role.send_replace(leading_until(Instant::now() + Duration::from_secs(10)));
+    assert!(!f.pool.acting());
+    assert!(matches!(f.pool.route("m").await, Err(PoolError::NotLeader)));
+    assert_eq!(f.total_loads(), 0);
+    f.pool.take_lead(None).await.unwrap();
+    assert!(f.pool.acting());
+    f.pool.route("m").await.unwrap();
+    assert_eq!(f.total_loads(), 1);
+    // The lease runs out without a word from the campaign (a paused process waking up):
+    // nothing reaches a replica any more, not even the unloads of a delete.
+    tokio::time::advance(Duration::from_secs(11)).await;
+    assert!(!f.pool.may_act() && !f.pool.acting());
+    f.register("m2", 100).await;
+    assert!(matches!(
+        f.pool.route("m2").await,
+        Err(PoolError::NotLeader)
+    ));
+    f.pool.delete("m").await.unwrap();
+    assert_eq!(f.total_loads(), 1);
+    assert_eq!(f.fakes[0].unloads.load(Ordering::SeqCst), 0);
+    assert_eq!(f.loaded(0), ["m"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_leader_adopts_every_loaded_copy_and_loads_nothing() {
+    let f = fixture(&[1000, 1000], settings()).ready().await;
+    f.register("a", 100).await;
+    f.register("b", 100).await;
+    // Loaded by the previous leader.
+    f.fakes[0].loaded.lock().unwrap().insert("a".into());
+    f.fakes[1].loaded.lock().unwrap().insert("b".into());
+    let role = shared_role(&f.pool);
+    role.send_replace(leading_until(Instant::now() + Duration::from_secs(10)));
+    f.pool.take_lead(None).await.unwrap();
+    for (model, address) in [("a", "127.0.0.1:8000"), ("b", "127.0.0.1:8001")] {
+        assert_eq!(f.pool.route(model).await.unwrap().address, address);
+    }
+    assert_eq!(f.total_loads(), 0);
+    let table: mm_wire::RoutingTable =
+        serde_json::from_str(&f.pool.routing_table(None, None, Duration::ZERO).await).unwrap();
+    assert_eq!(table.models.len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_follower_serves_the_leaders_table_and_follows_the_registry() {
+    use crate::store::{Key, Snapshot, WatchEvent};
+    let f = fixture(&[1000], settings()).ready().await;
+    let _role = shared_role(&f.pool);
+    let leaders = r#"{"epoch":"e1","generation":4,"models":[{"model":"x","replicas":[{"replica":"r0","address":"127.0.0.1:8000"}]}]}"#;
+    let mut snapshot = Snapshot::default();
+    snapshot
+        .records
+        .insert(Key::routing_table(), leaders.as_bytes().to_vec());
+    f.pool.resync(&snapshot);
+    let served = f.pool.routing_table(None, None, Duration::ZERO).await;
+    assert_eq!(served.as_str(), leaders);
+    // A long poll from a gateway that has it waits for the next one.
+    let pool = f.pool.clone();
+    let poll = tokio::spawn(async move {
+        pool.routing_table(Some("e1"), Some(4), Duration::from_secs(30))
+            .await
+    });
+    tokio::task::yield_now().await;
+    let next = leaders.replace("\"generation\":4", "\"generation\":5");
+    f.pool.apply_change(WatchEvent {
+        revision: 9,
+        key: Key::routing_table(),
+        value: Some(next.as_bytes().to_vec()),
+    });
+    assert_eq!(poll.await.unwrap().as_str(), next);
+    // Registrations the leader made reach the follower's registry; none is loaded here.
+    let spec = format!(
+        r#"{{"storageUri":"file://{}","memory":100}}"#,
+        f.model_dir.path().display()
+    );
+    let spec =
+        crate::spec::ModelSpec::from_json(spec.as_bytes(), &StoragePolicy::default()).unwrap();
+    let stored = serde_json::to_vec(&crate::spec::StoredSpec::from(&spec)).unwrap();
+    f.pool.apply_change(WatchEvent {
+        revision: 10,
+        key: Key::model(&ModelName::new("x").unwrap()),
+        value: Some(stored),
+    });
+    assert!(f.pool.model("x").is_ok());
+    f.pool.apply_change(WatchEvent {
+        revision: 11,
+        key: Key::model(&ModelName::new("x").unwrap()),
+        value: None,
+    });
+    assert!(f.pool.model("x").is_err());
+    assert_eq!(f.total_loads(), 0);
+}

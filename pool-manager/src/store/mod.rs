@@ -92,17 +92,21 @@ pub enum Kind {
     /// What a model's replica said of it after a load ([`KeptMetadata`] JSON), keyed by
     /// the client-facing model name; carries the digest of the spec it was read under.
     Metadata,
+    /// The leader's routing table (the gateway's JSON), under the name `routing`: what
+    /// followers serve to table polls.
+    RoutingTable,
 }
 
 impl Kind {
     /// Every kind, in the order a snapshot lists them.
-    pub const ALL: [Kind; 2] = [Kind::Model, Kind::Metadata];
+    pub const ALL: [Kind; 3] = [Kind::Model, Kind::Metadata, Kind::RoutingTable];
 
     /// The key space's name: the redb table, the etcd key segment.
     pub fn segment(self) -> &'static str {
         match self {
             Kind::Model => "models",
             Kind::Metadata => "metadata",
+            Kind::RoutingTable => "table",
         }
     }
 
@@ -119,6 +123,14 @@ pub struct Key {
 }
 
 impl Key {
+    /// The leader's routing table.
+    pub fn routing_table() -> Self {
+        Self {
+            kind: Kind::RoutingTable,
+            name: "routing".into(),
+        }
+    }
+
     pub fn model(name: &ModelName) -> Self {
         Self {
             kind: Kind::Model,
@@ -404,7 +416,7 @@ pub fn decode_models(snapshot: &Snapshot) -> (Vec<(ModelName, ModelSpec)>, Vec<U
 }
 
 /// Reads the kept metadata of the registered `models` whose spec it still describes.
-fn decode_metadata(
+pub fn decode_metadata(
     snapshot: &Snapshot,
     models: &[(ModelName, ModelSpec)],
 ) -> Vec<(ModelName, KeptMetadata)> {
