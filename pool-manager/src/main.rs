@@ -271,9 +271,9 @@ async fn main() -> anyhow::Result<()> {
         },
         election,
     ) = open_store(&args).await?;
-    let cluster = ClusterState {
-        store: store.backend().describe(),
-        election: election.clone(),
+    let cluster = match &election {
+        Some(e) => ClusterState::shared(store.backend().describe(), e.clone()),
+        None => ClusterState::sole(store.backend().describe()),
     };
     for bad in &unreadable {
         tracing::error!(model = %bad.name, reason = %bad.reason, "a stored model could not be read; it is not served");

@@ -99,6 +99,15 @@ async fn until_follows(pm: &PoolManager, leader: &str) -> anyhow::Result<()> {
 
 /// `PUT /api/v1/models/{name}` of the example `linear`: (status, body).
 async fn register(pm: &PoolManager, name: &str) -> anyhow::Result<(u16, serde_json::Value)> {
+    let (status, body, _) = register_via(pm, name).await?;
+    Ok((status, body))
+}
+
+/// Like [`register`], with the instance that served it when it was forwarded.
+async fn register_via(
+    pm: &PoolManager,
+    name: &str,
+) -> anyhow::Result<(u16, serde_json::Value, Option<String>)> {
     let spec = serde_json::json!({
         "storageUri": format!("file://{}", example_model("linear").display()),
         "memory": "32Mi",
@@ -108,7 +117,19 @@ async fn register(pm: &PoolManager, name: &str) -> anyhow::Result<(u16, serde_js
         .json(&spec)
         .send()
         .await?;
-    Ok((r.status().as_u16(), r.json().await.unwrap_or_default()))
+    let served_by = served_by(r.headers());
+    Ok((
+        r.status().as_u16(),
+        r.json().await.unwrap_or_default(),
+        served_by,
+    ))
+}
+
+fn served_by(headers: &reqwest::header::HeaderMap) -> Option<String> {
+    headers
+        .get("x-mm-served-by")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
 }
 
 fn error_of(body: &serde_json::Value) -> String {
@@ -270,18 +291,26 @@ async fn only_the_leader_writes(
     if cluster.get(&format!("{prefix}models/m1"))?.is_none() {
         bail!("an acknowledged registration is in etcd");
     }
-    let (status, body) = register(follower, "m-follower").await?;
-    if status != 503
-        || !error_of(&body).contains(&format!("does not lead the pool (leader: {leader_id})"))
-    {
-        bail!("a follower refuses writes naming the leader: {status} {body}");
+    // A follower hands the write to the leader, which makes it.
+    let (status, body, by) = register_via(follower, "m-follower").await?;
+    if status != 201 || by.as_deref() != Some(leader_id.as_str()) {
+        bail!("a follower forwards writes to the leader: {status} {body} (served by {by:?})");
     }
     if cluster
         .get(&format!("{prefix}models/m-follower"))?
-        .is_some()
+        .is_none()
     {
-        bail!("a refused write changed etcd");
+        bail!("a forwarded registration is in etcd");
     }
+    // ... and the follower's own registry follows the store.
+    eventually("the follower to see the registration", TTL, || async {
+        let r = http()
+            .get(follower.url("/api/v1/models/m-follower"))
+            .send()
+            .await?;
+        Ok((r.status() == 200).then_some(()))
+    })
+    .await?;
     Ok(())
 }
 
@@ -307,9 +336,11 @@ async fn a_paused_leader_is_replaced_and_fenced(
         tokio::spawn(async move {
             let r = http().put(url).json(&spec).send().await?;
             let status = r.status().as_u16();
+            let by = served_by(r.headers());
             anyhow::Ok((
                 status,
                 r.json::<serde_json::Value>().await.unwrap_or_default(),
+                by,
             ))
         })
     };
@@ -320,12 +351,14 @@ async fn a_paused_leader_is_replaced_and_fenced(
         "paused leader replaced {:?} after the pause (TTL {TTL:?})",
         paused.elapsed()
     );
-    let (status, body) = late.await??;
-    if status != 503 {
-        bail!("the woken leader's write must be refused: {status} {body}");
-    }
-    if cluster.get(&format!("{prefix}models/m-paused"))?.is_some() {
-        bail!("a paused leader's write reached etcd");
+    // Woken, it makes no write itself: it refuses the write (it no longer leads, and
+    // may not know who does yet), or hands it to the new leader, which makes it.
+    let (status, body, by) = late.await??;
+    let stored = cluster.get(&format!("{prefix}models/m-paused"))?.is_some();
+    match (status, by.as_deref()) {
+        (503, None) if !stored => {}
+        (201, Some(by)) if by == follower_id && stored => {}
+        _ => bail!("the woken leader's write must be refused or forwarded: {status} {body} (served by {by:?}, stored: {stored})"),
     }
     until_follows(leader, &follower_id).await?;
     Ok(())

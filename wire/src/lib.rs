@@ -534,6 +534,27 @@ pub struct ClusterView {
     pub error: Option<String>,
 }
 
+/// `GET {READY_PATH}`: whether this instance can serve (the store reachable, its copy of
+/// the table current, a leader known); 200 when it can, 503 with the reason when not.
+/// Envoy's active health checks of the pool-manager cluster use it; `/healthz` is liveness.
+pub const READY_PATH: &str = "/readyz";
+
+/// The answer to `GET {READY_PATH}`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Readiness {
+    pub ready: bool,
+    /// This instance's role now.
+    pub role: ClusterRole,
+    /// The leader's id, when one is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
+    /// Why it cannot serve, when it cannot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// One pool-manager instance.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

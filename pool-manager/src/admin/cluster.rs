@@ -6,8 +6,9 @@
 use std::sync::Arc;
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::Json;
-use mm_wire::{ClusterMember, ClusterRole, ClusterView, ErrorBody};
+use mm_wire::{ClusterMember, ClusterRole, ClusterView, ErrorBody, Readiness};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -21,6 +22,8 @@ pub struct ClusterState {
     pub store: String,
     /// The campaign, with a shared store; `None`: the embedded store, one instance.
     pub election: Option<Arc<Election>>,
+    /// Forwards calls to the leader ([`super::forward`]).
+    pub client: reqwest::Client,
 }
 
 impl ClusterState {
@@ -29,12 +32,85 @@ impl ClusterState {
         Self {
             store,
             election: None,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    /// The view of a store shared through `election`.
+    pub fn shared(store: String, election: Arc<Election>) -> Self {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(std::time::Duration::from_secs(1))
+            .build()
+            .unwrap_or_default();
+        Self {
+            store,
+            election: Some(election),
+            client,
         }
     }
 }
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(cluster))
+    OpenApiRouter::new()
+        .routes(routes!(cluster))
+        .routes(routes!(ready))
+}
+
+/// `GET /readyz`: whether this instance can serve now. Alone: always. Shared: the
+/// store's change feed is open (its copy of the registry and table is current) and it
+/// leads with its view rebuilt, or follows a known leader.
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses(
+    (status = 200, description = "this instance can serve", body = Readiness),
+    (status = 503, description = "it cannot, and why", body = Readiness)))]
+async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
+    let answer = readiness(&state);
+    let status = if answer.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(answer))
+}
+
+fn readiness(state: &AppState) -> Readiness {
+    let Some(election) = &state.cluster.election else {
+        return Readiness {
+            ready: true,
+            role: ClusterRole::Sole,
+            leader: Some("sole".into()),
+            error: None,
+        };
+    };
+    let role = election.role().borrow().clone();
+    let (role, leader, error) = match role {
+        Role::Leader { .. } if state.pool.acting() => {
+            (ClusterRole::Leader, Some(election.me().id.clone()), None)
+        }
+        Role::Sole | Role::Leader { .. } => (
+            ClusterRole::Leader,
+            None,
+            Some("taking the lead: rebuilding the pool's view".to_owned()),
+        ),
+        Role::Follower { leader: Some(l) } => (ClusterRole::Follower, Some(l.id), None),
+        Role::Follower { leader: None } => (
+            ClusterRole::Follower,
+            None,
+            Some("no pool-manager leads the pool now".to_owned()),
+        ),
+    };
+    let error = match error {
+        None if !state.pool.store_current() => {
+            Some("the store's change feed is not open: this instance's copy may be stale".into())
+        }
+        other => other,
+    };
+    Readiness {
+        ready: error.is_none(),
+        role,
+        leader,
+        error,
+    }
 }
 
 /// `GET /api/v1/cluster`: the instances sharing this pool's store and their roles.

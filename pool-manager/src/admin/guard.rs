@@ -74,7 +74,7 @@ fn refusal(state: &AppState, request: &Request) -> Option<ApiError> {
                 ));
             }
         }
-    } else if path != "/healthz" {
+    } else if path != "/healthz" && path != mm_wire::READY_PATH {
         if let Some(host) = host(request) {
             if !host_allowed(host, &state.allowed_hosts) {
                 return Some(ApiError::new(

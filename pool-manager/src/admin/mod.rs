@@ -20,6 +20,7 @@ use mm_wire::ErrorBody;
 use openapi::{Accepted, Applied, Deleted, DryRun, Health, ModelList, PutAnswer, ReplicaList};
 
 pub mod cluster;
+pub mod forward;
 mod guard;
 mod openapi;
 mod ops;
@@ -93,6 +94,11 @@ fn api() -> OpenApiRouter<AppState> {
 pub fn app(state: AppState) -> Router {
     let (router, _) = api().split_for_parts();
     router
+        // Inside the guard: what reaches the leader was checked here first.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            forward::to_leader,
+        ))
         // Only routes that exist are guarded: an unknown path or method is a 404 or 405
         // whatever the request carries, and acts on nothing.
         .route_layer(axum::middleware::from_fn_with_state(

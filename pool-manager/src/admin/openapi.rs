@@ -204,6 +204,7 @@ mod tests {
             "/api/v1/events/stream",
             "/api/v1/summary",
             mm_wire::CLUSTER_PATH,
+            mm_wire::READY_PATH,
             "/ui",
             "/ui/",
             "/ui/app.js",
@@ -217,7 +218,7 @@ mod tests {
         ] {
             assert!(paths.contains(&path), "{path} is not documented");
         }
-        assert_eq!(paths.len(), 22, "{paths:?}");
+        assert_eq!(paths.len(), 23, "{paths:?}");
         assert!(mm_wire::ROUTE_PATH_PREFIX.ends_with('/'));
         assert!(mm_wire::METADATA_PATH_PREFIX.ends_with('/'));
     }
