@@ -332,8 +332,18 @@ impl Envoy {
         dir: &Path,
         gateway_token: Option<&str>,
     ) -> anyhow::Result<Self> {
+        Self::spawn_for(&[pool_manager_port], dir, gateway_token)
+    }
+
+    /// [`Envoy::spawn_with_token`] for several pool-manager instances (its
+    /// `pool_managers` cluster lists them all, health-checked on `/readyz`).
+    pub fn spawn_for(
+        pool_manager_ports: &[u16],
+        dir: &Path,
+        gateway_token: Option<&str>,
+    ) -> anyhow::Result<Self> {
         let (port, admin_port) = (free_port()?, free_port()?);
-        let config = render_envoy_config(port, admin_port, pool_manager_port)?;
+        let config = render_envoy_config_for(port, admin_port, pool_manager_ports)?;
         let config_path = dir.join("envoy.yaml");
         std::fs::write(&config_path, config)?;
         let gateway_token = gateway_token.map(str::to_owned);
@@ -480,6 +490,19 @@ pub fn render_envoy_config(
     admin_port: u16,
     pool_manager_port: u16,
 ) -> anyhow::Result<String> {
+    render_envoy_config_for(port, admin_port, &[pool_manager_port])
+}
+
+/// [`render_envoy_config`] with every pool-manager instance in the `pool_managers` cluster.
+pub fn render_envoy_config_for(
+    port: u16,
+    admin_port: u16,
+    pool_manager_ports: &[u16],
+) -> anyhow::Result<String> {
+    let endpoints: Vec<String> = pool_manager_ports
+        .iter()
+        .map(|p| format!("{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {p}}}}}}}}}"))
+        .collect();
     let template = std::fs::read_to_string(paths::envoy_template())?;
     let wasm = paths::filter_wasm();
     if !wasm.exists() {
@@ -492,8 +515,11 @@ pub fn render_envoy_config(
         .replace("{{GATEWAY_ADDRESS}}", "127.0.0.1")
         .replace("{{GATEWAY_PORT}}", &port.to_string())
         .replace("{{ENVOY_ADMIN_PORT}}", &admin_port.to_string())
-        .replace("{{POOL_MANAGER_HOST}}", "127.0.0.1")
-        .replace("{{POOL_MANAGER_PORT}}", &pool_manager_port.to_string())
+        .replace("{{POOL_MANAGER_HOP_PORT}}", &free_port()?.to_string())
+        .replace(
+            "{{POOL_MANAGER_ENDPOINTS}}",
+            &format!("[{}]", endpoints.join(", ")),
+        )
         .replace("{{FILTER_WASM}}", &wasm.display().to_string());
     let leftover = rendered
         .lines()

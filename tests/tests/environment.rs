@@ -165,6 +165,7 @@ impl ScriptStack {
         let mut env: Vec<(String, String)> = [
             "GATEWAY_PORT",
             "ENVOY_ADMIN_PORT",
+            "POOL_MANAGER_HOP_PORT",
             "POOL_MANAGER_PORT",
             "R0_HTTP_PORT",
             "R0_GRPC_PORT",
