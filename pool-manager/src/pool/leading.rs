@@ -30,6 +30,10 @@ const LEASE_CHECK: Duration = Duration::from_millis(100);
 const RETRY: Duration = Duration::from_millis(200);
 /// Routing-table changes closer together than this are written to the store as one.
 const TABLE_WRITE_GAP: Duration = Duration::from_millis(20);
+/// Longest a new leader waits for loads the previous one left running on the replicas.
+const SETTLE_LOADS: Duration = Duration::from_secs(30);
+/// How often it asks the replicas whether those loads have ended.
+const SETTLE_POLL: Duration = Duration::from_millis(200);
 
 /// The leader's routing table as a follower last read it from the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,12 +147,61 @@ impl Pool {
         }
         self.probe_replicas().await;
         self.reconcile().await;
+        if store.is_some() && self.settle_loads().await {
+            self.reconcile().await;
+        }
         if !self.may_act() {
             return Err(StoreError::NoLeader);
         }
         self.inner.leading.acting.send_replace(true);
         self.publish();
         Ok(())
+    }
+
+    /// Waits (bounded) until no replica is still loading a registered model, as a previous
+    /// leader that died mid-load leaves it: such a load finishes on its own, and placing
+    /// the model meanwhile would load it a second time elsewhere. Returns whether any was
+    /// found (then the replicas' indexes are read again to adopt what finished).
+    async fn settle_loads(&self) -> bool {
+        let deadline = tokio::time::Instant::now() + SETTLE_LOADS;
+        let mut found = false;
+        loop {
+            let loading = self.loading_on_replicas().await;
+            if loading.is_empty() {
+                return found;
+            }
+            if !found {
+                info!(models = ?loading, "waiting for loads the previous leader left running");
+            }
+            found = true;
+            if tokio::time::Instant::now() >= deadline || !self.may_act() {
+                warn!(models = ?loading, "loads still running on the replicas; going on");
+                return found;
+            }
+            tokio::time::sleep(SETTLE_POLL).await;
+        }
+    }
+
+    /// Registered models some healthy replica lists as `LOADING`.
+    async fn loading_on_replicas(&self) -> Vec<String> {
+        let healthy: Vec<super::ReplicaIdx> = {
+            let t = self.table();
+            t.replica_indexes().filter(|&i| t.is_healthy(i)).collect()
+        };
+        let mut loading = Vec::new();
+        for idx in healthy {
+            let Ok(index) = self.config(idx).client.index().await else {
+                continue;
+            };
+            let t = self.table();
+            loading.extend(
+                index
+                    .into_iter()
+                    .filter(|m| m.state == "LOADING" && t.contains(m.name.as_str()))
+                    .map(|m| m.name),
+            );
+        }
+        loading
     }
 
     /// Makes the registry exactly `models` (as the store holds them): new ones added,
