@@ -5,6 +5,7 @@
 //! The binaries are built by `make test` before the scenarios run; `paths` finds them.
 
 pub mod etcd;
+pub mod ha;
 pub mod models;
 pub mod paths;
 pub mod process;

@@ -36,7 +36,7 @@ where
     }
 }
 
-fn client() -> reqwest::Client {
+pub(crate) fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(120))
         .no_proxy()
@@ -563,7 +563,7 @@ impl Default for StackOptions {
 }
 
 /// A fresh random token (256 bits from the kernel, hex) in `dir/gateway-token`, mode 0600.
-fn write_gateway_token(dir: &Path) -> anyhow::Result<(String, PathBuf)> {
+pub(crate) fn write_gateway_token(dir: &Path) -> anyhow::Result<(String, PathBuf)> {
     use std::io::{Read, Write};
     use std::os::unix::fs::OpenOptionsExt;
     let mut bytes = [0u8; 32];

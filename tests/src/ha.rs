@@ -1,0 +1,209 @@
+//! A highly available stack: a 3-member etcd on loopback, Triton replicas, several
+//! pool-manager instances sharing one etcd key prefix (one leads, the others follow and
+//! forward), and Envoy whose pool-manager cluster lists them all. Every process is killed
+//! on drop; the etcd data and the logs live in the stack's temporary directory.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail};
+use mm_wire::{ClusterRole, ClusterView};
+
+use crate::etcd::EtcdCluster;
+use crate::stack::{client, eventually, write_gateway_token};
+use crate::{Envoy, PoolManager, Triton};
+
+/// Options for [`HaStack::start`].
+#[derive(Debug, Clone)]
+pub struct HaOptions {
+    pub instances: usize,
+    pub replicas: usize,
+    pub replica_memory: String,
+    /// Every instance's `--lease-ttl`.
+    pub lease_ttl: Duration,
+    /// Extra flags for every instance.
+    pub pool_manager_args: Vec<String>,
+}
+
+impl Default for HaOptions {
+    fn default() -> Self {
+        Self {
+            instances: 2,
+            replicas: 2,
+            replica_memory: "1Gi".into(),
+            lease_ttl: Duration::from_secs(3),
+            pool_manager_args: Vec::new(),
+        }
+    }
+}
+
+/// The running stack. Fields drop in order: Envoy, the instances, the replicas, etcd,
+/// then the directory.
+pub struct HaStack {
+    pub envoy: Envoy,
+    /// Instance `i` has the id `pm-{i}`.
+    pub instances: Vec<PoolManager>,
+    pub replicas: Vec<Triton>,
+    pub etcd: EtcdCluster,
+    pub repository: PathBuf,
+    pub gateway_token: String,
+    pub http: reqwest::Client,
+    launch: Launch,
+    pub dir: tempfile::TempDir,
+}
+
+/// How an instance is started (again).
+struct Launch {
+    dir: PathBuf,
+    repository: PathBuf,
+    store_url: String,
+    options: HaOptions,
+    /// `--replica` values.
+    configured: Vec<String>,
+    token_file: PathBuf,
+}
+
+impl Launch {
+    /// Starts instance `i` (`pm-{i}`), logs in `pm-{i}.{generation}/`.
+    fn spawn(&self, i: usize, generation: u32) -> anyhow::Result<PoolManager> {
+        let logs = self.dir.join(format!("pm-{i}.{generation}"));
+        std::fs::create_dir_all(&logs)?;
+        let mut extra = vec![
+            format!("--store={}", self.store_url),
+            format!("--store-prefix={PREFIX}"),
+            format!("--instance-id=pm-{i}"),
+            format!("--lease-ttl={}ms", self.options.lease_ttl.as_millis()),
+            "--gateway-token-file".to_owned(),
+            self.token_file.display().to_string(),
+        ];
+        extra.extend(self.options.pool_manager_args.iter().cloned());
+        PoolManager::spawn(&self.repository, &self.configured, &extra, &logs)
+    }
+}
+
+/// The etcd key prefix of the stack's pool.
+pub const PREFIX: &str = "/mm/ha-pool/";
+
+impl HaStack {
+    pub async fn start(options: HaOptions) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("mm-ha-").tempdir()?;
+        let repository = dir.path().join("model-repository");
+        std::fs::create_dir_all(&repository)?;
+        let etcd = EtcdCluster::start(3, dir.path()).await?;
+        let mut replicas = (0..options.replicas)
+            .map(|i| Triton::spawn(&format!("r{i}"), &repository, dir.path()))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        for r in &mut replicas {
+            r.wait_ready().await?;
+        }
+        let configured = replicas
+            .iter()
+            .map(|r| {
+                format!(
+                    "name={},url={},memory={},grpcPort={}",
+                    r.name,
+                    r.url(),
+                    options.replica_memory,
+                    r.grpc_port
+                )
+            })
+            .collect();
+        let (gateway_token, token_file) = write_gateway_token(dir.path())?;
+        let launch = Launch {
+            dir: dir.path().to_path_buf(),
+            repository: repository.clone(),
+            store_url: etcd.store_url(),
+            options,
+            configured,
+            token_file,
+        };
+        let mut instances = Vec::new();
+        for i in 0..launch.options.instances {
+            let mut pm = launch.spawn(i, 0)?;
+            pm.wait_ready().await?;
+            instances.push(pm);
+        }
+        let ports: Vec<u16> = instances.iter().map(|p| p.port).collect();
+        let mut envoy = Envoy::spawn_for(&ports, dir.path(), Some(&gateway_token))?;
+        envoy.wait_ready().await?;
+        let stack = Self {
+            envoy,
+            instances,
+            replicas,
+            etcd,
+            repository,
+            gateway_token,
+            http: client(),
+            launch,
+            dir,
+        };
+        stack.leader(stack.launch.options.lease_ttl * 4).await?;
+        Ok(stack)
+    }
+
+    /// SIGKILLs instance `i` if it runs and starts it again the same way (same port and
+    /// id, so Envoy's health checks find it again); its log is `pool-manager.{generation}.log`.
+    pub async fn restart_instance(&mut self, i: usize, generation: u32) -> anyhow::Result<()> {
+        self.instances[i].restart(generation).await
+    }
+
+    /// Instance `i`'s view of the cluster.
+    pub async fn view(&self, i: usize) -> anyhow::Result<ClusterView> {
+        let r = self
+            .http
+            .get(self.instances[i].url(mm_wire::CLUSTER_PATH))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            bail!("cluster view of pm-{i}: HTTP {}", r.status());
+        }
+        Ok(r.json().await?)
+    }
+
+    /// Whether instance `i` is ready (`/readyz` 200).
+    pub async fn ready(&self, i: usize) -> anyhow::Result<bool> {
+        let r = self
+            .http
+            .get(self.instances[i].url(mm_wire::READY_PATH))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await?;
+        Ok(r.status().is_success())
+    }
+
+    /// Waits until exactly one of the running instances leads and is ready; its index.
+    pub async fn leader(&self, within: Duration) -> anyhow::Result<usize> {
+        eventually("one ready leader", within, || async {
+            let mut leaders = Vec::new();
+            for i in 0..self.instances.len() {
+                let Ok(v) = self.view(i).await else { continue };
+                if v.role == ClusterRole::Leader && self.ready(i).await.unwrap_or(false) {
+                    leaders.push(i);
+                }
+            }
+            match leaders.as_slice() {
+                [one] => Ok(Some(*one)),
+                [] => Ok(None),
+                many => Err(anyhow!("several leaders at once: {many:?}")),
+            }
+        })
+        .await
+    }
+
+    /// How many times replica logs say `model` was loaded (Triton logs every load).
+    pub fn loads_of(&self, model: &str) -> anyhow::Result<usize> {
+        let needle = format!("successfully loaded '{model}'");
+        let mut n = 0;
+        for r in &self.replicas {
+            let log = std::fs::read_to_string(r.process.log_path())?;
+            n += log.matches(&needle).count();
+        }
+        Ok(n)
+    }
+
+    /// Where the stack's files are.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
