@@ -57,11 +57,11 @@ integration-test: build ## End-to-end tests with real Triton, pool-manager and E
 
 test: deps build lint validate-envoy validate-k8s unit-test integration-test ## Everything CI runs
 
-run: build ## Start the whole stack in the foreground (Ctrl-C stops it)
-	@bash scripts/stack.sh run
+run: build ## Start the whole stack in the foreground (Ctrl-C stops it; HA=1: etcd and two pool-managers)
+	@HA=$(HA) bash scripts/stack.sh run
 
-up: build ## Start the stack in the background (state and logs in .run/)
-	@bash scripts/stack.sh up
+up: build ## Start the stack in the background (state and logs in .run/; HA=1: etcd and two pool-managers)
+	@HA=$(HA) bash scripts/stack.sh up
 
 down: ## Stop what `make up` started
 	@bash scripts/stack.sh down

@@ -23,6 +23,12 @@
 # STACK_WAIT_SECS [60] (bound on each readiness wait), POOL_MANAGER_BIN, FILTER_WASM,
 # TRITONSERVER, ENVOY (binaries; default to the ones the Makefile builds / install-deps installs),
 # STACK_RUN_DIR [.run] (the state folder; an absolute path; the tests use their own).
+#
+# HA=1 (`make up HA=1`): high availability (issue 17). A 3-member etcd on loopback
+# (Debian's etcd-server, installed by scripts/install-deps.sh; client ports ETCD1_PORT
+# [2379], ETCD2_PORT [22379], ETCD3_PORT [32379], each peer port one above; data in
+# .run/etcd/) and two pool-managers sharing it (POOL_MANAGER_PORT and POOL_MANAGER2_PORT
+# [9190]; one leads, the other follows and forwards), Envoy listing both.
 set -euo pipefail
 # No job control: a background job then shares this script's process group, so `setsid`
 # calls setsid() itself instead of forking, and $! is the server's own PID.
@@ -51,6 +57,16 @@ R1_GRPC_PORT=${R1_GRPC_PORT:-8011}
 R1_METRICS_PORT=${R1_METRICS_PORT:-8012}
 PORT_VARS=(GATEWAY_PORT ENVOY_ADMIN_PORT POOL_MANAGER_HOP_PORT POOL_MANAGER_PORT R0_HTTP_PORT R0_GRPC_PORT R0_METRICS_PORT
   R1_HTTP_PORT R1_GRPC_PORT R1_METRICS_PORT)
+HA=${HA:-0}
+case "$HA" in 0|1) ;; *) echo "[stack] error: HA must be 0 or 1, not '$HA'" >&2; exit 1 ;; esac
+POOL_MANAGER2_PORT=${POOL_MANAGER2_PORT:-9190}
+ETCD1_PORT=${ETCD1_PORT:-2379}
+ETCD2_PORT=${ETCD2_PORT:-22379}
+ETCD3_PORT=${ETCD3_PORT:-32379}
+ETCD_BIN=${ETCD_BIN:-etcd}
+if [ "$HA" = 1 ]; then
+  PORT_VARS+=(POOL_MANAGER2_PORT ETCD1_PORT ETCD2_PORT ETCD3_PORT)
+fi
 REPLICA_MEMORY=${REPLICA_MEMORY:-2Gi}
 STACK_WAIT_SECS=${STACK_WAIT_SECS:-60}
 STOP_WAIT_SECS=10
@@ -102,7 +118,8 @@ is_alive() { # pid
 expected_binary() { # name
   case "$1" in
     r[0-9]*) echo tritonserver ;;
-    pool-manager) echo pool-manager ;;
+    pool-manager|pool-manager-2) echo pool-manager ;;
+    etcd-[0-9]) echo etcd ;;
     envoy) echo envoy ;;
     *) echo "?unknown?" ;;
   esac
@@ -365,6 +382,56 @@ start_replica() { # name http grpc metrics
   say "started $name (pid $STARTED_PID) on :$2, log $LOGS/$name.log"
 }
 
+start_pool_manager() { # name port data-dir instance-id [store flags...]
+  local name=$1 port=$2 data=$3 id=$4
+  shift 4
+  local ha=()
+  [ -z "$id" ] || ha=(--instance-id "$id" --advertise-url "http://$HOST:$port" "$@")
+  start_proc "$name" "$POOL_MANAGER_BIN" \
+    "${GATEWAY_TOKEN_ARGS[@]}" \
+    --listen "$HOST:$port" \
+    --model-repository "$REPO" \
+    --data-dir "$data" \
+    --replica "name=r0,url=http://$HOST:$R0_HTTP_PORT,memory=$REPLICA_MEMORY,grpcPort=$R0_GRPC_PORT" \
+    --replica "name=r1,url=http://$HOST:$R1_HTTP_PORT,memory=$REPLICA_MEMORY,grpcPort=$R1_GRPC_PORT" \
+    "${ha[@]}"
+  local pid=$STARTED_PID
+  say "started $name (pid $pid) on :$port, log $LOGS/$name.log"
+  wait_http "$name" "$pid" "http://$HOST:$port/healthz"
+  say "status page: http://$HOST:$port/ui (mmctl: MMCTL_URL=http://$HOST:$port target/debug/mmctl models list)"
+  STARTED_PID=$pid
+}
+
+# A 3-member etcd on loopback (HA=1); sets STORE_ARGS for the pool-managers.
+start_etcd() {
+  command -v "$ETCD_BIN" >/dev/null || die "etcd not found: run make deps (Debian's etcd-server)"
+  local i port cluster="" urls=() pids=()
+  for i in 1 2 3; do
+    port=ETCD${i}_PORT
+    port=${!port}
+    cluster+="${cluster:+,}e$i=http://$HOST:$((port + 1))"
+    urls+=("$HOST:$port")
+  done
+  rm -rf "$RUN/etcd"
+  for i in 1 2 3; do
+    port=ETCD${i}_PORT
+    port=${!port}
+    start_proc "etcd-$i" "$ETCD_BIN" --name "e$i" --data-dir "$RUN/etcd/e$i" \
+      --listen-client-urls "http://$HOST:$port" --advertise-client-urls "http://$HOST:$port" \
+      --listen-peer-urls "http://$HOST:$((port + 1))" \
+      --initial-advertise-peer-urls "http://$HOST:$((port + 1))" \
+      --initial-cluster "$cluster" --initial-cluster-state new \
+      --initial-cluster-token "mm-local-$$" --heartbeat-interval 50 --election-timeout 500
+    pids+=("$STARTED_PID")
+  done
+  for i in 1 2 3; do
+    port=ETCD${i}_PORT
+    wait_http "etcd-$i" "${pids[$((i - 1))]}" "http://$HOST:${!port}/health" '"health":"true"'
+  done
+  STORE_ARGS=(--store "etcd://$(IFS=,; echo "${urls[*]}")" --store-prefix /mm/local/ --lease-ttl 5s)
+  say "etcd cluster up on ${urls[*]}"
+}
+
 register_model() { # name
   local name=$1 dir="$root/models/$1" body out code
   [ -f "$dir/config.pbtxt" ] || die "example model $dir is missing"
@@ -451,6 +518,10 @@ R1_HTTP_PORT=$R1_HTTP_PORT
 R1_GRPC_PORT=$R1_GRPC_PORT
 R1_METRICS_PORT=$R1_METRICS_PORT
 EOF
+  if [ "$HA" = 1 ]; then
+    printf '%s=%s\n' POOL_MANAGER2_PORT "$POOL_MANAGER2_PORT" ETCD1_PORT "$ETCD1_PORT" \
+      ETCD2_PORT "$ETCD2_PORT" ETCD3_PORT "$ETCD3_PORT" >>"$STACK_ENV"
+  fi
 
   # 1. Two Triton replicas, started together, then waited for.
   start_replica r0 "$R0_HTTP_PORT" "$R0_GRPC_PORT" "$R0_METRICS_PORT"
@@ -461,24 +532,26 @@ EOF
   wait_http r1 "$r1" "http://$HOST:$R1_HTTP_PORT/v2/health/ready"
   say "replicas ready ($((SECONDS - t0))s)"
 
-  # 2. The pool-manager, with the gateway token the filter will send.
+  # 2. The pool-manager (HA: an etcd cluster and two of them), with the gateway token the
+  #    filter will send.
   new_gateway_token
   gateway_token_args
-  start_proc pool-manager "$POOL_MANAGER_BIN" \
-    "${GATEWAY_TOKEN_ARGS[@]}" \
-    --listen "$HOST:$POOL_MANAGER_PORT" \
-    --model-repository "$REPO" \
-    --data-dir "$RUN/data" \
-    --replica "name=r0,url=http://$HOST:$R0_HTTP_PORT,memory=$REPLICA_MEMORY,grpcPort=$R0_GRPC_PORT" \
-    --replica "name=r1,url=http://$HOST:$R1_HTTP_PORT,memory=$REPLICA_MEMORY,grpcPort=$R1_GRPC_PORT"
-  local pm=$STARTED_PID
-  say "started pool-manager (pid $pm) on :$POOL_MANAGER_PORT, log $LOGS/pool-manager.log"
-  wait_http pool-manager "$pm" "http://$HOST:$POOL_MANAGER_PORT/healthz"
-  say "status page: http://$HOST:$POOL_MANAGER_PORT/ui (mmctl: MMCTL_URL=http://$HOST:$POOL_MANAGER_PORT target/debug/mmctl models list)"
+  local pool_managers=$HOST:$POOL_MANAGER_PORT
+  if [ "$HA" = 1 ]; then
+    start_etcd
+    start_pool_manager pool-manager "$POOL_MANAGER_PORT" "$RUN/data" pm-a "${STORE_ARGS[@]}"
+    local pm1=$STARTED_PID
+    start_pool_manager pool-manager-2 "$POOL_MANAGER2_PORT" "$RUN/data-2" pm-b "${STORE_ARGS[@]}"
+    pool_managers+=",$HOST:$POOL_MANAGER2_PORT"
+    # Registrations below need a leader (either instance forwards to it).
+    wait_http pool-manager "$pm1" "http://$HOST:$POOL_MANAGER_PORT/readyz"
+  else
+    start_pool_manager pool-manager "$POOL_MANAGER_PORT" "$RUN/data" ""
+  fi
 
   # 3. Envoy with the Wasm filter.
   GATEWAY_ADDRESS=$HOST GATEWAY_PORT=$GATEWAY_PORT ENVOY_ADMIN_PORT=$ENVOY_ADMIN_PORT \
-    POOL_MANAGER_HOP_PORT=$POOL_MANAGER_HOP_PORT POOL_MANAGER_HOST=$HOST POOL_MANAGER_PORT=$POOL_MANAGER_PORT FILTER_WASM=$FILTER_WASM \
+    POOL_MANAGER_HOP_PORT=$POOL_MANAGER_HOP_PORT POOL_MANAGERS=$pool_managers POOL_MANAGER_PORT=$POOL_MANAGER_PORT FILTER_WASM=$FILTER_WASM \
     bash "$root/scripts/render-envoy.sh" >"$ENVOY_YAML.tmp" || die "rendering the Envoy config failed"
   mv "$ENVOY_YAML.tmp" "$ENVOY_YAML"
   # Envoy (1.40, this build) terminates itself when its parent process exits (it gets a
