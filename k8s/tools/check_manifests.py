@@ -42,7 +42,8 @@ CRD_SCHEMAS = {
 }
 
 # Secrets the manifests use but never contain (created by hand, see k8s/README.md).
-EXTERNAL_SECRETS = {"pool-manager-admin", "pool-manager-storage", "gateway-token"}
+# pool-manager-etcd: the etcd endpoints and credentials of the ha overlay (k8s/README.md).
+EXTERNAL_SECRETS = {"pool-manager-admin", "pool-manager-storage", "gateway-token", "pool-manager-etcd"}
 
 # The variable the filter reads the gateway token from (Envoy's host_env_keys / the
 # WasmPlugin's vmConfig.env) and the pool-manager checks it against.
