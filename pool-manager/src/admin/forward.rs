@@ -87,11 +87,7 @@ pub(super) async fn to_leader(
     }
     if request.headers().contains_key(FORWARDED) {
         // Sent by another instance that believes this one leads: never forwarded again.
-        let mut answer = not_leading(&election).into_response();
-        answer
-            .headers_mut()
-            .insert(NOT_LEADER, HeaderValue::from_static("1"));
-        return answer;
+        return not_leading(&election).not_leader().into_response();
     }
     let (parts, body) = request.into_parts();
     let Ok(body) = axum::body::to_bytes(body, MAX_FORWARDED_BYTES).await else {

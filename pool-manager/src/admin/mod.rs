@@ -115,6 +115,9 @@ pub fn app(state: AppState) -> Router {
 pub struct ApiError {
     status: StatusCode,
     message: String,
+    /// This instance does not act on the pool: an instance that forwarded the call tries
+    /// the next leader ([`forward::NOT_LEADER`]).
+    not_leader: bool,
 }
 
 impl ApiError {
@@ -122,19 +125,33 @@ impl ApiError {
         Self {
             status,
             message: message.into(),
+            not_leader: false,
         }
+    }
+
+    /// Marks the answer as coming from an instance that does not lead.
+    pub(crate) fn not_leader(mut self) -> Self {
+        self.not_leader = true;
+        self
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
+        let mut answer = (
             self.status,
             Json(mm_wire::ErrorBody {
                 error: self.message,
             }),
         )
-            .into_response()
+            .into_response();
+        if self.not_leader {
+            answer.headers_mut().insert(
+                forward::NOT_LEADER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
+        answer
     }
 }
 
@@ -159,6 +176,9 @@ impl From<PoolError> for ApiError {
             PoolError::TooManyReporters(_) => StatusCode::TOO_MANY_REQUESTS,
             PoolError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
+        if matches!(e, PoolError::NotLeader) {
+            return ApiError::new(status, e.to_string()).not_leader();
+        }
         if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!(error = %e, "internal error");
             return ApiError::new(status, "internal error; see the pool-manager log");

@@ -51,6 +51,12 @@ impl Pool {
                 waited,
             }),
         };
+        // Leadership ended while the model was being placed (the load was refused, or its
+        // outcome is another leader's to decide): the caller asks the next leader.
+        let result = match result {
+            Err(_) if !self.acting() => Err(PoolError::NotLeader),
+            other => other,
+        };
         self.inner.metrics.route(match &result {
             Ok(_) => Outcome::Miss,
             Err(PoolError::UnknownModel(_)) => Outcome::NotFound,
