@@ -2,7 +2,9 @@
 //! registration rate of the real pool-manager on its embedded store beside the same on a
 //! 3-member etcd on loopback (same fake replica, same concurrent clients; each model
 //! acknowledged after its commit), and how long after the leader is killed (-9) or
-//! stopped (SIGTERM, which resigns) another instance leads, polled every 10 ms.
+//! stopped (SIGTERM, which resigns) another instance leads, polled every 10 ms; and, after
+//! kill -9, how long a route call for a model loaded nowhere, sent to the other instance
+//! at once, takes to be answered (held through the election, then loaded by the new leader).
 
 use std::time::{Duration, Instant};
 
@@ -35,6 +37,9 @@ pub struct Ha {
     pub killed: Timing,
     /// The same after SIGTERM (the leader resigns).
     pub stopped: Timing,
+    /// Milliseconds from kill -9 of the leader to the answer of a cold route call sent to
+    /// the other instance at that moment.
+    pub cold_after_kill: Timing,
 }
 
 const PREFIX: &str = "/mm/bench/";
@@ -77,17 +82,21 @@ pub async fn run(options: &Options) -> anyhow::Result<Ha> {
 
     let mut killed = Vec::new();
     let mut stopped = Vec::new();
+    let mut cold = Vec::new();
     for round in 0..options.rounds * 2 {
         let kill = round % 2 == 0;
-        let took = failover(&mut instances, kill, options.lease_ttl, round)
+        let (took, cold_took) = failover(&mut instances, kill, options.lease_ttl, round)
             .await
             .with_context(|| format!("failover round {round}"))?;
         eprintln!(
-            "[mm-bench] ha: {} leader replaced in {took:.0} ms",
+            "[mm-bench] ha: {} leader replaced in {took:.0} ms (a cold route call answered after {cold_took:.0} ms)",
             if kill { "killed" } else { "stopped" }
         );
         let samples = if kill { &mut killed } else { &mut stopped };
         samples.push(took);
+        if kill {
+            cold.push(cold_took);
+        }
     }
     Ok(Ha {
         models: options.models,
@@ -97,6 +106,7 @@ pub async fn run(options: &Options) -> anyhow::Result<Ha> {
         lease_ttl_seconds: options.lease_ttl.as_secs_f64(),
         killed: Timing::of(&killed),
         stopped: Timing::of(&stopped),
+        cold_after_kill: Timing::of(&cold),
     })
 }
 
@@ -131,17 +141,28 @@ async fn leader(instances: &[PoolManager], within: Duration) -> anyhow::Result<u
 }
 
 /// Takes the leader down (SIGKILL or SIGTERM), times until another instance says it
-/// leads, then starts the old one again and waits for it to follow; returns ms.
+/// leads and until a route call for a model loaded nowhere (model `round`), sent to
+/// another instance at once, is answered; then starts the old one again and waits for it
+/// to follow. Returns both in ms.
 async fn failover(
     instances: &mut [PoolManager],
     kill: bool,
     ttl: Duration,
     round: usize,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<(f64, f64)> {
     let old = leader(instances, ttl * 4).await?;
     let signal = if kill { libc::SIGKILL } else { libc::SIGTERM };
+    let other = (old + 1) % instances.len();
+    let route = reqwest::Client::new()
+        .get(instances[other].url(&format!("/internal/v1/route/{}", crate::scale::name(round))))
+        .timeout(ttl * 10);
     let start = Instant::now();
     instances[old].process.signal(signal);
+    let cold = tokio::spawn(async move {
+        let r = route.send().await?;
+        anyhow::ensure!(r.status().is_success(), "cold route call: {}", r.status());
+        anyhow::Ok(start.elapsed())
+    });
     let deadline = start + ttl * 4;
     let took = loop {
         let mut led = false;
@@ -158,10 +179,11 @@ async fn failover(
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
+    let cold = cold.await??;
     let generation = u32::try_from(round + 1).unwrap_or(u32::MAX);
     instances[old].restart(generation).await?;
     leader(instances, ttl * 4).await?;
-    Ok(took.as_secs_f64() * 1000.0)
+    Ok((took.as_secs_f64() * 1000.0, cold.as_secs_f64() * 1000.0))
 }
 
 impl Ha {
@@ -180,12 +202,16 @@ impl Ha {
              fenced by the leader key's revision). Failover: two instances on that etcd with a {:.0} s lease; \
              the time from taking the leader down to the other instance answering `GET /api/v1/cluster` \
              as leader (polled every 10 ms). A killed leader's lease runs out on etcd (at most the TTL after \
-             its last renewal, plus etcd's expiry sweep of up to 0.5 s); a stopped one resigns first.\n\n\
+             its last renewal, plus etcd's expiry sweep of up to 0.5 s); a stopped one resigns first. \
+             With the pool: a route call for a model loaded nowhere, sent to the surviving instance the moment \
+             the leader is killed, is held there until the new leader has rebuilt its view (registry, probes, \
+             the replica's index) and loaded the model (the fake replica loads instantly).\n\n\
              | figure | value |\n|---|---:|\n\
              | registrations, embedded store | **{:.0} models/s** |\n\
              | registrations, etcd (3 members) | **{:.0} models/s** |\n\
              | new leader after kill -9 of the leader | **{}** |\n\
-             | new leader after SIGTERM of the leader | {} |\n\n\
+             | new leader after SIGTERM of the leader | {} |\n\
+             | a cold route call answered, after kill -9 of the leader | **{}** |\n\n\
              The test etcd elects its own leader in 0.5-1 s (heartbeat 50 ms, election timeout 500 ms); \
              with etcd's defaults (1-2 s) use a lease TTL of at least 5 s.\n",
             self.models,
@@ -195,6 +221,7 @@ impl Ha {
             self.etcd_per_second,
             timing(&self.killed),
             timing(&self.stopped),
+            timing(&self.cold_after_kill),
         )
     }
 }

@@ -88,7 +88,7 @@ fn rss_mib(pid: u32) -> anyhow::Result<f64> {
     Ok(kb / 1024.0)
 }
 
-fn name(i: usize) -> String {
+pub(crate) fn name(i: usize) -> String {
     format!("s{i:06}")
 }
 
