@@ -34,6 +34,8 @@ const TABLE_WRITE_GAP: Duration = Duration::from_millis(20);
 const SETTLE_LOADS: Duration = Duration::from_secs(30);
 /// How often it asks the replicas whether those loads have ended.
 const SETTLE_POLL: Duration = Duration::from_millis(200);
+/// Longest an eviction waits for the routing table without its victims to be in the store.
+const TABLE_STORED_WAIT: Duration = Duration::from_secs(2);
 
 /// The leader's routing table as a follower last read it from the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +55,8 @@ pub(super) struct Leading {
     pub followed: watch::Sender<Option<Arc<Followed>>>,
     /// Whether the store's change feed is open (a follower's copy is current).
     pub store_ok: watch::Sender<bool>,
+    /// The generation of the routing table last written to the store (as leader).
+    stored: watch::Sender<u64>,
 }
 
 impl Leading {
@@ -62,6 +66,7 @@ impl Leading {
             acting: watch::channel(false).0,
             followed: watch::channel(None).0,
             store_ok: watch::channel(true).0,
+            stored: watch::channel(0).0,
         }
     }
 }
@@ -204,6 +209,25 @@ impl Pool {
         loading
     }
 
+    /// Shared: waits (bounded) until the routing table as it is now is in the store, so
+    /// that gateways polling a follower see a change (an eviction's victims gone) before
+    /// the table-propagation delay starts. Alone: returns at once.
+    pub(super) async fn until_table_stored(&self) {
+        if !self.shared() || !self.acting() {
+            return;
+        }
+        let generation = self.inner.routing.current().generation;
+        let mut stored = self.inner.leading.stored.subscribe();
+        let waited =
+            tokio::time::timeout(TABLE_STORED_WAIT, stored.wait_for(|g| *g >= generation)).await;
+        if waited.is_err() {
+            warn!(
+                generation,
+                "the routing table is not in the store yet; evicting anyway"
+            );
+        }
+    }
+
     /// Makes the registry exactly `models` (as the store holds them): new ones added,
     /// changed specs applied, the ones no longer stored forgotten. Copies are left to
     /// reconciliation.
@@ -280,16 +304,17 @@ impl Pool {
         let mut changes = self.inner.routing.changes.subscribe();
         loop {
             changes.borrow_and_update();
-            let json = self.inner.routing.current().json.clone();
+            let current = self.inner.routing.current();
             let put = Change::Put {
                 key: Key::routing_table(),
-                value: json.as_bytes().to_vec(),
+                value: current.json.as_bytes().to_vec(),
             };
             if let Err(e) = store.commit(vec![put]).await {
                 warn!(error = %e, "writing the routing table to the store failed");
                 tokio::time::sleep(RETRY).await;
                 continue;
             }
+            self.inner.leading.stored.send_replace(current.generation);
             if changes.changed().await.is_err() {
                 return;
             }

@@ -366,7 +366,9 @@ impl Pool {
         self.update_gauges();
         if !r.victims.is_empty() {
             // The victims left the routing table just now; a worker that has not applied the
-            // new table yet could still send them a request.
+            // new table yet could still send them a request. Gateways that poll a follower
+            // get the table through the store: it must be there first.
+            self.until_table_stored().await;
             tokio::time::sleep(self.inner.settings.table_propagation).await;
         }
         for victim in &r.victims {
