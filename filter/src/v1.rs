@@ -42,39 +42,61 @@ pub const WHOLE_TENSOR_ID: &str = "mm-v1-whole-tensor";
 /// Why a body could not be translated. `Display` is one sentence for the client. Every
 /// error of [`v1_request_to_v2`] is the client's (400); an error of [`v2_response_to_v1`]
 /// means the model server answered something that is not a translatable V2 response (502).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum V1Error {
     /// The body is larger than [`MAX_BODY_BYTES`].
+    #[error("body is larger than {} MiB", MAX_BODY_BYTES >> 20)]
     TooLarge,
     /// The body nests arrays or objects deeper than [`MAX_DEPTH`].
+    #[error("body is nested deeper than {MAX_DEPTH} levels")]
     TooDeep,
     /// The request has more than [`MAX_VALUES`] scalars, or the response more than
     /// [`MAX_VALUES`] JSON values.
+    #[error("body holds more than {MAX_VALUES} values")]
     TooManyValues,
     /// The model does not have exactly one input (V1 cannot name inputs); holds how many
     /// it has.
+    #[error("KServe V1 requests need a model with exactly one input; this model has {0}")]
     InputCount(usize),
     /// The input's datatype has no V1 translation (`BYTES`, `BF16`, anything unknown).
+    #[error("datatype {0} is not supported by V1 translation")]
     UnsupportedDatatype(String),
     /// The input's metadata shape has a dimension below -1, or more dimensions than a
     /// body may nest (`MAX_DEPTH - 2`).
+    #[error(
+        "input {name} has shape {} in the model metadata, which V1 translation cannot use",
+        Shape(shape)
+    )]
     InputShape { name: String, shape: Vec<i64> },
     /// The request body is not valid JSON (syntax, trailing bytes, number out of range).
+    #[error("request body is not valid JSON: {0}")]
     Json(String),
     /// The top level is not an object whose only key is `instances`.
+    #[error("expected a JSON object whose only key is \"instances\"")]
     NotInstances,
     /// `instances` is not a non-empty array.
+    #[error("\"instances\" must be a non-empty array")]
     InstancesNotArray,
     /// The input has a fixed batch size and the request has another number of instances.
+    #[error("the model takes exactly {expected} instances per request; the request has {found}")]
     BatchSize { expected: usize, found: usize },
     /// An instance is nested deeper or shallower than a row of the input (its shape
     /// without the first dimension) and, for instance 0, than the whole input; or it
     /// holds an object.
+    #[error("instance {index} must be {}", InstanceShapeWanted { index: *index, shape })]
     InstanceShape { index: usize, shape: Vec<i64> },
     /// Instance 0 has the input's whole shape, so it is the whole tensor and no other
     /// instance may follow it.
+    #[error(
+        "instance 0 has the input's whole shape {}, so it must be the only instance \
+         (several instances are rows of the input's first dimension)",
+        Shape(shape)
+    )]
     WholeNotAlone { shape: Vec<i64> },
     /// A dimension of an instance differs from the input's fixed size for it.
+    #[error(
+        "instance {index} has length {found} in dimension {dim} where the input takes {expected}"
+    )]
     DimLength {
         index: usize,
         dim: usize,
@@ -83,6 +105,7 @@ pub enum V1Error {
     },
     /// A variable (-1) dimension of an instance differs from the length earlier instances
     /// gave it.
+    #[error("instance {index} has length {found} in dimension {dim} where earlier instances have {expected}")]
     DimMismatch {
         index: usize,
         dim: usize,
@@ -90,37 +113,52 @@ pub enum V1Error {
         found: usize,
     },
     /// Arrays of one instance in the same dimension have different lengths.
+    #[error("instance {index} is ragged: its arrays in dimension {dim} differ in length")]
     Ragged { index: usize, dim: usize },
     /// An instance holds a value of the wrong JSON kind for the datatype (a string, a
     /// null, a float for an integer type, ...).
+    #[error("instance {index} holds a value that is not {expected}, as datatype {datatype} needs")]
     WrongKind {
         index: usize,
         datatype: &'static str,
         expected: &'static str,
     },
     /// An instance holds a number outside the datatype's range.
+    #[error("instance {index} holds a value out of range for datatype {datatype}")]
     OutOfRange {
         index: usize,
         datatype: &'static str,
     },
     /// The response is not a V2 inference response (not JSON, no `outputs`, an output
     /// without `name`, `shape` or JSON `data`, a null or object in `data`, ...).
+    #[error("the response is not a V2 inference response: {0}")]
     ResponseFormat(String),
     /// The response has an empty `outputs` array.
+    #[error("the response has no outputs")]
     NoOutputs,
     /// Two outputs of the response have the same name.
+    #[error("the response has two outputs named {0}")]
     DuplicateOutput(String),
     /// An output's shape is empty (no batch dimension).
+    #[error("output {0} has no batch dimension to split into predictions")]
     OutputNoBatch(String),
     /// An output's shape has a negative dimension or does not hold exactly its data.
+    #[error(
+        "output {name} holds {values} values, which does not match its shape {}",
+        Shape(shape)
+    )]
     OutputShape {
         name: String,
         shape: Vec<i64>,
         values: usize,
     },
     /// An output has more than [`MAX_DEPTH`] dimensions or would need too many arrays.
+    #[error("output {0} has a shape too large to translate to V1")]
     OutputTooLarge(String),
     /// Two outputs have different batch (first) dimensions.
+    #[error(
+        "outputs {first} and {other} have different batch sizes ({first_batch} and {other_batch})"
+    )]
     BatchMismatch {
         first: String,
         first_batch: usize,
@@ -129,128 +167,32 @@ pub enum V1Error {
     },
 }
 
-impl fmt::Display for V1Error {
+/// What an instance should have been, for [`V1Error::InstanceShape`]: a row of the input,
+/// or, for instance 0, the whole input as the only instance.
+struct InstanceShapeWanted<'a> {
+    index: usize,
+    shape: &'a [i64],
+}
+
+impl fmt::Display for InstanceShapeWanted<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            V1Error::TooLarge => write!(f, "body is larger than {} MiB", MAX_BODY_BYTES >> 20),
-            V1Error::TooDeep => write!(f, "body is nested deeper than {MAX_DEPTH} levels"),
-            V1Error::TooManyValues => write!(f, "body holds more than {MAX_VALUES} values"),
-            V1Error::InputCount(n) => write!(
+        let (index, shape) = (self.index, self.shape);
+        match shape.get(1..) {
+            Some(inner) if !inner.is_empty() => write!(f, "an array of shape {}", Shape(inner))?,
+            _ => f.write_str("a scalar")?,
+        }
+        if index == 0 && !shape.is_empty() {
+            write!(
                 f,
-                "KServe V1 requests need a model with exactly one input; this model has {n}"
-            ),
-            V1Error::UnsupportedDatatype(datatype) => write!(
-                f,
-                "datatype {datatype} is not supported by V1 translation"
-            ),
-            V1Error::InputShape { name, shape } => write!(
-                f,
-                "input {name} has shape {} in the model metadata, which V1 translation cannot use",
+                " (a row of the input, whose shape is {0}) or, as the only instance, \
+                 an array of shape {0}",
                 Shape(shape)
-            ),
-            V1Error::Json(why) => write!(f, "request body is not valid JSON: {why}"),
-            V1Error::NotInstances => f.write_str(
-                "expected a JSON object whose only key is \"instances\"",
-            ),
-            V1Error::InstancesNotArray => f.write_str("\"instances\" must be a non-empty array"),
-            V1Error::BatchSize { expected, found } => write!(
-                f,
-                "the model takes exactly {expected} instances per request; the request has {found}"
-            ),
-            V1Error::InstanceShape { index, shape } => {
-                write!(f, "instance {index} must be ")?;
-                match shape.get(1..) {
-                    Some(inner) if !inner.is_empty() => {
-                        write!(f, "an array of shape {}", Shape(inner))?
-                    }
-                    _ => f.write_str("a scalar")?,
-                }
-                if *index == 0 && !shape.is_empty() {
-                    write!(
-                        f,
-                        " (a row of the input, whose shape is {0}) or, as the only instance, \
-                         an array of shape {0}",
-                        Shape(shape)
-                    )
-                } else {
-                    write!(f, ", as the input's shape is {}", Shape(shape))
-                }
-            }
-            V1Error::WholeNotAlone { shape } => write!(
-                f,
-                "instance 0 has the input's whole shape {}, so it must be the only instance \
-                 (several instances are rows of the input's first dimension)",
-                Shape(shape)
-            ),
-            V1Error::DimLength {
-                index,
-                dim,
-                expected,
-                found,
-            } => write!(
-                f,
-                "instance {index} has length {found} in dimension {dim} where the input takes {expected}"
-            ),
-            V1Error::DimMismatch {
-                index,
-                dim,
-                expected,
-                found,
-            } => write!(
-                f,
-                "instance {index} has length {found} in dimension {dim} where earlier instances have {expected}"
-            ),
-            V1Error::Ragged { index, dim } => write!(
-                f,
-                "instance {index} is ragged: its arrays in dimension {dim} differ in length"
-            ),
-            V1Error::WrongKind {
-                index,
-                datatype,
-                expected,
-            } => write!(
-                f,
-                "instance {index} holds a value that is not {expected}, as datatype {datatype} needs"
-            ),
-            V1Error::OutOfRange { index, datatype } => {
-                write!(f, "instance {index} holds a value out of range for datatype {datatype}")
-            }
-            V1Error::ResponseFormat(why) => {
-                write!(f, "the response is not a V2 inference response: {why}")
-            }
-            V1Error::NoOutputs => f.write_str("the response has no outputs"),
-            V1Error::DuplicateOutput(name) => {
-                write!(f, "the response has two outputs named {name}")
-            }
-            V1Error::OutputNoBatch(name) => {
-                write!(f, "output {name} has no batch dimension to split into predictions")
-            }
-            V1Error::OutputShape {
-                name,
-                shape,
-                values,
-            } => write!(
-                f,
-                "output {name} holds {values} values, which does not match its shape {}",
-                Shape(shape)
-            ),
-            V1Error::OutputTooLarge(name) => {
-                write!(f, "output {name} has a shape too large to translate to V1")
-            }
-            V1Error::BatchMismatch {
-                first,
-                first_batch,
-                other,
-                other_batch,
-            } => write!(
-                f,
-                "outputs {first} and {other} have different batch sizes ({first_batch} and {other_batch})"
-            ),
+            )
+        } else {
+            write!(f, ", as the input's shape is {}", Shape(shape))
         }
     }
 }
-
-impl std::error::Error for V1Error {}
 
 /// Renders a shape as `[-1,4]`.
 struct Shape<'a, T>(&'a [T]);
