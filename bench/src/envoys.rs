@@ -55,27 +55,58 @@ pub fn noop_wasm() -> PathBuf {
 }
 
 /// The `http_filters` entry of a Wasm filter with the gateway's VM settings (V8, fail
-/// closed, body access while headers are held), as one line of JSON.
-fn wasm_filter_entry(wasm: &Path) -> String {
+/// closed, body access while headers are held), and `configuration` as its plugin
+/// configuration if given, as one line of JSON.
+fn wasm_filter_entry(wasm: &Path, configuration: Option<&str>) -> String {
+    let mut config = json!({
+        "name": "noop",
+        "root_id": "noop",
+        "failure_policy": "FAIL_CLOSED",
+        "allow_on_headers_stop_iteration": true,
+        "vm_config": {
+            "vm_id": "noop",
+            "runtime": "envoy.wasm.runtime.v8",
+            "code": {"local": {"filename": wasm.display().to_string()}}
+        }
+    });
+    if let Some(value) = configuration {
+        config["configuration"] = json!({
+            "@type": "type.googleapis.com/google.protobuf.StringValue",
+            "value": value,
+        });
+    }
     json!({
         "name": "envoy.filters.http.wasm",
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-            "config": {
-                "name": "noop",
-                "root_id": "noop",
-                "failure_policy": "FAIL_CLOSED",
-                "allow_on_headers_stop_iteration": true,
-                "vm_config": {
-                    "vm_id": "noop",
-                    "runtime": "envoy.wasm.runtime.v8",
-                    "code": {"local": {"filename": wasm.display().to_string()}}
-                }
-            }
+            "config": config,
         }
     })
     .to_string()
 }
+
+/// How a static-route Envoy reaches the replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upstream {
+    /// A STATIC cluster holding the replica's address.
+    Static,
+    /// The gateway's way: an ORIGINAL_DST cluster (`use_http_header: false`, like the
+    /// gateway's `triton_replicas`) connecting where the Wasm filter's filter state says;
+    /// the no-op filter is configured with the replica's address and sets it per request.
+    OriginalDst,
+}
+
+/// The clusters of a static-route Envoy with [`Upstream::OriginalDst`]: the gateway's
+/// `triton_replicas` settings under the template's cluster name.
+const ORIGINAL_DST_CLUSTERS: &str = "  clusters:
+  - name: replica
+    type: ORIGINAL_DST
+    lb_policy: CLUSTER_PROVIDED
+    connect_timeout: 2s
+    original_dst_lb_config:
+      use_http_header: false
+    cleanup_interval: 60s
+";
 
 /// Renders bench/envoy-static.yaml.tmpl: a static route to `replica_port`, with the Wasm
 /// filter `wasm` in front of the router or no filter at all.
@@ -84,9 +115,12 @@ pub fn render_static(
     admin_port: u16,
     replica_port: u16,
     wasm: Option<&Path>,
+    upstream: Upstream,
 ) -> anyhow::Result<String> {
     let template = std::fs::read_to_string(root().join("bench/envoy-static.yaml.tmpl"))?;
-    let filter = wasm.map(|w| format!("- {}", wasm_filter_entry(w)));
+    let configuration =
+        (upstream == Upstream::OriginalDst).then(|| format!("127.0.0.1:{replica_port}"));
+    let filter = wasm.map(|w| format!("- {}", wasm_filter_entry(w, configuration.as_deref())));
     let rendered: Vec<String> = template
         .lines()
         .filter_map(|line| match (&filter, line.trim() == "{{WASM_FILTER}}") {
@@ -106,7 +140,17 @@ pub fn render_static(
     {
         bail!("unrendered placeholder in bench/envoy-static.yaml.tmpl: {line}");
     }
-    Ok(text)
+    if upstream == Upstream::Static {
+        return Ok(text);
+    }
+    anyhow::ensure!(
+        wasm.is_some(),
+        "an ORIGINAL_DST cluster needs the filter to set the upstream"
+    );
+    let clusters = text
+        .find("\n  clusters:\n")
+        .context("no clusters section in bench/envoy-static.yaml.tmpl")?;
+    Ok(format!("{}\n{ORIGINAL_DST_CLUSTERS}", &text[..clusters]))
 }
 
 /// How to start an Envoy: directly, or under a wrapper such as valgrind.
@@ -152,6 +196,7 @@ pub fn static_route(
     name: &str,
     replica_port: u16,
     wasm: Option<&Path>,
+    upstream: Upstream,
     dir: &Path,
     launch: &Launch,
 ) -> anyhow::Result<BenchEnvoy> {
@@ -161,7 +206,7 @@ pub fn static_route(
         }
     }
     let (port, admin_port) = (free_port()?, free_port()?);
-    let config = render_static(port, admin_port, replica_port, wasm)?;
+    let config = render_static(port, admin_port, replica_port, wasm, upstream)?;
     let process = spawn(name, &config, dir, launch)?;
     Ok(BenchEnvoy {
         process,
@@ -217,10 +262,11 @@ mod tests {
 
     #[test]
     fn static_config_with_and_without_the_wasm_filter() {
-        let plain = render_static(1, 2, 3, None).unwrap();
+        let plain = render_static(1, 2, 3, None, Upstream::Static).unwrap();
         assert!(!plain.contains("envoy.filters.http.wasm"));
         assert!(plain.contains("port_value: 3"));
-        let noop = render_static(1, 2, 3, Some(Path::new("/x/noop.wasm"))).unwrap();
+        let noop =
+            render_static(1, 2, 3, Some(Path::new("/x/noop.wasm")), Upstream::Static).unwrap();
         let line = noop
             .lines()
             .find(|l| l.contains("envoy.filters.http.wasm"))
@@ -242,5 +288,24 @@ mod tests {
             entry["typed_config"]["config"]["failure_policy"],
             "FAIL_CLOSED"
         );
+    }
+
+    #[test]
+    fn original_dst_config_sets_the_upstream_from_the_filter() {
+        let wasm = Path::new("/x/noop.wasm");
+        let text = render_static(1, 2, 3, Some(wasm), Upstream::OriginalDst).unwrap();
+        assert!(text.contains("type: ORIGINAL_DST") && text.contains("use_http_header: false"));
+        assert!(!text.contains("type: STATIC") && !text.contains("port_value: 3"));
+        let line = text
+            .lines()
+            .find(|l| l.contains("envoy.filters.http.wasm"))
+            .unwrap();
+        let entry: serde_json::Value =
+            serde_json::from_str(line.trim_start().trim_start_matches("- ")).unwrap();
+        assert_eq!(
+            entry["typed_config"]["config"]["configuration"]["value"],
+            "127.0.0.1:3"
+        );
+        assert!(render_static(1, 2, 3, None, Upstream::OriginalDst).is_err());
     }
 }

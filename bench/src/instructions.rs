@@ -16,7 +16,7 @@ use mm_tests::paths::{example_model, filter_wasm};
 use mm_tests::{Stack, StackOptions};
 use serde::Serialize;
 
-use crate::envoys::{self, BenchEnvoy, Launch};
+use crate::envoys::{self, BenchEnvoy, Launch, Upstream};
 use crate::stats::{median, ratio};
 use crate::warm::{linear_body, warm_up_build, Kind};
 
@@ -29,6 +29,8 @@ pub struct Options {
     pub windows: usize,
     /// Length of the idle window that measures background work.
     pub idle_seconds: u64,
+    /// Which of plain, noop, noop-upstream and gateway to count (other builds always are).
+    pub targets: Vec<String>,
     /// Other builds of the filter (label, .wasm).
     pub filter_builds: Vec<(String, PathBuf)>,
     /// Where callgrind's dumps go (kept for `callgrind_annotate`).
@@ -282,15 +284,29 @@ pub async fn run(options: &Options) -> anyhow::Result<Instructions> {
         });
         Ok(())
     };
-    start("Envoy, static route".into(), Kind::Plain, &|l| {
-        envoys::static_route("cg-plain", replica_port, None, dir, l)
-    })?;
+    let wanted = |name: &str| options.targets.iter().any(|t| t == name);
+    if wanted("plain") {
+        start("Envoy, static route".into(), Kind::Plain, &|l| {
+            envoys::static_route("cg-plain", replica_port, None, Upstream::Static, dir, l)
+        })?;
+    }
     let noop = envoys::noop_wasm();
-    start("Envoy + no-op Wasm filter".into(), Kind::Noop, &|l| {
-        envoys::static_route("cg-noop", replica_port, Some(&noop), dir, l)
-    })?;
+    for (kind, upstream) in [
+        (Kind::Noop, Upstream::Static),
+        (Kind::NoopUpstream, Upstream::OriginalDst),
+    ] {
+        if wanted(kind.name()) {
+            start(kind.label().into(), kind, &|l| {
+                let name = format!("cg-{}", kind.name());
+                envoys::static_route(&name, replica_port, Some(&noop), upstream, dir, l)
+            })?;
+        }
+    }
     for (i, (label, wasm)) in builds.iter().enumerate() {
         let kind = if i == 0 {
+            if !wanted("gateway") {
+                continue;
+            }
             Kind::Gateway
         } else {
             Kind::GatewayBuild
@@ -430,6 +446,22 @@ impl Instructions {
             if let Some(r) = ratio(Some(t.median_per_request), noop) {
                 md += &format!("- {} / no-op Wasm: **{r:.2}**\n", t.label);
             }
+        }
+        let floor = of(Kind::NoopUpstream);
+        for t in self
+            .targets
+            .iter()
+            .filter(|t| matches!(t.kind, Kind::Gateway | Kind::GatewayBuild))
+        {
+            if let Some(r) = ratio(Some(t.median_per_request), floor) {
+                md += &format!(
+                    "- {} / no-op Wasm setting the upstream: **{r:.2}**\n",
+                    t.label
+                );
+            }
+        }
+        if let Some(r) = ratio(floor, noop) {
+            md += &format!("- no-op Wasm setting the upstream / no-op Wasm: **{r:.2}**\n");
         }
         if let Some(r) = ratio(noop, of(Kind::Plain)) {
             md += &format!("- no-op Wasm / plain Envoy: **{r:.2}**\n");

@@ -53,11 +53,11 @@ struct Args {
     /// wrk connections per warm-path run.
     #[arg(long, default_value_t = 8)]
     wrk_connections: u32,
-    /// Warm targets to run, of direct, plain, noop, gateway.
+    /// Warm targets to run, of direct, plain, noop, noop-upstream, gateway.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "direct,plain,noop,gateway"
+        default_value = "direct,plain,noop,noop-upstream,gateway"
     )]
     warm_targets: Vec<String>,
     /// Another build of the filter to run as a gateway beside the default one, as
@@ -70,6 +70,14 @@ struct Args {
     /// Sequential requests per callgrind window (part `instructions`).
     #[arg(long, default_value_t = 200)]
     instruction_requests: usize,
+    /// Envoy targets counted by callgrind, of plain, noop, noop-upstream, gateway (part
+    /// `instructions`; every `--filter-wasm` build is counted too).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "plain,noop,noop-upstream,gateway"
+    )]
+    instruction_targets: Vec<String>,
     /// Callgrind windows per target (part `instructions`).
     #[arg(long, default_value_t = 3)]
     instruction_windows: usize,
@@ -170,6 +178,7 @@ async fn main() -> anyhow::Result<()> {
                     requests: args.instruction_requests,
                     windows: args.instruction_windows,
                     idle_seconds: args.instruction_idle_seconds,
+                    targets: args.instruction_targets.clone(),
                     filter_builds: args.filter_builds.clone(),
                     dir: args.out.join("callgrind"),
                 };

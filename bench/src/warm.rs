@@ -12,7 +12,7 @@ use mm_tests::paths::example_model;
 use mm_tests::{Stack, StackOptions};
 use serde::Serialize;
 
-use crate::envoys::{self, BenchEnvoy};
+use crate::envoys::{self, BenchEnvoy, Upstream};
 use crate::stats::{median, ratio};
 use crate::{cpu, profile, wrk};
 
@@ -23,6 +23,9 @@ pub enum Kind {
     Direct,
     Plain,
     Noop,
+    /// The no-op filter choosing the upstream the gateway's way (filter state and an
+    /// ORIGINAL_DST cluster): the floor of a filter that picks the replica itself.
+    NoopUpstream,
     Gateway,
     /// The gateway with another build of the filter (`--filter-wasm`).
     GatewayBuild,
@@ -30,13 +33,23 @@ pub enum Kind {
 
 impl Kind {
     /// The names `--warm-targets` takes.
-    pub const NAMES: [&'static str; 4] = ["direct", "plain", "noop", "gateway"];
+    pub const NAMES: [&'static str; 5] = ["direct", "plain", "noop", "noop-upstream", "gateway"];
 
-    fn name(self) -> &'static str {
+    /// What a static-route target is called in the tables.
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Noop => "Envoy + no-op Wasm filter",
+            Kind::NoopUpstream => "Envoy + no-op Wasm filter setting the upstream (ORIGINAL_DST)",
+            _ => self.name(),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
         match self {
             Kind::Direct => "direct",
             Kind::Plain => "plain",
             Kind::Noop => "noop",
+            Kind::NoopUpstream => "noop-upstream",
             Kind::Gateway | Kind::GatewayBuild => "gateway",
         }
     }
@@ -154,7 +167,14 @@ pub async fn run(options: &Options, scratch: &Path) -> anyhow::Result<Warm> {
     }
     let dir = stack.dir.path();
     if wanted(Kind::Plain) {
-        let mut e = envoys::static_route("plain", replica.http_port, None, dir, &direct)?;
+        let mut e = envoys::static_route(
+            "plain",
+            replica.http_port,
+            None,
+            Upstream::Static,
+            dir,
+            &direct,
+        )?;
         e.wait_ready(READY).await?;
         add(
             "Envoy, static route",
@@ -164,17 +184,19 @@ pub async fn run(options: &Options, scratch: &Path) -> anyhow::Result<Warm> {
         );
         envoys.push(e);
     }
-    if wanted(Kind::Noop) {
+    for (kind, upstream) in [
+        (Kind::Noop, Upstream::Static),
+        (Kind::NoopUpstream, Upstream::OriginalDst),
+    ] {
+        if !wanted(kind) {
+            continue;
+        }
         let wasm = envoys::noop_wasm();
-        let mut e = envoys::static_route("noop", replica.http_port, Some(&wasm), dir, &direct)?;
+        let port = replica.http_port;
+        let mut e = envoys::static_route(kind.name(), port, Some(&wasm), upstream, dir, &direct)?;
         e.wait_ready(READY).await?;
         let url = e.url(path);
-        add(
-            "Envoy + no-op Wasm filter",
-            Kind::Noop,
-            url,
-            Some(e.process.pid()),
-        );
+        add(kind.label(), kind, url, Some(e.process.pid()));
         envoys.push(e);
     }
     if wanted(Kind::Gateway) {
@@ -355,6 +377,10 @@ pub fn ratios(targets: &[WarmTarget]) -> Vec<Ratio> {
     let mut out = Vec::new();
     if let Some(noop) = first(Kind::Noop) {
         out.extend(gateways.clone().map(|g| pair(g, noop)));
+    }
+    if let Some(floor) = first(Kind::NoopUpstream) {
+        out.extend(gateways.clone().map(|g| pair(g, floor)));
+        out.extend(first(Kind::Noop).map(|n| pair(floor, n)));
     }
     if let Some(plain) = first(Kind::Plain) {
         out.extend(first(Kind::Noop).map(|n| pair(n, plain)));

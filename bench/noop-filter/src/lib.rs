@@ -3,25 +3,52 @@
 //! with this filter beside the gateway, with the same VM settings, so the gateway's cost
 //! over it is our own code, not the V8 runtime's. Built for wasm32-wasip1 only; on the host
 //! the crate is empty (proxy-wasm's host imports do not link there).
+//!
+//! With the plugin configuration `IP:PORT` it also chooses the upstream the way the
+//! gateway does (the `set_envoy_filter_state` foreign function naming the ORIGINAL_DST
+//! cluster's address, once per request): the floor of any filter that picks the replica
+//! itself, to tell that mechanism's cost from the gateway's own code.
 
 #![cfg(target_arch = "wasm32")]
 
+use std::rc::Rc;
+
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Warn);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(NoopRoot) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(NoopRoot::default()) });
 }}
 
-struct NoopRoot;
+/// Filter-state key the ORIGINAL_DST cluster reads (with `use_http_header: false`).
+const ORIGINAL_DST_KEY: &str = "envoy.network.transport_socket.original_dst_address";
+
+#[derive(Default)]
+struct NoopRoot {
+    /// The encoded `SetEnvoyFilterStateArguments`, when configured with an upstream.
+    upstream: Option<Rc<[u8]>>,
+}
 
 impl Context for NoopRoot {}
 
 impl RootContext for NoopRoot {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let config = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX);
+        if let Ok(Some(address)) = config {
+            let address = String::from_utf8_lossy(&address).trim().to_owned();
+            if !address.is_empty() {
+                self.upstream = Some(set_filter_state(ORIGINAL_DST_KEY, &address).into());
+            }
+        }
+        true
+    }
+
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Noop))
+        Some(Box::new(Noop {
+            upstream: self.upstream.clone(),
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -29,7 +56,9 @@ impl RootContext for NoopRoot {
     }
 }
 
-struct Noop;
+struct Noop {
+    upstream: Option<Rc<[u8]>>,
+}
 
 impl Context for Noop {}
 
@@ -38,6 +67,20 @@ impl HttpContext for Noop {
         // The one host call every routing filter makes, made the way the gateway makes it
         // (a host error is a value, not the SDK's unwrap); the value is deliberately unused.
         let _path = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, ":path");
+        if let Some(argument) = &self.upstream {
+            let _ = hostcalls::call_foreign_function("set_envoy_filter_state", Some(argument));
+        }
         Action::Continue
     }
+}
+
+/// `SetEnvoyFilterStateArguments { path = 1; value = 2; span = 3 (DownstreamRequest) }`
+/// (both strings are far shorter than 128 bytes: one-byte lengths).
+fn set_filter_state(path: &str, value: &str) -> Vec<u8> {
+    let mut out = vec![0x0A, path.len() as u8];
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(&[0x12, value.len() as u8]);
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(&[0x18, 0x01]);
+    out
 }
