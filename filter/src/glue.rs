@@ -17,6 +17,7 @@ use proxy_wasm::types::{BufferType, ContextType, LogLevel, MapType, MetricType, 
 use crate::filter_state;
 use crate::host::{Action, Buffer, Call, Host, HostError, Level, Map};
 use crate::metrics::Metric;
+use crate::pairs::HeaderPairs;
 use crate::stream::Stream;
 use crate::worker::Worker;
 
@@ -54,6 +55,35 @@ impl WasmHost {
                     );
                 }
             }
+        }
+    }
+}
+
+// The host call behind `hostcalls::get_map_bytes`, declared as the SDK declares it: the
+// SDK hands a map over only as one `String` and one `Vec` per header, and those
+// allocations were most of the filter's own work on a warm request.
+extern "C" {
+    fn proxy_get_header_map_pairs(
+        map_type: MapType,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> Status;
+}
+
+/// Every header of `map`, as the buffer the host serialised them into.
+#[allow(unsafe_code)]
+fn header_map_pairs(map: MapType) -> Result<Vec<u8>, Status> {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: what `proxy_wasm::hostcalls::get_map_bytes` does. The host writes the two
+    // out-pointers; on `Ok` with a non-null pointer it has allocated `size` bytes through
+    // this module's `proxy_on_memory_allocate` (the SDK's: a `Vec<u8>` of capacity
+    // `size` turned into a boxed slice) and hands them over, so they become a `Vec` once.
+    unsafe {
+        match proxy_get_header_map_pairs(map, &mut data, &mut size) {
+            Status::Ok if data.is_null() => Ok(Vec::new()),
+            Status::Ok => Ok(Vec::from_raw_parts(data, size, size)),
+            status => Err(status),
         }
     }
 }
@@ -113,8 +143,12 @@ impl Host for WasmHost {
             .flatten()
     }
 
-    fn headers(&mut self, map: Map) -> Result<Vec<(String, Vec<u8>)>, HostError> {
-        hostcalls::get_map_bytes(map_type(map)).map_err(host_error)
+    fn headers(&mut self, map: Map) -> Result<HeaderPairs, HostError> {
+        let raw = header_map_pairs(map_type(map)).map_err(host_error)?;
+        HeaderPairs::from_raw(raw).map_err(|err| {
+            let _ = hostcalls::log(LogLevel::Error, &format!("{err}"));
+            HostError::BadArgument
+        })
     }
 
     fn set_header(&mut self, map: Map, name: &str, value: &str) -> Result<(), HostError> {

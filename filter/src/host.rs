@@ -7,6 +7,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::metrics::Metric;
+use crate::pairs::HeaderPairs;
 
 #[cfg(test)]
 pub mod fake;
@@ -84,8 +85,9 @@ pub struct Call<'a> {
 pub trait Host {
     /// One header's value (the first, if repeated).
     fn header(&mut self, map: Map, name: &str) -> Option<Vec<u8>>;
-    /// Every header of `map`, in order (one host call, whatever their number).
-    fn headers(&mut self, map: Map) -> Result<Vec<(String, Vec<u8>)>, HostError>;
+    /// Every header of `map`, in order (one host call, whatever their number), as the one
+    /// buffer the host serialised them into.
+    fn headers(&mut self, map: Map) -> Result<HeaderPairs, HostError>;
     /// Sets (replaces) a header.
     fn set_header(&mut self, map: Map, name: &str, value: &str) -> Result<(), HostError>;
     /// Removes a header (every value of it).

@@ -16,6 +16,7 @@ pub mod filter_state;
 pub mod grpc;
 pub mod metadata;
 pub mod metrics;
+pub mod pairs;
 pub mod refresh;
 pub mod reply;
 pub mod route;

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use super::{Buffer, Call, Host, HostError, Level, Map};
 use crate::metrics::Metric;
+use crate::pairs::HeaderPairs;
 
 /// One call the filter made, with what matters of its arguments.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -215,12 +216,14 @@ impl Host for FakeHost {
             .map(|(_, v)| v.clone())
     }
 
-    fn headers(&mut self, map: Map) -> Result<Vec<(String, Vec<u8>)>, HostError> {
+    fn headers(&mut self, map: Map) -> Result<HeaderPairs, HostError> {
         self.ops.push(Op::Headers(map));
         if self.fails(Failing::Headers) {
             return Err(HostError::BadArgument);
         }
-        Ok(self.maps.get(&map).cloned().unwrap_or_default())
+        // Serialised as Envoy does, so the filter reads the same format as in Envoy.
+        let raw = HeaderPairs::encode(self.maps.get(&map).map_or(&[][..], Vec::as_slice));
+        HeaderPairs::from_raw(raw).map_err(|_| HostError::BadArgument)
     }
 
     fn set_header(&mut self, map: Map, name: &str, value: &str) -> Result<(), HostError> {

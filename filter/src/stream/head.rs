@@ -3,12 +3,13 @@
 //! client may not send) needs no other header read.
 
 use crate::host::{Host, HostError, Map};
+use crate::pairs::HeaderPairs;
 use crate::route;
 
 /// The request headers as Envoy holds them (names in lowercase).
 #[derive(Debug, Default)]
 pub(super) struct RequestHead {
-    headers: Vec<(String, Vec<u8>)>,
+    headers: HeaderPairs,
 }
 
 impl RequestHead {
@@ -21,10 +22,7 @@ impl RequestHead {
 
     /// A header's value (the first, if repeated).
     pub(super) fn get(&self, name: &str) -> Option<&[u8]> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_slice())
+        self.headers.get(name)
     }
 
     /// A header's value, if it is UTF-8.
@@ -42,11 +40,12 @@ impl RequestHead {
         self.text("content-length")?.trim().parse().ok()
     }
 
-    /// The headers a client may not send (see [`route::is_reserved_header`]).
+    /// The headers a client may not send (see [`route::is_reserved_header`]); a name that
+    /// is not UTF-8 is none of them.
     pub(super) fn reserved(&self) -> impl Iterator<Item = &str> {
         self.headers
             .iter()
-            .map(|(n, _)| n.as_str())
+            .filter_map(|(n, _)| std::str::from_utf8(n).ok())
             .filter(|n| route::is_reserved_header(n))
     }
 }
