@@ -107,7 +107,8 @@ pub struct UsageTracker {
     /// an empty report is acknowledged.
     peer_may_see_activity: bool,
     /// Pairs the pool-manager may believe have requests in flight from this reporter.
-    peer_may_see_in_flight: BTreeSet<(String, String)>,
+    /// model -> replicas; looked up by `&str` when a request ends, without building keys.
+    peer_may_see_in_flight: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl UsageTracker {
@@ -159,16 +160,16 @@ impl UsageTracker {
         }
         idle && self
             .peer_may_see_in_flight
-            .contains(&(model.to_owned(), replica.to_owned()))
+            .get(model)
+            .is_some_and(|replicas| replicas.contains(replica))
     }
 
     /// Whether the pool-manager may count a request of `model` in flight from this reporter
     /// that has ended: if the model is watched, report now.
     pub fn owes_idle(&self, model: &str) -> bool {
         self.peer_may_see_in_flight
-            .range((model.to_owned(), String::new())..)
-            .take_while(|(m, _)| m == model)
-            .any(|(_, replica)| self.in_flight(model, replica) == 0)
+            .get(model)
+            .is_some_and(|replicas| replicas.iter().any(|r| self.in_flight(model, r) == 0))
     }
 
     /// Requests in flight on the pair.
@@ -242,7 +243,12 @@ impl UsageTracker {
             .map(|e| (e.model.clone(), e.replica.clone()))
             .collect();
         // Until this report is answered, the pool-manager may have it (or not).
-        self.peer_may_see_in_flight.extend(busy.iter().cloned());
+        for (model, replica) in &busy {
+            self.peer_may_see_in_flight
+                .entry(model.clone())
+                .or_default()
+                .insert(replica.clone());
+        }
         let pending = Pending {
             seq: self.next_seq,
             requests,
@@ -274,7 +280,13 @@ impl UsageTracker {
             self.peer_may_see_activity = false;
         }
         // The pool-manager now holds exactly this report's in-flight pairs.
-        self.peer_may_see_in_flight = pending.in_flight.into_iter().collect();
+        self.peer_may_see_in_flight.clear();
+        for (model, replica) in pending.in_flight {
+            self.peer_may_see_in_flight
+                .entry(model)
+                .or_default()
+                .insert(replica);
+        }
         for (model, replica, requests) in pending.requests {
             let Some(replicas) = self.counts.get_mut(&model) else {
                 continue;

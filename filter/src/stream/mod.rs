@@ -480,11 +480,11 @@ impl Stream {
 
     /// Routes a request whose model is known: from the table, else with a route call.
     fn route_model(&mut self, host: &mut impl Host, worker: &mut Worker) -> Action {
-        let Some(model) = self.model.clone() else {
+        let grpc = self.is_grpc();
+        let Some(model) = self.model.as_deref() else {
             return self.route_call(host, worker);
         };
-        let grpc = self.is_grpc();
-        let Some(route) = worker.table.route(&model, grpc) else {
+        let Some(route) = worker.table.route(model, grpc) else {
             if let Some(asked) = self.asked {
                 return self.metadata_call(host, worker, asked);
             }
@@ -497,7 +497,8 @@ impl Stream {
         }
         let Some(target) = route.target else {
             // Only for gRPC: the model's copies have no gRPC endpoint.
-            return self.refuse(host, worker, Reply::NoGrpcEndpoint(model));
+            let reply = Reply::NoGrpcEndpoint(model.to_owned());
+            return self.refuse(host, worker, reply);
         };
         if let Some(v1) = &mut self.v1 {
             let Some(inputs) = route.inputs else {
