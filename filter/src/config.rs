@@ -63,6 +63,10 @@ pub struct Config {
     /// (gRPC without a model header) is refused at once instead of waiting for the route
     /// timeout, and a KServe V1 request is translated after it is let go. Default true.
     pub bodies_while_paused: bool,
+    /// Whether every routed response names its replica in `x-mm-replica` (for operators
+    /// and tests). Setting the header is one host call per request, about 3% of a warm
+    /// request's Envoy instructions (BENCHMARKS.md); `false` saves it. Default true.
+    pub replica_header: bool,
 }
 
 /// Longest gateway token accepted, in bytes.
@@ -136,6 +140,7 @@ impl Default for Config {
             gateway_token: None,
             gateway_token_env: DEFAULT_TOKEN_ENV.to_owned(),
             bodies_while_paused: true,
+            replica_header: true,
         }
     }
 }
@@ -390,7 +395,7 @@ mod tests {
 
     #[test]
     fn reads_every_key() {
-        let json = br#"{"pool_manager_cluster":"pm","pool_manager_authority":"pm.local:9000","route_timeout_ms":1,"usage_report_ms":250,"table_refresh_ms":50,"table_wait_ms":30000,"max_request_bytes":4096,"gateway_token":"t0k3n","gateway_token_env":"PM_TOKEN","bodies_while_paused":false}"#;
+        let json = br#"{"pool_manager_cluster":"pm","pool_manager_authority":"pm.local:9000","route_timeout_ms":1,"usage_report_ms":250,"table_refresh_ms":50,"table_wait_ms":30000,"max_request_bytes":4096,"gateway_token":"t0k3n","gateway_token_env":"PM_TOKEN","bodies_while_paused":false,"replica_header":false}"#;
         assert_eq!(
             Config::from_bytes(Some(json)),
             Ok(Config {
@@ -404,6 +409,7 @@ mod tests {
                 gateway_token: Some(Token::new("t0k3n").unwrap()),
                 gateway_token_env: "PM_TOKEN".into(),
                 bodies_while_paused: false,
+                replica_header: false,
             })
         );
         for bad in [

@@ -12,6 +12,7 @@ use crate::grpc;
 use crate::host::{Action, Buffer, Host, Map};
 use crate::metrics::Metric;
 use crate::route::{self, ModelApi};
+use crate::table::Target;
 use crate::v1;
 use crate::worker::Worker;
 use crate::{error, warn};
@@ -50,17 +51,8 @@ impl Stream {
         let Some(target) = self.target.clone() else {
             return Action::Continue;
         };
-        if let Err(err) = host.set_header(
-            Map::ResponseHeaders,
-            route::REPLICA_HEADER,
-            target.replica(),
-        ) {
-            warn!(
-                host,
-                "[{}] cannot add {}: {err}",
-                self.id,
-                route::REPLICA_HEADER
-            );
+        if worker.config().replica_header {
+            self.name_replica(host, &target);
         }
         self.watch_response(host, worker, target.replica(), end_of_stream);
         // A V1 translation may turn the answer into a 502: hold the headers until then
@@ -70,6 +62,14 @@ impl Stream {
             return Action::Pause;
         }
         Action::Continue
+    }
+
+    /// Names the replica that served the request in the response headers.
+    fn name_replica(&self, host: &mut impl Host, target: &Target) {
+        let header = route::REPLICA_HEADER;
+        if let Err(err) = host.set_header(Map::ResponseHeaders, header, target.replica()) {
+            warn!(host, "[{}] cannot add {header}: {err}", self.id);
+        }
     }
 
     /// A chunk of the response body (`body_size` bytes buffered since it last went on).
