@@ -130,3 +130,17 @@ for name, data in {
     "path": b"/inference.GRPCInferenceService/RepositoryModelLoad",
 }.items():
     write("grpc_message", name, data)
+
+# grpc_scan: a chunking seed byte, a flags byte (odd: the model is in a header), the body.
+for name, (flags, data) in {
+    "stream-same": (0, frame(string(1, b"linear") + INPUT) * 3),
+    "stream-other": (0, frame(string(1, b"linear") + INPUT) + frame(string(1, b"other"))),
+    "header-same": (1, frame(string(1, b"linear") + INPUT) * 2),
+    "header-other": (1, frame(string(1, b"mlp") + INPUT)),
+    "repeated-field": (0, frame(string(1, b"linear") + INPUT + string(1, b"linear"))),
+    "repeated-other": (0, frame(string(1, b"linear") + string(1, b"evil"))),
+    "large-skip": (1, frame(string(1, b"linear") + string(6, b"\0" * 5000))),
+    "end-inside": (1, frame(string(1, b"linear") + INPUT)[:-3]),
+    "empty-message": (1, frame(b"")),
+}.items():
+    write("grpc_scan", name, bytes([37, flags]) + data)
