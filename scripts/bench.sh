@@ -58,7 +58,8 @@ section() { # part
   local md="$out/$1.md"
   [ -f "$md" ] || return 0
   cat "$md"
-  if [ ! "$md" -nt "$stamp" ]; then
+  # where.md is written by hand from the callgrind runs it names (it says when).
+  if [ "$1" != where ] && [ ! "$md" -nt "$stamp" ]; then
     echo
     echo "_This section is from an earlier run ($(date -u -r "$md" +%Y-%m-%dT%H:%MZ)): the last \`make bench\` did not run this part._"
   fi
@@ -98,7 +99,7 @@ section() { # part
   echo "\`target/release/mm-bench --help\` lists every option (wrk load, warm targets, other filter builds"
   echo "to compare with \`--filter-wasm LABEL=PATH.wasm\`, perf recording)."
   echo
-  for part in warm profile instructions cold churn churn-long scale ha; do
+  for part in warm profile instructions where cold churn churn-long scale ha; do
     section "$part"
   done
   cat "$out/sim.md"
