@@ -1734,7 +1734,7 @@ fn a_warm_request_stays_within_its_host_call_budget() {
             Op::Header(Map::ResponseHeaders, ":status".into()),
         ]
     );
-    // Each host call costs Envoy 7k to 11k instructions (callgrind, BENCHMARKS.md): the
+    // Each host call costs Envoy 5k to 11k instructions (callgrind, BENCHMARKS.md): the
     // replica header is the one a deployment can turn off.
     assert_eq!(
         warm_request_ops(r#"{"replica_header": false}"#),
