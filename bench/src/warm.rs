@@ -402,8 +402,10 @@ impl Warm {
              The `linear` example model loaded on one real Triton replica; `wrk -t{} -c{} -d{}s --latency`, \
              POST of a [1,4] FP32 V2 infer body. Targets: (a) Triton itself; (b) plain Envoy with a static \
              route; (c) the same Envoy with a no-op Proxy-Wasm filter (`bench/noop-filter`: reads `:path`, \
-             continues; same V8 VM settings as the gateway), the floor any Wasm filter pays; (d) the gateway \
-             (Envoy + the mm filter, routing from its table). They run interleaved (a, b, c, d, a, b, ...) for \
+             continues; same V8 VM settings as the gateway), the floor any Wasm filter pays; (d) the no-op \
+             filter also setting the upstream the gateway's way (filter state read by an ORIGINAL_DST \
+             cluster), the floor of any filter that picks the replica; (e) the gateway (Envoy + the mm \
+             filter, routing from its table). They run interleaved (a, b, c, d, e, a, b, ...) for \
              {} rounds after a 1 s warm-up each; the table shows each target's median over its rounds. Every \
              Envoy runs with `--concurrency {}`. **Envoy CPU per request** is the Envoy process's utime + stime \
              (`/proc/PID/stat`) over the run divided by the requests wrk completed in it (non-2xx included): \
