@@ -160,12 +160,20 @@ async fn metadata_and_readiness_of_an_evicted_model_load_nothing() {
     assert_eq!((status, state.as_deref()), (200, Some("standby")));
     assert_eq!(loads(&stack).await, before, "nothing was loaded");
     assert_eq!(loaded(&stack).await, vec!["xor_mlp"], "nothing was evicted");
-    let standby = stack
-        .envoy
-        .stat("wasmcustom.mm_filter_standby_answers")
-        .await
-        .unwrap();
-    assert!(standby >= 9, "answers given without a load: {standby}");
+    // The filter adds its counts to Envoy's counters on its next tick (every 200 ms).
+    eventually(
+        "9 answers given without a load",
+        Duration::from_secs(5),
+        || async {
+            let standby = stack
+                .envoy
+                .stat("wasmcustom.mm_filter_standby_answers")
+                .await?;
+            Ok((standby >= 9).then_some(()))
+        },
+    )
+    .await
+    .unwrap();
 
     // An unknown model: 404 JSON on HTTP, NOT_FOUND on gRPC.
     let out = tokio::task::block_in_place(|| ask(&stack, "nobody"));
