@@ -25,6 +25,8 @@ pub enum Decision {
         target: Rc<Target>,
         /// The model's inputs, when the pool-manager knows them (for KServe V1).
         inputs: Option<Rc<[TensorSpec]>>,
+        /// The model's Triton-side name, when not the one the client used.
+        upstream: Option<Rc<str>>,
     },
     /// Answer the client: [`Reply::PoolManagerUnreachable`], [`Reply::InvalidRoute`] or
     /// the pool-manager's own refusal ([`Reply::PoolManager`], status 400..=599).
@@ -76,9 +78,17 @@ fn forward(body: &[u8]) -> Option<Decision> {
         &route.address,
         route.grpc_address.as_deref(),
     )?;
+    if route
+        .upstream
+        .as_deref()
+        .is_some_and(|u| mm_wire::validate_model_name(u).is_err())
+    {
+        return None;
+    }
     Some(Decision::Forward {
         target: Rc::new(target),
         inputs: route.inputs.map(Rc::from),
+        upstream: route.upstream.map(Rc::from),
     })
 }
 
@@ -127,6 +137,7 @@ mod tests {
         Decision::Forward {
             target: Rc::new(Target::new(replica, address, None).unwrap()),
             inputs: None,
+            upstream: None,
         }
     }
 
@@ -185,8 +196,17 @@ mod tests {
                     datatype: "FP32".into(),
                     shape: vec![-1, 4],
                 }])),
+                upstream: None,
             }
         );
+        // A renamed model's answer carries its Triton-side name, checked like any name.
+        let renamed = r#"{"replica":"r0","address":"127.0.0.1:8000","upstream":"m--0123abcd"}"#;
+        assert!(matches!(
+            decide(Some(200), renamed.as_bytes()),
+            Decision::Forward { upstream: Some(u), .. } if &*u == "m--0123abcd"
+        ));
+        let bad = r#"{"replica":"r0","address":"127.0.0.1:8000","upstream":"../x"}"#;
+        assert_eq!(decide(Some(200), bad.as_bytes()), INVALID_ROUTE);
         // A gRPC address that is not IP:PORT is dropped; the HTTP route still stands.
         for grpc in ["localhost:8001", "127.0.0.1:0", "0.0.0.0:8001", ""] {
             let body =

@@ -97,6 +97,8 @@ pub enum MetadataDecision {
     Forward {
         target: Rc<Target>,
         inputs: Option<Rc<[TensorSpec]>>,
+        /// The model's Triton-side name, when not its own (after an update).
+        upstream: Option<Rc<str>>,
     },
     /// Answer the HTTP request with this status and JSON body (`None`: empty), marked
     /// [`STANDBY`].
@@ -135,9 +137,16 @@ pub fn decide(
                 return MetadataDecision::Reply(Reply::InvalidRoute);
             };
             match decision::decide(Some(200), &route) {
-                Decision::Forward { target, inputs } => {
-                    MetadataDecision::Forward { target, inputs }
-                }
+                Decision::Forward {
+                    target,
+                    inputs,
+                    upstream,
+                    ..
+                } => MetadataDecision::Forward {
+                    target,
+                    inputs,
+                    upstream,
+                },
                 Decision::Reply(reply) => MetadataDecision::Reply(reply),
             }
         }

@@ -69,6 +69,13 @@ pub enum Reply {
     /// The body of a KServe V1 request could not be read or replaced.
     #[error("cannot translate the request body")]
     CannotTranslate,
+    /// The request could not be renamed to the model's Triton-side name.
+    #[error("cannot rename the request to the model's current version")]
+    CannotRename,
+    /// A streaming gRPC call for a model served under another Triton-side name (after an
+    /// update): its messages would have to be held until the stream ends.
+    #[error("streaming inference is not available for an updated model yet; use ModelInfer")]
+    RenamedStream,
 }
 
 impl Reply {
@@ -86,8 +93,11 @@ impl Reply {
             | Reply::NoMetadata => 503,
             Reply::InvalidRoute => 502,
             Reply::PoolManager { status, .. } => *status,
-            Reply::BodyUnavailable => 501,
-            Reply::CannotSanitize | Reply::CannotSetUpstream | Reply::CannotTranslate => 500,
+            Reply::BodyUnavailable | Reply::RenamedStream => 501,
+            Reply::CannotSanitize
+            | Reply::CannotSetUpstream
+            | Reply::CannotTranslate
+            | Reply::CannotRename => 500,
         }
     }
 

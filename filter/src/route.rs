@@ -12,6 +12,14 @@ pub const MAX_VERSION_DIGITS: usize = 19;
 /// Response header that tells operators (and tests) which replica served a request.
 pub const REPLICA_HEADER: &str = "x-mm-replica";
 
+/// Response header naming the model that served a request, on requests renamed to a
+/// Triton-side name (a model served by a version loaded by an update), whose body's
+/// `model_name` is that Triton-side name.
+pub const SERVED_MODEL_HEADER: &str = "x-mm-served-model";
+
+/// Response header with the Triton-side name of the version that served a renamed request.
+pub const SERVED_VERSION_HEADER: &str = "x-mm-served-version";
+
 /// Header that would let a client pick the upstream address of an ORIGINAL_DST cluster.
 pub const ORIGINAL_DST_HEADER: &str = "x-envoy-original-dst-host";
 

@@ -19,6 +19,8 @@ struct ModelRoutes {
     inputs: Option<Rc<[TensorSpec]>>,
     /// The pool-manager waits for this model's requests to end ([`mm_wire::TableEntry`]).
     watch: bool,
+    /// The name the replicas know the model by, when not its own ([`mm_wire::TableEntry`]).
+    upstream: Option<Rc<str>>,
     /// Index of the next target a pick hands out (modulo the length).
     next: usize,
 }
@@ -47,6 +49,9 @@ pub struct Route {
     pub target: Option<Rc<Target>>,
     /// The model's inputs, when known (for KServe V1).
     pub inputs: Option<Rc<[TensorSpec]>>,
+    /// The model's Triton-side name when it is not the name the client used: the request
+    /// is renamed to it (`None` for nearly every model, which costs nothing).
+    pub upstream: Option<Rc<str>>,
 }
 
 /// What [`Table::from_wire`] left out of a table, for the log.
@@ -83,13 +88,21 @@ impl Table {
 
     /// Builds a table from the pool-manager's answer, leaving out what could not be routed
     /// safely: invalid or repeated model names, endpoints with an unusable replica name or
-    /// address (or a repeated replica), and models left with no endpoint. A `grpcAddress`
+    /// address (or a repeated replica), models left with no endpoint, and models whose
+    /// upstream name is not a valid model name. A `grpcAddress`
     /// that is not `IP:PORT` is dropped, the endpoint kept for HTTP.
     pub fn from_wire(table: RoutingTable) -> (Table, Skipped) {
         let mut skipped = Skipped::default();
         let mut models = HashMap::with_capacity(table.models.len());
         for entry in table.models {
-            if validate_model_name(&entry.model).is_err() || models.contains_key(&entry.model) {
+            let bad_upstream = entry
+                .upstream
+                .as_deref()
+                .is_some_and(|u| validate_model_name(u).is_err());
+            if validate_model_name(&entry.model).is_err()
+                || bad_upstream
+                || models.contains_key(&entry.model)
+            {
                 skipped.models += 1;
                 skipped.endpoints += entry.replicas.len();
                 continue;
@@ -118,6 +131,7 @@ impl Table {
                     targets,
                     inputs: entry.inputs.map(Rc::from),
                     watch: entry.watch,
+                    upstream: entry.upstream.map(Rc::from),
                     next: 0,
                 },
             );
@@ -207,6 +221,7 @@ impl Table {
         Some(Route {
             target: routes.pick(grpc),
             inputs: routes.inputs.clone(),
+            upstream: routes.upstream.clone(),
         })
     }
 
@@ -235,6 +250,21 @@ impl Table {
                 .find(|t| !grpc || t.grpc_address().is_some())
                 .cloned()
         })
+    }
+
+    /// The name the replicas know `model` by, when the table routes it and it is not its
+    /// own.
+    pub fn upstream(&self, model: &str) -> Option<Rc<str>> {
+        self.models.get(model)?.upstream.clone()
+    }
+
+    /// Whether the table routes `model` to the Triton-side name `served` (`model` itself
+    /// when not renamed): false once an update switched the model to another version, so
+    /// the end of the old version's last request is worth reporting at once.
+    pub fn serves_as(&self, model: &str, served: &str) -> bool {
+        self.models
+            .get(model)
+            .is_some_and(|r| r.upstream.as_deref().unwrap_or(model) == served)
     }
 
     /// `model`'s inputs from its V2 metadata, if the table knows them.
@@ -272,15 +302,28 @@ impl Table {
     /// Adds the endpoint a route call answered for `model` (the model the request named),
     /// so the next request for it is routed locally, until the next table from the
     /// pool-manager replaces this one. An endpoint already known for that replica is
-    /// updated; known inputs are kept when the answer has none.
+    /// updated; known inputs are kept when the answer has none. An answer naming another
+    /// upstream name than the table's replaces the model's copies (another version).
     pub fn insert(
         &mut self,
         model: &str,
         target: Rc<Target>,
         inputs: Option<Rc<[TensorSpec]>>,
+        upstream: Option<Rc<str>>,
     ) -> Result<(), InsertError> {
         validate_model_name(model).map_err(|_| InsertError::InvalidModel)?;
+        if upstream
+            .as_deref()
+            .is_some_and(|u| validate_model_name(u).is_err())
+        {
+            return Err(InsertError::InvalidModel);
+        }
         let routes = self.models.entry(model.to_owned()).or_default();
+        if routes.upstream != upstream {
+            routes.targets.clear();
+            routes.inputs = None;
+            routes.upstream = upstream;
+        }
         match routes
             .targets
             .iter_mut()
@@ -316,6 +359,7 @@ mod tests {
             replicas,
             inputs: None,
             watch: false,
+            upstream: None,
         }
     }
 
@@ -534,19 +578,19 @@ mod tests {
         let mut table = two_copies();
         let r2 = target("r2", "127.0.0.1:7000", Some("127.0.0.1:7001")).unwrap();
         assert_eq!(
-            table.insert("cold", Rc::clone(&r2), Some(Rc::from(spec()))),
+            table.insert("cold", Rc::clone(&r2), Some(Rc::from(spec())), None),
             Ok(())
         );
         assert_eq!(table.pick("cold"), Some(r2));
         assert_eq!(table.inputs("cold").as_deref(), Some(&spec()[..]));
         // Another copy of a known model joins the rotation; inputs are kept.
         let r3 = target("r3", "127.0.0.1:7100", None).unwrap();
-        assert_eq!(table.insert("cold", r3, None), Ok(()));
+        assert_eq!(table.insert("cold", r3, None, None), Ok(()));
         assert_eq!(replicas_picked(&mut table, "cold", 2), ["r3", "r2"]);
         assert_eq!(table.inputs("cold").as_deref(), Some(&spec()[..]));
         // The same replica again updates its address instead of adding a copy.
         let moved = target("r3", "127.0.0.1:7200", None).unwrap();
-        assert_eq!(table.insert("cold", moved, None), Ok(()));
+        assert_eq!(table.insert("cold", moved, None, None), Ok(()));
         let addresses: Vec<String> = (0..2).filter_map(|_| address(table.pick("cold"))).collect();
         assert!(
             addresses.contains(&"127.0.0.1:7200".to_owned()),
@@ -569,11 +613,38 @@ mod tests {
     }
 
     #[test]
+    fn a_renamed_model_carries_its_upstream_name() {
+        let r0 = endpoint("r0", "127.0.0.1:8000", None);
+        let mut renamed = entry("m", vec![r0.clone()]);
+        renamed.upstream = Some("m--0123abcd".into());
+        let mut bad = entry("b", vec![r0]);
+        bad.upstream = Some("../x".into());
+        let (mut table, skipped) = Table::from_wire(wire("e1", 1, vec![renamed, bad]));
+        assert_eq!(skipped.models, 1);
+        let route = table.route("m", false).unwrap();
+        assert_eq!(route.upstream.as_deref(), Some("m--0123abcd"));
+        assert!(table.serves_as("m", "m--0123abcd"));
+        assert!(!table.serves_as("m", "m"));
+        assert!(!table.serves_as("absent", "absent"));
+        // A route answer for another version replaces the copies of the old one.
+        let r1 = target("r1", "127.0.0.1:9000", None).unwrap();
+        let newer: Option<Rc<str>> = Some(Rc::from("m--ffff0000"));
+        assert_eq!(table.insert("m", Rc::clone(&r1), None, newer), Ok(()));
+        assert_eq!(replicas_picked(&mut table, "m", 2), ["r1", "r1"]);
+        assert_eq!(table.upstream("m").as_deref(), Some("m--ffff0000"));
+        let bad: Option<Rc<str>> = Some(Rc::from(".."));
+        assert_eq!(
+            table.insert("m", r1, None, bad),
+            Err(InsertError::InvalidModel)
+        );
+    }
+
+    #[test]
     fn refuses_an_invalid_model_name() {
         let mut table = Table::new();
         let good = target("r0", "127.0.0.1:8000", None).unwrap();
         assert_eq!(
-            table.insert("..", good, None),
+            table.insert("..", good, None, None),
             Err(InsertError::InvalidModel)
         );
         assert!(table.is_empty());

@@ -106,6 +106,10 @@ pub struct RouteResponse {
     /// The model's inputs from its V2 metadata, when known (for KServe V1 translation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inputs: Option<Vec<TensorSpec>>,
+    /// The model's Triton-side name when it differs from `model` (see
+    /// [`TableEntry::upstream`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
 }
 
 /// Path prefix of the gateway's metadata call, made instead of the route call for a
@@ -206,6 +210,42 @@ pub struct TableEntry {
     /// "watched models" contract. Absent (false) for every other model.
     #[serde(default, skip_serializing_if = "is_false")]
     pub watch: bool,
+    /// The name the replicas know this model by, when it is not `model`: a model whose
+    /// spec was updated while loaded serves its new version as another Triton model
+    /// ([`version_name`]), and the gateway renames each request to it. Absent for every
+    /// other model, which Triton knows by its own name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+}
+
+/// What separates a model's name from its version digest in a Triton-side name.
+pub const VERSION_SEPARATOR: &str = "--";
+
+/// Hex digits of the spec digest in a Triton-side version name.
+pub const VERSION_DIGEST_LEN: usize = 8;
+
+/// The Triton-side name of a version of `model` whose spec digest starts with `digest`
+/// (lowercase hex, at least [`VERSION_DIGEST_LEN`] digits): `{model}--{8 hex}`, with
+/// `model` cut so the result stays within [`MAX_MODEL_NAME_LEN`]. It is a valid model
+/// name (and so a valid Triton model and directory name) whenever `model` is one.
+pub fn version_name(model: &str, digest: &str) -> String {
+    let keep = MAX_MODEL_NAME_LEN - VERSION_SEPARATOR.len() - VERSION_DIGEST_LEN;
+    let base = model.get(..keep.min(model.len())).unwrap_or(model);
+    let digest = digest.get(..VERSION_DIGEST_LEN).unwrap_or(digest);
+    format!("{base}{VERSION_SEPARATOR}{digest}")
+}
+
+/// Whether `name` has the shape of a Triton-side version name (`...--` and 8 lowercase
+/// hex digits): such names are reserved, never registered by a client.
+pub fn is_version_name(name: &str) -> bool {
+    let Some((base, digest)) = name.rsplit_once(VERSION_SEPARATOR) else {
+        return false;
+    };
+    !base.is_empty()
+        && digest.len() == VERSION_DIGEST_LEN
+        && digest
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn is_false(b: &bool) -> bool {
@@ -384,6 +424,7 @@ mod tests {
             address: "127.0.0.1:8000".into(),
             grpc_address: None,
             inputs: None,
+            upstream: None,
         };
         let json = serde_json::to_string(&any).unwrap();
         assert_eq!(json, r#"{"replica":"r0","address":"127.0.0.1:8000"}"#);
@@ -407,6 +448,7 @@ mod tests {
                     shape: vec![-1, 4],
                 }]),
                 watch: false,
+                upstream: None,
             }],
         };
         let json = serde_json::to_string(&table).unwrap();
@@ -494,6 +536,32 @@ mod tests {
             report("w", many).validate(),
             Err(ReportError::TooManyEntries)
         );
+    }
+
+    #[test]
+    fn version_names_are_valid_reserved_and_bounded() {
+        let v = version_name("fraud", "0123abcdef99");
+        assert_eq!(v, "fraud--0123abcd");
+        assert_eq!(validate_model_name(&v), Ok(()));
+        assert!(is_version_name(&v));
+        let long = version_name(&"m".repeat(MAX_MODEL_NAME_LEN), "ffffffff");
+        assert_eq!(long.len(), MAX_MODEL_NAME_LEN);
+        assert_eq!(validate_model_name(&long), Ok(()));
+        assert!(is_version_name(&long));
+        for name in [
+            "fraud",
+            "a--1234567",
+            "a--0123ABCD",
+            "--01234567",
+            "a-01234567",
+        ] {
+            assert!(!is_version_name(name), "{name}");
+        }
+        // A renamed entry says so; an old table without the field reads as not renamed.
+        let json = r#"{"model":"m","replicas":[],"upstream":"m--0123abcd"}"#;
+        let entry: TableEntry = serde_json::from_str(json).unwrap();
+        assert_eq!(entry.upstream.as_deref(), Some("m--0123abcd"));
+        assert_eq!(serde_json::to_string(&entry).unwrap(), json);
     }
 
     proptest! {

@@ -56,10 +56,16 @@ impl Stream {
         let body = control::answer_body(host, body_size, metadata::MAX_ANSWER_BYTES);
         let model = self.model.clone().unwrap_or_default();
         match metadata::decide(status, &body, &model, asked, self.is_grpc()) {
-            MetadataDecision::Forward { target, inputs } => {
-                if let Err(err) = worker
-                    .table
-                    .insert(&model, Rc::clone(&target), inputs.clone())
+            MetadataDecision::Forward {
+                target,
+                inputs,
+                upstream,
+            } => {
+                self.upstream = upstream.clone();
+                if let Err(err) =
+                    worker
+                        .table
+                        .insert(&model, Rc::clone(&target), inputs.clone(), upstream)
                 {
                     debug!(host, "[{}] route not kept in the table: {err}", self.id);
                 }

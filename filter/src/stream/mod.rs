@@ -11,6 +11,7 @@
 
 mod head;
 mod metadata;
+mod rename;
 mod response;
 
 use std::rc::Rc;
@@ -117,6 +118,13 @@ pub struct Stream {
     asked: Option<crate::metadata::Asked>,
     /// The version an HTTP request's path names.
     version: Option<String>,
+    /// The model's Triton-side name when the table or the route call gave one: the
+    /// request goes out renamed to it (see [`rename`]).
+    upstream: Option<Rc<str>>,
+    /// A gRPC call of `ModelStreamInfer`.
+    streaming: bool,
+    /// The request body has ended (end of stream or trailers seen).
+    body_ended: bool,
 }
 
 impl Stream {
@@ -138,6 +146,9 @@ impl Stream {
             messages: None,
             asked: None,
             version: None,
+            upstream: None,
+            streaming: false,
+            body_ended: false,
         }
     }
 
@@ -200,6 +211,7 @@ impl Stream {
         if self.phase == Phase::Replied {
             return Action::Pause;
         }
+        self.body_ended |= end_of_stream;
         // Bodies without a content-length are counted as they stream.
         let total = self.body_passed.saturating_add(body_size as u64);
         if self.body_too_large(host, worker, total) {
@@ -231,6 +243,7 @@ impl Stream {
     pub fn on_request_trailers(&mut self, host: &mut impl Host, worker: &mut Worker) -> Action {
         let held = self.held;
         let total = self.body_passed.saturating_add(held as u64);
+        self.body_ended = true;
         match self.phase {
             Phase::Replied => return Action::Pause,
             Phase::New => return Action::Continue,
@@ -284,12 +297,18 @@ impl Stream {
             "[{}] route call answered: status {status:?}, {body_size} body bytes", self.id
         );
         match decision::decide(status, &body) {
-            Decision::Forward { target, inputs } => {
+            Decision::Forward {
+                target,
+                inputs,
+                upstream,
+            } => {
                 let mut inputs = inputs;
+                self.upstream = upstream.clone();
                 if let Some(model) = &self.model {
-                    if let Err(err) = worker
-                        .table
-                        .insert(model, Rc::clone(&target), inputs.clone())
+                    if let Err(err) =
+                        worker
+                            .table
+                            .insert(model, Rc::clone(&target), inputs.clone(), upstream)
                     {
                         debug!(host, "[{}] route not kept in the table: {err}", self.id);
                     }
@@ -444,6 +463,7 @@ impl Stream {
             GrpcRoute::AnyReplica(_) => false,
             GrpcRoute::Model(method) => {
                 self.asked = crate::metadata::Asked::of_grpc(method);
+                self.streaming = method == grpc::GrpcMethod::ModelStreamInfer;
                 true
             }
         };
@@ -506,6 +526,7 @@ impl Stream {
             };
             v1.inputs = Some(inputs);
         }
+        self.upstream = route.upstream;
         if !self.set_upstream(host, worker, target) {
             return Action::Pause;
         }
@@ -576,6 +597,17 @@ impl Stream {
             // The body is still coming: on_request_body translates it at its end and lets
             // the request go then...
             Some(_) if worker.config().bodies_while_paused => {}
+            // A renamed gRPC call goes once its held messages are renamed: now if the body
+            // is all here, else at its end (nothing held yet: the headers go now).
+            None if self.renames_messages() => {
+                if self.body_ended {
+                    if self.rename_messages(host, worker, self.held) {
+                        self.resume(host);
+                    }
+                } else if self.held == 0 || !worker.config().bodies_while_paused {
+                    self.resume(host);
+                }
+            }
             // ...unless Envoy hands the body over only once the request goes: then the
             // headers go now and the body is held and translated after them.
             Some(_) | None => self.resume(host),
@@ -653,13 +685,96 @@ impl Stream {
             self.model_for_log(),
             target.replica()
         );
-        if let Some(model) = &self.model {
-            worker.usage.start(model, target.replica());
+        if let Some(upstream) = self.upstream.clone() {
+            if !self.rename_request(host, worker, &upstream) {
+                return false;
+            }
+        }
+        if let Some(served) = self.served() {
+            worker.usage.start(served, target.replica());
             self.counted = true;
         }
         self.target = Some(target);
         self.phase = Phase::Routed;
         true
+    }
+
+    /// Renames the request to the model's Triton-side name: the HTTP path now; for gRPC,
+    /// the messages once held (see [`Stream::rename_messages`]), and the content length
+    /// goes (the body changes). A streaming call is refused: its messages would have to be
+    /// held to its end. Returns false, after answering, if that is not possible.
+    fn rename_request(
+        &mut self,
+        host: &mut impl Host,
+        worker: &mut Worker,
+        upstream: &str,
+    ) -> bool {
+        if self.is_grpc() {
+            if self.streaming {
+                self.refuse(host, worker, Reply::RenamedStream);
+                return false;
+            }
+            if let Err(err) = host.remove_header(Map::RequestHeaders, "content-length") {
+                debug!(host, "[{}] content-length kept: {err}", self.id);
+            }
+            return true;
+        }
+        let path = host
+            .header(Map::RequestHeaders, ":path")
+            .unwrap_or_default();
+        let renamed = match rename::http_path(&path, upstream) {
+            Some(p) => host
+                .set_header(Map::RequestHeaders, ":path", &p)
+                .map_err(|e| e.to_string()),
+            None => Err("the path has no model segment".to_owned()),
+        };
+        if let Err(err) = renamed {
+            error!(
+                host,
+                "[{}] cannot rename the request to {upstream}: {err}", self.id
+            );
+            self.refuse(host, worker, Reply::CannotRename);
+            return false;
+        }
+        true
+    }
+
+    /// Whether the request's gRPC messages are to be renamed before they go.
+    fn renames_messages(&self) -> bool {
+        self.upstream.is_some() && self.messages.is_some()
+    }
+
+    /// Renames the `body_size` held bytes of a gRPC call (all its messages). Returns false,
+    /// after answering, if that is not possible.
+    fn rename_messages(
+        &mut self,
+        host: &mut impl Host,
+        worker: &mut Worker,
+        body_size: usize,
+    ) -> bool {
+        let Some(upstream) = self.upstream.clone() else {
+            return true;
+        };
+        let renamed = host
+            .body(Buffer::RequestBody, 0, body_size)
+            .map_err(|err| err.to_string())
+            .and_then(|body| rename::grpc_body(&body, &upstream).map_err(|e| e.to_string()))
+            .and_then(|renamed| {
+                host.set_body(Buffer::RequestBody, 0, body_size, &renamed)
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(err) = renamed {
+            error!(host, "[{}] cannot rename the gRPC messages: {err}", self.id);
+            self.refuse(host, worker, Reply::CannotRename);
+            return false;
+        }
+        true
+    }
+
+    /// The name the request is counted and reported under: the model's Triton-side name
+    /// when it has one, else the model the client named.
+    fn served(&self) -> Option<&str> {
+        self.upstream.as_deref().or(self.model.as_deref())
     }
 
     /// Lets the held request go, with the body Envoy held for it.
@@ -731,12 +846,24 @@ impl Stream {
             );
             self.model = Some(model);
             // Routed from the table: Continue releases the held headers and the body.
-            return self.route_model(host, worker);
+            let action = self.route_model(host, worker);
+            if action == Action::Pause || !self.renames_messages() {
+                return action;
+            }
         }
-        if self.phase == Phase::Routing {
-            Action::Pause
-        } else {
-            Action::Continue
+        match self.phase {
+            Phase::Routing => Action::Pause,
+            // A renamed call's messages are held to the end of the body, then renamed.
+            Phase::Routed if self.renames_messages() => {
+                if !end_of_stream {
+                    Action::Pause
+                } else if self.rename_messages(host, worker, body_size) {
+                    Action::Continue
+                } else {
+                    Action::Pause
+                }
+            }
+            _ => Action::Continue,
         }
     }
 
@@ -869,9 +996,11 @@ impl Stream {
         if !std::mem::take(&mut self.counted) {
             return;
         }
-        if let (Some(model), Some(target)) = (&self.model, &self.target) {
-            if worker.usage.finish(model, target.replica()) {
-                worker.ended_last_request(host, model);
+        if let (Some(model), Some(served), Some(target)) =
+            (&self.model, self.served(), &self.target)
+        {
+            if worker.usage.finish(served, target.replica()) {
+                worker.ended_last_request(host, model, served);
             }
         }
     }

@@ -54,6 +54,17 @@ impl Stream {
         if worker.config().replica_header {
             self.name_replica(host, &target);
         }
+        if let (Some(upstream), Some(model)) = (&self.upstream, &self.model) {
+            // Only renamed requests say so: the body's `model_name` is the Triton-side name.
+            for (name, value) in [
+                (route::SERVED_MODEL_HEADER, &**model),
+                (route::SERVED_VERSION_HEADER, &**upstream),
+            ] {
+                if let Err(err) = host.set_header(Map::ResponseHeaders, name, value) {
+                    warn!(host, "[{}] cannot add {name}: {err}", self.id);
+                }
+            }
+        }
         self.watch_response(host, worker, target.replica(), end_of_stream);
         // A V1 translation may turn the answer into a 502: hold the headers until then
         // (Envoy hands the body over while they are held only with
@@ -252,10 +263,10 @@ impl Stream {
             self.model_for_log(),
             String::from_utf8_lossy(details.unwrap_or_default())
         );
-        if let Some(model) = &self.model {
+        if let Some(served) = self.served() {
             worker
                 .failures
-                .push(model, replica, FailureKind::Unreachable);
+                .push(served, replica, FailureKind::Unreachable);
         }
         let message = failure::unreachable_message(replica);
         if self.is_grpc() {
@@ -281,11 +292,15 @@ impl Stream {
 
     /// The replica said it does not have the model: drop that copy and queue a report.
     fn model_missing(&mut self, host: &mut impl Host, worker: &mut Worker) {
-        let (Some(model), Some(target)) = (&self.model, &self.target) else {
+        let (Some(model), Some(served), Some(target)) = (&self.model, self.served(), &self.target)
+        else {
             return;
         };
         worker.count(Metric::ErrorsModelMissing);
-        let removed = worker.table.remove(model, target.replica());
+        // A request sent to a version the table no longer routes to says nothing of the
+        // copies it routes to now.
+        let removed =
+            worker.table.serves_as(model, served) && worker.table.remove(model, target.replica());
         warn!(
             host,
             "[{}] model {model} missing on replica {}; dropped from the table: {removed}",
@@ -294,7 +309,7 @@ impl Stream {
         );
         worker
             .failures
-            .push(model, target.replica(), FailureKind::ModelMissing);
+            .push(served, target.replica(), FailureKind::ModelMissing);
     }
 
     /// Translates a buffered V2 response to V1 in place; on failure the answer becomes the

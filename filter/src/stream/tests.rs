@@ -275,12 +275,14 @@ fn warm_table() -> Vec<TableEntry> {
             replicas: vec![endpoint("r0", 8000, Some(8001))],
             inputs: Some(inputs()),
             watch: false,
+            upstream: None,
         },
         TableEntry {
             model: "xor".into(),
             replicas: vec![endpoint("r1", 9000, None)],
             inputs: None,
             watch: false,
+            upstream: None,
         },
     ]
 }
@@ -749,6 +751,7 @@ fn response_rows() {
             ],
             inputs: None,
             watch: false,
+            upstream: None,
         }]
     };
     let rows = vec![
@@ -1872,4 +1875,226 @@ fn grpc_answers_for_a_model_loaded_nowhere_ride_on_server_live() {
     assert_eq!(sim.delivered, b"\0\0\0\0\x06\x0a\x04cold".to_vec());
     assert!(sim.in_flight().is_empty(), "not counted on the carrier");
     assert!(sim.reply().is_none());
+}
+
+// ---- models served under another Triton-side name (an update's new version) ----
+
+const RENAMED: &str = "linear--0123abcd";
+
+/// `linear` on r0, known to Triton as [`RENAMED`].
+fn renamed_table() -> Vec<TableEntry> {
+    let mut table = warm_table();
+    table[0].upstream = Some(RENAMED.into());
+    table
+}
+
+fn renamed_answer() -> String {
+    let mut answer: serde_json::Value =
+        serde_json::from_str(&route_answer("r2", 7000, true)).unwrap();
+    answer["upstream"] = RENAMED.into();
+    answer.to_string()
+}
+
+#[test]
+fn rename_rows() {
+    let infer = "/inference.GRPCInferenceService/ModelInfer";
+    let message = frame(&[field(1, b"linear"), field(5, b"\x0a\x01x")]);
+    let renamed = frame(&[field(1, RENAMED.as_bytes()), field(5, b"\x0a\x01x")]);
+    let served = || {
+        vec![
+            ("x-mm-replica", Some("r0")),
+            ("x-mm-served-model", Some("linear")),
+            ("x-mm-served-version", Some(RENAMED)),
+        ]
+    };
+    let rows = vec![
+        row(
+            "warm V2 infer: the path names the Triton-side name; the answer says who served",
+            renamed_table(),
+            vec![
+                Headers(post("/v2/models/linear/versions/1/infer?a=b"), false),
+                Body(V2_BODY.into(), true),
+                ResponseHeaders(ok_response(), false),
+            ],
+            Expect {
+                actions: vec![Continue, Continue, Continue],
+                upstream: Some("127.0.0.1:8000"),
+                forwarded: Some(V2_BODY.into()),
+                request_headers: vec![(
+                    ":path",
+                    Some("/v2/models/linear--0123abcd/versions/1/infer?a=b"),
+                )],
+                response_headers: served(),
+                in_flight: Some(vec![(RENAMED, "r0")]),
+                ..Expect::default()
+            },
+        ),
+        row(
+            "an ordinary model gets no served-model headers",
+            warm_table(),
+            vec![
+                Headers(post("/v2/models/linear/infer"), false),
+                ResponseHeaders(ok_response(), false),
+            ],
+            Expect {
+                upstream: Some("127.0.0.1:8000"),
+                request_headers: vec![(":path", Some("/v2/models/linear/infer"))],
+                response_headers: vec![("x-mm-served-model", None), ("x-mm-served-version", None)],
+                in_flight: Some(vec![("linear", "r0")]),
+                ..Expect::default()
+            },
+        ),
+        row(
+            "V1 predict: the V2 path of the translation names the Triton-side name",
+            renamed_table(),
+            vec![
+                Headers(post("/v1/models/linear:predict"), false),
+                Body(V1_BODY.into(), true),
+            ],
+            Expect {
+                actions: vec![Continue, Continue],
+                upstream: Some("127.0.0.1:8000"),
+                forwarded: Some(V1_TRANSLATED.into()),
+                request_headers: vec![(":path", Some("/v2/models/linear--0123abcd/infer"))],
+                ..Expect::default()
+            },
+        ),
+        row(
+            "cold V2: the route answer's upstream name renames the request and enters the table",
+            vec![],
+            vec![
+                Headers(post("/v2/models/linear/infer"), false),
+                Body(V2_BODY.into(), true),
+                Answer(Some(200), renamed_answer()),
+            ],
+            Expect {
+                actions: vec![Pause, Pause],
+                upstream: Some("127.0.0.1:7000"),
+                route_calls: vec!["/internal/v1/route/linear"],
+                forwarded: Some(V2_BODY.into()),
+                request_headers: vec![(":path", Some("/v2/models/linear--0123abcd/infer"))],
+                in_flight: Some(vec![(RENAMED, "r2")]),
+                table_has: vec![("linear", true)],
+                ..Expect::default()
+            },
+        ),
+        row(
+            "gRPC with a model header: the messages are held to the end, then renamed",
+            renamed_table(),
+            vec![
+                Headers(
+                    grpc_call(infer, &[("mm-model-id", "linear"), ("content-length", "9")]),
+                    false,
+                ),
+                Body(message[..9].to_vec(), false),
+                Body(message[9..].to_vec(), true),
+            ],
+            Expect {
+                actions: vec![Continue, Pause, Continue],
+                upstream: Some("127.0.0.1:8001"),
+                forwarded: Some(renamed.clone()),
+                request_headers: vec![("content-length", None)],
+                in_flight: Some(vec![(RENAMED, "r0")]),
+                ..Expect::default()
+            },
+        ),
+        row(
+            "gRPC, model from the message: routed from the table, then renamed at the end",
+            renamed_table(),
+            vec![
+                Headers(grpc_call(infer, &[]), false),
+                Body(message[..4].to_vec(), false),
+                Body(message[4..12].to_vec(), false),
+                Body(message[12..].to_vec(), true),
+            ],
+            Expect {
+                actions: vec![Pause, Pause, Pause, Continue],
+                upstream: Some("127.0.0.1:8001"),
+                forwarded: Some(renamed.clone()),
+                ..Expect::default()
+            },
+        ),
+        row(
+            "gRPC, cold, whole body held: the route answer renames it and lets it go",
+            vec![],
+            vec![
+                Headers(grpc_call(infer, &[]), false),
+                Body(message.clone(), true),
+                Answer(Some(200), renamed_answer()),
+            ],
+            Expect {
+                actions: vec![Pause, Pause],
+                upstream: Some("127.0.0.1:7001"),
+                route_calls: vec!["/internal/v1/route/linear"],
+                forwarded: Some(renamed.clone()),
+                ..Expect::default()
+            },
+        ),
+        row(
+            "gRPC, cold, answer before the body's end: renamed when the body ends",
+            vec![],
+            vec![
+                Headers(grpc_call(infer, &[("mm-model-id", "linear")]), false),
+                Answer(Some(200), renamed_answer()),
+                Body(message[..9].to_vec(), false),
+                Body(message[9..].to_vec(), true),
+            ],
+            Expect {
+                actions: vec![Pause, Pause, Continue],
+                upstream: Some("127.0.0.1:7001"),
+                route_calls: vec!["/internal/v1/route/linear"],
+                forwarded: Some(renamed.clone()),
+                ..Expect::default()
+            },
+        ),
+        row(
+            "gRPC streaming on a renamed model: refused at once, never held",
+            renamed_table(),
+            vec![Headers(
+                grpc_call(
+                    "/inference.GRPCInferenceService/ModelStreamInfer",
+                    &[("mm-model-id", "linear")],
+                ),
+                false,
+            )],
+            Expect {
+                actions: vec![Pause],
+                reply: Some((12, "streaming inference is not available")),
+                upstream: Some("127.0.0.1:8001"),
+                ..Expect::default()
+            },
+        ),
+    ];
+    for r in rows {
+        check(r);
+    }
+}
+
+#[test]
+fn the_old_versions_last_request_is_reported_at_once() {
+    let mut sim = Sim::new("", renamed_table());
+    sim.run(&[Headers(post("/v2/models/linear/infer"), true)]);
+    // The pool-manager was told the old version has a request in flight.
+    let (report, _pending) = sim.worker.usage.take_report("test").unwrap();
+    assert_eq!(report.entries[0].model, RENAMED);
+    // The update moves on: the table now routes linear to yet another version.
+    let mut newer = renamed_table();
+    newer[0].upstream = Some("linear--ffff0000".into());
+    let (table, _) = Table::from_wire(RoutingTable {
+        epoch: "e".into(),
+        generation: 2,
+        models: newer,
+    });
+    assert!(sim.worker.table.replace(table));
+    sim.host.take_ops();
+    let (host, worker) = (&mut sim.host, &mut sim.worker);
+    sim.stream.on_log(host, worker);
+    assert!(
+        sim.host
+            .ops
+            .iter()
+            .any(|op| matches!(op, Op::SetTickPeriod(_))),
+        "{:?}",
+        sim.host.ops
+    );
 }

@@ -186,10 +186,12 @@ impl Worker {
     // period set from a request's context re-arms its root context's timer) and that tick
     // sends it. Ordinary warm requests never get here.
 
-    /// After a request for `model` ended as the last in flight of a pair the pool-manager
-    /// may count ([`UsageTracker::finish`] said so): reports soon if the model is watched.
-    pub fn ended_last_request(&mut self, host: &mut impl Host, model: &str) {
-        if self.table.is_watched(model) {
+    /// After a request for `model` (sent to its Triton-side name `served`) ended as the
+    /// last in flight of a pair the pool-manager may count ([`UsageTracker::finish`] said
+    /// so): reports soon if the model is watched, or if the table no longer sends `model`
+    /// to `served` (an update switched it: the old version waits for this to unload).
+    pub fn ended_last_request(&mut self, host: &mut impl Host, model: &str, served: &str) {
+        if self.table.is_watched(model) || !self.table.serves_as(model, served) {
             self.report_soon(host);
         }
     }

@@ -303,7 +303,7 @@ fn the_end_of_a_watched_models_last_request_is_reported_at_once() {
     reported_start(&mut a, T0 + 1_000 * MS);
     // Unwatched: its end waits for the next period, with no host call.
     assert!(a.worker.usage.finish("linear", "r0"));
-    a.worker.ended_last_request(&mut a.host, "linear");
+    a.worker.ended_last_request(&mut a.host, "linear", "linear");
     assert!(a.host.take_ops().is_empty());
     assert!(usage_reports(&a.tick_at(T0 + 1_010 * MS)).is_empty());
     let report = usage_reports(&a.tick_at(T0 + 2_000 * MS))[0].token;
@@ -315,7 +315,7 @@ fn the_end_of_a_watched_models_last_request_is_reported_at_once() {
     assert!(tick_periods(&ops).is_empty(), "nothing owed: {ops:#?}");
     reported_start(&mut a, T0 + 3_000 * MS);
     assert!(a.worker.usage.finish("linear", "r0"));
-    a.worker.ended_last_request(&mut a.host, "linear");
+    a.worker.ended_last_request(&mut a.host, "linear", "linear");
     let ops = a.host.take_ops();
     assert_eq!(tick_periods(&ops), [std::time::Duration::from_millis(1)]);
     let ops = a.tick_at(T0 + 3_001 * MS);

@@ -119,6 +119,7 @@ impl Pool {
             address: endpoint.address,
             grpc_address: endpoint.grpc_address,
             inputs,
+            upstream: None,
         })
     }
 

@@ -159,6 +159,7 @@ impl Pool {
             replicas,
             inputs: e.inputs.clone(),
             watch: e.watched(),
+            upstream: None,
         })
     }
 
