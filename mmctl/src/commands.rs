@@ -162,7 +162,7 @@ fn models_list(client: &Client, o: Output, out: &mut dyn Write) -> Result<(), Er
     for m in &models {
         t.row(vec![
             str_of(m, "name").to_owned(),
-            str_of(m, "state").to_owned(),
+            state_text(m),
             copies_text(m),
             memory_text(m),
             format!("{:.1}", m["requestRate"].as_f64().unwrap_or(0.0)),
@@ -211,6 +211,8 @@ fn model_details(m: &Value) -> String {
             format!("{:.2}/s", m["requestRate"].as_f64().unwrap_or(0.0)),
         ),
         ("Last error", str_of(m, "lastError").to_owned()),
+        ("Version", str_of(m, "version").to_owned()),
+        ("Transition", transition_text(&m["transition"])),
     ];
     let mut text = String::new();
     for (k, v) in rows {
@@ -219,6 +221,37 @@ fn model_details(m: &Value) -> String {
             format!("{k}:"),
             if v.is_empty() { "-" } else { &v }
         ));
+    }
+    text
+}
+
+/// The model's state, and its update if one runs or failed.
+fn state_text(m: &Value) -> String {
+    let state = str_of(m, "state");
+    match m["transition"]["state"].as_str() {
+        Some("Loading") => format!("{state}, updating"),
+        Some("Failed") => format!("{state}, update failed"),
+        _ => state.to_owned(),
+    }
+}
+
+/// An update as one line: `Loading m--ab12cd34 (ab12cd34 -> ef56ab78, 2 copies)`, with the
+/// reason of a failed one; empty when there is none.
+fn transition_text(t: &Value) -> String {
+    if !t.is_object() {
+        return String::new();
+    }
+    let mut text = format!(
+        "{} {} ({} -> {}, {} copies)",
+        str_of(t, "state"),
+        str_of(t, "version"),
+        str_of(t, "from"),
+        str_of(t, "to"),
+        u64_of(t, "copies")
+    );
+    if let Some(reason) = t["reason"].as_str() {
+        text.push_str(": ");
+        text.push_str(&reason.replace('\n', " "));
     }
     text
 }
@@ -698,5 +731,21 @@ mod tests {
                                   {"replica": "r1", "state": "Loading"}]});
         assert_eq!(copies_text(&m), "r0,r1 (Loading)");
         assert_eq!(copies_text(&json!({"copies": []})), "-");
+    }
+
+    #[test]
+    fn transitions_show_in_one_line() {
+        let m = serde_json::json!({"state": "Loaded", "transition": {
+            "from": "ab12cd34", "to": "ef56ab78", "version": "m--ef56ab78",
+            "state": "Failed", "copies": 2, "reason": "replica r0: bad\nfile"}});
+        assert_eq!(state_text(&m), "Loaded, update failed");
+        assert_eq!(
+            transition_text(&m["transition"]),
+            "Failed m--ef56ab78 (ab12cd34 -> ef56ab78, 2 copies): replica r0: bad file"
+        );
+        let plain = serde_json::json!({"state": "Pending"});
+        assert_eq!(state_text(&plain), "Pending");
+        assert_eq!(transition_text(&plain["transition"]), "");
+        assert!(model_details(&m).contains("Transition:   Failed m--ef56ab78"));
     }
 }

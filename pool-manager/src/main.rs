@@ -267,6 +267,7 @@ async fn main() -> anyhow::Result<()> {
             events_reserved,
             metadata,
             revision,
+            versions,
             ..
         },
         election,
@@ -313,7 +314,7 @@ async fn main() -> anyhow::Result<()> {
     );
     pool.attach_storage(storage);
     tracing::info!(models = models.len(), "registry restored");
-    pool.restore(models);
+    let interrupted = pool.restore_with_versions(models, &versions);
     pool.restore_metadata(metadata);
     let every = Intervals {
         probe: args.probe_interval,
@@ -328,8 +329,15 @@ async fn main() -> anyhow::Result<()> {
             // loading it twice.
             pool.take_lead(None).await?;
             pool.start_loops(every, &mut loops);
+            if !interrupted.is_empty() {
+                let resuming = pool.clone();
+                tokio::spawn(async move { resuming.resume_updates(interrupted).await });
+            }
         }
         Some(election) => {
+            if !interrupted.is_empty() {
+                tracing::warn!(models = interrupted.len(), "updates interrupted by a restart are not resumed with a shared store; PUT their specs again");
+            }
             // Shared: the registry and the leader's table follow the store; the pool is
             // acted on only while this instance leads (it then rebuilds its view first).
             pool.attach_role(election.role());

@@ -161,7 +161,9 @@ impl From<PoolError> for ApiError {
             PoolError::UnknownModel(_)
             | PoolError::UnknownReplica(_)
             | PoolError::UnknownVersion { .. } => StatusCode::NOT_FOUND,
+            PoolError::UpdateInProgress { .. } => StatusCode::CONFLICT,
             PoolError::Spec(_)
+            | PoolError::ReservedName(_)
             | PoolError::TooBig { .. }
             | PoolError::TooManyCopies { .. }
             | PoolError::BadReport(_) => StatusCode::BAD_REQUEST,

@@ -158,9 +158,11 @@ impl Pool {
             .filter(|(name, _)| t.in_flight().get(name.as_str(), idx) == 0)
             .map(|(name, e)| Candidate {
                 model: name.clone(),
-                wanted: e.spec().min_copies > 0
-                    || e.last_used()
-                        .is_some_and(|u| now.saturating_duration_since(u) < WARM),
+                // A version on its way out is not worth moving.
+                wanted: e.role != super::table::Role::Retiring
+                    && (e.spec().min_copies > 0
+                        || e.last_used()
+                            .is_some_and(|u| now.saturating_duration_since(u) < WARM)),
                 elsewhere: e.copies().iter().any(|c| {
                     c.replica != idx
                         && c.state != CopyState::Unloading

@@ -12,6 +12,14 @@ pub enum PoolError {
     /// No model of that name is registered (404).
     #[error("model '{0}' is not registered")]
     UnknownModel(String),
+    /// The name has the shape of a Triton-side version name (`...--` and 8 hex digits),
+    /// which the gateway keeps for updates (400).
+    #[error("model name '{0}' is reserved: names ending in '--' and 8 hex digits name versions loaded by updates")]
+    ReservedName(String),
+    /// Another update of the model is loading, or the version it would load is still
+    /// being unloaded (409).
+    #[error("model '{name}' is being updated (version {version}); retry once that is done")]
+    UpdateInProgress { name: String, version: String },
     /// The registration itself is wrong (400).
     #[error(transparent)]
     Spec(#[from] SpecError),

@@ -88,6 +88,9 @@ impl Pool {
             Kind::Model => self.follow_model(&event.key.name, event.value.as_deref()),
             // Read when this instance takes the lead (the metadata call is forwarded).
             Kind::Metadata => {}
+            // Not followed: a follower serves the leader's routing table (which carries
+            // the serving versions), and updates run on the leader.
+            Kind::Version => {}
         }
     }
 

@@ -7,7 +7,13 @@
 //! - `health`: replica probes; `reconcile`: the replicas' own indexes as ground truth;
 //! - `scale` and `drain`: copies that follow traffic, pins, maintenance;
 //! - `views`: what the admin API and the metrics show; `routing`: the table the gateway
-//!   routes warm requests by, and its failure reports.
+//!   routes warm requests by, and its failure reports;
+//! - `update`: a new spec for a loaded model, loaded alongside and switched to at once.
+//!
+//! Table entries are named as Triton knows them. A model serves under its own name until
+//! an update switches it to a version named `{model}--{digest}`; `Table::resolve` maps
+//! the name clients use to the entry that serves it (and every entry point takes client
+//! names through it).
 //!
 //! The state is a `table::Table` behind one mutex, with indexes that keep a placement's
 //! work proportional to the replicas and their copies, not to the registry; placement
@@ -44,6 +50,7 @@ mod scale;
 mod settings;
 pub(crate) mod snapshot;
 pub(crate) mod table;
+mod update;
 mod views;
 
 use std::collections::HashMap;
@@ -66,6 +73,7 @@ pub use reconcile::Reconciled;
 pub use registry::Registered;
 pub use settings::{ScaleSettings, Settings};
 pub use table::{CopyState, ModelState, ReplicaIdx};
+pub use update::{Transition, TransitionState};
 pub use views::{CopyView, ModelView, ReplicaView};
 
 use table::Table;

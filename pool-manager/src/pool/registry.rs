@@ -27,6 +27,9 @@ impl Pool {
         body: &[u8],
     ) -> Result<(ModelName, ModelSpec), PoolError> {
         let name = ModelName::new(name)?;
+        if mm_wire::is_version_name(name.as_str()) {
+            return Err(PoolError::ReservedName(name.to_string()));
+        }
         let body = body.to_vec();
         let storage = self.inner.storage.clone();
         let spec = tokio::task::spawn_blocking(move || ModelSpec::from_json(&body, &storage))
@@ -44,16 +47,19 @@ impl Pool {
         body: &[u8],
     ) -> Result<Registered, PoolError> {
         let (name, spec) = self.checked_spec(name, body).await?;
-        Ok(match self.table().get(&name) {
+        let t = self.table();
+        let current = t.resolve(&name);
+        Ok(match current.as_ref().and_then(|k| t.get(k)) {
             None => Registered::Created,
             Some(e) if e.spec().is_unchanged_by(&spec) => Registered::Unchanged,
             Some(_) => Registered::Updated,
         })
     }
 
-    /// Registers `name` with the JSON spec `body`, or updates it. A new `storageUri` unloads
-    /// the old version everywhere (the next request loads the new one); other changes apply
-    /// in place. A pinned model (`minCopies >= 1`) starts loading at once.
+    /// Registers `name` with the JSON spec `body`, or updates it. A new version of a model
+    /// with a loaded copy loads alongside the old one, which serves until the switch
+    /// (`update`); of a model loaded nowhere, it simply replaces the spec. Other changes
+    /// apply in place. A pinned model (`minCopies >= 1`) starts loading at once.
     pub async fn register(
         &self,
         name: &str,
@@ -63,9 +69,20 @@ impl Pool {
         // One registration or delete per name at a time, from the durable write to the
         // table, so the store and the table agree on which spec won.
         let _name = self.name_lock(&name).lock().await;
-        let existing = self.table().get(&name).map(|e| e.spec().clone());
+        let existing = {
+            let t = self.table();
+            t.resolve(&name)
+                .and_then(|k| t.get(&k).map(|e| (k, e.spec().clone())))
+        };
         let outcome = match existing {
-            Some(old) if old.is_unchanged_by(&spec) => Registered::Unchanged,
+            Some((key, old)) if old.is_unchanged_by(&spec) => {
+                self.clear_failed_update(&key);
+                Registered::Unchanged
+            }
+            Some((key, _)) if self.is_live_update(&key, &spec) => {
+                self.begin_update(&name, &key, spec.clone()).await?;
+                Registered::Updated
+            }
             None => {
                 self.persist_put(&name, &spec).await?;
                 self.table().insert(name.clone(), spec.clone());
@@ -75,13 +92,13 @@ impl Pool {
                 self.inner.metrics.models_registered.set(clamp(n));
                 Registered::Created
             }
-            Some(old) => {
+            Some((key, old)) => {
                 if old.needs_reload(&spec) {
                     self.persist_reloaded(&name, &spec).await?;
                 } else {
                     self.persist_put(&name, &spec).await?;
                 }
-                self.update_spec(&name, spec.clone()).await?;
+                self.update_spec(&key, spec.clone()).await?;
                 self.update_gauges();
                 Registered::Updated
             }
@@ -92,7 +109,20 @@ impl Pool {
         Ok((outcome, self.view(&name)?))
     }
 
-    /// Applies a changed spec under the model's op lock; a reload unloads every copy.
+    /// Forgets a failed update of the model served by `key` (its spec changed again).
+    fn clear_failed_update(&self, key: &ModelName) {
+        if let Some(e) = self.table().get_mut(key) {
+            if e.transition
+                .as_ref()
+                .is_some_and(|t| t.state == super::update::TransitionState::Failed)
+            {
+                e.transition = None;
+            }
+        }
+    }
+
+    /// Applies a changed spec to entry `name` under the model's op lock; a reload unloads
+    /// every copy (none is loaded: a model with one is updated alongside, `update`).
     async fn update_spec(&self, name: &ModelName, spec: ModelSpec) -> Result<(), PoolError> {
         let _op = self.lock_model(name).await?;
         let old: Vec<ReplicaIdx> = {
@@ -107,6 +137,7 @@ impl Pool {
                 return Ok(());
             };
             e.failure = None;
+            e.transition = None;
             if !reload {
                 return Ok(());
             }
@@ -144,12 +175,14 @@ impl Pool {
         );
         if spec.min_copies > 0 {
             let pool = self.clone();
-            let pinned = name.clone();
+            let Some(pinned) = self.table().resolve(name) else {
+                return;
+            };
             tokio::spawn(async move { pool.ensure_pinned(&pinned).await });
         }
     }
 
-    fn name_lock(&self, name: &ModelName) -> &tokio::sync::Mutex<()> {
+    pub(super) fn name_lock(&self, name: &ModelName) -> &tokio::sync::Mutex<()> {
         use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
         let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(name.as_str());
         let locks = &self.inner.name_locks;
@@ -177,6 +210,48 @@ impl Pool {
         }
     }
 
+    /// Writes `client`'s version record (`None`: it serves under its own name, nothing
+    /// under way).
+    pub(super) async fn persist_version(
+        &self,
+        client: &ModelName,
+        record: Option<&super::update::VersionRecord>,
+    ) -> Result<(), PoolError> {
+        self.persist_versioned(client, None, record).await
+    }
+
+    /// Writes `client`'s spec and version record in one commit (an update's switch).
+    pub(super) async fn persist_switch(
+        &self,
+        client: &ModelName,
+        spec: &ModelSpec,
+        record: &super::update::VersionRecord,
+    ) -> Result<(), PoolError> {
+        self.persist_versioned(client, Some(spec), Some(record))
+            .await
+    }
+
+    async fn persist_versioned(
+        &self,
+        client: &ModelName,
+        spec: Option<&ModelSpec>,
+        record: Option<&super::update::VersionRecord>,
+    ) -> Result<(), PoolError> {
+        let Some(store) = &self.inner.store else {
+            return Ok(());
+        };
+        // A model served under its own name with nothing under way needs no record.
+        let record = record.filter(|r| r.next.is_some() || r.serving != client.as_str());
+        let value = record
+            .map(serde_json::to_vec)
+            .transpose()
+            .map_err(|e| PoolError::Internal(e.to_string()))?;
+        store
+            .put_version(client, spec, value)
+            .await
+            .map_err(|e| PoolError::Store(e.to_string()))
+    }
+
     async fn persist_delete(&self, name: &ModelName) -> Result<(), PoolError> {
         match &self.inner.store {
             Some(store) => store
@@ -190,12 +265,49 @@ impl Pool {
     /// Puts models read back from the durable store into the table (as `Pending`: the
     /// replicas' own indexes say what is loaded, see [`Pool::reconcile`]).
     pub fn restore(&self, models: Vec<(ModelName, ModelSpec)>) {
+        self.restore_with_versions(models, &[]);
+    }
+
+    /// Like [`Pool::restore`], with the models' version records (model name, JSON): each
+    /// model comes back under the Triton-side name of the version that served. Returns
+    /// the updates a restart interrupted, for [`Pool::resume_updates`].
+    pub fn restore_with_versions(
+        &self,
+        models: Vec<(ModelName, ModelSpec)>,
+        versions: &[(String, Vec<u8>)],
+    ) -> Vec<(ModelName, ModelSpec)> {
+        use super::update::VersionRecord;
+        let records: std::collections::HashMap<&str, VersionRecord> = versions
+            .iter()
+            .filter_map(|(name, value)| match serde_json::from_slice(value) {
+                Ok(record) => Some((name.as_str(), record)),
+                Err(e) => {
+                    tracing::error!(model = %name, error = %e, "a version record could not be read; the model serves under its own name");
+                    None
+                }
+            })
+            .collect();
+        let mut pending = Vec::new();
         let mut t = self.table();
         for (name, spec) in models {
-            t.insert(name, spec);
+            let record = records.get(name.as_str());
+            let key = record
+                .and_then(|r| ModelName::new(&r.serving).ok())
+                .filter(|k| mm_wire::is_version_name(k.as_str()))
+                .unwrap_or_else(|| name.clone());
+            if let Some(next) = record.and_then(|r| r.next.clone()) {
+                match ModelSpec::try_from(next.spec) {
+                    Ok(spec) => pending.push((name.clone(), spec)),
+                    Err(e) => {
+                        tracing::error!(model = %name, error = %e, "an interrupted update could not be read; it is dropped")
+                    }
+                }
+            }
+            t.insert_version(key, name, spec, super::table::Role::Current);
         }
         drop(t);
         self.update_gauges();
+        pending
     }
 
     /// Refuses specs no replica could ever hold under its high watermark.
@@ -229,13 +341,29 @@ impl Pool {
     /// Deletes `name`: forgets it durably, then unloads it from every replica and removes
     /// its staged files.
     pub async fn delete(&self, name: &str) -> Result<(), PoolError> {
-        let name = ModelName::new(name)?;
-        let _name = self.name_lock(&name).lock().await;
-        if !self.table().contains(&name) {
-            return Err(PoolError::UnknownModel(name.to_string()));
+        let client = ModelName::new(name)?;
+        let _name = self.name_lock(&client).lock().await;
+        let (name, incoming) = {
+            let t = self.table();
+            let Some(key) = t.resolve(&client) else {
+                return Err(PoolError::UnknownModel(client.to_string()));
+            };
+            let incoming = t
+                .get(&key)
+                .and_then(|e| e.transition.as_ref())
+                .filter(|tr| tr.state == super::update::TransitionState::Loading)
+                .and_then(|tr| ModelName::new(&tr.version).ok());
+            (key, incoming)
+        };
+        self.persist_delete(&client).await?;
+        {
+            let mut t = self.table();
+            t.set_deleting(&name);
+            t.forget_version(&client);
+            if let Some(incoming) = &incoming {
+                t.set_deleting(incoming);
+            }
         }
-        self.persist_delete(&name).await?;
-        self.table().set_deleting(&name);
         self.update_gauges();
         let _op = self.lock_model(&name).await?;
         let replicas: Vec<ReplicaIdx> = {
@@ -253,6 +381,25 @@ impl Pool {
         for replica in replicas {
             let _ = self.unload_copy(&name, replica, "deleted", true).await;
         }
+        self.remove_staged(&name).await;
+        {
+            let mut t = self.table();
+            t.remove(&name);
+            self.victims().forget(&name);
+        }
+        if let Some(incoming) = incoming {
+            // The update's own task finds it gone; its copies go now.
+            self.drop_version(&incoming, "deleted").await;
+        }
+        self.update_gauges();
+        info!(model = %client, "model deleted");
+        self.events()
+            .record(NewEvent::new(EventKind::Deleted).model(&client));
+        Ok(())
+    }
+
+    /// Removes the staged files of entry `name` (logged on failure).
+    pub(super) async fn remove_staged(&self, name: &ModelName) {
         let repository = self.inner.repository.clone();
         let staged = name.clone();
         match tokio::task::spawn_blocking(move || repository.remove(&staged)).await {
@@ -260,15 +407,5 @@ impl Pool {
             Ok(Err(e)) => tracing::warn!(model = %name, error = %e, "removing staged files failed"),
             Err(e) => tracing::warn!(model = %name, error = %e, "removing staged files panicked"),
         }
-        {
-            let mut t = self.table();
-            t.remove(&name);
-            self.victims().forget(&name);
-        }
-        self.update_gauges();
-        info!(model = %name, "model deleted");
-        self.events()
-            .record(NewEvent::new(EventKind::Deleted).model(&name));
-        Ok(())
     }
 }

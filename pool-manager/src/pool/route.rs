@@ -22,11 +22,22 @@ impl Pool {
     /// (evicting if needed, waiting for busy models to free room), waiting at most the
     /// configured route wait. Counts as use.
     pub async fn route(&self, name: &str) -> Result<RouteResponse, PoolError> {
-        let model = ModelName::new(name)?;
+        let client = ModelName::new(name)?;
         self.check_acting()?;
+        let model = self
+            .table()
+            .resolve(&client)
+            .ok_or_else(|| PoolError::UnknownModel(client.to_string()))?;
+        let named = |mut route: RouteResponse| {
+            if model != client {
+                route.model = Some(client.to_string());
+                route.upstream = Some(model.to_string());
+            }
+            route
+        };
         if let Some(route) = self.routable(&model)? {
             self.inner.metrics.route(Outcome::Hit);
-            return Ok(route);
+            return Ok(named(route));
         }
         let started = Instant::now();
         let Ok(_waiting) = self.inner.waiting.clone().try_acquire_owned() else {
@@ -69,7 +80,7 @@ impl Pool {
                 .observe(started.elapsed().as_secs_f64());
             self.table().touch(&model, Instant::now());
         }
-        result
+        result.map(named)
     }
 
     /// The fast path: a route if the model is loaded on a healthy replica. Among copies,
@@ -174,7 +185,7 @@ impl Pool {
             t.add_requests(&name, entry.requests);
             victims.requested(&name, entry.requests, now);
             if entry.requests > 0 {
-                metrics.model_requests(name.as_str(), entry.requests);
+                metrics.model_requests(t.client_of(&name).as_str(), entry.requests);
             }
             if entry.in_flight > 0 {
                 in_flight.push((name, replica, entry.in_flight));

@@ -14,7 +14,7 @@ use mm_wire::{Endpoint, FailureKind, FailureReport, TableEntry};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::table::{Claim, CopyState, ReplicaIdx, Table};
+use super::table::{Claim, CopyState, ReplicaIdx, Role, Table};
 use super::{Pool, PoolError};
 use crate::spec::ModelName;
 
@@ -146,20 +146,21 @@ impl Pool {
         routing.changes.send_replace(generation);
     }
 
-    /// `name`'s routing-table entry: its routable copies, if it has any.
+    /// `name`'s routing-table entry: its routable copies, if it has any and serves its
+    /// client name (under that name, renamed to `name` when it differs).
     fn table_entry(&self, t: &Table, name: &ModelName) -> Option<TableEntry> {
-        let e = t.get(name)?;
+        let e = t.get(name).filter(|e| e.role == Role::Current)?;
         let replicas: Vec<Endpoint> = t
             .routable(name)
             .into_iter()
             .filter_map(|r| self.endpoint(t, r))
             .collect();
         (!replicas.is_empty()).then(|| TableEntry {
-            model: name.to_string(),
+            model: e.client.as_ref().unwrap_or(name).to_string(),
             replicas,
             inputs: e.inputs.clone(),
             watch: e.watched(),
-            upstream: None,
+            upstream: e.client.is_some().then(|| name.to_string()),
         })
     }
 

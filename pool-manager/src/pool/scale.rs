@@ -7,7 +7,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::place::Purpose;
-use super::table::{CopyState, ReplicaIdx, Table};
+use super::table::{CopyState, ReplicaIdx, Role, Table};
 use super::Pool;
 use crate::events::{EventKind, NewEvent};
 use crate::metrics::ReasonLabel;
@@ -75,7 +75,9 @@ impl Pool {
         let instant = e.window_requests as f64 / dt;
         e.window_requests = 0;
         e.rate = 0.5 * instant + 0.5 * e.rate;
-        if e.deleting || e.scaling {
+        // A version on its way out is never re-placed or scaled; one on its way in is
+        // only pinned (its `minCopies` is the copies it needs).
+        if e.deleting || e.scaling || e.role == Role::Retiring {
             return;
         }
         let backing_off = e.failure.as_ref().is_some_and(|f| now < f.retry_at);

@@ -58,6 +58,10 @@ pub struct Settings {
     pub table_propagation: Duration,
     /// A usage reporter (one gateway worker) not heard from for this long is forgotten.
     pub report_ttl: Duration,
+    /// How long a version replaced by an update stays loaded with no request in flight
+    /// before it is unloaded: longer than the gateway's usage report period (1 s), so a
+    /// request routed to it just before the switch is seen in flight first.
+    pub retire_grace: Duration,
     pub scale: ScaleSettings,
     /// Most requests held waiting for a load at once; past it they get 503 at once.
     pub max_waiting: usize,
@@ -85,6 +89,7 @@ impl Default for Settings {
             unload_wait: Duration::from_secs(10),
             table_propagation: Duration::from_millis(250),
             report_ttl: Duration::from_secs(10),
+            retire_grace: Duration::from_secs(2),
             scale: ScaleSettings::default(),
             max_waiting: 1000,
             unhealthy_after: 2,

@@ -118,6 +118,24 @@ pub(crate) struct Entry {
     /// What its replica said of it after a load under its current spec (or an earlier
     /// run's record of that); cleared by a reload.
     pub metadata: Option<Arc<crate::metadata::KeptMetadata>>,
+    /// The name clients use, when it is not the entry's own (the Triton-side name of a
+    /// version loaded by an update; see `update`).
+    pub client: Option<ModelName>,
+    /// Whether the entry serves its client name, or is a version on its way in or out.
+    pub role: Role,
+    /// The update under way or failed, on the entry that serves (boxed: rare).
+    pub transition: Option<Box<super::update::Transition>>,
+}
+
+/// What an entry is to the clients of its model (see `update`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// It serves the model: routed, listed, scaled.
+    Current,
+    /// A new version loading alongside the current one: neither routed nor listed.
+    Incoming,
+    /// A replaced version whose copies are unloaded once their requests end.
+    Retiring,
 }
 
 impl Entry {
@@ -139,6 +157,9 @@ impl Entry {
             next_copy: 0,
             inputs: None,
             metadata: None,
+            client: None,
+            role: Role::Current,
+            transition: None,
         }
     }
 
@@ -369,6 +390,8 @@ pub(crate) struct Table {
     unconfirmed_unloads: HashMap<(ModelName, ReplicaIdx), Instant>,
     /// Gateway failure claims being checked, so a burst of them costs one check.
     pub checking: std::collections::HashSet<Claim>,
+    /// Client names whose serving entry has another name (after an update), to it.
+    versions: HashMap<ModelName, ModelName>,
     /// Entries looked up, for tests that count what an operation touches.
     #[cfg(test)]
     lookups: std::cell::Cell<u64>,
@@ -395,6 +418,7 @@ impl Table {
             epoch,
             unconfirmed_unloads: HashMap::new(),
             checking: std::collections::HashSet::new(),
+            versions: HashMap::new(),
             #[cfg(test)]
             lookups: std::cell::Cell::new(0),
         }
@@ -463,6 +487,82 @@ impl Table {
             self.active.insert(name.clone());
         }
         self.models.insert(name, Box::new(Entry::new(spec)));
+    }
+
+    /// The entry that serves the client name `client`: the one its last update switched
+    /// to, or the entry of that name if it serves itself. `None` for unknown names and for
+    /// the names of versions (never a client name).
+    pub fn resolve(&self, client: &ModelName) -> Option<ModelName> {
+        if let Some(key) = self.versions.get(client) {
+            return Some(key.clone());
+        }
+        self.get(client)
+            .filter(|e| e.client.is_none() && e.role == Role::Current)
+            .map(|_| client.clone())
+    }
+
+    /// The name clients use for entry `key`.
+    pub fn client_of<'a>(&'a self, key: &'a ModelName) -> &'a ModelName {
+        self.get(key).and_then(|e| e.client.as_ref()).unwrap_or(key)
+    }
+
+    /// Adds version `key` of client model `client` (an update's new version, or one read
+    /// back from the store), in `role`.
+    pub fn insert_version(
+        &mut self,
+        key: ModelName,
+        client: ModelName,
+        spec: ModelSpec,
+        role: Role,
+    ) {
+        if role == Role::Current && key != client {
+            self.versions.insert(client.clone(), key.clone());
+        }
+        self.insert(key.clone(), spec);
+        if let Some(e) = self.get_mut(&key) {
+            e.client = (key != client).then_some(client);
+            e.role = role;
+        }
+    }
+
+    /// Makes `key` (an incoming version, now with `spec`) the entry that serves `client`,
+    /// in one step under the table lock; the entry that served it becomes `Retiring` and
+    /// is returned. Both are marked for the routing table, so the gateway sees the switch
+    /// in one generation.
+    pub fn promote(
+        &mut self,
+        client: &ModelName,
+        key: &ModelName,
+        spec: ModelSpec,
+    ) -> Option<ModelName> {
+        let old = self.resolve(client)?;
+        let e = self.get_mut(key).filter(|e| e.role == Role::Incoming)?;
+        e.role = Role::Current;
+        e.failure = None;
+        if spec.min_copies == 0 {
+            self.active.remove(key);
+        }
+        self.resize(key, |e| e.spec = spec);
+        if let Some(o) = self.get_mut(&old) {
+            o.role = Role::Retiring;
+            o.transition = None;
+            if o.client.is_none() {
+                o.client = Some(client.clone());
+            }
+        }
+        if key == client {
+            self.versions.remove(client);
+        } else {
+            self.versions.insert(client.clone(), key.clone());
+        }
+        self.dirty.insert(old.clone());
+        self.dirty.insert(key.clone());
+        Some(old)
+    }
+
+    /// Forgets that `client` is served by another entry (it is being deleted).
+    pub fn forget_version(&mut self, client: &ModelName) {
+        self.versions.remove(client);
     }
 
     /// Forgets a model and any copy it still has in the indexes.

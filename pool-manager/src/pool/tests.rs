@@ -865,8 +865,13 @@ async fn a_new_storage_uri_reloads_other_changes_apply_in_place() {
         other.path().display()
     );
     f.pool.register("m", body.as_bytes()).await.unwrap();
-    assert!(f.loaded(0).is_empty(), "new files: unloaded");
-    assert_eq!(f.pool.model("m").unwrap().state, ModelState::Pending);
+    // New files: the new version loads alongside, then replaces the old one.
+    assert_eq!(f.pool.model("m").unwrap().state, ModelState::Loaded);
+    f.until("the old version is unloaded", |f| {
+        let loaded = f.loaded(0);
+        loaded.len() == 1 && loaded[0].starts_with("m--")
+    })
+    .await;
     f.pool.route("m").await.unwrap();
     assert_eq!(f.total_loads(), 2);
 }
@@ -1819,4 +1824,250 @@ async fn a_follower_serves_the_leaders_table_and_follows_the_registry() {
     });
     assert!(f.pool.model("x").is_err());
     assert_eq!(f.total_loads(), 0);
+}
+
+// ---- updates without downtime (update.rs) ----
+
+/// A second model directory, for a spec whose files differ (a new `storageUri`).
+fn other_model_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("1")).unwrap();
+    std::fs::write(dir.path().join("1/model.py"), "pass # v2").unwrap();
+    dir
+}
+
+impl Fixture {
+    async fn register_dir(
+        &self,
+        name: &str,
+        dir: &std::path::Path,
+    ) -> Result<Registered, PoolError> {
+        let body = format!(
+            r#"{{"storageUri": "file://{}", "memory": 10}}"#,
+            dir.display()
+        );
+        self.pool.register(name, body.as_bytes()).await.map(|r| r.0)
+    }
+
+    /// Waits (bounded, on the paused clock) until `done` holds.
+    async fn until(&self, what: &str, done: impl Fn(&Self) -> bool) {
+        for _ in 0..2000 {
+            if done(self) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("timed out waiting until {what}");
+    }
+
+    fn serving(&self, name: &str) -> Option<String> {
+        self.pool
+            .table()
+            .resolve(&ModelName::new(name).unwrap())
+            .map(|k| k.to_string())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_update_loads_alongside_then_switches_and_unloads_the_old_version() {
+    let f = fixture(&[100, 100], settings()).ready().await;
+    f.register("m", 10).await;
+    f.pool.route("m").await.unwrap();
+    let generation = f.pool.table_generation();
+    let v2 = other_model_dir();
+    assert_eq!(
+        f.register_dir("m", v2.path()).await.unwrap(),
+        Registered::Updated
+    );
+    // Until the switch the old version serves, and the model shows the transition.
+    let view = f.pool.model("m").unwrap();
+    let transition = view.transition.expect("a transition");
+    assert_eq!(transition.state, TransitionState::Loading);
+    assert_eq!(transition.copies, 1);
+    assert!(transition.version.starts_with("m--"), "{transition:?}");
+    f.until("the switch", |f| f.serving("m").as_deref() != Some("m"))
+        .await;
+    let version = f.serving("m").unwrap();
+    assert_eq!(version, transition.version);
+    let route = f.pool.route("m").await.unwrap();
+    assert_eq!(route.model.as_deref(), Some("m"));
+    assert_eq!(route.upstream.as_deref(), Some(version.as_str()));
+    let table = f.pool.routing_table(None, None, Duration::ZERO).await;
+    let table: mm_wire::RoutingTable = serde_json::from_str(&table).unwrap();
+    assert!(table.generation > generation);
+    assert_eq!(table.models.len(), 1, "{table:?}");
+    assert_eq!(table.models[0].model, "m");
+    assert_eq!(table.models[0].upstream.as_deref(), Some(version.as_str()));
+    let view = f.pool.model("m").unwrap();
+    assert_eq!(view.name, "m");
+    assert_eq!(view.version.as_deref(), Some(version.as_str()));
+    assert!(view.transition.is_none());
+    // The old version goes once its grace passed with nothing in flight.
+    f.until("the old version is unloaded", |f| {
+        (0..2).all(|i| !f.loaded(i).contains(&"m".to_owned()))
+    })
+    .await;
+    let (page, _) = f.pool.models(None, 10);
+    assert_eq!(
+        page.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(),
+        ["m"]
+    );
+    // Usage reports name the Triton-side name.
+    f.report("w", &[(&version, &route.replica, 3, 0)]);
+    assert!(f.pool.model("m").unwrap().idle_seconds.is_some());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_old_version_stays_while_it_has_requests_in_flight() {
+    let f = fixture(&[100], settings()).ready().await;
+    f.register("m", 10).await;
+    f.pool.route("m").await.unwrap();
+    f.report("w", &[("m", "r0", 1, 1)]);
+    let v2 = other_model_dir();
+    f.register_dir("m", v2.path()).await.unwrap();
+    f.until("the switch", |f| f.serving("m").as_deref() != Some("m"))
+        .await;
+    tokio::time::sleep(settings().retire_grace * 3).await;
+    assert!(f.loaded(0).contains(&"m".to_owned()), "unloaded in flight");
+    f.report("w", &[]);
+    f.until("the old version is unloaded", |f| {
+        !f.loaded(0).contains(&"m".to_owned())
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_update_leaves_the_old_version_serving_and_says_why() {
+    let f = fixture(&[100], settings()).ready().await;
+    f.register("m", 10).await;
+    f.pool.route("m").await.unwrap();
+    *f.fakes[0].fail_loads_with.lock().unwrap() = Some("bad model file".into());
+    let v2 = other_model_dir();
+    f.register_dir("m", v2.path()).await.unwrap();
+    f.until("the update fails", |f| {
+        f.pool
+            .model("m")
+            .unwrap()
+            .transition
+            .is_some_and(|t| t.state == TransitionState::Failed)
+    })
+    .await;
+    let view = f.pool.model("m").unwrap();
+    let reason = view.transition.unwrap().reason.unwrap();
+    assert!(reason.contains("bad model file"), "{reason}");
+    assert_eq!(view.state, ModelState::Loaded);
+    assert_eq!(f.serving("m").as_deref(), Some("m"));
+    let route = f.pool.route("m").await.unwrap();
+    assert_eq!(route.upstream, None);
+    f.until("the failed version is gone", |f| f.pool.table().len() == 1)
+        .await;
+    assert_eq!(f.loaded(0), ["m"]);
+    // The failure shows until the spec changes again (back to the serving one, here).
+    *f.fakes[0].fail_loads_with.lock().unwrap() = None;
+    assert_eq!(
+        f.register_dir("m", f.model_dir.path()).await.unwrap(),
+        Registered::Unchanged
+    );
+    assert!(f.pool.model("m").unwrap().transition.is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn updating_a_cold_model_only_changes_its_spec() {
+    let f = fixture(&[100], settings()).ready().await;
+    f.register("m", 10).await;
+    let v2 = other_model_dir();
+    assert_eq!(
+        f.register_dir("m", v2.path()).await.unwrap(),
+        Registered::Updated
+    );
+    let view = f.pool.model("m").unwrap();
+    assert!(view.transition.is_none());
+    assert_eq!(view.version, None);
+    assert_eq!(f.serving("m").as_deref(), Some("m"));
+    assert_eq!(f.total_loads(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn version_names_are_reserved_and_updates_do_not_overlap() {
+    let f = fixture(&[100], settings()).ready().await;
+    let err = f
+        .register_dir("m--0123abcd", f.model_dir.path())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PoolError::ReservedName(_)), "{err}");
+    f.register("m", 10).await;
+    f.pool.route("m").await.unwrap();
+    f.fakes[0].load_delay_ms.store(500, Ordering::SeqCst);
+    let v2 = other_model_dir();
+    f.register_dir("m", v2.path()).await.unwrap();
+    let v3 = other_model_dir();
+    std::fs::write(v3.path().join("1/model.py"), "pass # v3").unwrap();
+    let err = f.register_dir("m", v3.path()).await.unwrap_err();
+    assert!(matches!(err, PoolError::UpdateInProgress { .. }), "{err}");
+    // The name of a version is no model of its own.
+    let version = f.pool.model("m").unwrap().transition.unwrap().version;
+    assert!(matches!(
+        f.pool.route(&version).await,
+        Err(PoolError::UnknownModel(_))
+    ));
+    assert!(f.pool.model(&version).is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn deleting_an_updated_model_removes_every_version() {
+    let f = fixture(&[100], settings()).ready().await;
+    f.register("m", 10).await;
+    f.pool.route("m").await.unwrap();
+    let v2 = other_model_dir();
+    f.register_dir("m", v2.path()).await.unwrap();
+    f.until("the switch", |f| f.serving("m").as_deref() != Some("m"))
+        .await;
+    f.pool.delete("m").await.unwrap();
+    f.until("every version is gone", |f| {
+        f.pool.table().len() == 0 && f.loaded(0).is_empty()
+    })
+    .await;
+    assert!(f.pool.model("m").is_err());
+    // The name is free again, served under its own name.
+    f.register("m", 10).await;
+    assert_eq!(f.serving("m").as_deref(), Some("m"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_restores_the_serving_version_and_the_interrupted_update() {
+    use super::update::{NextVersion, VersionRecord};
+    let f = fixture(&[100], settings()).ready().await;
+    let spec = |dir: &std::path::Path| {
+        let body = format!(
+            r#"{{"storageUri": "file://{}", "memory": 10}}"#,
+            dir.display()
+        );
+        crate::spec::ModelSpec::from_json(body.as_bytes(), &StoragePolicy::default()).unwrap()
+    };
+    let v2 = other_model_dir();
+    let record = VersionRecord {
+        serving: "m--0123abcd".into(),
+        next: Some(NextVersion {
+            name: "m--ffff0000".into(),
+            spec: crate::spec::StoredSpec::from(&spec(v2.path())),
+        }),
+    };
+    let versions = vec![
+        ("m".to_owned(), serde_json::to_vec(&record).unwrap()),
+        ("n".to_owned(), b"not json".to_vec()),
+    ];
+    let models = vec![
+        (ModelName::new("m").unwrap(), spec(f.model_dir.path())),
+        (ModelName::new("n").unwrap(), spec(f.model_dir.path())),
+    ];
+    let pending = f.pool.restore_with_versions(models, &versions);
+    assert_eq!(f.serving("m").as_deref(), Some("m--0123abcd"));
+    assert_eq!(f.serving("n").as_deref(), Some("n"));
+    assert_eq!(pending.len(), 1);
+    // Loaded nowhere: the interrupted update simply applies.
+    f.pool.resume_updates(pending).await;
+    assert_eq!(
+        f.pool.model("m").unwrap().storage_uri,
+        Some(format!("file://{}", v2.path().display()))
+    );
 }

@@ -52,6 +52,12 @@ pub struct ModelView {
     pub in_flight: u64,
     /// Smoothed requests per second.
     pub request_rate: f64,
+    /// The Triton-side name the model serves under, when not its own (after an update).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// The update under way, or the last one that failed (until the spec changes again).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transition: Option<super::update::Transition>,
 }
 
 /// A replica as the admin API shows it.
@@ -139,11 +145,11 @@ impl Pool {
         self.publish();
     }
 
-    /// One model's view.
+    /// One model's view, by the name clients use.
     pub fn view(&self, name: &ModelName) -> Result<ModelView, PoolError> {
         let t = self.table();
-        t.get(name)
-            .map(|e| self.view_of(&t, name, e))
+        t.resolve(name)
+            .and_then(|key| t.get(&key).map(|e| self.view_of(&t, &key, e)))
             .ok_or_else(|| PoolError::UnknownModel(name.to_string()))
     }
 
@@ -156,7 +162,9 @@ impl Pool {
         let replica_name = |i: ReplicaIdx| self.config(i).id.to_string();
         let spec = e.spec();
         ModelView {
-            name: name.to_string(),
+            name: e.client.as_ref().unwrap_or(name).to_string(),
+            version: e.client.is_some().then(|| name.to_string()),
+            transition: e.transition.as_deref().cloned(),
             storage_uri: spec.storage_uri.redacted_uri(),
             storage: spec.storage_uri.store_ref(),
             model_format: spec.model_format.clone(),
@@ -200,7 +208,11 @@ impl Pool {
             Some(a) => Bound::Excluded(a),
             None => Bound::Unbounded,
         };
-        let mut iter = t.range(lower).map(|(n, e)| self.view_of(&t, n, e));
+        // Versions on their way in or out are not models of their own.
+        let mut iter = t
+            .range(lower)
+            .filter(|(_, e)| e.role == super::table::Role::Current)
+            .map(|(n, e)| self.view_of(&t, n, e));
         let page: Vec<ModelView> = iter.by_ref().take(limit).collect();
         let more = iter.next().is_some();
         (page, more)

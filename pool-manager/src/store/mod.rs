@@ -95,11 +95,19 @@ pub enum Kind {
     /// The leader's routing table (the gateway's JSON), under the name `routing`: what
     /// followers serve to table polls.
     RoutingTable,
+    /// Which version of a model serves, and the update under way, keyed by model name
+    /// (absent: the model serves under its own name; see `pool::update`).
+    Version,
 }
 
 impl Kind {
     /// Every kind, in the order a snapshot lists them.
-    pub const ALL: [Kind; 3] = [Kind::Model, Kind::Metadata, Kind::RoutingTable];
+    pub const ALL: [Kind; 4] = [
+        Kind::Model,
+        Kind::Metadata,
+        Kind::RoutingTable,
+        Kind::Version,
+    ];
 
     /// The key space's name: the redb table, the etcd key segment.
     pub fn segment(self) -> &'static str {
@@ -107,6 +115,7 @@ impl Kind {
             Kind::Model => "models",
             Kind::Metadata => "metadata",
             Kind::RoutingTable => "table",
+            Kind::Version => "versions",
         }
     }
 
@@ -141,6 +150,13 @@ impl Key {
     pub fn metadata(name: &ModelName) -> Self {
         Self {
             kind: Kind::Metadata,
+            name: name.to_string(),
+        }
+    }
+
+    pub fn version(name: &ModelName) -> Self {
+        Self {
+            kind: Kind::Version,
             name: name.to_string(),
         }
     }
@@ -231,6 +247,8 @@ pub struct Opened {
     /// Kept metadata of registered models (records that no longer parse, or of a model no
     /// longer registered, are left out: they are a cache, refilled by the next load).
     pub metadata: Vec<(ModelName, KeptMetadata)>,
+    /// Every version record (model name, JSON), for the pool to read back.
+    pub versions: Vec<(String, Vec<u8>)>,
     /// Every event sequence number an earlier run may have used is at most this (0: none).
     pub events_reserved: u64,
     /// The revision all of this was read at (watch from here).
@@ -278,7 +296,14 @@ impl Store {
     fn opened(self, snapshot: Snapshot) -> Opened {
         let (models, unreadable) = decode_models(&snapshot);
         let metadata = decode_metadata(&snapshot, &models);
+        let versions = snapshot
+            .records
+            .iter()
+            .filter(|(k, _)| k.kind == Kind::Version)
+            .map(|(k, v)| (k.name.clone(), v.clone()))
+            .collect();
         Opened {
+            versions,
             events_reserved: snapshot.counters.get(EVENTS_RESERVED).copied().unwrap_or(0),
             revision: snapshot.revision,
             store: self,
@@ -323,7 +348,7 @@ impl Store {
         .map(drop)
     }
 
-    /// Forgets `name` and its kept metadata; returns once that is durable.
+    /// Forgets `name`, its kept metadata and its version record; returns once durable.
     pub async fn delete(&self, name: &ModelName) -> Result<(), StoreError> {
         self.commit(vec![
             Change::Delete {
@@ -331,6 +356,9 @@ impl Store {
             },
             Change::Delete {
                 key: Key::metadata(name),
+            },
+            Change::Delete {
+                key: Key::version(name),
             },
         ])
         .await
@@ -349,6 +377,39 @@ impl Store {
         }])
         .await
         .map(drop)
+    }
+
+    /// Writes `name`'s version record (`None`: deletes it) and, with `spec`, its spec, in
+    /// one commit; returns once durable.
+    pub async fn put_version(
+        &self,
+        name: &ModelName,
+        spec: Option<&ModelSpec>,
+        version: Option<Vec<u8>>,
+    ) -> Result<(), StoreError> {
+        let mut changes = Vec::with_capacity(2);
+        if let Some(spec) = spec {
+            let value = serde_json::to_vec(&StoredSpec::from(spec))
+                .map_err(|e| StoreError::Rejected(e.to_string()))?;
+            changes.push(Change::Put {
+                key: Key::model(name),
+                value,
+            });
+            // The kept metadata was read under the spec this one replaces.
+            changes.push(Change::Delete {
+                key: Key::metadata(name),
+            });
+        }
+        changes.push(match version {
+            Some(value) => Change::Put {
+                key: Key::version(name),
+                value,
+            },
+            None => Change::Delete {
+                key: Key::version(name),
+            },
+        });
+        self.commit(changes).await.map(drop)
     }
 
     /// Commits `changes` under this instance's leadership (all or none).
