@@ -386,10 +386,7 @@ impl Pool {
                     },
                 )
                 .await
-                .and_then(|()| {
-                    self.table().set_spec(&current, spec);
-                    Ok(())
-                })
+                .map(|()| self.table().set_spec(&current, spec))
             };
             match result {
                 Ok(()) => info!(model = %client, "update interrupted by a restart started again"),
