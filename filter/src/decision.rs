@@ -27,6 +27,9 @@ pub enum Decision {
         inputs: Option<Rc<[TensorSpec]>>,
         /// The model's Triton-side name, when not the one the client used.
         upstream: Option<Rc<str>>,
+        /// The model the answer is for, when the pool-manager says (another model than
+        /// the one asked for when that was an alias).
+        model: Option<String>,
     },
     /// Answer the client: [`Reply::PoolManagerUnreachable`], [`Reply::InvalidRoute`] or
     /// the pool-manager's own refusal ([`Reply::PoolManager`], status 400..=599).
@@ -89,6 +92,9 @@ fn forward(body: &[u8]) -> Option<Decision> {
         target: Rc::new(target),
         inputs: route.inputs.map(Rc::from),
         upstream: route.upstream.map(Rc::from),
+        model: route
+            .model
+            .filter(|m| mm_wire::validate_model_name(m).is_ok()),
     })
 }
 
@@ -138,6 +144,7 @@ mod tests {
             target: Rc::new(Target::new(replica, address, None).unwrap()),
             inputs: None,
             upstream: None,
+            model: None,
         }
     }
 
@@ -164,7 +171,12 @@ mod tests {
         let cases: &[(&str, Decision)] = &[
             (
                 r#"{"model":"linear","replica":"r0","address":"127.0.0.1:8000"}"#,
-                fwd("127.0.0.1:8000", "r0"),
+                Decision::Forward {
+                    target: Rc::new(Target::new("r0", "127.0.0.1:8000", None).unwrap()),
+                    inputs: None,
+                    upstream: None,
+                    model: Some("linear".into()),
+                },
             ),
             (
                 r#"{"replica":"triton-1","address":"10.0.0.7:8000"}"#,
@@ -197,6 +209,7 @@ mod tests {
                     shape: vec![-1, 4],
                 }])),
                 upstream: None,
+                model: Some("m".into()),
             }
         );
         // A renamed model's answer carries its Triton-side name, checked like any name.

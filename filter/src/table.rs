@@ -7,7 +7,9 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use mm_wire::{validate_model_name, RoutingTable, TensorSpec};
+use mm_wire::{
+    validate_model_name, AliasEntry, RoutingTable, TensorSpec, MAX_ALIAS_TARGETS, MAX_ALIAS_WEIGHT,
+};
 
 pub use crate::target::Target;
 
@@ -39,6 +41,50 @@ impl ModelRoutes {
             }
         }
         None
+    }
+}
+
+/// One alias: its targets with their cumulative weights, and the pick counter.
+#[derive(Debug, Clone)]
+struct AliasRoutes {
+    /// (model, sum of the weights up to and including this one); never empty.
+    targets: Vec<(Rc<str>, u64)>,
+    next: u64,
+}
+
+impl AliasRoutes {
+    /// Checks an alias from the table: a valid name that is not a model, 1 to
+    /// [`MAX_ALIAS_TARGETS`] valid targets of weight 1 to [`MAX_ALIAS_WEIGHT`].
+    fn from_wire(alias: &AliasEntry) -> Option<AliasRoutes> {
+        validate_model_name(&alias.name).ok()?;
+        if alias.targets.is_empty() || alias.targets.len() > MAX_ALIAS_TARGETS {
+            return None;
+        }
+        let mut sum = 0u64;
+        let mut targets = Vec::with_capacity(alias.targets.len());
+        for t in &alias.targets {
+            validate_model_name(&t.model).ok()?;
+            if t.weight == 0 || t.weight > MAX_ALIAS_WEIGHT {
+                return None;
+            }
+            sum += u64::from(t.weight);
+            targets.push((Rc::from(t.model.as_str()), sum));
+        }
+        Some(AliasRoutes { targets, next: 0 })
+    }
+
+    /// The next target: a Weyl sequence over the weights (the golden ratio's fraction,
+    /// times the pick count), so the targets interleave and any run of picks follows
+    /// the weights closely.
+    fn pick(&mut self) -> Option<Rc<str>> {
+        let total = self.targets.last()?.1;
+        let x = self.next.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.next = self.next.wrapping_add(1);
+        let point = ((u128::from(x) * u128::from(total)) >> 64) as u64;
+        self.targets
+            .iter()
+            .find(|(_, upto)| point < *upto)
+            .map(|(m, _)| Rc::clone(m))
     }
 }
 
@@ -78,6 +124,7 @@ pub struct Table {
     epoch: Option<String>,
     generation: u64,
     models: HashMap<String, ModelRoutes>,
+    aliases: HashMap<String, AliasRoutes>,
 }
 
 impl Table {
@@ -136,10 +183,20 @@ impl Table {
                 },
             );
         }
+        let mut aliases = HashMap::with_capacity(table.aliases.len());
+        for alias in &table.aliases {
+            match AliasRoutes::from_wire(alias) {
+                Some(routes) if !models.contains_key(&alias.name) => {
+                    aliases.insert(alias.name.clone(), routes);
+                }
+                _ => skipped.models += 1,
+            }
+        }
         let table = Table {
             epoch: Some(table.epoch),
             generation: table.generation,
             models,
+            aliases,
         };
         (table, skipped)
     }
@@ -178,6 +235,11 @@ impl Table {
         for (model, routes) in &mut newer.models {
             if let Some(old) = self.models.get(model) {
                 routes.next = old.next % routes.targets.len().max(1);
+            }
+        }
+        for (alias, routes) in &mut newer.aliases {
+            if let Some(old) = self.aliases.get(alias) {
+                routes.next = old.next;
             }
         }
         *self = newer;
@@ -250,6 +312,11 @@ impl Table {
                 .find(|t| !grpc || t.grpc_address().is_some())
                 .cloned()
         })
+    }
+
+    /// The model alias `name` stands for this time (weighted), if it is an alias.
+    pub fn pick_alias(&mut self, name: &str) -> Option<Rc<str>> {
+        self.aliases.get_mut(name)?.pick()
     }
 
     /// The name the replicas know `model` by, when the table routes it and it is not its
@@ -365,6 +432,7 @@ mod tests {
 
     fn wire(epoch: &str, generation: u64, models: Vec<TableEntry>) -> RoutingTable {
         RoutingTable {
+            aliases: vec![],
             epoch: epoch.into(),
             generation,
             models,
@@ -637,6 +705,52 @@ mod tests {
             table.insert("m", r1, None, bad),
             Err(InsertError::InvalidModel)
         );
+    }
+
+    #[test]
+    fn aliases_pick_by_weight_and_bad_ones_are_left_out() {
+        use mm_wire::AliasTarget;
+        let alias = |name: &str, targets: &[(&str, u32)]| AliasEntry {
+            name: name.into(),
+            targets: targets
+                .iter()
+                .map(|(m, w)| AliasTarget {
+                    model: (*m).into(),
+                    weight: *w,
+                })
+                .collect(),
+        };
+        let mut table = wire(
+            "e1",
+            1,
+            vec![entry("m1", vec![endpoint("r0", "127.0.0.1:1", None)])],
+        );
+        table.aliases = vec![
+            alias("canary", &[("m1", 90), ("m2", 10)]),
+            alias("m1", &[("m2", 1)]),
+            alias("zero", &[("m1", 0)]),
+            alias("none", &[]),
+            alias("../x", &[("m1", 1)]),
+            alias("bad", &[("..", 1)]),
+            alias("heavy", &[("m1", MAX_ALIAS_WEIGHT + 1)]),
+        ];
+        let (mut table, skipped) = Table::from_wire(table);
+        assert_eq!(skipped.models, 6);
+        for name in ["m1", "zero", "none", "../x", "bad", "heavy", "absent"] {
+            assert_eq!(table.pick_alias(name), None, "{name}");
+        }
+        let mut counts = HashMap::new();
+        for _ in 0..1000 {
+            *counts
+                .entry(table.pick_alias("canary").unwrap())
+                .or_insert(0) += 1;
+        }
+        let m2 = counts.get("m2").copied().unwrap_or(0);
+        assert!((95..=105).contains(&m2), "{counts:?}");
+        // Any short run follows the weights too (the targets interleave).
+        let run: Vec<Rc<str>> = (0..20).filter_map(|_| table.pick_alias("canary")).collect();
+        let m2 = run.iter().filter(|m| &***m == "m2").count();
+        assert!((1..=3).contains(&m2), "{run:?}");
     }
 
     #[test]

@@ -181,6 +181,35 @@ pub struct RoutingTable {
     /// Grows with every change of the table within an epoch.
     pub generation: u64,
     pub models: Vec<TableEntry>,
+    /// Names that stand for one or more models, by weight (absent: none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<AliasEntry>,
+}
+
+/// Most models one alias may name.
+pub const MAX_ALIAS_TARGETS: usize = 16;
+
+/// Largest weight of one alias target (weights are relative; 100 is usual).
+pub const MAX_ALIAS_WEIGHT: u32 = 10_000;
+
+/// A name that stands for models: a request naming it goes to one of `targets`, chosen
+/// with a probability proportional to its weight, and is renamed to the chosen model
+/// (its Triton-side name). Alias and model names share one namespace.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AliasEntry {
+    pub name: String,
+    pub targets: Vec<AliasTarget>,
+}
+
+/// One model an alias stands for, and its weight (1 to [`MAX_ALIAS_WEIGHT`]).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AliasTarget {
+    pub model: String,
+    pub weight: u32,
 }
 
 /// One routable model.
@@ -435,6 +464,7 @@ mod tests {
         let table = RoutingTable {
             epoch: "e1".into(),
             generation: 7,
+            aliases: vec![],
             models: vec![TableEntry {
                 model: "m".into(),
                 replicas: vec![Endpoint {

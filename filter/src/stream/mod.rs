@@ -123,6 +123,9 @@ pub struct Stream {
     upstream: Option<Rc<str>>,
     /// A gRPC call of `ModelStreamInfer`.
     streaming: bool,
+    /// The alias the request named, when it did: `model` is then the model it was
+    /// resolved to.
+    alias: Option<String>,
     /// The request body has ended (end of stream or trailers seen).
     body_ended: bool,
 }
@@ -148,6 +151,7 @@ impl Stream {
             version: None,
             upstream: None,
             streaming: false,
+            alias: None,
             body_ended: false,
         }
     }
@@ -301,9 +305,24 @@ impl Stream {
                 target,
                 inputs,
                 upstream,
+                model,
             } => {
                 let mut inputs = inputs;
-                self.upstream = upstream.clone();
+                if let Some(chosen) = model.filter(|m| Some(m) != self.model.as_ref()) {
+                    // The pool-manager resolved an alias: the request goes to the model
+                    // it chose, renamed; the table keeps routing the alias by weight.
+                    self.upstream = upstream.or_else(|| Some(Rc::from(chosen.as_str())));
+                    self.alias = self.model.take();
+                    self.model = Some(chosen);
+                    self.forward(host, worker, target, inputs);
+                    return;
+                }
+                self.upstream = match &self.alias {
+                    Some(_) => upstream
+                        .clone()
+                        .or_else(|| self.model.as_deref().map(Rc::from)),
+                    None => upstream.clone(),
+                };
                 if let Some(model) = &self.model {
                     if let Err(err) =
                         worker
@@ -505,6 +524,15 @@ impl Stream {
             return self.route_call(host, worker);
         };
         let Some(route) = worker.table.route(model, grpc) else {
+            if self.alias.is_none() {
+                if let Some(chosen) = worker.table.pick_alias(model) {
+                    let chosen = chosen.to_string();
+                    debug!(host, "[{}] alias {model} -> model {chosen}", self.id);
+                    self.alias = Some(model.to_string());
+                    self.model = Some(chosen);
+                    return self.route_model(host, worker);
+                }
+            }
             if let Some(asked) = self.asked {
                 return self.metadata_call(host, worker, asked);
             }
@@ -526,7 +554,12 @@ impl Stream {
             };
             v1.inputs = Some(inputs);
         }
-        self.upstream = route.upstream;
+        // A request that named an alias goes out renamed to the chosen model.
+        self.upstream = route.upstream.or_else(|| {
+            self.alias
+                .as_ref()
+                .and_then(|_| self.model.as_deref().map(Rc::from))
+        });
         if !self.set_upstream(host, worker, target) {
             return Action::Pause;
         }

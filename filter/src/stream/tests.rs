@@ -56,6 +56,7 @@ impl Sim {
         let bytes = (!config.is_empty()).then_some(config.as_bytes());
         worker.configure(&mut host, bytes, |_| None).unwrap();
         let (table, _) = Table::from_wire(RoutingTable {
+            aliases: vec![],
             epoch: "e".into(),
             generation: 1,
             models: table,
@@ -392,8 +393,22 @@ struct Row {
 }
 
 fn check(row: Row) {
+    check_with_aliases(row, vec![]);
+}
+
+/// [`check`] with these aliases in the worker's table too.
+fn check_with_aliases(row: Row, aliases: Vec<mm_wire::AliasEntry>) {
     let name = row.name;
-    let mut sim = Sim::new(row.config, row.table);
+    let mut sim = Sim::new(row.config, row.table.clone());
+    if !aliases.is_empty() {
+        let (table, _) = Table::from_wire(RoutingTable {
+            aliases,
+            epoch: "e".into(),
+            generation: 1,
+            models: row.table,
+        });
+        sim.worker.table = table;
+    }
     sim.run(&row.steps);
     let expect = row.expect;
     if !expect.actions.is_empty() {
@@ -2081,6 +2096,7 @@ fn the_old_versions_last_request_is_reported_at_once() {
     let mut newer = renamed_table();
     newer[0].upstream = Some("linear--ffff0000".into());
     let (table, _) = Table::from_wire(RoutingTable {
+        aliases: vec![],
         epoch: "e".into(),
         generation: 2,
         models: newer,
@@ -2097,4 +2113,137 @@ fn the_old_versions_last_request_is_reported_at_once() {
         "{:?}",
         sim.host.ops
     );
+}
+
+// ---- aliases ----
+
+fn canary(targets: &[(&str, u32)]) -> mm_wire::AliasEntry {
+    mm_wire::AliasEntry {
+        name: "canary".into(),
+        targets: targets
+            .iter()
+            .map(|(m, w)| mm_wire::AliasTarget {
+                model: (*m).into(),
+                weight: *w,
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn alias_rows() {
+    let infer = "/inference.GRPCInferenceService/ModelInfer";
+    let message = frame(&[field(1, b"canary"), field(5, b"\x0a\x01x")]);
+    let renamed = frame(&[field(1, b"linear"), field(5, b"\x0a\x01x")]);
+    let served = |replica| {
+        vec![
+            ("x-mm-replica", Some(replica)),
+            ("x-mm-served-model", Some("linear")),
+            ("x-mm-served-version", Some("linear")),
+        ]
+    };
+    let rows: Vec<(Row, Vec<(&str, u32)>)> = vec![
+        (
+            row(
+                "warm alias: resolved in the table, renamed to the model, no route call",
+                warm_table(),
+                vec![
+                    Headers(post("/v2/models/canary/infer"), false),
+                    Body(V2_BODY.into(), true),
+                    ResponseHeaders(ok_response(), false),
+                ],
+                Expect {
+                    actions: vec![Continue, Continue, Continue],
+                    upstream: Some("127.0.0.1:8000"),
+                    request_headers: vec![(":path", Some("/v2/models/linear/infer"))],
+                    response_headers: served("r0"),
+                    in_flight: Some(vec![("linear", "r0")]),
+                    ..Expect::default()
+                },
+            ),
+            vec![("linear", 1)],
+        ),
+        (
+            row(
+                "alias to a cold model: the route call asks for the model, not the alias",
+                vec![],
+                vec![
+                    Headers(post("/v2/models/canary/infer"), false),
+                    Answer(Some(200), route_answer("r2", 7000, false)),
+                    ResponseHeaders(ok_response(), false),
+                ],
+                Expect {
+                    upstream: Some("127.0.0.1:7000"),
+                    route_calls: vec!["/internal/v1/route/linear"],
+                    request_headers: vec![(":path", Some("/v2/models/linear/infer"))],
+                    response_headers: served("r2"),
+                    table_has: vec![("linear", true), ("canary", false)],
+                    ..Expect::default()
+                },
+            ),
+            vec![("linear", 1)],
+        ),
+        (
+            row(
+                "alias the table does not know: the pool-manager resolves it",
+                vec![],
+                vec![
+                    Headers(post("/v2/models/canary/infer"), false),
+                    Answer(Some(200), route_answer("r2", 7000, false)),
+                    ResponseHeaders(ok_response(), false),
+                ],
+                Expect {
+                    upstream: Some("127.0.0.1:7000"),
+                    route_calls: vec!["/internal/v1/route/canary"],
+                    request_headers: vec![(":path", Some("/v2/models/linear/infer"))],
+                    response_headers: served("r2"),
+                    table_has: vec![("linear", false), ("canary", false)],
+                    ..Expect::default()
+                },
+            ),
+            vec![],
+        ),
+        (
+            row(
+                "gRPC by ModelMesh's vmodel header: the messages name the alias, then the model",
+                warm_table(),
+                vec![
+                    Headers(grpc_call(infer, &[("mm-vmodel-id", "canary")]), false),
+                    Body(message.clone(), true),
+                ],
+                Expect {
+                    actions: vec![Continue, Continue],
+                    upstream: Some("127.0.0.1:8001"),
+                    forwarded: Some(renamed.clone()),
+                    ..Expect::default()
+                },
+            ),
+            vec![("linear", 1)],
+        ),
+        (
+            row(
+                "gRPC, alias only in the message: resolved once the message names it",
+                warm_table(),
+                vec![
+                    Headers(grpc_call(infer, &[]), false),
+                    Body(message.clone(), true),
+                ],
+                Expect {
+                    actions: vec![Pause, Continue],
+                    upstream: Some("127.0.0.1:8001"),
+                    forwarded: Some(renamed.clone()),
+                    ..Expect::default()
+                },
+            ),
+            vec![("linear", 1)],
+        ),
+    ];
+    for (row, targets) in rows {
+        let aliases = if targets.is_empty() {
+            vec![]
+        } else {
+            vec![canary(&targets)]
+        };
+        check_with_aliases(row, aliases);
+    }
 }
