@@ -268,6 +268,7 @@ async fn main() -> anyhow::Result<()> {
             metadata,
             revision,
             versions,
+            aliases,
             ..
         },
         election,
@@ -316,6 +317,7 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(models = models.len(), "registry restored");
     let interrupted = pool.restore_with_versions(models, &versions);
     pool.restore_metadata(metadata);
+    pool.restore_aliases(&aliases);
     let every = Intervals {
         probe: args.probe_interval,
         reconcile: args.reconcile_interval,

@@ -19,6 +19,7 @@ use crate::pool::{Asked, ModelView, Pool, PoolError, Registered};
 use mm_wire::ErrorBody;
 use openapi::{Accepted, Applied, Deleted, DryRun, Health, ModelList, PutAnswer, ReplicaList};
 
+mod aliases;
 pub mod cluster;
 pub mod forward;
 mod guard;
@@ -86,6 +87,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(routing_table))
         .routes(routes!(report_failure))
         .merge(ops::routes())
+        .merge(aliases::routes())
         .merge(cluster::routes())
         .merge(ui::routes())
 }
@@ -160,7 +162,11 @@ impl From<PoolError> for ApiError {
         let status = match &e {
             PoolError::UnknownModel(_)
             | PoolError::UnknownReplica(_)
-            | PoolError::UnknownVersion { .. } => StatusCode::NOT_FOUND,
+            | PoolError::UnknownVersion { .. }
+            | PoolError::UnknownAlias(_) => StatusCode::NOT_FOUND,
+            PoolError::NameTaken { .. } | PoolError::AliasTarget { .. } => StatusCode::CONFLICT,
+            PoolError::BadAlias(_) => StatusCode::BAD_REQUEST,
+            PoolError::AliasNotReady { .. } => StatusCode::SERVICE_UNAVAILABLE,
             PoolError::UpdateInProgress { .. } => StatusCode::CONFLICT,
             PoolError::Spec(_)
             | PoolError::ReservedName(_)

@@ -74,6 +74,7 @@ pub struct Health {
     modifiers(&Security),
     tags(
         (name = "models", description = "Registering, reading and deleting models"),
+        (name = "aliases", description = "Names that stand for models, by weight (canaries)"),
         (name = "replicas", description = "The Triton replicas of the pool"),
         (name = "operations", description = "Events, the summary, health, metrics, this document"),
         (name = "ui", description = "The status page"),
@@ -203,6 +204,8 @@ mod tests {
             "/api/v1/events",
             "/api/v1/events/stream",
             "/api/v1/summary",
+            "/api/v1/aliases",
+            "/api/v1/aliases/{name}",
             mm_wire::CLUSTER_PATH,
             mm_wire::READY_PATH,
             "/ui",
@@ -218,7 +221,7 @@ mod tests {
         ] {
             assert!(paths.contains(&path), "{path} is not documented");
         }
-        assert_eq!(paths.len(), 23, "{paths:?}");
+        assert_eq!(paths.len(), 25, "{paths:?}");
         assert!(mm_wire::ROUTE_PATH_PREFIX.ends_with('/'));
         assert!(mm_wire::METADATA_PATH_PREFIX.ends_with('/'));
     }
@@ -232,6 +235,7 @@ mod tests {
             ("ops.rs", include_str!("ops.rs")),
             ("ui.rs", include_str!("ui.rs")),
             ("cluster.rs", include_str!("cluster.rs")),
+            ("aliases.rs", include_str!("aliases.rs")),
         ] {
             // (Split so that this file does not match itself.)
             for plain in ["(\"/", "(&format!", "(mm_wire::"].map(|arg| [".route", arg].concat()) {

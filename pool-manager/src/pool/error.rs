@@ -16,6 +16,33 @@ pub enum PoolError {
     /// which the gateway keeps for updates (400).
     #[error("model name '{0}' is reserved: names ending in '--' and 8 hex digits name versions loaded by updates")]
     ReservedName(String),
+    /// No alias of that name (404).
+    #[error("alias '{0}' does not exist")]
+    UnknownAlias(String),
+    /// The alias request is wrong: no target, a bad weight, a target that is no model (400).
+    #[error("invalid alias: {0}")]
+    BadAlias(String),
+    /// The name is taken by a model (for an alias) or by an alias (for a model) (409).
+    #[error(
+        "the name '{name}' is already used by {taken_by}; models and aliases share one namespace"
+    )]
+    NameTaken {
+        name: String,
+        taken_by: &'static str,
+    },
+    /// The model is the target of an alias, so it cannot be deleted (409).
+    #[error("model '{model}' is a target of alias '{alias}'; move or delete the alias first")]
+    AliasTarget { model: String, alias: String },
+    /// An alias was not moved: its new target could not be loaded on as many copies as
+    /// the old targets have (503).
+    #[error("alias '{alias}' not moved: model '{model}' has {loaded} of the {needed} copies it needs: {reason}")]
+    AliasNotReady {
+        alias: String,
+        model: String,
+        loaded: usize,
+        needed: usize,
+        reason: String,
+    },
     /// Another update of the model is loading, or the version it would load is still
     /// being unloaded (409).
     #[error("model '{name}' is being updated (version {version}); retry once that is done")]

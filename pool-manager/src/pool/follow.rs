@@ -89,8 +89,9 @@ impl Pool {
             // Read when this instance takes the lead (the metadata call is forwarded).
             Kind::Metadata => {}
             // Not followed: a follower serves the leader's routing table (which carries
-            // the serving versions), and updates run on the leader.
-            Kind::Version => {}
+            // the serving versions and the aliases); updates and alias moves run on the
+            // leader.
+            Kind::Version | Kind::Alias => {}
         }
     }
 

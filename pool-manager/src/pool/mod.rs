@@ -8,7 +8,8 @@
 //! - `scale` and `drain`: copies that follow traffic, pins, maintenance;
 //! - `views`: what the admin API and the metrics show; `routing`: the table the gateway
 //!   routes warm requests by, and its failure reports;
-//! - `update`: a new spec for a loaded model, loaded alongside and switched to at once.
+//! - `update`: a new spec for a loaded model, loaded alongside and switched to at once;
+//!   `aliases`: names that stand for models, by weight.
 //!
 //! Table entries are named as Triton knows them. A model serves under its own name until
 //! an update switches it to a version named `{model}--{digest}`; `Table::resolve` maps
@@ -33,6 +34,7 @@
 //! - the victim order's state (`--eviction`, [`crate::eviction::VictimState`]) has its own
 //!   mutex, taken only while the table's is held (never the other way round).
 
+mod aliases;
 mod drain;
 mod error;
 mod files;
@@ -65,6 +67,7 @@ use crate::repository::ModelRepository;
 use crate::spec::{ReplicaId, StoragePolicy};
 use crate::store::Store;
 
+pub use aliases::{AliasRequest, AliasView};
 pub use drain::DrainPass;
 pub use error::PoolError;
 pub use leading::{Followed, Intervals};

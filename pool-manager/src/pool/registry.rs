@@ -84,6 +84,12 @@ impl Pool {
                 Registered::Updated
             }
             None => {
+                if self.table().aliases.contains_key(&name) {
+                    return Err(PoolError::NameTaken {
+                        name: name.to_string(),
+                        taken_by: "an alias",
+                    });
+                }
                 self.persist_put(&name, &spec).await?;
                 self.table().insert(name.clone(), spec.clone());
                 // Loaded nowhere: only the registry size moves (a full gauge pass per
@@ -355,6 +361,12 @@ impl Pool {
                 .and_then(|tr| ModelName::new(&tr.version).ok());
             (key, incoming)
         };
+        if let Some(alias) = self.alias_targeting(&client) {
+            return Err(PoolError::AliasTarget {
+                model: client.to_string(),
+                alias: alias.to_string(),
+            });
+        }
         self.persist_delete(&client).await?;
         {
             let mut t = self.table();

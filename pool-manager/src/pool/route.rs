@@ -22,12 +22,24 @@ impl Pool {
     /// (evicting if needed, waiting for busy models to free room), waiting at most the
     /// configured route wait. Counts as use.
     pub async fn route(&self, name: &str) -> Result<RouteResponse, PoolError> {
-        let client = ModelName::new(name)?;
+        let asked = ModelName::new(name)?;
         self.check_acting()?;
-        let model = self
-            .table()
-            .resolve(&client)
-            .ok_or_else(|| PoolError::UnknownModel(client.to_string()))?;
+        // An alias is answered for a target picked by weight (the gateway's table had
+        // not got the alias yet): the answer names that model.
+        let resolved = self.table().resolve(&asked);
+        let (client, model) = match resolved {
+            Some(key) => (asked, key),
+            None => {
+                let target = self
+                    .pick_alias(&asked)
+                    .ok_or_else(|| PoolError::UnknownModel(asked.to_string()))?;
+                let key = self
+                    .table()
+                    .resolve(&target)
+                    .ok_or_else(|| PoolError::UnknownModel(target.to_string()))?;
+                (target, key)
+            }
+        };
         let named = |mut route: RouteResponse| {
             if model != client {
                 route.model = Some(client.to_string());

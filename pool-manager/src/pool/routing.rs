@@ -41,6 +41,8 @@ struct Routed {
 /// The routable entries and the latest publication; one publisher at a time.
 struct State {
     entries: BTreeMap<ModelName, Routed>,
+    /// The aliases as the table's JSON array (`[]` when none).
+    aliases: String,
     published: Arc<Published>,
 }
 
@@ -61,11 +63,12 @@ impl Routing {
             .unwrap_or(0);
         let epoch = format!("{:x}-{:x}", nanos, std::process::id());
         let entries = BTreeMap::new();
-        let json = Arc::new(serialize(&epoch, 0, &entries));
+        let json = Arc::new(serialize(&epoch, 0, &entries, "[]"));
         Self {
             epoch,
             state: std::sync::Mutex::new(State {
                 entries,
+                aliases: "[]".to_owned(),
                 published: Arc::new(Published {
                     generation: 0,
                     json,
@@ -88,7 +91,12 @@ impl Routing {
 }
 
 /// The table as [`mm_wire::RoutingTable`] JSON, from the entries' own JSON.
-fn serialize(epoch: &str, generation: u64, models: &BTreeMap<ModelName, Routed>) -> String {
+fn serialize(
+    epoch: &str,
+    generation: u64,
+    models: &BTreeMap<ModelName, Routed>,
+    aliases: &str,
+) -> String {
     let head = serde_json::json!({ "epoch": epoch, "generation": generation }).to_string();
     let body: usize = models.values().map(|r| r.json.len() + 1).sum();
     let mut out = String::with_capacity(head.len() + body + 12);
@@ -101,7 +109,12 @@ fn serialize(epoch: &str, generation: u64, models: &BTreeMap<ModelName, Routed>)
         }
         out.push_str(&routed.json);
     }
-    out.push_str("]}");
+    out.push(']');
+    if aliases != "[]" {
+        out.push_str(",\"aliases\":");
+        out.push_str(aliases);
+    }
+    out.push('}');
     out
 }
 
@@ -139,11 +152,34 @@ impl Pool {
         if !changed {
             return;
         }
+        Self::publish_new(routing, state);
+    }
+
+    /// Publishes the table in `state` as a new generation and wakes the long polls.
+    fn publish_new(routing: &Routing, mut state: std::sync::MutexGuard<'_, State>) {
         let generation = state.published.generation + 1;
-        let json = Arc::new(serialize(&routing.epoch, generation, &state.entries));
+        let json = Arc::new(serialize(
+            &routing.epoch,
+            generation,
+            &state.entries,
+            &state.aliases,
+        ));
         state.published = Arc::new(Published { generation, json });
         drop(state);
         routing.changes.send_replace(generation);
+    }
+
+    /// Brings the routing table's aliases in line with the pool's; a new generation if
+    /// they changed.
+    pub(super) fn publish_aliases(&self) {
+        let aliases = serde_json::to_string(&self.alias_entries()).unwrap_or_else(|_| "[]".into());
+        let routing = &self.inner.routing;
+        let mut state = routing.lock();
+        if state.aliases == aliases {
+            return;
+        }
+        state.aliases = aliases;
+        Self::publish_new(routing, state);
     }
 
     /// `name`'s routing-table entry: its routable copies, if it has any and serves its

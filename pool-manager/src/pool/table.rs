@@ -392,6 +392,8 @@ pub(crate) struct Table {
     pub checking: std::collections::HashSet<Claim>,
     /// Client names whose serving entry has another name (after an update), to it.
     versions: HashMap<ModelName, ModelName>,
+    /// Aliases: their targets (client names) and weights. One namespace with models.
+    pub aliases: BTreeMap<ModelName, Vec<(ModelName, u32)>>,
     /// Entries looked up, for tests that count what an operation touches.
     #[cfg(test)]
     lookups: std::cell::Cell<u64>,
@@ -419,6 +421,7 @@ impl Table {
             unconfirmed_unloads: HashMap::new(),
             checking: std::collections::HashSet::new(),
             versions: HashMap::new(),
+            aliases: BTreeMap::new(),
             #[cfg(test)]
             lookups: std::cell::Cell::new(0),
         }

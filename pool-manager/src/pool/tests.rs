@@ -2071,3 +2071,56 @@ async fn a_restart_restores_the_serving_version_and_the_interrupted_update() {
         Some(format!("file://{}", v2.path().display()))
     );
 }
+
+// ---- aliases (aliases.rs) ----
+
+#[tokio::test(start_paused = true)]
+async fn aliases_share_the_model_namespace_and_protect_their_targets() {
+    let f = fixture(&[100], settings()).ready().await;
+    f.register("m1", 10).await;
+    f.register("m2", 10).await;
+    let put = |name: &'static str, body: &'static str| f.pool.put_alias(name, body.as_bytes());
+    assert!(matches!(
+        put("m1", r#"{"target":"m2"}"#).await,
+        Err(PoolError::NameTaken { .. })
+    ));
+    assert!(matches!(
+        put("a", r#"{"target":"nope"}"#).await,
+        Err(PoolError::BadAlias(_))
+    ));
+    let (created, view) = put(
+        "a",
+        r#"{"targets":[{"model":"m1","weight":9},{"model":"m2","weight":1}]}"#,
+    )
+    .await
+    .unwrap();
+    assert!(created);
+    assert_eq!(view.targets.len(), 2);
+    // An alias is no model, and its name is taken for models.
+    let err = f.register_dir("a", f.model_dir.path()).await.unwrap_err();
+    assert!(matches!(err, PoolError::NameTaken { .. }), "{err}");
+    assert!(matches!(
+        f.pool.delete("m2").await,
+        Err(PoolError::AliasTarget { .. })
+    ));
+    // The routing table carries it; a route call for it answers for a target.
+    let table = f.pool.routing_table(None, None, Duration::ZERO).await;
+    let table: mm_wire::RoutingTable = serde_json::from_str(&table).unwrap();
+    assert_eq!(table.aliases.len(), 1, "{table:?}");
+    let mut picked = std::collections::HashMap::new();
+    for _ in 0..100 {
+        let route = f.pool.route("a").await.unwrap();
+        *picked.entry(route.model.unwrap()).or_insert(0) += 1;
+    }
+    assert_eq!(picked.get("m2"), Some(&10), "{picked:?}");
+    // Moving it loads the new target on as many copies as the old ones have, first.
+    let (created, _) = put("a", r#"{"target":"m2"}"#).await.unwrap();
+    assert!(!created);
+    assert_eq!(f.pool.model("m2").unwrap().state, ModelState::Loaded);
+    f.pool.delete("m1").await.unwrap();
+    f.pool.delete_alias("a").await.unwrap();
+    assert!(matches!(f.pool.alias("a"), Err(PoolError::UnknownAlias(_))));
+    f.pool.delete("m2").await.unwrap();
+    let table = f.pool.routing_table(None, None, Duration::ZERO).await;
+    assert!(!table.contains("aliases"), "{table}");
+}

@@ -98,15 +98,18 @@ pub enum Kind {
     /// Which version of a model serves, and the update under way, keyed by model name
     /// (absent: the model serves under its own name; see `pool::update`).
     Version,
+    /// An alias's targets and weights, keyed by alias name (see `pool::aliases`).
+    Alias,
 }
 
 impl Kind {
     /// Every kind, in the order a snapshot lists them.
-    pub const ALL: [Kind; 4] = [
+    pub const ALL: [Kind; 5] = [
         Kind::Model,
         Kind::Metadata,
         Kind::RoutingTable,
         Kind::Version,
+        Kind::Alias,
     ];
 
     /// The key space's name: the redb table, the etcd key segment.
@@ -116,6 +119,7 @@ impl Kind {
             Kind::Metadata => "metadata",
             Kind::RoutingTable => "table",
             Kind::Version => "versions",
+            Kind::Alias => "aliases",
         }
     }
 
@@ -249,6 +253,8 @@ pub struct Opened {
     pub metadata: Vec<(ModelName, KeptMetadata)>,
     /// Every version record (model name, JSON), for the pool to read back.
     pub versions: Vec<(String, Vec<u8>)>,
+    /// Every alias record (alias name, JSON), for the pool to read back.
+    pub aliases: Vec<(String, Vec<u8>)>,
     /// Every event sequence number an earlier run may have used is at most this (0: none).
     pub events_reserved: u64,
     /// The revision all of this was read at (watch from here).
@@ -296,14 +302,18 @@ impl Store {
     fn opened(self, snapshot: Snapshot) -> Opened {
         let (models, unreadable) = decode_models(&snapshot);
         let metadata = decode_metadata(&snapshot, &models);
-        let versions = snapshot
-            .records
-            .iter()
-            .filter(|(k, _)| k.kind == Kind::Version)
-            .map(|(k, v)| (k.name.clone(), v.clone()))
-            .collect();
+        let records_of = |kind: Kind| -> Vec<(String, Vec<u8>)> {
+            snapshot
+                .records
+                .iter()
+                .filter(|(k, _)| k.kind == kind)
+                .map(|(k, v)| (k.name.clone(), v.clone()))
+                .collect()
+        };
+        let (versions, aliases) = (records_of(Kind::Version), records_of(Kind::Alias));
         Opened {
             versions,
+            aliases,
             events_reserved: snapshot.counters.get(EVENTS_RESERVED).copied().unwrap_or(0),
             revision: snapshot.revision,
             store: self,
@@ -377,6 +387,23 @@ impl Store {
         }])
         .await
         .map(drop)
+    }
+
+    /// Writes alias `name`'s record (`None`: deletes it); returns once durable.
+    pub async fn put_alias(
+        &self,
+        name: &ModelName,
+        value: Option<Vec<u8>>,
+    ) -> Result<(), StoreError> {
+        let key = Key {
+            kind: Kind::Alias,
+            name: name.to_string(),
+        };
+        let change = match value {
+            Some(value) => Change::Put { key, value },
+            None => Change::Delete { key },
+        };
+        self.commit(vec![change]).await.map(drop)
     }
 
     /// Writes `name`'s version record (`None`: deletes it) and, with `spec`, its spec, in
