@@ -11,7 +11,7 @@ use serde::Serialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{authorize, to_completion, ApiError, ApiResult, AppState, MAX_SPEC_BYTES};
+use super::{authorize, to_completion, ApiResult, AppState};
 use crate::pool::AliasView;
 use mm_wire::ErrorBody;
 
@@ -83,17 +83,7 @@ async fn put_alias(
     body: Body,
 ) -> ApiResult<Response> {
     authorize(&state, &headers)?;
-    let Path(name) = name?;
-    mm_wire::validate_model_name(&name)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
-    let body = axum::body::to_bytes(body, MAX_SPEC_BYTES)
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body is larger than {MAX_SPEC_BYTES} bytes"),
-            )
-        })?;
+    let (name, body) = super::name_and_body(name, body).await?;
     let pool = state.pool.clone();
     let (created, view) = to_completion(async move { pool.put_alias(&name, &body).await }).await?;
     let status = if created {

@@ -325,6 +325,31 @@ struct PutParams {
     dry_run: bool,
 }
 
+/// A write's body, at most [`MAX_SPEC_BYTES`] (`what` names it in the 413).
+async fn read_body(body: Body, what: &str) -> ApiResult<bytes::Bytes> {
+    axum::body::to_bytes(body, MAX_SPEC_BYTES)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("{what} is larger than {MAX_SPEC_BYTES} bytes"),
+            )
+        })
+}
+
+/// A named resource's write: the name from the path, checked before a byte of the body is
+/// read, then the body.
+pub(super) async fn name_and_body(
+    name: Result<Path<String>, PathRejection>,
+    body: Body,
+) -> ApiResult<(String, bytes::Bytes)> {
+    let Path(name) = name?;
+    mm_wire::validate_model_name(&name)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let body = read_body(body, "request body").await?;
+    Ok((name, body))
+}
+
 /// Registers a model or updates its spec; runs to its end even if the client hangs up.
 #[utoipa::path(put, path = "/api/v1/models/{name}", tag = "models",
     params(("name" = String, Path, description = "the model's name",
@@ -347,18 +372,7 @@ async fn put_model(
     body: Body,
 ) -> ApiResult<Response> {
     authorize(&state, &headers)?;
-    let Path(name) = name?;
-    // Validate the name before reading a byte of the body.
-    mm_wire::validate_model_name(&name)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
-    let body = axum::body::to_bytes(body, MAX_SPEC_BYTES)
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body is larger than {MAX_SPEC_BYTES} bytes"),
-            )
-        })?;
+    let (name, body) = name_and_body(name, body).await?;
     let Query(params) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
     if params.dry_run {
         let what = state.pool.check_registration(&name, &body).await?;
@@ -603,14 +617,7 @@ async fn routing_table(
     (status = 413, description = "a report over 64 KiB", body = ErrorBody),
     (status = 415, description = "a body that is not JSON", body = ErrorBody)))]
 async fn report_failure(State(state): State<AppState>, body: Body) -> ApiResult<Json<Accepted>> {
-    let body = axum::body::to_bytes(body, MAX_SPEC_BYTES)
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("failure report is larger than {MAX_SPEC_BYTES} bytes"),
-            )
-        })?;
+    let body = read_body(body, "failure report").await?;
     let report: mm_wire::FailureReport = serde_json::from_slice(&body).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
