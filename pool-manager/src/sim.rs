@@ -28,6 +28,7 @@ use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
 use tokio::time::Instant;
 
+use crate::eviction::traces::ZipfCdf;
 use crate::eviction::{EvictionPolicy, VictimState};
 use crate::placement::{self, Decision, Resident, Resources, VictimOrder, Watermarks};
 use crate::pool::snapshot::snapshot;
@@ -305,34 +306,6 @@ impl Trace {
 
 /// "Never requested again", as a next-use time.
 const NEVER: u64 = u64::MAX;
-
-/// Zipf sampling by inverting a precomputed CDF: O(models) once, O(log models) per draw.
-struct ZipfCdf {
-    /// Cumulative (unnormalised) weights of popularity ranks 0, 1, ...
-    cumulative: Vec<f64>,
-}
-
-impl ZipfCdf {
-    fn new(n: usize, s: f64) -> Self {
-        let mut total = 0.0;
-        let cumulative = (1..=n)
-            .map(|rank| {
-                total += (rank as f64).powf(-s);
-                total
-            })
-            .collect();
-        Self { cumulative }
-    }
-
-    /// A popularity rank in `0..n` (`n >= 1`).
-    fn sample(&self, rng: &mut StdRng) -> usize {
-        let total = self.cumulative.last().copied().unwrap_or(0.0);
-        let u = rng.random::<f64>() * total;
-        let rank = self.cumulative.partition_point(|&c| c <= u);
-        // Rounding can put `u` at the very top; the last rank takes it.
-        rank.min(self.cumulative.len().saturating_sub(1))
-    }
-}
 
 /// One request's outcome in a [`Simulation`].
 #[derive(Debug, Clone, PartialEq, Eq)]

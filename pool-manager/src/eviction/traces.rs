@@ -445,12 +445,13 @@ impl Workload {
 }
 
 /// Zipf sampling by inverting a precomputed CDF: O(models) once, O(log models) per draw.
-struct ZipfCdf {
+pub(crate) struct ZipfCdf {
+    /// Cumulative (unnormalised) weights of popularity ranks 0, 1, ...
     cumulative: Vec<f64>,
 }
 
 impl ZipfCdf {
-    fn new(n: usize, s: f64) -> Self {
+    pub(crate) fn new(n: usize, s: f64) -> Self {
         let mut total = 0.0;
         let cumulative = (1..=n)
             .map(|rank| {
@@ -461,10 +462,12 @@ impl ZipfCdf {
         Self { cumulative }
     }
 
-    fn sample(&self, rng: &mut StdRng) -> usize {
+    /// A popularity rank in `0..n` (`n >= 1`).
+    pub(crate) fn sample(&self, rng: &mut StdRng) -> usize {
         let total = self.cumulative.last().copied().unwrap_or(0.0);
         let u = rng.random::<f64>() * total;
         let rank = self.cumulative.partition_point(|&c| c <= u);
+        // Rounding can put `u` at the very top; the last rank takes it.
         rank.min(self.cumulative.len().saturating_sub(1))
     }
 }
