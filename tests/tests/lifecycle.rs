@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{assert_close, example, mmctl};
+use common::{assert_close, copy_dir, example, linear_version, mmctl};
 use mm_tests::paths::{client_script, example_model, python_lib};
 use mm_tests::stack::eventually;
 use mm_tests::{Stack, StackOptions};
@@ -27,15 +27,6 @@ const V1_ANSWER: [f64; 2] = [7.0, 1.5];
 const V2_BIAS: f64 = 11.5;
 const V2_ANSWER: [f64; 2] = [17.0, 11.5];
 
-/// A copy of the `linear` example under `dir/name`, with bias `b`.
-fn linear_version(dir: &Path, name: &str, b: f64) -> PathBuf {
-    let target = dir.join(name);
-    copy_dir(&example_model("linear"), &target);
-    let weights = json!({"w": [0.5, -1.0, 2.0, 0.25], "b": b});
-    std::fs::write(target.join("1/weights.json"), weights.to_string()).unwrap();
-    target
-}
-
 /// A copy of `linear` that Triton cannot load (its Python model fails at start-up).
 fn broken_version(dir: &Path) -> PathBuf {
     let target = dir.join("broken");
@@ -46,19 +37,6 @@ fn broken_version(dir: &Path) -> PathBuf {
     )
     .unwrap();
     target
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let dest = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &dest);
-        } else {
-            std::fs::copy(entry.path(), dest).unwrap();
-        }
-    }
 }
 
 /// What the load clients saw.

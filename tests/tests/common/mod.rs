@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+use std::path::{Path, PathBuf};
+
 use serde_json::{json, Value};
 
 pub const EXAMPLES: [(&str, &str); 3] =
@@ -106,4 +108,27 @@ pub async fn wait_reported(stack: &mm_tests::Stack, model: &str, count: f64) {
     )
     .await
     .unwrap();
+}
+
+/// A copy of the `linear` example under `dir/name`, with bias `b`.
+pub fn linear_version(dir: &Path, name: &str, b: f64) -> PathBuf {
+    let target = dir.join(name);
+    copy_dir(&mm_tests::paths::example_model("linear"), &target);
+    let weights = json!({"w": [0.5, -1.0, 2.0, 0.25], "b": b});
+    std::fs::write(target.join("1/weights.json"), weights.to_string()).unwrap();
+    target
+}
+
+/// Copies the directory tree `from` to `to`.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let dest = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &dest);
+        } else {
+            std::fs::copy(entry.path(), dest).unwrap();
+        }
+    }
 }
