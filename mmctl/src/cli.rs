@@ -56,6 +56,9 @@ pub enum Command {
     /// Registered models.
     #[command(subcommand)]
     Models(ModelsCommand),
+    /// Aliases: names standing for one model, or several by weight (canaries).
+    #[command(subcommand)]
+    Aliases(AliasesCommand),
     /// Configured replicas.
     #[command(subcommand)]
     Replicas(ReplicasCommand),
@@ -95,6 +98,29 @@ pub enum ModelsCommand {
         names: Vec<String>,
     },
     /// Unload a model everywhere and forget it.
+    #[command(alias = "rm")]
+    Delete { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AliasesCommand {
+    /// List every alias and its targets.
+    #[command(alias = "ls")]
+    List,
+    /// Show one alias.
+    Get { name: String },
+    /// Create an alias or move it. A move takes effect once each new target is loaded on
+    /// as many copies as the old targets had (the call waits for that).
+    Set {
+        name: String,
+        /// The one model the alias stands for.
+        #[arg(long, conflicts_with = "targets", required_unless_present = "targets")]
+        target: Option<String>,
+        /// Several models by weight: `m1=90,m2=10`.
+        #[arg(long, value_parser = crate::aliases::parse_targets)]
+        targets: Option<crate::aliases::Targets>,
+    },
+    /// Delete an alias (its models stay).
     #[command(alias = "rm")]
     Delete { name: String },
 }
@@ -153,6 +179,19 @@ mod tests {
         };
         assert!(args.follow);
         assert_eq!(args.after, Some(7));
+        let cli = Cli::try_parse_from(["mmctl", "aliases", "set", "m", "--targets", "a=90,b=10"])
+            .unwrap();
+        let Command::Aliases(AliasesCommand::Set {
+            name,
+            target,
+            targets,
+        }) = cli.command
+        else {
+            panic!("aliases set");
+        };
+        assert_eq!((name.as_str(), target), ("m", None));
+        let targets = targets.unwrap().0;
+        assert_eq!(targets, [("a".to_owned(), 90), ("b".to_owned(), 10)]);
         // Global flags go anywhere.
         let cli =
             Cli::try_parse_from(["mmctl", "replicas", "drain", "r0", "--token", "t"]).unwrap();
@@ -167,6 +206,18 @@ mod tests {
             vec!["mmctl", "-o", "yaml", "models", "list"],
             vec!["mmctl", "events", "--limit", "0"],
             vec!["mmctl", "--url", "not a url", "status"],
+            vec!["mmctl", "aliases", "set", "a"],
+            vec![
+                "mmctl",
+                "aliases",
+                "set",
+                "a",
+                "--target",
+                "m",
+                "--targets",
+                "m=1",
+            ],
+            vec!["mmctl", "aliases", "set", "a", "--targets", "m1=90,m2"],
         ] {
             assert!(Cli::try_parse_from(&args).is_err(), "{args:?}");
         }

@@ -35,6 +35,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), Error> {
                 Output::Table => line(out, &format!("model {name} deleted")),
             }
         }
+        Command::Aliases(command) => crate::aliases::run(&client, command, o, out),
         Command::Replicas(ReplicasCommand::List) => replicas_list(&client, o, out),
         Command::Replicas(ReplicasCommand::Drain { name }) => {
             replica_action(&client, name, "drain", o, out)
@@ -47,17 +48,17 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), Error> {
     }
 }
 
-fn write(out: &mut dyn Write, text: &str) -> Result<(), Error> {
+pub(crate) fn write(out: &mut dyn Write, text: &str) -> Result<(), Error> {
     out.write_all(text.as_bytes())
         .and_then(|()| out.flush())
         .map_err(|e| Error::Other(format!("writing output: {e}")))
 }
 
-fn line(out: &mut dyn Write, text: &str) -> Result<(), Error> {
+pub(crate) fn line(out: &mut dyn Write, text: &str) -> Result<(), Error> {
     write(out, &format!("{text}\n"))
 }
 
-fn print_json(out: &mut dyn Write, value: &Value) -> Result<(), Error> {
+pub(crate) fn print_json(out: &mut dyn Write, value: &Value) -> Result<(), Error> {
     let text = serde_json::to_string_pretty(value)
         .map_err(|e| Error::Other(format!("encoding JSON: {e}")))?;
     line(out, &text)
@@ -65,7 +66,7 @@ fn print_json(out: &mut dyn Write, value: &Value) -> Result<(), Error> {
 
 /// A path segment, percent-encoded (model and replica names are plain, but a typo with a
 /// `/` or `?` must not reach another endpoint).
-fn segment(name: &str) -> String {
+pub(crate) fn segment(name: &str) -> String {
     name.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {

@@ -1,7 +1,7 @@
 //! Aliases end to end (real Envoy, filter, pool-manager and two Triton replicas), on one
 //! stack: a 90/10 alias splits 1,000 V2 requests by its weights, gRPC (by field 1 and by
-//! `mm-vmodel-id`) and KServe V1 reach its targets, moving it to a cold model under load
-//! fails no request, and models and aliases share one namespace (409s).
+//! `mm-vmodel-id`) and KServe V1 reach its targets, moving it (with mmctl) to a cold model
+//! under load fails no request, and models and aliases share one namespace (409s).
 
 mod common;
 
@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{example, linear_version};
+use common::{example, linear_version, mmctl};
 use mm_tests::paths::{client_script, python_lib};
 use mm_tests::stack::eventually;
 use mm_tests::{Stack, StackOptions};
@@ -210,8 +210,15 @@ async fn an_alias_splits_by_weight_serves_every_protocol_and_moves_under_load() 
     })
     .await
     .unwrap();
-    let (status, view) = put_alias(&stack, ALIAS, json!({"target": "can-c"})).await;
-    assert_eq!(status, 200, "{view}");
+    // With mmctl: it returns once the alias has moved.
+    let run = mmctl(
+        &stack.pool_manager.url(""),
+        &["aliases", "set", ALIAS, "--target", "can-c"],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.stdout, format!("alias {ALIAS} set: can-c\n"), "{run:?}");
     eventually("answers from can-c", Duration::from_secs(30), || async {
         Ok((tally.count("can-c") >= 30).then_some(()))
     })
@@ -237,4 +244,21 @@ async fn an_alias_splits_by_weight_serves_every_protocol_and_moves_under_load() 
         .await
         .unwrap();
     assert_eq!(status, 200, "{view}");
+
+    let url = stack.pool_manager.url("");
+    let run = mmctl(&url, &["aliases", "list"], None).await;
+    assert_eq!(
+        run.stdout,
+        format!("NAME   TARGETS\n{ALIAS}    can-c\n"),
+        "{run:?}"
+    );
+    let run = mmctl(&url, &["aliases", "delete", ALIAS], None).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let run = mmctl(&url, &["aliases", "get", ALIAS], None).await;
+    assert_eq!(run.code, 3, "gone: {run:?}");
+    let (status, view) = stack
+        .admin_call(Method::DELETE, "/api/v1/models/can-c", None)
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "no alias targets it any more: {view}");
 }
