@@ -74,6 +74,24 @@ fn parse_request(body: &[u8]) -> Result<Vec<(ModelName, u32)>, PoolError> {
     Ok(out)
 }
 
+/// A stored alias record (name, JSON); `None`, logged, if it does not parse.
+fn decode_record(name: &str, value: &[u8]) -> Option<(ModelName, Vec<(ModelName, u32)>)> {
+    let decoded = ModelName::new(name)
+        .map_err(|e| e.to_string())
+        .and_then(|n| {
+            parse_request(value)
+                .map(|ts| (n, ts))
+                .map_err(|e| e.to_string())
+        });
+    match decoded {
+        Ok(alias) => Some(alias),
+        Err(e) => {
+            tracing::error!(alias = %name, error = %e, "a stored alias could not be read; it is not served");
+            None
+        }
+    }
+}
+
 fn view(name: &ModelName, targets: &[(ModelName, u32)]) -> AliasView {
     AliasView {
         name: name.to_string(),
@@ -281,24 +299,39 @@ impl Pool {
     /// Puts aliases read back from the store into the table (name, JSON); a record that
     /// does not parse is logged and left out.
     pub fn restore_aliases(&self, records: &[(String, Vec<u8>)]) {
-        let mut t = self.table();
-        for (name, value) in records {
-            match ModelName::new(name)
-                .map_err(|e| e.to_string())
-                .and_then(|n| {
-                    parse_request(value)
-                        .map(|ts| (n, ts))
-                        .map_err(|e| e.to_string())
-                }) {
-                Ok((name, targets)) => {
-                    t.aliases.insert(name, targets);
+        let decoded: Vec<_> = records
+            .iter()
+            .filter_map(|(name, value)| decode_record(name, value))
+            .collect();
+        self.table().aliases.extend(decoded);
+        self.publish_aliases();
+    }
+
+    /// Takes the store's aliases as the only ones (a follower reading a snapshot, an
+    /// instance taking the lead): in one step, so no admin read sees them half replaced.
+    pub(super) fn replace_aliases(&self, records: &[(String, Vec<u8>)]) {
+        let decoded = records
+            .iter()
+            .filter_map(|(name, value)| decode_record(name, value))
+            .collect();
+        self.table().aliases = decoded;
+        self.publish_aliases();
+    }
+
+    /// Applies one alias record the leader wrote (`None`: deleted), on a follower.
+    pub(super) fn follow_alias(&self, name: &str, value: Option<&[u8]>) {
+        match value {
+            Some(value) => {
+                if let Some((name, targets)) = decode_record(name, value) {
+                    self.table().aliases.insert(name, targets);
                 }
-                Err(e) => {
-                    tracing::error!(alias = %name, error = %e, "a stored alias could not be read; it is not served")
+            }
+            None => {
+                if let Ok(name) = ModelName::new(name) {
+                    self.table().aliases.remove(&name);
                 }
             }
         }
-        drop(t);
         self.publish_aliases();
     }
 

@@ -1,5 +1,5 @@
-//! A follower's copy of the shared store: the registry (so admin reads answer on every
-//! instance, even while no instance leads) and the leader's routing table (so the
+//! A follower's copy of the shared store: the registry and the aliases (so admin reads
+//! answer on every instance, even while no instance leads) and the leader's routing table (so the
 //! gateway's table polls get the same table from every instance). Kept current by the
 //! store's change feed; when the feed is lost the copy is read again from a snapshot.
 //!
@@ -66,6 +66,7 @@ impl Pool {
         if !self.acting() {
             let (models, _) = crate::store::decode_models(snapshot);
             self.replace_registry(models);
+            self.replace_aliases(&crate::store::records_of(snapshot, Kind::Alias));
         }
         let table = snapshot
             .records
@@ -88,10 +89,14 @@ impl Pool {
             Kind::Model => self.follow_model(&event.key.name, event.value.as_deref()),
             // Read when this instance takes the lead (the metadata call is forwarded).
             Kind::Metadata => {}
-            // Not followed: a follower serves the leader's routing table (which carries
-            // the serving versions and the aliases); updates and alias moves run on the
-            // leader.
-            Kind::Version | Kind::Alias => {}
+            // The gateways get aliases from the leader's table, which a follower serves;
+            // its own copy answers the admin reads (and is the one it starts from if it
+            // comes to lead, when it is read again from the store anyway).
+            Kind::Alias if self.acting() => {}
+            Kind::Alias => self.follow_alias(&event.key.name, event.value.as_deref()),
+            // Not followed: a follower serves the leader's routing table, which names the
+            // serving versions; updates run on the leader.
+            Kind::Version => {}
         }
     }
 

@@ -21,7 +21,7 @@ use tracing::{info, warn};
 use super::{Pool, PoolError};
 use crate::election::Role;
 use crate::spec::{ModelName, ModelSpec};
-use crate::store::{Change, Key, Store, StoreError};
+use crate::store::{Change, Key, Kind, Store, StoreError};
 
 /// How often a leader re-checks its lease's deadline while nothing changes (a lease runs
 /// out without a message: the campaign publishes the change only when it notices).
@@ -149,6 +149,8 @@ impl Pool {
             let metadata = crate::store::decode_metadata(&snapshot, &models);
             self.replace_registry(models);
             self.restore_metadata(metadata);
+            // Moves and deletes made by the previous leader since this process started.
+            self.replace_aliases(&crate::store::records_of(&snapshot, Kind::Alias));
         }
         self.probe_replicas().await;
         self.reconcile().await;

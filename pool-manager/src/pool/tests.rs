@@ -1826,6 +1826,53 @@ async fn a_follower_serves_the_leaders_table_and_follows_the_registry() {
     assert_eq!(f.total_loads(), 0);
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_follower_follows_the_leaders_aliases() {
+    use crate::store::{Key, Snapshot, WatchEvent};
+    let f = fixture(&[1000], settings()).ready().await;
+    let _role = shared_role(&f.pool);
+    assert!(!f.pool.acting());
+    let name = |n: &str| ModelName::new(n).unwrap();
+    let targets = |n: &str| f.pool.alias(n).map(|a| a.targets);
+    let canary = br#"{"targets":[{"model":"a","weight":90},{"model":"b","weight":10}]}"#;
+    f.pool.apply_change(WatchEvent {
+        revision: 3,
+        key: Key::alias(&name("can")),
+        value: Some(canary.to_vec()),
+    });
+    let weights: Vec<u32> = targets("can").unwrap().iter().map(|t| t.weight).collect();
+    assert_eq!(weights, [90, 10]);
+    // Moved, then deleted, by the leader.
+    f.pool.apply_change(WatchEvent {
+        revision: 4,
+        key: Key::alias(&name("can")),
+        value: Some(br#"{"targets":[{"model":"c","weight":1}]}"#.to_vec()),
+    });
+    assert_eq!(targets("can").unwrap()[0].model, "c");
+    f.pool.apply_change(WatchEvent {
+        revision: 5,
+        key: Key::alias(&name("can")),
+        value: None,
+    });
+    assert!(matches!(targets("can"), Err(PoolError::UnknownAlias(_))));
+    // A snapshot replaces them all; an unreadable record is left out.
+    f.pool.apply_change(WatchEvent {
+        revision: 6,
+        key: Key::alias(&name("old")),
+        value: Some(br#"{"target":"a"}"#.to_vec()),
+    });
+    let mut snapshot = Snapshot::default();
+    snapshot
+        .records
+        .insert(Key::alias(&name("new")), br#"{"target":"b"}"#.to_vec());
+    snapshot
+        .records
+        .insert(Key::alias(&name("bad")), b"not json".to_vec());
+    f.pool.resync(&snapshot);
+    let names: Vec<String> = f.pool.aliases().into_iter().map(|a| a.name).collect();
+    assert_eq!(names, ["new"]);
+}
+
 // ---- updates without downtime (update.rs) ----
 
 /// A second model directory, for a spec whose files differ (a new `storageUri`).

@@ -164,6 +164,13 @@ impl Key {
             name: name.to_string(),
         }
     }
+
+    pub fn alias(name: &ModelName) -> Self {
+        Self {
+            kind: Kind::Alias,
+            name: name.to_string(),
+        }
+    }
 }
 
 /// One change of a commit.
@@ -302,15 +309,10 @@ impl Store {
     fn opened(self, snapshot: Snapshot) -> Opened {
         let (models, unreadable) = decode_models(&snapshot);
         let metadata = decode_metadata(&snapshot, &models);
-        let records_of = |kind: Kind| -> Vec<(String, Vec<u8>)> {
-            snapshot
-                .records
-                .iter()
-                .filter(|(k, _)| k.kind == kind)
-                .map(|(k, v)| (k.name.clone(), v.clone()))
-                .collect()
-        };
-        let (versions, aliases) = (records_of(Kind::Version), records_of(Kind::Alias));
+        let (versions, aliases) = (
+            records_of(&snapshot, Kind::Version),
+            records_of(&snapshot, Kind::Alias),
+        );
         Opened {
             versions,
             aliases,
@@ -395,10 +397,7 @@ impl Store {
         name: &ModelName,
         value: Option<Vec<u8>>,
     ) -> Result<(), StoreError> {
-        let key = Key {
-            kind: Kind::Alias,
-            name: name.to_string(),
-        };
+        let key = Key::alias(name);
         let change = match value {
             Some(value) => Change::Put { key, value },
             None => Change::Delete { key },
@@ -484,6 +483,16 @@ impl Store {
 }
 
 /// Reads every model record; those that no longer parse are returned apart.
+/// The records of one kind in `snapshot`: (name, value).
+pub fn records_of(snapshot: &Snapshot, kind: Kind) -> Vec<(String, Vec<u8>)> {
+    snapshot
+        .records
+        .iter()
+        .filter(|(k, _)| k.kind == kind)
+        .map(|(k, v)| (k.name.clone(), v.clone()))
+        .collect()
+}
+
 pub fn decode_models(snapshot: &Snapshot) -> (Vec<(ModelName, ModelSpec)>, Vec<Unreadable>) {
     let mut models = Vec::new();
     let mut unreadable = Vec::new();
