@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{example, linear_version, mmctl};
+use common::{example, linear_version, mmctl, read_answer, Answer};
 use mm_tests::paths::{client_script, python_lib};
 use mm_tests::stack::eventually;
 use mm_tests::{Stack, StackOptions};
@@ -43,18 +43,12 @@ async fn infer_alias(stack: &Stack, body: &Value) -> Result<String, String> {
         .send()
         .await
         .map_err(|e| format!("transport: {e}"))?;
-    let status = response.status().as_u16();
-    let served = response
-        .headers()
-        .get("x-mm-served-model")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let text = response.text().await.unwrap_or_default();
-    let y: Option<Vec<f64>> = serde_json::from_str::<Value>(&text).ok().and_then(|v| {
-        v["outputs"][0]["data"]
-            .as_array()
-            .map(|d| d.iter().filter_map(Value::as_f64).collect())
-    });
+    let Answer {
+        status,
+        served,
+        text,
+        y,
+    } = read_answer(response).await;
     match (status, served, y) {
         (200, Some(served), Some(y)) if bias_of(&served).is_some_and(|b| y == [5.5 + b, b]) => {
             Ok(served)

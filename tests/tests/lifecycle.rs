@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{assert_close, copy_dir, example, linear_version, mmctl};
+use common::{assert_close, copy_dir, example, linear_version, mmctl, read_answer, Answer};
 use mm_tests::paths::{client_script, example_model, python_lib};
 use mm_tests::stack::eventually;
 use mm_tests::{Stack, StackOptions};
@@ -77,18 +77,12 @@ async fn client(stack: Arc<Stack>, model: &'static str, stop: Arc<AtomicBool>, t
                 continue;
             }
         };
-        let status = response.status().as_u16();
-        let served = response
-            .headers()
-            .get("x-mm-served-model")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let text = response.text().await.unwrap_or_default();
-        let y: Option<Vec<f64>> = serde_json::from_str::<Value>(&text).ok().and_then(|v| {
-            v["outputs"][0]["data"]
-                .as_array()
-                .map(|d| d.iter().filter_map(Value::as_f64).collect())
-        });
+        let Answer {
+            status,
+            served,
+            text,
+            y,
+        } = read_answer(response).await;
         match (status, y) {
             (200, Some(y)) if y == V1_ANSWER => {
                 tally.ok_old.fetch_add(1, Ordering::SeqCst);

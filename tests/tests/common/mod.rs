@@ -132,3 +132,34 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// An inference answer through the gateway, read whole.
+pub struct Answer {
+    pub status: u16,
+    /// `x-mm-served-model`: the model that served a renamed (aliased, updated) request.
+    pub served: Option<String>,
+    pub text: String,
+    /// Output 0's numbers, if the body has them.
+    pub y: Option<Vec<f64>>,
+}
+
+pub async fn read_answer(response: reqwest::Response) -> Answer {
+    let status = response.status().as_u16();
+    let served = response
+        .headers()
+        .get("x-mm-served-model")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let text = response.text().await.unwrap_or_default();
+    let y = serde_json::from_str::<Value>(&text).ok().and_then(|v| {
+        v["outputs"][0]["data"]
+            .as_array()
+            .map(|d| d.iter().filter_map(Value::as_f64).collect())
+    });
+    Answer {
+        status,
+        served,
+        text,
+        y,
+    }
+}
