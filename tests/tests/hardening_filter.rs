@@ -10,8 +10,8 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::assert_close;
-use mm_tests::paths::{self, client_script, example_model, python_lib};
+use common::{assert_close, python_client_at};
+use mm_tests::paths::{self, example_model};
 use mm_tests::process::{free_port, Process};
 use mm_tests::stack::{eventually, render_envoy_config};
 use mm_tests::{Stack, StackOptions};
@@ -229,24 +229,6 @@ async fn every_call_to_the_pool_manager_carries_the_gateway_token() {
 /// `args`; returns the JSON line it printed.
 fn python_client(script: &str, stack: &Stack, args: &[&str]) -> Value {
     python_client_at(script, stack.envoy.port, args)
-}
-
-/// [`python_client`] against the Envoy listening on `port`.
-fn python_client_at(script: &str, port: u16, args: &[&str]) -> Value {
-    let output = Command::new("python3")
-        .env("PYTHONPATH", python_lib())
-        .arg(client_script(script))
-        .arg(format!("127.0.0.1:{port}"))
-        .args(args)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{script} failed: {stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
 }
 
 async fn stack_with(models: &[(&str, &str)]) -> Stack {

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{assert_close, example};
-use mm_tests::paths::{client_script, example_model, python_lib};
+use mm_tests::paths::example_model;
 use mm_tests::stack::eventually;
 use mm_tests::{Stack, StackOptions};
 use serde_json::Value;
@@ -88,20 +88,7 @@ async fn get(stack: &Stack, path: &str) -> (u16, Option<String>, Value) {
 
 /// `tests/clients/metadata_client.py` against the gateway, for `model`.
 fn ask(stack: &Stack, model: &str) -> Value {
-    let output = Command::new("python3")
-        .env("PYTHONPATH", python_lib())
-        .arg(client_script("metadata_client.py"))
-        .arg(format!("127.0.0.1:{}", stack.envoy.port))
-        .arg(model)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "metadata_client.py failed: {stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+    common::python_client_at("metadata_client.py", stack.envoy.port, &[model])
 }
 
 /// Every way of asking for `linear`'s metadata and readiness gave the standby answers.

@@ -163,3 +163,22 @@ pub async fn read_answer(response: reqwest::Response) -> Answer {
         y,
     }
 }
+
+/// Runs a Python client script from tests/clients against the Envoy listening on `port`
+/// (its first argument, `127.0.0.1:port`), then `args`; returns the JSON line it printed.
+pub fn python_client_at(script: &str, port: u16, args: &[&str]) -> Value {
+    let output = std::process::Command::new("python3")
+        .env("PYTHONPATH", mm_tests::paths::python_lib())
+        .arg(mm_tests::paths::client_script(script))
+        .arg(format!("127.0.0.1:{port}"))
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{script} failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
