@@ -89,6 +89,12 @@ struct Args {
     /// is unloaded, so no worker still routes to it.
     #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
     table_propagation: Duration,
+    /// How long the version an update replaced stays loaded once nothing is in flight on
+    /// it, before it is unloaded: 100ms to 1h, and longer than the gateway's usage report
+    /// period (`usage_report_ms`, 1s by default), so that a request routed to it just
+    /// before the switch is seen in flight first.
+    #[arg(long, env = "MM_RETIRE_GRACE", default_value = "2s", value_parser = retire_grace)]
+    retire_grace: Duration,
     /// How often the scaler looks at traffic, copies and pinned models.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     scale_tick: Duration,
@@ -148,6 +154,12 @@ struct Args {
     /// Recent events kept for `GET /api/v1/events` (a ring buffer; the oldest go first).
     #[arg(long = "events", default_value_t = pool_manager::events::DEFAULT_CAPACITY)]
     events_capacity: usize,
+}
+
+/// Parses `--retire-grace`: a duration in the accepted range.
+fn retire_grace(text: &str) -> anyhow::Result<Duration> {
+    let grace = humantime::parse_duration(text)?;
+    Ok(pool_manager::pool::check_retire_grace(grace)?)
 }
 
 #[tokio::main]
@@ -223,6 +235,7 @@ async fn main() -> anyhow::Result<()> {
         eviction: args.eviction,
         unload_wait: args.unload_wait,
         table_propagation: args.table_propagation,
+        retire_grace: args.retire_grace,
         scale: ScaleSettings {
             tick: args.scale_tick,
             up_rate: args.scale_up_rate,

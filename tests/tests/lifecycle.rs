@@ -1,7 +1,8 @@
 //! Model lifecycle end to end (real Envoy, filter, pool-manager and two Triton replicas):
 //! a new spec for a loaded model loads alongside the old version and takes over with no
 //! failed request under load; a version that cannot load leaves the old one answering and
-//! says why; a model loaded nowhere just takes its new spec.
+//! says why; a model loaded nowhere just takes its new spec; a retire grace out of range
+//! stops the pool-manager's start.
 
 mod common;
 
@@ -12,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{assert_close, copy_dir, example, linear_version, mmctl, read_answer, Answer};
-use mm_tests::paths::{client_script, example_model, python_lib};
+use mm_tests::paths::{client_script, example_model, pool_manager, python_lib};
 use mm_tests::stack::eventually;
 use mm_tests::{Stack, StackOptions};
 use reqwest::Method;
@@ -131,7 +132,12 @@ fn grpc_infer(stack: &Stack, model: &str, header: Option<&str>) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_update_under_load_fails_no_request() {
-    let stack = Arc::new(Stack::start(StackOptions::default()).await.unwrap());
+    // A grace shorter than the default (2s), still longer than the 1s usage report.
+    let options = StackOptions {
+        pool_manager_args: ["--retire-grace", "1500ms"].map(String::from).to_vec(),
+        ..StackOptions::default()
+    };
+    let stack = Arc::new(Stack::start(options).await.unwrap());
     let v1 = linear_version(stack.dir.path(), "upd-v1", 1.5);
     let v2 = linear_version(stack.dir.path(), "upd-v2", V2_BIAS);
     let (status, view) = stack.register("upd", &v1, "32Mi").await.unwrap();
@@ -317,4 +323,34 @@ async fn updating_a_cold_model_is_only_a_spec_change() {
     // Served under its own name: nothing renamed.
     assert_eq!(r.json["model_name"], "cold", "{}", r.text);
     assert!(ready_anywhere(&stack, "cold").await);
+}
+
+#[test]
+fn a_retire_grace_out_of_range_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows: [(&[&str], Option<&str>, &str); 3] = [
+        (
+            &["--retire-grace", "0s"],
+            None,
+            "retire grace 0s is out of range",
+        ),
+        (&[], Some("2h"), "retire grace 2h is out of range"),
+        (&["--retire-grace", "soon"], None, "invalid value 'soon'"),
+    ];
+    for (args, env, want) in rows {
+        let mut cmd = Command::new(pool_manager());
+        cmd.arg("--model-repository")
+            .arg(dir.path())
+            .arg("--replica")
+            .arg("name=r0,url=http://127.0.0.1:1,memory=1Gi")
+            .args(args)
+            .env_remove("MM_RETIRE_GRACE");
+        if let Some(env) = env {
+            cmd.env("MM_RETIRE_GRACE", env);
+        }
+        let output = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?} {env:?}: {stderr}");
+        assert!(stderr.contains(want), "{args:?} {env:?}: {stderr}");
+    }
 }

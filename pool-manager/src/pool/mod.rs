@@ -74,7 +74,9 @@ pub use leading::{Followed, Intervals};
 pub use metadata::Asked;
 pub use reconcile::Reconciled;
 pub use registry::Registered;
-pub use settings::{ScaleSettings, Settings};
+pub use settings::{
+    check_retire_grace, ScaleSettings, Settings, SettingsError, RETIRE_GRACE_RANGE,
+};
 pub use table::{CopyState, ModelState, ReplicaIdx};
 pub use update::{Transition, TransitionState};
 pub use views::{CopyView, ModelView, ReplicaView};

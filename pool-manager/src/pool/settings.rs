@@ -1,9 +1,34 @@
 //! The pool's tunables: how long requests wait, how copies scale, what is protected from
 //! eviction. Read once at start; the table carries the part placement needs ([`super::table::Rules`]).
 
+use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use crate::placement::Watermarks;
+
+/// The `retire_grace` values accepted. Below the shortest usage report period the filter
+/// accepts (100 ms), a request routed to the old version just before the switch could
+/// never be seen in flight before the unload; past an hour, two versions of every updated
+/// model would hold memory for no reason a grace can give.
+pub const RETIRE_GRACE_RANGE: RangeInclusive<Duration> =
+    Duration::from_millis(100)..=Duration::from_secs(3600);
+
+/// Why a tunable was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SettingsError {
+    /// A retire grace outside [`RETIRE_GRACE_RANGE`].
+    #[error("retire grace {} is out of range: expected 100ms to 1h (and longer than the gateway's usage report period, 1s by default)", humantime::format_duration(*.0))]
+    RetireGrace(Duration),
+}
+
+/// `grace` if it is a usable `retire_grace` (see [`RETIRE_GRACE_RANGE`]).
+pub fn check_retire_grace(grace: Duration) -> Result<Duration, SettingsError> {
+    if RETIRE_GRACE_RANGE.contains(&grace) {
+        Ok(grace)
+    } else {
+        Err(SettingsError::RetireGrace(grace))
+    }
+}
 
 /// When a model's copies are scaled up and down.
 #[derive(Debug, Clone)]
@@ -60,7 +85,8 @@ pub struct Settings {
     pub report_ttl: Duration,
     /// How long a version replaced by an update stays loaded with no request in flight
     /// before it is unloaded: longer than the gateway's usage report period (1 s), so a
-    /// request routed to it just before the switch is seen in flight first.
+    /// request routed to it just before the switch is seen in flight first
+    /// (`--retire-grace`, checked by [`check_retire_grace`]).
     pub retire_grace: Duration,
     pub scale: ScaleSettings,
     /// Most requests held waiting for a load at once; past it they get 503 at once.
@@ -108,5 +134,35 @@ impl Settings {
             watermarks: self.watermarks,
             min_age: self.min_age,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retire_grace_is_bounded() {
+        let ms = Duration::from_millis;
+        for ok in [
+            ms(100),
+            ms(1_000),
+            Settings::default().retire_grace,
+            ms(3_600_000),
+        ] {
+            assert_eq!(check_retire_grace(ok), Ok(ok), "{ok:?}");
+        }
+        for bad in [Duration::ZERO, ms(99), ms(3_600_001), Duration::MAX] {
+            assert_eq!(
+                check_retire_grace(bad),
+                Err(SettingsError::RetireGrace(bad)),
+                "{bad:?}"
+            );
+        }
+        let message = SettingsError::RetireGrace(Duration::ZERO).to_string();
+        assert!(
+            message.contains("retire grace 0s is out of range"),
+            "{message}"
+        );
     }
 }
