@@ -72,10 +72,6 @@ pub enum Reply {
     /// The request could not be renamed to the model's Triton-side name.
     #[error("cannot rename the request to the model's current version")]
     CannotRename,
-    /// A streaming gRPC call for a model served under another Triton-side name (after an
-    /// update): its messages would have to be held until the stream ends.
-    #[error("streaming inference is not available for an updated model yet; use ModelInfer")]
-    RenamedStream,
 }
 
 impl Reply {
@@ -93,7 +89,7 @@ impl Reply {
             | Reply::NoMetadata => 503,
             Reply::InvalidRoute => 502,
             Reply::PoolManager { status, .. } => *status,
-            Reply::BodyUnavailable | Reply::RenamedStream => 501,
+            Reply::BodyUnavailable => 501,
             Reply::CannotSanitize
             | Reply::CannotSetUpstream
             | Reply::CannotTranslate

@@ -1,8 +1,8 @@
 //! Model lifecycle end to end (real Envoy, filter, pool-manager and two Triton replicas):
 //! a new spec for a loaded model loads alongside the old version and takes over with no
-//! failed request under load; a version that cannot load leaves the old one answering and
-//! says why; a model loaded nowhere just takes its new spec; a retire grace out of range
-//! stops the pool-manager's start.
+//! failed request under load, then answers every protocol, gRPC streams included; a version
+//! that cannot load leaves the old one answering and says why; a model loaded nowhere just
+//! takes its new spec; a retire grace out of range stops the pool-manager's start.
 
 mod common;
 
@@ -115,12 +115,16 @@ async fn ready_anywhere(stack: &Stack, name: &str) -> bool {
     false
 }
 
-fn grpc_infer(stack: &Stack, model: &str, header: Option<&str>) -> Value {
+/// `tests/clients/grpc_infer.py`: ModelReady, ModelInfer, then `stream` requests on one
+/// ModelStreamInfer stream.
+fn grpc_infer(stack: &Stack, model: &str, header: Option<&str>, stream: usize) -> Value {
     let mut cmd = Command::new("python3");
     cmd.env("PYTHONPATH", python_lib())
         .arg(client_script("grpc_infer.py"))
         .arg(format!("127.0.0.1:{}", stack.envoy.port))
-        .arg(model);
+        .arg(model)
+        .arg("--stream")
+        .arg(stream.to_string());
     if let Some(h) = header {
         cmd.arg("--header").arg(h);
     }
@@ -210,12 +214,28 @@ async fn an_update_under_load_fails_no_request() {
     println!("update under load: {old} answers from the old version, {new} from the new, 0 failed");
     assert!(ready_anywhere(&stack, &version).await, "{version} READY");
 
-    // gRPC reaches the new version too: by the message's model_name and by header.
+    // gRPC reaches the new version too: by the message's model_name and by header, unary
+    // and streaming (each message renamed as it passes, also those cut in pieces).
     for header in [None, Some("mm-model-id")] {
-        let answer = tokio::task::block_in_place(|| grpc_infer(&stack, "upd", header));
+        let answer = tokio::task::block_in_place(|| grpc_infer(&stack, "upd", header, 3));
         assert_eq!(answer["ready"], true, "{header:?}: {answer}");
         let y: Vec<f64> = serde_json::from_value(answer["y"].clone()).unwrap();
         assert_close(&y, &V2_ANSWER, "gRPC after the update");
+        let mut stream = answer["stream"].as_array().cloned().unwrap_or_default();
+        stream.sort_by_key(|a| a["id"].as_str().map(str::to_owned));
+        assert_eq!(stream.len(), 3, "{header:?}: {answer}");
+        for (i, a) in stream.iter().enumerate() {
+            assert_eq!(a["id"], i.to_string(), "{header:?}: {answer}");
+            assert_eq!(a["rows"], 2 + 1024 * i, "{header:?}: {answer}");
+            let y: Vec<f64> = serde_json::from_value(a["y"].clone()).unwrap();
+            assert_close(
+                &y,
+                &[V2_ANSWER[1], V2_ANSWER[0]],
+                "streamed after the update",
+            );
+            // As in a unary answer's body, the model is named as its replica knows it.
+            assert_eq!(a["model_name"], version.as_str(), "{header:?}: {answer}");
+        }
     }
     // KServe V1 too.
     let v1_answer = stack

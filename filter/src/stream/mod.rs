@@ -128,6 +128,8 @@ pub struct Stream {
     alias: Option<String>,
     /// The request body has ended (end of stream or trailers seen).
     body_ended: bool,
+    /// For a renamed `ModelStreamInfer` call: its messages renamed as they pass.
+    frames: rename::FrameRename,
 }
 
 impl Stream {
@@ -153,6 +155,7 @@ impl Stream {
             streaming: false,
             alias: None,
             body_ended: false,
+            frames: rename::FrameRename::default(),
         }
     }
 
@@ -630,6 +633,13 @@ impl Stream {
             // The body is still coming: on_request_body translates it at its end and lets
             // the request go then...
             Some(_) if worker.config().bodies_while_paused => {}
+            // A renamed stream goes now, with the frames held so far renamed.
+            None if self.renames_messages() && self.streaming => {
+                let (held, ended) = (self.held, self.body_ended);
+                if held == 0 || self.rename_frames(host, worker, held, ended) {
+                    self.resume(host);
+                }
+            }
             // A renamed gRPC call goes once its held messages are renamed: now if the body
             // is all here, else at its end (nothing held yet: the headers go now).
             None if self.renames_messages() => {
@@ -733,9 +743,9 @@ impl Stream {
     }
 
     /// Renames the request to the model's Triton-side name: the HTTP path now; for gRPC,
-    /// the messages once held (see [`Stream::rename_messages`]), and the content length
-    /// goes (the body changes). A streaming call is refused: its messages would have to be
-    /// held to its end. Returns false, after answering, if that is not possible.
+    /// the messages (a unary call's once all held, see [`Stream::rename_messages`]; a
+    /// stream's as they pass, see [`Stream::rename_frames`]), and the content length goes
+    /// (the body changes). Returns false, after answering, if that is not possible.
     fn rename_request(
         &mut self,
         host: &mut impl Host,
@@ -743,10 +753,6 @@ impl Stream {
         upstream: &str,
     ) -> bool {
         if self.is_grpc() {
-            if self.streaming {
-                self.refuse(host, worker, Reply::RenamedStream);
-                return false;
-            }
             if let Err(err) = host.remove_header(Map::RequestHeaders, "content-length") {
                 debug!(host, "[{}] content-length kept: {err}", self.id);
             }
@@ -799,6 +805,41 @@ impl Stream {
         if let Err(err) = renamed {
             error!(host, "[{}] cannot rename the gRPC messages: {err}", self.id);
             self.refuse(host, worker, Reply::CannotRename);
+            return false;
+        }
+        true
+    }
+
+    /// Renames the frames that the `body_size` held bytes of a streaming call complete,
+    /// and lets them go; the start of a cut frame is kept (out of Envoy's buffer) for the
+    /// next chunk. Returns false, after answering, if that is not possible.
+    fn rename_frames(
+        &mut self,
+        host: &mut impl Host,
+        worker: &mut Worker,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> bool {
+        let Some(upstream) = self.upstream.clone() else {
+            return true;
+        };
+        let frames = &mut self.frames;
+        let renamed = host
+            .body(Buffer::RequestBody, 0, body_size)
+            .map_err(|err| err.to_string())
+            .and_then(|chunk| frames.chunk(&chunk, &upstream).map_err(|e| e.to_string()))
+            .and_then(|renamed| {
+                host.set_body(Buffer::RequestBody, 0, body_size, &renamed)
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(err) = renamed {
+            error!(host, "[{}] cannot rename the gRPC messages: {err}", self.id);
+            self.refuse(host, worker, Reply::CannotRename);
+            return false;
+        }
+        if end_of_stream && self.frames.held() > 0 {
+            let err = GrpcError::Malformed("the body ends inside a message");
+            self.refuse(host, worker, Reply::Grpc(err));
             return false;
         }
         true
@@ -886,7 +927,15 @@ impl Stream {
         }
         match self.phase {
             Phase::Routing => Action::Pause,
-            // A renamed call's messages are held to the end of the body, then renamed.
+            // A renamed stream's messages go as they arrive, renamed.
+            Phase::Routed if self.renames_messages() && self.streaming => {
+                if self.rename_frames(host, worker, body_size, end_of_stream) {
+                    Action::Continue
+                } else {
+                    Action::Pause
+                }
+            }
+            // A renamed unary call's message is held to the end of the body, then renamed.
             Phase::Routed if self.renames_messages() => {
                 if !end_of_stream {
                     Action::Pause

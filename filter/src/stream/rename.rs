@@ -2,7 +2,8 @@
 //! says replicas know by another name (a version loaded by an update, see
 //! [`mm_wire::TableEntry::upstream`]): the model segment of the HTTP path (V2, and V1
 //! whose path was already turned into V2's), and field 1 (`model_name`) of every gRPC
-//! request message, with each message's length prefix re-encoded. Plain functions over
+//! request message, with each message's length prefix re-encoded: all at once for a unary
+//! call, frame by frame as they pass for a stream ([`FrameRename`]). Plain functions over
 //! bytes that never panic; a request for any other model never comes here.
 
 use crate::grpc::GrpcError;
@@ -57,6 +58,64 @@ pub(super) fn grpc_body(body: &[u8], upstream: &str) -> Result<Vec<u8>, GrpcErro
         out.extend_from_slice(&renamed);
     }
     Ok(out)
+}
+
+/// Renames a streaming call's messages as they pass: each chunk of the body gives back the
+/// frames it completes, renamed, and keeps the start of a frame it cuts until the rest
+/// arrives. What it keeps is at most one message, and the call's body is bounded by
+/// `max_request_bytes` (413 past it), so no more than that is ever held.
+#[derive(Debug, Default)]
+pub(super) struct FrameRename {
+    /// The start of a frame whose end has not arrived yet.
+    cut: Vec<u8>,
+}
+
+impl FrameRename {
+    /// The bytes to send on for `chunk`, the next bytes of the body: every frame that ends
+    /// in it (with the kept start of the first), renamed to `upstream`. Empty when the
+    /// chunk ends no frame.
+    ///
+    /// Errors: as [`grpc_body`] for a frame that cannot be rewritten.
+    pub(super) fn chunk(&mut self, chunk: &[u8], upstream: &str) -> Result<Vec<u8>, GrpcError> {
+        self.cut.extend_from_slice(chunk);
+        let whole = complete_frames(&self.cut)?;
+        if whole == 0 {
+            return Ok(Vec::new());
+        }
+        let renamed = grpc_body(self.cut.get(..whole).unwrap_or_default(), upstream)?;
+        self.cut.drain(..whole);
+        Ok(renamed)
+    }
+
+    /// Bytes of a cut frame held: at the end of the body, a message the client never
+    /// finished.
+    pub(super) fn held(&self) -> usize {
+        self.cut.len()
+    }
+}
+
+/// Length of the longest run of complete frames at the start of `bytes`, reading only
+/// their prefixes. Errors: a compressed frame, or a flag byte that is neither 0 nor 1.
+fn complete_frames(bytes: &[u8]) -> Result<usize, GrpcError> {
+    let mut end = 0usize;
+    while let Some(prefix) = bytes
+        .get(end..)
+        .and_then(|rest| rest.first_chunk::<FRAME_HEADER_LEN>())
+    {
+        let [flag, len @ ..] = *prefix;
+        match flag {
+            0 => {}
+            1 => return Err(GrpcError::Compressed),
+            _ => return Err(GrpcError::BadFrame),
+        }
+        let len = usize::try_from(u32::from_be_bytes(len)).unwrap_or(usize::MAX);
+        let frame_end = end.saturating_add(FRAME_HEADER_LEN).saturating_add(len);
+        if frame_end > bytes.len() {
+            break;
+        }
+        end = frame_end;
+    }
+    Ok(end)
 }
 
 /// One protobuf message with every field 1 replaced by the string `upstream`.
@@ -234,7 +293,112 @@ mod tests {
         );
     }
 
+    #[test]
+    fn renames_a_stream_frame_by_frame_whatever_the_chunks() {
+        let first = frame(&[string(1, b"m"), string(2, b"1"), string(9, &[5u8; 40])].concat());
+        let second = frame(&[string(9, &[6u8; 3]), string(1, b"m")].concat());
+        let body = [first.clone(), second.clone()].concat();
+        let want = grpc_body(&body, "m--0123abcd").unwrap();
+        let want_first = grpc_body(&first, "m--0123abcd").unwrap();
+        // (chunk boundaries, what each chunk gives back): cut in the prefix, in the
+        // message, exactly between frames, one byte at a time, all at once.
+        let rows: Vec<(Vec<usize>, Vec<Vec<u8>>)> = vec![
+            (vec![body.len()], vec![want.clone()]),
+            (vec![3, body.len()], vec![vec![], want.clone()]),
+            (
+                vec![first.len(), body.len()],
+                vec![want_first.clone(), want[want_first.len()..].to_vec()],
+            ),
+            (
+                vec![first.len() + 2, body.len()],
+                vec![want_first.clone(), want[want_first.len()..].to_vec()],
+            ),
+            (
+                vec![10, first.len() - 1, body.len()],
+                vec![vec![], vec![], want.clone()],
+            ),
+        ];
+        for (cuts, outs) in rows {
+            let mut rename = FrameRename::default();
+            let mut from = 0;
+            for (cut, out) in cuts.iter().zip(&outs) {
+                let got = rename.chunk(&body[from..*cut], "m--0123abcd").unwrap();
+                assert_eq!(&got, out, "cuts {cuts:?} at {cut}");
+                from = *cut;
+            }
+            assert_eq!(rename.held(), 0, "{cuts:?}");
+        }
+        let mut rename = FrameRename::default();
+        let sent: Vec<u8> = body
+            .iter()
+            .flat_map(|b| rename.chunk(&[*b], "m--0123abcd").unwrap())
+            .collect();
+        assert_eq!(sent, want);
+        // A body that ends inside a frame leaves it held.
+        let mut rename = FrameRename::default();
+        assert_eq!(rename.chunk(&body[..body.len() - 1], "x").unwrap().len(), {
+            grpc_body(&first, "x").unwrap().len()
+        });
+        assert_eq!(rename.held(), second.len() - 1);
+    }
+
+    #[test]
+    fn a_stream_refuses_what_it_cannot_rewrite() {
+        let msg = string(1, b"m");
+        let mut compressed = frame(&msg);
+        compressed[0] = 1;
+        let mut bad_flag = frame(&msg);
+        bad_flag[0] = 9;
+        // Seen from the frame's prefix, before its message has arrived.
+        let rows: [(&[u8], GrpcError); 3] = [
+            (&compressed[..5], GrpcError::Compressed),
+            (&bad_flag[..5], GrpcError::BadFrame),
+            (
+                &frame(&[0x0a, 0x07, b'm']),
+                GrpcError::Malformed("field runs past the message"),
+            ),
+        ];
+        for (chunk, err) in rows {
+            let mut rename = FrameRename::default();
+            assert_eq!(rename.chunk(chunk, "x"), Err(err), "{chunk:?}");
+        }
+    }
+
     proptest::proptest! {
+        #[test]
+        fn a_stream_renames_as_the_whole_body_would(
+            sizes in proptest::collection::vec(0usize..300, 1..5),
+            cuts in proptest::collection::vec(0usize..2000, 0..8),
+        ) {
+            let body: Vec<u8> = sizes
+                .iter()
+                .flat_map(|n| frame(&[string(1, b"m"), string(9, &vec![3u8; *n])].concat()))
+                .collect();
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (body.len() + 1)).collect();
+            cuts.push(body.len());
+            cuts.sort_unstable();
+            let mut rename = FrameRename::default();
+            let mut sent = Vec::new();
+            let mut from = 0;
+            for cut in cuts {
+                sent.extend(rename.chunk(&body[from..cut], "m--0123abcd").unwrap());
+                from = cut;
+            }
+            proptest::prop_assert_eq!(sent, grpc_body(&body, "m--0123abcd").unwrap());
+            proptest::prop_assert_eq!(rename.held(), 0);
+        }
+
+        #[test]
+        fn a_stream_never_panics(
+            chunks in proptest::collection::vec(
+                proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64), 0..6),
+        ) {
+            let mut rename = FrameRename::default();
+            for chunk in chunks {
+                let _ = rename.chunk(&chunk, "m--0123abcd");
+            }
+        }
+
         #[test]
         fn never_panics(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
             let _ = grpc_body(&body, "m--0123abcd");

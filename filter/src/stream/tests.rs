@@ -2062,19 +2062,124 @@ fn rename_rows() {
                 ..Expect::default()
             },
         ),
+    ];
+    for r in rows {
+        check(r);
+    }
+}
+
+#[test]
+fn renamed_stream_rows() {
+    let stream = "/inference.GRPCInferenceService/ModelStreamInfer";
+    let first = frame(&[field(1, b"linear"), field(5, b"\x0a\x01x")]);
+    let second = frame(&[field(5, b"\x0a\x01y"), field(1, b"linear")]);
+    let renamed_first = frame(&[field(1, RENAMED.as_bytes()), field(5, b"\x0a\x01x")]);
+    let renamed_second = frame(&[field(5, b"\x0a\x01y"), field(1, RENAMED.as_bytes())]);
+    let both = [renamed_first.clone(), renamed_second.clone()].concat();
+    // The second message, cut after its prefix and part of its first field.
+    let (head, tail) = second.split_at(7);
+    let rows = vec![
         row(
-            "gRPC streaming on a renamed model: refused at once, never held",
+            "a stream with a model header: each message goes renamed as soon as it is whole",
             renamed_table(),
-            vec![Headers(
-                grpc_call(
-                    "/inference.GRPCInferenceService/ModelStreamInfer",
-                    &[("mm-model-id", "linear")],
+            vec![
+                Headers(grpc_call(stream, &[("mm-model-id", "linear")]), false),
+                Body(first[..9].to_vec(), false),
+                Body([&first[9..], head].concat(), false),
+                Body(tail.to_vec(), false),
+                ResponseHeaders(
+                    vec![(":status", "200"), ("content-type", "application/grpc")],
+                    false,
                 ),
-                false,
-            )],
+            ],
             Expect {
-                actions: vec![Pause],
-                reply: Some((12, "streaming inference is not available")),
+                actions: vec![Continue, Continue, Continue, Continue, Continue],
+                upstream: Some("127.0.0.1:8001"),
+                forwarded: Some(both.clone()),
+                in_flight: Some(vec![(RENAMED, "r0")]),
+                response_headers: vec![
+                    ("x-mm-served-model", Some("linear")),
+                    ("x-mm-served-version", Some(RENAMED)),
+                ],
+                ..Expect::default()
+            },
+        ),
+        row(
+            "a stream, model from its first message: routed from the table, renamed, not held",
+            renamed_table(),
+            vec![
+                Headers(grpc_call(stream, &[]), false),
+                Body(first[..4].to_vec(), false),
+                Body([&first[4..], head].concat(), false),
+                Body(tail.to_vec(), false),
+                Body(first.clone(), true),
+            ],
+            Expect {
+                actions: vec![Pause, Pause, Continue, Continue, Continue],
+                upstream: Some("127.0.0.1:8001"),
+                forwarded: Some([both.clone(), renamed_first.clone()].concat()),
+                ..Expect::default()
+            },
+        ),
+        row(
+            "a cold stream: the route answer renames what was held and lets the stream go",
+            vec![],
+            vec![
+                Headers(grpc_call(stream, &[("mm-model-id", "linear")]), false),
+                Body([first.as_slice(), head].concat(), false),
+                Answer(Some(200), renamed_answer()),
+                Body(tail.to_vec(), true),
+            ],
+            Expect {
+                actions: vec![Pause, Pause, Continue],
+                upstream: Some("127.0.0.1:7001"),
+                route_calls: vec!["/internal/v1/route/linear"],
+                forwarded: Some(both.clone()),
+                in_flight: Some(vec![(RENAMED, "r2")]),
+                ..Expect::default()
+            },
+        ),
+        row(
+            "a stream whose later message names another model is refused",
+            renamed_table(),
+            vec![
+                Headers(grpc_call(stream, &[("mm-model-id", "linear")]), false),
+                Body(first.clone(), false),
+                Body(frame(&[field(1, b"other")]), false),
+            ],
+            Expect {
+                actions: vec![Continue, Continue, Pause],
+                reply: Some((3, "names model other")),
+                upstream: Some("127.0.0.1:8001"),
+                forwarded: Some(renamed_first.clone()),
+                ..Expect::default()
+            },
+        ),
+        row(
+            "a stream that ends inside a message is refused, and the cut message never goes",
+            renamed_table(),
+            vec![
+                Headers(grpc_call(stream, &[("mm-model-id", "linear")]), false),
+                Body([first.as_slice(), head].concat(), true),
+            ],
+            Expect {
+                actions: vec![Continue, Pause],
+                reply: Some((3, "malformed protobuf request")),
+                upstream: Some("127.0.0.1:8001"),
+                forwarded: Some(Vec::new()),
+                ..Expect::default()
+            },
+        ),
+        row(
+            "a compressed message in a stream is refused",
+            renamed_table(),
+            vec![
+                Headers(grpc_call(stream, &[("mm-model-id", "linear")]), false),
+                Body([&[1u8][..], &first[1..]].concat(), false),
+            ],
+            Expect {
+                actions: vec![Continue, Pause],
+                reply: Some((3, "compressed")),
                 upstream: Some("127.0.0.1:8001"),
                 ..Expect::default()
             },
