@@ -42,7 +42,7 @@ pub enum Asked {
     Ready,
     /// KServe V1 `GET /v1/models/{m}`: `{"name", "ready"}`, answered by the gateway.
     V1Ready,
-    /// Triton's model configuration (`GET /v2/models/{m}/config`).
+    /// Triton's model configuration (`GET /v2/models/{m}/config`, gRPC `ModelConfig`).
     Config,
 }
 
@@ -63,6 +63,7 @@ impl Asked {
         match method {
             GrpcMethod::ModelMetadata => Some(Asked::Metadata),
             GrpcMethod::ModelReady => Some(Asked::Ready),
+            GrpcMethod::ModelConfig => Some(Asked::Config),
             _ => None,
         }
     }

@@ -1,7 +1,7 @@
 """Metadata and readiness through the gateway, the ways KServe clients ask, for the
-integration tests: python-requests (V2 and V1 paths, with status and the gateway's
-x-mm-model-state header), NVIDIA tritonclient.http and tritonclient.grpc (with and without
-the model in an mm-model-id header).
+integration tests: python-requests (V2 and V1 paths and the V2 config, with status and the
+gateway's x-mm-model-state header), NVIDIA tritonclient.http and tritonclient.grpc (metadata,
+readiness and config, with and without the model in an mm-model-id header).
 
 Usage: metadata_client.py HOST:PORT MODEL
 
@@ -41,6 +41,7 @@ def main() -> int:
             "version": plain(url, f"/v2/models/{model}/versions/1"),
             "ready": plain(url, f"/v2/models/{model}/ready"),
             "v1": plain(url, f"/v1/models/{model}"),
+            "config": plain(url, f"/v2/models/{model}/config"),
         }
     }
     http = httpclient.InferenceServerClient(url=url, connection_timeout=60, network_timeout=60)
@@ -64,6 +65,10 @@ def main() -> int:
                 lambda: grpc.get_model_metadata(
                     model, headers=header, as_json=True, client_timeout=60
                 )
+            ),
+            "config": call(lambda: grpc.get_model_config(model, as_json=True, client_timeout=60)),
+            "header_config": call(
+                lambda: grpc.get_model_config(model, headers=header, as_json=True, client_timeout=60)
             ),
         }
     finally:

@@ -1,8 +1,8 @@
 //! Metadata and readiness without loading (issue 15 item 3), through the real gateway:
-//! for a model evicted after its first load, V2 metadata (HTTP and gRPC) comes from what
-//! the pool-manager kept and readiness never loads: the pool-manager's load counter does
-//! not move and the replica keeps what it had. The kept metadata survives a pool-manager
-//! restart, and a spec change whose files differ drops it.
+//! for a model evicted after its first load, V2 metadata and configuration (HTTP and gRPC)
+//! come from what the pool-manager kept and readiness never loads: the pool-manager's load
+//! counter does not move and the replica keeps what it had. The kept metadata survives a
+//! pool-manager restart, and a spec change whose files differ drops it.
 
 mod common;
 
@@ -120,6 +120,21 @@ fn assert_linear_standby(out: &Value) {
     for case in ["ready", "header_ready"] {
         assert_eq!(out["grpc"][case], true, "{case}: {out}");
     }
+    assert_eq!(r["config"]["status"], 200, "{out}");
+    assert_eq!(r["config"]["state"], "standby", "{out}");
+    assert_eq!(r["config"]["body"]["backend"], "python", "{out}");
+    // gRPC ModelConfig: Triton's ModelConfigResponse, encoded from the kept configuration.
+    for case in ["config", "header_config"] {
+        let c = &out["grpc"][case]["config"];
+        assert_eq!(c["name"], "linear", "{case}: {out}");
+        assert_eq!(c["backend"], "python", "{case}: {out}");
+        assert_eq!(c["input"][0]["data_type"], "TYPE_FP32", "{case}: {out}");
+        assert_eq!(
+            c["input"][0]["dims"],
+            serde_json::json!(["-1", "4"]),
+            "{case}: {out}"
+        );
+    }
     for case in ["metadata", "header_metadata"] {
         let m = &out["grpc"][case];
         assert_eq!(m["name"], "linear", "{case}: {out}");
@@ -149,14 +164,14 @@ async fn metadata_and_readiness_of_an_evicted_model_load_nothing() {
     assert_eq!(loaded(&stack).await, vec!["xor_mlp"], "nothing was evicted");
     // The filter adds its counts to Envoy's counters on its next tick (every 200 ms).
     eventually(
-        "9 answers given without a load",
+        "12 answers given without a load",
         Duration::from_secs(5),
         || async {
             let standby = stack
                 .envoy
                 .stat("wasmcustom.mm_filter_standby_answers")
                 .await?;
-            Ok((standby >= 9).then_some(()))
+            Ok((standby >= 12).then_some(()))
         },
     )
     .await
@@ -175,6 +190,10 @@ async fn metadata_and_readiness_of_an_evicted_model_load_nothing() {
     );
     assert_eq!(
         out["grpc"]["metadata"]["status"], "StatusCode.NOT_FOUND",
+        "{out}"
+    );
+    assert_eq!(
+        out["grpc"]["config"]["status"], "StatusCode.NOT_FOUND",
         "{out}"
     );
 

@@ -1854,15 +1854,24 @@ fn a_loaded_model_found_by_the_metadata_call_is_forwarded() {
 
 #[test]
 fn grpc_answers_for_a_model_loaded_nowhere_ride_on_server_live() {
+    for (method, asked) in [
+        ("/inference.GRPCInferenceService/ModelMetadata", "metadata"),
+        ("/inference.GRPCInferenceService/ModelConfig", "config"),
+    ] {
+        grpc_answer_rides_on_server_live(method, asked);
+    }
+}
+
+/// A gRPC `method` asking `asked` of a model loaded nowhere.
+fn grpc_answer_rides_on_server_live(method: &'static str, asked: &str) {
     let mut sim = Sim::new("", warm_table());
-    let method = "/inference.GRPCInferenceService/ModelMetadata";
     sim.run(&[Step::Headers(
         grpc_call(method, &[("mm-model-id", "cold")]),
         false,
     )]);
     assert_eq!(
         sim.route_calls(),
-        vec!["/internal/v1/metadata/cold?for=metadata&grpc=true".to_owned()]
+        vec![format!("/internal/v1/metadata/cold?for={asked}&grpc=true")]
     );
     let carrier: serde_json::Value =
         serde_json::from_str(&route_answer("r1", 9000, false)).unwrap();
@@ -1886,8 +1895,12 @@ fn grpc_answers_for_a_model_loaded_nowhere_ride_on_server_live() {
         Step::ResponseBody(vec![2, 0x08, 0x01], false),
         Step::ResponseTrailers(vec![("grpc-status", "0")]),
     ]);
-    // ServerLive's own `live: true` is replaced by the kept ModelMetadataResponse.
-    assert_eq!(sim.delivered, b"\0\0\0\0\x06\x0a\x04cold".to_vec());
+    // ServerLive's own `live: true` is replaced by the kept answer.
+    assert_eq!(
+        sim.delivered,
+        b"\0\0\0\0\x06\x0a\x04cold".to_vec(),
+        "{method}"
+    );
     assert!(sim.in_flight().is_empty(), "not counted on the carrier");
     assert!(sim.reply().is_none());
 }

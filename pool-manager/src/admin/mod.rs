@@ -502,11 +502,11 @@ async fn model_metadata(
     let asked = match query.asked.as_str() {
         "metadata" => Asked::Metadata(version),
         "ready" => Asked::Ready,
-        "config" if !query.grpc => Asked::Config,
+        "config" => Asked::Config,
         _ => {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
-                "for must be metadata, ready or (HTTP only) config",
+                "for must be metadata, ready or config",
             ))
         }
     };

@@ -692,10 +692,6 @@ async fn the_metadata_call_answers_without_loading_and_refuses_bad_queries() {
             StatusCode::BAD_REQUEST,
         ),
         (
-            "/internal/v1/metadata/m1?for=config&grpc=true",
-            StatusCode::BAD_REQUEST,
-        ),
-        (
             "/internal/v1/metadata/m1?for=metadata&version=1a",
             StatusCode::BAD_REQUEST,
         ),

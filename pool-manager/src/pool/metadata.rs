@@ -158,6 +158,7 @@ impl Pool {
         let message = match (asked, &standby.body) {
             (Asked::Ready, _) => grpc::ready_response(standby.ready),
             (Asked::Metadata(_), Some(body)) => grpc::metadata_response(body),
+            (Asked::Config, Some(body)) => grpc::config_response(body),
             _ => return Err(PoolError::Internal("no gRPC answer for this call".into())),
         }
         .map_err(|e| PoolError::Internal(e.to_string()))?;

@@ -1653,6 +1653,27 @@ async fn metadata_and_readiness_of_a_model_loaded_nowhere_load_nothing() {
         .unwrap();
     assert_eq!(grpc.grpc_message.as_deref(), Some("CAE="), "ready: true");
     assert_eq!(grpc.carrier.map(|c| c.replica), Some("r0".to_owned()));
+    // gRPC ModelConfig too: ModelConfigResponse { config { name: "m", max_batch_size: 8 } }.
+    let grpc_config = f
+        .pool
+        .metadata_answer("m", Asked::Config, true)
+        .await
+        .unwrap()
+        .standby
+        .unwrap();
+    use base64::Engine as _;
+    let message = base64::engine::general_purpose::STANDARD
+        .decode(grpc_config.grpc_message.unwrap())
+        .unwrap();
+    assert_eq!(
+        message,
+        b"\x0a\x05\x0a\x01m\x20\x08".to_vec(),
+        "{message:?}"
+    );
+    assert_eq!(
+        grpc_config.carrier.map(|c| c.replica),
+        Some("r0".to_owned())
+    );
     assert_eq!(f.total_loads(), loads, "nothing loaded");
     assert_eq!(f.loaded(0), vec!["n"], "nothing evicted");
     assert!(matches!(
