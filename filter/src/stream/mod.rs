@@ -812,7 +812,8 @@ impl Stream {
 
     /// Renames the frames that the `body_size` held bytes of a streaming call complete,
     /// and lets them go; the start of a cut frame is kept (out of Envoy's buffer) for the
-    /// next chunk. Returns false, after answering, if that is not possible.
+    /// next chunk. An empty chunk (a half-close) costs no host call. Returns false, after
+    /// answering, if that is not possible.
     fn rename_frames(
         &mut self,
         host: &mut impl Host,
@@ -823,19 +824,21 @@ impl Stream {
         let Some(upstream) = self.upstream.clone() else {
             return true;
         };
-        let frames = &mut self.frames;
-        let renamed = host
-            .body(Buffer::RequestBody, 0, body_size)
-            .map_err(|err| err.to_string())
-            .and_then(|chunk| frames.chunk(&chunk, &upstream).map_err(|e| e.to_string()))
-            .and_then(|renamed| {
-                host.set_body(Buffer::RequestBody, 0, body_size, &renamed)
-                    .map_err(|e| e.to_string())
-            });
-        if let Err(err) = renamed {
-            error!(host, "[{}] cannot rename the gRPC messages: {err}", self.id);
-            self.refuse(host, worker, Reply::CannotRename);
-            return false;
+        if body_size > 0 {
+            let chunk = match host.body(Buffer::RequestBody, 0, body_size) {
+                Ok(chunk) => chunk,
+                Err(err) => return self.cannot_rename(host, worker, &err),
+            };
+            let renamed = match self.frames.chunk(&chunk, &upstream) {
+                Ok(renamed) => renamed,
+                Err(err) => {
+                    self.refuse(host, worker, Reply::Grpc(err));
+                    return false;
+                }
+            };
+            if let Err(err) = host.set_body(Buffer::RequestBody, 0, body_size, &renamed) {
+                return self.cannot_rename(host, worker, &err);
+            }
         }
         if end_of_stream && self.frames.held() > 0 {
             let err = GrpcError::Malformed("the body ends inside a message");
@@ -843,6 +846,18 @@ impl Stream {
             return false;
         }
         true
+    }
+
+    /// The host would not give or take the body of a renamed call: answers 500. Returns false.
+    fn cannot_rename(
+        &mut self,
+        host: &mut impl Host,
+        worker: &mut Worker,
+        err: &crate::host::HostError,
+    ) -> bool {
+        error!(host, "[{}] cannot rename the gRPC messages: {err}", self.id);
+        self.refuse(host, worker, Reply::CannotRename);
+        false
     }
 
     /// The name the request is counted and reported under: the model's Triton-side name

@@ -2153,6 +2153,21 @@ fn renamed_stream_rows() {
             },
         ),
         row(
+            "a stream half-closed by an empty chunk ends normally",
+            renamed_table(),
+            vec![
+                Headers(grpc_call(stream, &[("mm-model-id", "linear")]), false),
+                Body(first.clone(), false),
+                Body(Vec::new(), true),
+            ],
+            Expect {
+                actions: vec![Continue, Continue, Continue],
+                upstream: Some("127.0.0.1:8001"),
+                forwarded: Some(renamed_first.clone()),
+                ..Expect::default()
+            },
+        ),
+        row(
             "a stream whose later message names another model is refused",
             renamed_table(),
             vec![
