@@ -329,6 +329,12 @@ async fn main() -> anyhow::Result<()> {
     pool.attach_storage(storage);
     tracing::info!(models = models.len(), "registry restored");
     let interrupted = pool.restore_with_versions(models, &versions);
+    if interrupted > 0 {
+        tracing::info!(
+            updates = interrupted,
+            "updates under way when the store was last written; resumed by the leader"
+        );
+    }
     pool.restore_metadata(metadata);
     pool.restore_aliases(&aliases);
     let every = Intervals {
@@ -342,17 +348,11 @@ async fn main() -> anyhow::Result<()> {
             // Know which replicas are up, and what they have loaded, before the first
             // request is placed: a restarted pool-manager adopts what is loaded instead of
             // loading it twice.
+            // Updates a restart interrupted go on from there.
             pool.take_lead(None).await?;
             pool.start_loops(every, &mut loops);
-            if !interrupted.is_empty() {
-                let resuming = pool.clone();
-                tokio::spawn(async move { resuming.resume_updates(interrupted).await });
-            }
         }
         Some(election) => {
-            if !interrupted.is_empty() {
-                tracing::warn!(models = interrupted.len(), "updates interrupted by a restart are not resumed with a shared store; PUT their specs again");
-            }
             // Shared: the registry and the leader's table follow the store; the pool is
             // acted on only while this instance leads (it then rebuilds its view first).
             pool.attach_role(election.role());

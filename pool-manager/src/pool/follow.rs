@@ -1,6 +1,8 @@
-//! A follower's copy of the shared store: the registry and the aliases (so admin reads
-//! answer on every instance, even while no instance leads) and the leader's routing table (so the
-//! gateway's table polls get the same table from every instance). Kept current by the
+//! A follower's copy of the shared store: the registry with its version records (so admin
+//! reads answer on every instance, even while no instance leads, and a follower that comes
+//! to lead holds each model under the name Triton has it by), the aliases, and the
+//! leader's routing table (so the gateway's table polls get the same table from every
+//! instance). Kept current by the
 //! store's change feed; when the feed is lost the copy is read again from a snapshot.
 //!
 //! While this instance acts as the leader it made those changes itself: model records
@@ -65,7 +67,7 @@ impl Pool {
     pub(super) fn resync(&self, snapshot: &Snapshot) {
         if !self.acting() {
             let (models, _) = crate::store::decode_models(snapshot);
-            self.replace_registry(models);
+            self.replace_registry(models, &crate::store::records_of(snapshot, Kind::Version));
             self.replace_aliases(&crate::store::records_of(snapshot, Kind::Alias));
         }
         let table = snapshot
@@ -94,9 +96,10 @@ impl Pool {
             // comes to lead, when it is read again from the store anyway).
             Kind::Alias if self.acting() => {}
             Kind::Alias => self.follow_alias(&event.key.name, event.value.as_deref()),
-            // Not followed: a follower serves the leader's routing table, which names the
-            // serving versions; updates run on the leader.
-            Kind::Version => {}
+            // The gateways get the serving versions from the leader's table; the follower's
+            // own copy answers admin reads and is what it adopts by if it comes to lead.
+            Kind::Version if self.acting() => {}
+            Kind::Version => self.follow_version(&event.key.name, event.value.as_deref()),
         }
     }
 
@@ -104,10 +107,12 @@ impl Pool {
     fn follow_model(&self, name: &str, value: Option<&[u8]>) {
         let mut t = self.table();
         match value {
+            // On the entry that serves the model (a version's, after an update).
             Some(value) => match decode_model(name, value) {
-                Ok((name, spec)) => match t.get(&name) {
-                    Some(e) if e.spec().is_unchanged_by(&spec) => {}
-                    Some(_) => t.set_spec(&name, spec),
+                Ok((name, spec)) => match t.resolve(&name) {
+                    Some(key) if t.get(&key).is_some_and(|e| e.spec().is_unchanged_by(&spec)) => {}
+                    Some(key) => t.set_spec(&key, spec),
+                    None if t.contains(&name) => {}
                     None => t.insert(name, spec),
                 },
                 Err(reason) => {
@@ -116,7 +121,7 @@ impl Pool {
             },
             None => {
                 if let Ok(name) = crate::spec::ModelName::new(name) {
-                    t.remove(&name);
+                    super::versions::forget_model(&mut t, &name);
                 }
             }
         }

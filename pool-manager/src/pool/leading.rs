@@ -20,7 +20,6 @@ use tracing::{info, warn};
 
 use super::{Pool, PoolError};
 use crate::election::Role;
-use crate::spec::{ModelName, ModelSpec};
 use crate::store::{Change, Key, Kind, Store, StoreError};
 
 /// How often a leader re-checks its lease's deadline while nothing changes (a lease runs
@@ -138,7 +137,9 @@ impl Pool {
 
     /// Rebuilds the pool's view as a new leader: the registry from `store` (when shared),
     /// then the replicas' readiness and their own indexes (every loaded copy adopted, none
-    /// loaded again); then serves route calls. Fails if leadership ended meanwhile.
+    /// loaded again); then serves route calls, and resumes the updates left under way
+    /// (by a predecessor, or by this process before a restart). Fails if leadership ended
+    /// meanwhile.
     pub async fn take_lead(&self, store: Option<&Store>) -> Result<(), StoreError> {
         if let Some(store) = store {
             let snapshot = store.backend().snapshot().await?;
@@ -147,7 +148,9 @@ impl Pool {
                 warn!(model = %bad.name, reason = %bad.reason, "a stored model could not be read; it is not served");
             }
             let metadata = crate::store::decode_metadata(&snapshot, &models);
-            self.replace_registry(models);
+            // Each model under the name Triton has it by (the reconcile adopts those
+            // copies), with the update its predecessor left under way.
+            self.replace_registry(models, &crate::store::records_of(&snapshot, Kind::Version));
             self.restore_metadata(metadata);
             // Moves and deletes made by the previous leader since this process started.
             self.replace_aliases(&crate::store::records_of(&snapshot, Kind::Alias));
@@ -162,6 +165,7 @@ impl Pool {
         }
         self.inner.leading.acting.send_replace(true);
         self.publish();
+        self.resume_updates().await;
         Ok(())
     }
 
@@ -228,31 +232,6 @@ impl Pool {
                 "the routing table is not in the store yet; evicting anyway"
             );
         }
-    }
-
-    /// Makes the registry exactly `models` (as the store holds them): new ones added,
-    /// changed specs applied, the ones no longer stored forgotten. Copies are left to
-    /// reconciliation.
-    pub(super) fn replace_registry(&self, models: Vec<(ModelName, ModelSpec)>) {
-        let mut t = self.table();
-        let keep: std::collections::HashSet<&ModelName> = models.iter().map(|(n, _)| n).collect();
-        let gone: Vec<ModelName> = t
-            .range(std::ops::Bound::Unbounded)
-            .map(|(n, _)| n.clone())
-            .filter(|n| !keep.contains(n))
-            .collect();
-        for name in gone {
-            t.remove(&name);
-        }
-        for (name, spec) in models {
-            match t.get(&name) {
-                Some(e) if e.spec().is_unchanged_by(&spec) => {}
-                Some(_) => t.set_spec(&name, spec),
-                None => t.insert(name, spec),
-            }
-        }
-        drop(t);
-        self.update_gauges();
     }
 
     /// Starts the leader's background loops (probes, scaler, reconciliation) in `set`.

@@ -77,7 +77,8 @@ impl Pool {
     pub fn restore_metadata(&self, kept: Vec<(ModelName, KeptMetadata)>) {
         let mut t = self.table();
         for (name, kept) in kept {
-            if let Some(e) = t.get_mut(&name) {
+            let key = t.resolve(&name).unwrap_or(name);
+            if let Some(e) = t.get_mut(&key) {
                 if kept.matches(e.spec()) {
                     e.metadata = Some(Arc::new(kept));
                 }

@@ -9,6 +9,7 @@
 //! - `views`: what the admin API and the metrics show; `routing`: the table the gateway
 //!   routes warm requests by, and its failure reports;
 //! - `update`: a new spec for a loaded model, loaded alongside and switched to at once;
+//!   `versions`: the version records in the table (restart, follower, new leader);
 //!   `aliases`: names that stand for models, by weight.
 //!
 //! Table entries are named as Triton knows them. A model serves under its own name until
@@ -53,6 +54,7 @@ mod settings;
 pub(crate) mod snapshot;
 pub(crate) mod table;
 mod update;
+mod versions;
 mod views;
 
 use std::collections::HashMap;

@@ -6,6 +6,7 @@ use tokio::time::Instant;
 use tracing::info;
 
 use super::table::{CopyState, ReplicaIdx};
+use super::update::VersionRecord;
 use super::{clamp, Pool, PoolError};
 use crate::events::{EventKind, NewEvent};
 use crate::placement::Resources;
@@ -76,7 +77,11 @@ impl Pool {
         };
         let outcome = match existing {
             Some((key, old)) if old.is_unchanged_by(&spec) => {
-                self.clear_failed_update(&key);
+                if self.has_failed_update(&key) {
+                    self.persist_version(&name, Some(&VersionRecord::serving(&key)))
+                        .await?;
+                    self.clear_failed_update(&key);
+                }
                 Registered::Unchanged
             }
             Some((key, _)) if self.is_live_update(&key, &spec) => {
@@ -99,7 +104,11 @@ impl Pool {
                 Registered::Created
             }
             Some((key, old)) => {
-                if old.needs_reload(&spec) {
+                if self.has_failed_update(&key) {
+                    // The failed update's note goes with the spec it was shown for.
+                    self.persist_switch(&name, &spec, &VersionRecord::serving(&key))
+                        .await?;
+                } else if old.needs_reload(&spec) {
                     self.persist_reloaded(&name, &spec).await?;
                 } else {
                     self.persist_put(&name, &spec).await?;
@@ -113,6 +122,15 @@ impl Pool {
             self.registered(&name, &spec, outcome);
         }
         Ok((outcome, self.view(&name)?))
+    }
+
+    /// Whether the model served by `key` shows a failed update.
+    fn has_failed_update(&self, key: &ModelName) -> bool {
+        self.table().get(key).is_some_and(|e| {
+            e.transition
+                .as_ref()
+                .is_some_and(|t| t.state == super::update::TransitionState::Failed)
+        })
     }
 
     /// Forgets a failed update of the model served by `key` (its spec changed again).
@@ -221,7 +239,7 @@ impl Pool {
     pub(super) async fn persist_version(
         &self,
         client: &ModelName,
-        record: Option<&super::update::VersionRecord>,
+        record: Option<&VersionRecord>,
     ) -> Result<(), PoolError> {
         self.persist_versioned(client, None, record).await
     }
@@ -231,7 +249,7 @@ impl Pool {
         &self,
         client: &ModelName,
         spec: &ModelSpec,
-        record: &super::update::VersionRecord,
+        record: &VersionRecord,
     ) -> Result<(), PoolError> {
         self.persist_versioned(client, Some(spec), Some(record))
             .await
@@ -241,13 +259,15 @@ impl Pool {
         &self,
         client: &ModelName,
         spec: Option<&ModelSpec>,
-        record: Option<&super::update::VersionRecord>,
+        record: Option<&VersionRecord>,
     ) -> Result<(), PoolError> {
         let Some(store) = &self.inner.store else {
             return Ok(());
         };
-        // A model served under its own name with nothing under way needs no record.
-        let record = record.filter(|r| r.next.is_some() || r.serving != client.as_str());
+        // A model served under its own name with nothing under way or failed needs no
+        // record.
+        let record = record
+            .filter(|r| r.next.is_some() || r.failed.is_some() || r.serving != client.as_str());
         let value = record
             .map(serde_json::to_vec)
             .transpose()
@@ -271,49 +291,19 @@ impl Pool {
     /// Puts models read back from the durable store into the table (as `Pending`: the
     /// replicas' own indexes say what is loaded, see [`Pool::reconcile`]).
     pub fn restore(&self, models: Vec<(ModelName, ModelSpec)>) {
-        self.restore_with_versions(models, &[]);
+        self.replace_registry(models, &[]);
     }
 
     /// Like [`Pool::restore`], with the models' version records (model name, JSON): each
-    /// model comes back under the Triton-side name of the version that served. Returns
-    /// the updates a restart interrupted, for [`Pool::resume_updates`].
+    /// model comes back under the Triton-side name of the version that served, with the
+    /// update under way (resumed once the replicas' indexes are read:
+    /// [`Pool::take_lead`]) or the last failed one. Returns how many updates are under way.
     pub fn restore_with_versions(
         &self,
         models: Vec<(ModelName, ModelSpec)>,
         versions: &[(String, Vec<u8>)],
-    ) -> Vec<(ModelName, ModelSpec)> {
-        use super::update::VersionRecord;
-        let records: std::collections::HashMap<&str, VersionRecord> = versions
-            .iter()
-            .filter_map(|(name, value)| match serde_json::from_slice(value) {
-                Ok(record) => Some((name.as_str(), record)),
-                Err(e) => {
-                    tracing::error!(model = %name, error = %e, "a version record could not be read; the model serves under its own name");
-                    None
-                }
-            })
-            .collect();
-        let mut pending = Vec::new();
-        let mut t = self.table();
-        for (name, spec) in models {
-            let record = records.get(name.as_str());
-            let key = record
-                .and_then(|r| ModelName::new(&r.serving).ok())
-                .filter(|k| mm_wire::is_version_name(k.as_str()))
-                .unwrap_or_else(|| name.clone());
-            if let Some(next) = record.and_then(|r| r.next.clone()) {
-                match ModelSpec::try_from(next.spec) {
-                    Ok(spec) => pending.push((name.clone(), spec)),
-                    Err(e) => {
-                        tracing::error!(model = %name, error = %e, "an interrupted update could not be read; it is dropped")
-                    }
-                }
-            }
-            t.insert_version(key, name, spec, super::table::Role::Current);
-        }
-        drop(t);
-        self.update_gauges();
-        pending
+    ) -> usize {
+        self.replace_registry(models, versions)
     }
 
     /// Refuses specs no replica could ever hold under its high watermark.

@@ -2118,7 +2118,9 @@ async fn a_restart_restores_the_serving_version_and_the_interrupted_update() {
         next: Some(NextVersion {
             name: "m--ffff0000".into(),
             spec: crate::spec::StoredSpec::from(&spec(v2.path())),
+            copies: 1,
         }),
+        failed: None,
     };
     let versions = vec![
         ("m".to_owned(), serde_json::to_vec(&record).unwrap()),
@@ -2131,9 +2133,9 @@ async fn a_restart_restores_the_serving_version_and_the_interrupted_update() {
     let pending = f.pool.restore_with_versions(models, &versions);
     assert_eq!(f.serving("m").as_deref(), Some("m--0123abcd"));
     assert_eq!(f.serving("n").as_deref(), Some("n"));
-    assert_eq!(pending.len(), 1);
-    // Loaded nowhere: the interrupted update simply applies.
-    f.pool.resume_updates(pending).await;
+    assert_eq!(pending, 1);
+    // Loaded nowhere: the interrupted update simply applies (once the replicas are read).
+    f.pool.take_lead(None).await.unwrap();
     assert_eq!(
         f.pool.model("m").unwrap().storage_uri,
         Some(format!("file://{}", v2.path().display()))

@@ -10,9 +10,10 @@
 //!
 //! Durable state: while an update runs, the model's version record holds the version
 //! that serves and the one coming ([`VersionRecord`]); the model record keeps the spec
-//! that serves until the switch, when both records change in one commit. After a
-//! restart the version that served before is what serves, and an unfinished update
-//! starts again ([`Pool::resume_updates`]).
+//! that serves until the switch, when both records change in one commit; a failed
+//! update's note stays in the record until the spec changes again. After a restart or
+//! a failover the version that served before is what serves, and an unfinished update
+//! goes on from the copies already loaded (`versions`).
 
 use std::time::Duration;
 
@@ -30,8 +31,9 @@ use crate::spec::{ModelName, ModelSpec, StoredSpec};
 /// Poll interval while the old version's requests end.
 const RETIRE_POLL: Duration = Duration::from_millis(100);
 
-/// An update of one model, as the admin API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+/// An update of one model, as the admin API shows it (and a failed one's note, as the
+/// version record keeps it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Transition {
     /// Digest (8 hex) of the spec that serves.
@@ -49,7 +51,7 @@ pub struct Transition {
 }
 
 /// Where an update is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum TransitionState {
     /// The new version is loading alongside the old one, which serves.
     Loading,
@@ -67,6 +69,21 @@ pub struct VersionRecord {
     /// The update under way: the new version's name and spec.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<NextVersion>,
+    /// The last update that failed (state `Failed`, with its reason), shown until the
+    /// spec changes again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<Transition>,
+}
+
+impl VersionRecord {
+    /// `serving` serves, nothing under way, no failure to show.
+    pub fn serving(serving: &ModelName) -> Self {
+        Self {
+            serving: serving.to_string(),
+            next: None,
+            failed: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -74,6 +91,10 @@ pub struct VersionRecord {
 pub struct NextVersion {
     pub name: String,
     pub spec: StoredSpec,
+    /// Copies the new version needs before the switch (0 in records written before this
+    /// was kept: the copies the old version has then count).
+    #[serde(default)]
+    pub copies: u32,
 }
 
 /// Hex SHA-256 of what identifies a version of `client`: its name and stored spec.
@@ -88,6 +109,32 @@ pub fn spec_digest(client: &ModelName, spec: &ModelSpec) -> String {
 
 fn short(digest: &str) -> String {
     digest.chars().take(mm_wire::VERSION_DIGEST_LEN).collect()
+}
+
+/// The incoming version's spec while it loads: pinned to `copies`, so nothing evicts it.
+pub(super) fn pinned(spec: &ModelSpec, copies: u32) -> ModelSpec {
+    let mut pinned = spec.clone();
+    pinned.min_copies = pinned.min_copies.max(copies);
+    pinned.max_copies = pinned.max_copies.max(pinned.min_copies);
+    pinned
+}
+
+/// The update of `client` (served with spec `from`) to version `key` (spec `to`), loading.
+pub(super) fn loading(
+    client: &ModelName,
+    from: &ModelSpec,
+    key: &ModelName,
+    to: &ModelSpec,
+    copies: u32,
+) -> Transition {
+    Transition {
+        from: short(&spec_digest(client, from)),
+        to: short(&spec_digest(client, to)),
+        version: key.to_string(),
+        state: TransitionState::Loading,
+        copies,
+        reason: None,
+    }
 }
 
 impl Pool {
@@ -138,7 +185,9 @@ impl Pool {
             next: Some(NextVersion {
                 name: key.to_string(),
                 spec: StoredSpec::from(&spec),
+                copies,
             }),
+            failed: None,
         };
         self.persist_version(client, Some(&record)).await?;
         self.add_incoming(client, current, &key, &spec, copies);
@@ -158,29 +207,23 @@ impl Pool {
         spec: &ModelSpec,
         copies: u32,
     ) {
-        let mut pinned = spec.clone();
-        pinned.min_copies = pinned.min_copies.max(copies);
-        pinned.max_copies = pinned.max_copies.max(pinned.min_copies);
         let mut t = self.table();
-        let from = t
-            .get(current)
-            .map(|e| short(&spec_digest(client, e.spec())))
-            .unwrap_or_default();
-        t.insert_version(key.clone(), client.clone(), pinned, Role::Incoming);
+        let Some(from) = t.get(current).map(|e| e.spec().clone()) else {
+            return;
+        };
+        t.insert_version(
+            key.clone(),
+            client.clone(),
+            pinned(spec, copies),
+            Role::Incoming,
+        );
         if let Some(e) = t.get_mut(current) {
-            e.transition = Some(Box::new(Transition {
-                from,
-                to: short(&spec_digest(client, spec)),
-                version: key.to_string(),
-                state: TransitionState::Loading,
-                copies,
-                reason: None,
-            }));
+            e.transition = Some(Box::new(loading(client, &from, key, spec, copies)));
         }
     }
 
-    /// Loads the new version's copies, then switches to it (or gives it up).
-    async fn run_update(
+    /// Loads the new version's missing copies, then switches to it (or gives it up).
+    pub(super) async fn run_update(
         &self,
         client: ModelName,
         current: ModelName,
@@ -224,10 +267,7 @@ impl Pool {
             self.drop_version(key, "update abandoned").await;
             return;
         }
-        let record = VersionRecord {
-            serving: key.to_string(),
-            next: None,
-        };
+        let record = VersionRecord::serving(key);
         if let Err(e) = self.persist_switch(client, &spec, &record).await {
             drop(_name);
             self.give_up(
@@ -265,18 +305,17 @@ impl Pool {
         warn!(model = %client, version = %key, error = %reason, "update failed; the old version keeps serving");
         {
             let _name = self.name_lock(client).lock().await;
-            if !self.note_failed_update(client, current, key, reason) {
+            let Some(failed) = self.note_failed_update(client, current, key, reason) else {
                 // Deleted meanwhile: nothing to record.
                 drop(_name);
                 self.drop_version(key, "update abandoned").await;
                 return;
-            }
-            let serving = VersionRecord {
-                serving: current.to_string(),
-                next: None,
             };
-            let record = (current != client).then_some(&serving);
-            if let Err(e) = self.persist_version(client, record).await {
+            let record = VersionRecord {
+                failed: Some(failed),
+                ..VersionRecord::serving(current)
+            };
+            if let Err(e) = self.persist_version(client, Some(&record)).await {
                 warn!(model = %client, error = %e, "the failed update stays in the store; a restart tries it again");
             }
         }
@@ -288,26 +327,37 @@ impl Pool {
         self.drop_version(key, "update failed").await;
     }
 
-    /// Marks the update to `key` failed on the entry that serves `client`; false if
-    /// `current` no longer serves it (the model was deleted).
+    /// Marks the update to `key` failed on the entry that serves `client`, and returns
+    /// the note to keep; `None` if `current` no longer serves it (the model was deleted).
     fn note_failed_update(
         &self,
         client: &ModelName,
         current: &ModelName,
         key: &ModelName,
         reason: &str,
-    ) -> bool {
+    ) -> Option<Transition> {
         let mut t = self.table();
         if t.resolve(client).as_ref() != Some(current) {
-            return false;
+            return None;
         }
-        if let Some(tr) = t.get_mut(current).and_then(|e| e.transition.as_mut()) {
-            if tr.version == key.as_str() {
-                tr.state = TransitionState::Failed;
-                tr.reason = Some(reason.to_owned());
-            }
-        }
-        true
+        let e = t.get_mut(current)?;
+        let mut note = e
+            .transition
+            .as_deref()
+            .filter(|tr| tr.version == key.as_str())
+            .cloned()
+            .unwrap_or_else(|| Transition {
+                from: String::new(),
+                to: String::new(),
+                version: key.to_string(),
+                state: TransitionState::Failed,
+                copies: 0,
+                reason: None,
+            });
+        note.state = TransitionState::Failed;
+        note.reason = Some(reason.to_owned());
+        e.transition = Some(Box::new(note.clone()));
+        Some(note)
     }
 
     /// Unloads the replaced version once it has had no request in flight for the retire
@@ -363,37 +413,5 @@ impl Pool {
             self.victims().forget(key);
         }
         self.update_gauges();
-    }
-
-    /// Starts again the updates a restart interrupted (their version records name a next
-    /// version): after [`Pool::restore`] and the first reconcile.
-    pub async fn resume_updates(&self, pending: Vec<(ModelName, ModelSpec)>) {
-        for (client, spec) in pending {
-            let _name = self.name_lock(&client).lock().await;
-            let Some(current) = self.table().resolve(&client) else {
-                continue;
-            };
-            let result = if self.is_live_update(&current, &spec) {
-                self.begin_update(&client, &current, spec).await
-            } else {
-                // Loaded nowhere now: the new spec simply applies.
-                self.persist_switch(
-                    &client,
-                    &spec,
-                    &VersionRecord {
-                        serving: current.to_string(),
-                        next: None,
-                    },
-                )
-                .await
-                .map(|()| self.table().set_spec(&current, spec))
-            };
-            match result {
-                Ok(()) => info!(model = %client, "update interrupted by a restart started again"),
-                Err(e) => {
-                    warn!(model = %client, error = %e, "update interrupted by a restart not resumed")
-                }
-            }
-        }
     }
 }
