@@ -38,40 +38,49 @@ fn settings() -> Settings {
 }
 
 fn fixture(capacities: &[u64], settings: Settings) -> Fixture {
+    let fakes: Vec<(Arc<FakeReplica>, u64)> = capacities
+        .iter()
+        .map(|&memory| (Arc::new(FakeReplica::default()), memory))
+        .collect();
+    fixture_on(&fakes, settings, None)
+}
+
+/// A pool over the given fake replicas (with their capacities), writing to `store`.
+fn fixture_on(
+    fakes: &[(Arc<FakeReplica>, u64)],
+    settings: Settings,
+    store: Option<crate::store::Store>,
+) -> Fixture {
     let repo = tempfile::tempdir().unwrap();
     let model_dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(model_dir.path().join("1")).unwrap();
     std::fs::write(model_dir.path().join("1/model.py"), "pass").unwrap();
-    let mut fakes = Vec::new();
-    let replicas = capacities
+    let replicas = fakes
         .iter()
         .enumerate()
-        .map(|(i, &memory)| {
-            let fake = Arc::new(FakeReplica::default());
-            fakes.push(fake.clone());
-            Replica {
-                id: ReplicaId::new(&format!("r{i}")).unwrap(),
-                url: url::Url::parse(&format!("http://127.0.0.1:{}", 8000 + i)).unwrap(),
-                address: Some(format!("127.0.0.1:{}", 8000 + i).parse().unwrap()),
-                grpc_port: None,
-                capacity: Resources::new(memory, 0),
-                client: fake as Arc<dyn ReplicaClient>,
-            }
+        .map(|(i, (fake, memory))| Replica {
+            id: ReplicaId::new(&format!("r{i}")).unwrap(),
+            url: url::Url::parse(&format!("http://127.0.0.1:{}", 8000 + i)).unwrap(),
+            address: Some(format!("127.0.0.1:{}", 8000 + i).parse().unwrap()),
+            grpc_port: None,
+            capacity: Resources::new(*memory, 0),
+            client: fake.clone() as Arc<dyn ReplicaClient>,
         })
         .collect();
     let mut reg = prometheus_client::registry::Registry::with_prefix("mm");
     let metrics = Arc::new(Metrics::register(&mut reg, 100));
-    let pool = Pool::new(
+    let pool = Pool::with_store(
         replicas,
         ModelRepository::open(repo.path()).unwrap(),
         StoragePolicy::default(),
         metrics,
         settings,
+        store,
     );
     Fixture {
         pool,
         registry: reg,
-        fakes,
+        fakes: fakes.iter().map(|(f, _)| f.clone()).collect(),
         _repo: repo,
         model_dir,
     }
@@ -2140,6 +2149,282 @@ async fn a_restart_restores_the_serving_version_and_the_interrupted_update() {
         f.pool.model("m").unwrap().storage_uri,
         Some(format!("file://{}", v2.path().display()))
     );
+}
+
+// ---- version records across restarts and failovers (versions.rs) ----
+
+/// Two instances on one memory store and the same fake replicas: `a` leads and acts, `b`
+/// follows the store's change feed.
+struct Pair {
+    server: Arc<crate::store::memory::MemoryServer>,
+    a: Fixture,
+    b: Fixture,
+    role_a: tokio::sync::watch::Sender<crate::election::Role>,
+    role_b: tokio::sync::watch::Sender<crate::election::Role>,
+    lease_a: crate::election::LeaseId,
+    backend_b: Arc<crate::store::memory::MemoryClient>,
+    store_b: crate::store::Store,
+}
+
+const LONG_LEASE: Duration = Duration::from_secs(3600);
+
+/// Campaigns for `id` on `client`: its lease and the role it leads with.
+async fn win(
+    client: &crate::store::memory::MemoryClient,
+    id: &str,
+) -> (crate::election::LeaseId, crate::election::Role) {
+    use crate::election::{Acquired, Coordinator, Member};
+    let (lease, _) = client.grant(LONG_LEASE).await.unwrap();
+    let me = Member {
+        id: id.into(),
+        url: format!("http://{id}"),
+    };
+    let Acquired::Won(fence) = client.acquire(&me, lease).await.unwrap() else {
+        panic!("{id} did not win the election");
+    };
+    (
+        lease,
+        crate::election::Role::Leader {
+            fence,
+            until: Instant::now() + LONG_LEASE,
+        },
+    )
+}
+
+impl Pair {
+    async fn start() -> Self {
+        use crate::election::Role;
+        let server = crate::store::memory::MemoryServer::start();
+        let (backend_a, backend_b) = (server.client(), server.client());
+        let (lease_a, leading) = win(&backend_a, "a").await;
+        let role_a = tokio::sync::watch::channel(leading).0;
+        let role_b = tokio::sync::watch::channel(Role::Follower { leader: None }).0;
+        let store_a = crate::store::Store::open_with(backend_a.clone(), role_a.subscribe())
+            .await
+            .unwrap()
+            .store;
+        let opened_b = crate::store::Store::open_with(backend_b.clone(), role_b.subscribe())
+            .await
+            .unwrap();
+        let store_b = opened_b.store;
+        let fakes: Vec<(Arc<FakeReplica>, u64)> = (0..2)
+            .map(|_| (Arc::new(FakeReplica::default()), 100))
+            .collect();
+        let a = fixture_on(&fakes, settings(), Some(store_a.clone()))
+            .ready()
+            .await;
+        let b = fixture_on(&fakes, settings(), Some(store_b.clone()))
+            .ready()
+            .await;
+        a.pool.attach_role(role_a.subscribe());
+        b.pool.attach_role(role_b.subscribe());
+        a.pool.take_lead(Some(&store_a)).await.unwrap();
+        tokio::spawn(
+            b.pool
+                .clone()
+                .follow_store(backend_b.clone(), opened_b.revision),
+        );
+        Self {
+            server,
+            a,
+            b,
+            role_a,
+            role_b,
+            lease_a,
+            backend_b,
+            store_b,
+        }
+    }
+
+    /// `a` dies (its lease ends, it no longer leads); `b` wins and rebuilds its view.
+    async fn fail_over(&self) {
+        self.server.expire_lease(self.lease_a);
+        self.role_a
+            .send_replace(crate::election::Role::Follower { leader: None });
+        let (_, leading) = win(&self.backend_b, "b").await;
+        self.role_b.send_replace(leading);
+        self.b.pool.take_lead(Some(&self.store_b)).await.unwrap();
+    }
+
+    /// `model`'s version record in the store.
+    async fn record(&self, model: &str) -> Option<super::update::VersionRecord> {
+        use crate::store::Backend;
+        let snapshot = self.backend_b.snapshot().await.unwrap();
+        let key = crate::store::Key::version(&ModelName::new(model).unwrap());
+        snapshot
+            .records
+            .get(&key)
+            .map(|v| serde_json::from_slice(v).unwrap())
+    }
+}
+
+/// Every load the fake replicas were sent, by model name.
+fn loads_of(f: &Fixture, model: &str) -> usize {
+    f.fakes
+        .iter()
+        .map(|fake| fake.loaded().contains(model) as usize)
+        .sum()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_follower_follows_an_update_and_as_leader_adopts_the_version_without_a_load() {
+    let p = Pair::start().await;
+    p.a.register("m", 10).await;
+    p.a.pool.route("m").await.unwrap();
+    let v2 = other_model_dir();
+    p.a.register_dir("m", v2.path()).await.unwrap();
+    p.a.until("the switch", |f| f.serving("m").as_deref() != Some("m"))
+        .await;
+    let version = p.a.serving("m").unwrap();
+    p.a.until("the old version is unloaded", |f| loads_of(f, "m") == 0)
+        .await;
+    // The follower holds the model under the version's name, with the new spec and
+    // nothing else.
+    p.b.until("the follower follows the switch", |f| {
+        f.serving("m").as_deref() == Some(version.as_str())
+    })
+    .await;
+    let view = p.b.pool.model("m").unwrap();
+    assert_eq!(view.version.as_deref(), Some(version.as_str()));
+    assert!(view.transition.is_none(), "{:?}", view.transition);
+    assert_eq!(
+        view.storage_uri,
+        Some(format!("file://{}", v2.path().display()))
+    );
+    assert_eq!(p.b.pool.table().len(), 1);
+    let loads = p.b.total_loads();
+    p.fail_over().await;
+    // The new leader adopted the copy loaded under the version's name: no load, and the
+    // gateway is sent there under the client name.
+    let route = p.b.pool.route("m").await.unwrap();
+    assert_eq!(route.upstream.as_deref(), Some(version.as_str()));
+    assert_eq!(p.b.total_loads(), loads);
+    assert_eq!(loads_of(&p.b, &version), 1);
+    let table = p.b.pool.routing_table(None, None, Duration::ZERO).await;
+    let table: mm_wire::RoutingTable = serde_json::from_str(&table).unwrap();
+    assert_eq!(table.models.len(), 1, "{table:?}");
+    assert_eq!(table.models[0].upstream.as_deref(), Some(version.as_str()));
+    // A delete the new leader makes removes the version, and a follower's copy follows
+    // deletes too (checked on `a`, which now follows).
+    tokio::spawn(
+        p.a.pool
+            .clone()
+            .follow_store(p.server.client(), p.record_revision().await),
+    );
+    p.b.pool.delete("m").await.unwrap();
+    assert_eq!(loads_of(&p.b, &version), 0);
+    p.a.until("the old leader's copy forgets the model", |f| {
+        f.pool.table().len() == 0
+    })
+    .await;
+}
+
+impl Pair {
+    /// The store's revision now.
+    async fn record_revision(&self) -> crate::store::Revision {
+        use crate::store::Backend;
+        self.backend_b.snapshot().await.unwrap().revision
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_update_a_failover_interrupts_is_finished_by_the_new_leader_from_its_loaded_copy() {
+    let p = Pair::start().await;
+    p.a.register("m", 10).await;
+    p.a.pool.route("m").await.unwrap();
+    for fake in &p.a.fakes {
+        fake.load_delay_ms.store(1000, Ordering::SeqCst);
+    }
+    let v2 = other_model_dir();
+    p.a.register_dir("m", v2.path()).await.unwrap();
+    let version = p.a.pool.model("m").unwrap().transition.unwrap().version;
+    // The follower shows the update under way.
+    p.b.until("the follower shows the update", |f| {
+        f.pool
+            .model("m")
+            .is_ok_and(|v| v.transition.is_some_and(|t| t.version == version))
+    })
+    .await;
+    let shown = p.b.pool.model("m").unwrap().transition.unwrap();
+    assert_eq!(shown.state, TransitionState::Loading);
+    assert_eq!(shown.copies, 1);
+    assert_eq!(p.b.serving("m").as_deref(), Some("m"));
+    // The leader dies while the replica loads the new version; the load ends on its own.
+    p.fail_over_when_loaded(&version).await;
+    p.b.until("the new leader switches", |f| {
+        f.serving("m").as_deref() == Some(version.as_str())
+    })
+    .await;
+    // Loaded once (by the dead leader), adopted, switched to; the old version retired.
+    assert_eq!(p.b.total_loads(), 2);
+    p.b.until("the old version is unloaded", |f| loads_of(f, "m") == 0)
+        .await;
+    assert_eq!(loads_of(&p.b, &version), 1);
+    let record = p.record("m").await.unwrap();
+    assert_eq!(record.serving, version);
+    assert!(
+        record.next.is_none() && record.failed.is_none(),
+        "{record:?}"
+    );
+    assert!(p.b.pool.model("m").unwrap().transition.is_none());
+}
+
+impl Pair {
+    /// Fails over once the replicas finished loading `version` (the load the dead leader
+    /// sent; a real replica lists it LOADING meanwhile, which the new leader waits for).
+    async fn fail_over_when_loaded(&self, version: &str) {
+        self.server.expire_lease(self.lease_a);
+        self.role_a
+            .send_replace(crate::election::Role::Follower { leader: None });
+        self.b
+            .until("the replica loaded the new version", |f| {
+                loads_of(f, version) == 1
+            })
+            .await;
+        let (_, leading) = win(&self.backend_b, "b").await;
+        self.role_b.send_replace(leading);
+        self.b.pool.take_lead(Some(&self.store_b)).await.unwrap();
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_updates_note_survives_a_failover_until_the_spec_changes_again() {
+    let p = Pair::start().await;
+    p.a.register("m", 10).await;
+    p.a.pool.route("m").await.unwrap();
+    *p.a.fakes[0].fail_loads_with.lock().unwrap() = Some("bad model file".into());
+    *p.a.fakes[1].fail_loads_with.lock().unwrap() = Some("bad model file".into());
+    let v2 = other_model_dir();
+    p.a.register_dir("m", v2.path()).await.unwrap();
+    let failed = |f: &Fixture| {
+        f.pool
+            .model("m")
+            .ok()
+            .and_then(|v| v.transition)
+            .filter(|t| t.state == TransitionState::Failed)
+    };
+    p.a.until("the update fails", |f| failed(f).is_some()).await;
+    // Followed, then kept across the failover, with its reason.
+    p.b.until("the follower shows the failure", |f| failed(f).is_some())
+        .await;
+    p.fail_over().await;
+    let note = failed(&p.b).expect("the failed update's note");
+    assert!(
+        note.reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("bad model file"),
+        "{note:?}"
+    );
+    assert_eq!(p.b.serving("m").as_deref(), Some("m"));
+    assert_eq!(p.record("m").await.unwrap().failed, Some(note));
+    // Putting the serving spec again clears it, durably.
+    assert_eq!(
+        p.b.register_dir("m", p.a.model_dir.path()).await.unwrap(),
+        Registered::Unchanged
+    );
+    assert!(failed(&p.b).is_none());
+    assert_eq!(p.record("m").await, None);
 }
 
 // ---- aliases (aliases.rs) ----
