@@ -253,7 +253,9 @@ impl Pool {
             let (Some(cur), Some(inc)) = (t.get(&current), t.get(key)) else {
                 return Ok(());
             };
-            if inc.role != Role::Incoming {
+            // Busy: a load of it is still running, from an update task this process
+            // started before it lost the lead and took it back; that task goes on.
+            if inc.role != Role::Incoming || inc.is_busy() {
                 return Ok(());
             }
             let loaded =
