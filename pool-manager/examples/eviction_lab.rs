@@ -118,6 +118,28 @@ fn policies(set: &str) -> anyhow::Result<Vec<(String, Victims)>> {
                 },
             ),
             gdsf(
+                "sweep inflates",
+                GdsfConfig {
+                    sweep_inflates: true,
+                    ..base
+                },
+            ),
+            gdsf(
+                "no decay",
+                GdsfConfig {
+                    half_life: f64::INFINITY,
+                    ..base
+                },
+            ),
+            gdsf(
+                "no decay, sweep inflates (old)",
+                GdsfConfig {
+                    half_life: f64::INFINITY,
+                    sweep_inflates: true,
+                    ..base
+                },
+            ),
+            gdsf(
                 "no aging",
                 GdsfConfig {
                     aging: Aging::None,
@@ -183,7 +205,8 @@ fn policies(set: &str) -> anyhow::Result<Vec<(String, Victims)>> {
             v.push(("Belady".to_owned(), Victims::Belady));
             v
         }
-        other => bail!("unknown policy set {other:?} (main, variants, zipf-target)"),
+        "offline" => vec![("Belady".to_owned(), Victims::Belady)],
+        other => bail!("unknown policy set {other:?} (main, variants, zipf-target, offline)"),
     })
 }
 
@@ -239,6 +262,17 @@ fn main() -> anyhow::Result<()> {
             let r = run(victims);
             row(policy, &r, &lru, started);
         }
+        if let (Some(n), "offline") = (args.replicas, args.policies.as_str()) {
+            for (label, mode) in [("size-Belady", Extra::SizeBelady)] {
+                let started = Instant::now();
+                row(
+                    label,
+                    &pool_replay_extra(&w, n, &cache, &mode),
+                    &lru,
+                    started,
+                );
+            }
+        }
         if args.replicas.is_none() {
             bounds(&w, &cache, &args);
         }
@@ -293,6 +327,26 @@ impl VictimOrder<u32> for Keys<'_> {
     }
 }
 
+/// Size-aware furthest next use: the copy holding the most byte-requests until its next
+/// use goes first (never-again first).
+struct SizeBelady<'a> {
+    next: &'a [u64],
+    sizes: &'a [u64],
+    now: u64,
+}
+
+impl VictimOrder<u32> for SizeBelady<'_> {
+    fn key(&self, r: &Resident<u32>) -> u64 {
+        let m = r.key as usize;
+        let next = self.next.get(m).copied().unwrap_or(u64::MAX);
+        if next == u64::MAX {
+            return 0;
+        }
+        let cost = (next.saturating_sub(self.now) as u128) * self.sizes[m] as u128;
+        u64::MAX - u64::try_from(cost).unwrap_or(u64::MAX)
+    }
+}
+
 /// The simulator's pool (identical replicas, the live planner, every model evictable)
 /// with the victim order of `victims`: what `mm-sim` will measure once the planner takes
 /// a victim order.
@@ -328,40 +382,22 @@ fn pool_replay(w: &Workload, replicas: usize, cache: &Cache, victims: &Victims) 
             out.hit_bytes += sizes[m] as u128;
             continue;
         }
-        let snapshot = Snapshot {
-            need: Resources::new(sizes[m], 0),
-            marks: cache.marks,
-            replicas: (0..replicas)
-                .map(|r| ReplicaSnapshot {
-                    standing: Standing::Open,
-                    capacity: Resources::new(cache.capacity, 0),
-                    used: Resources::new(used[r], 0),
-                    in_flight: 0,
-                    models: residents[r].len(),
-                    residents: residents[r]
-                        .iter()
-                        .map(|&k| Resident {
-                            key: k,
-                            size: Resources::new(sizes[k as usize], 0),
-                            last_use: 0,
-                            blocker: None,
-                        })
-                        .collect(),
-                })
-                .collect(),
-        };
+        let snapshot = pool_snapshot(sizes, m, cache, &used, &residents);
         let Decision::Place(plan) = placement::plan(&snapshot, &Keys(&rank_of)) else {
             out.failed += 1;
             continue;
         };
-        for victim in plan.evict {
+        let needed = placement::needed(&snapshot, &plan);
+        for (n, victim) in plan.evict.into_iter().enumerate() {
             let v = victim as usize;
             if let Some(r) = location[v].take() {
                 residents[r].retain(|&k| k != victim);
                 used[r] -= sizes[v];
                 out.evictions += 1;
-                if let Some(g) = gdsf.as_mut() {
-                    g.evicted(&victim);
+                match gdsf.as_mut() {
+                    Some(g) if n < needed => g.evicted(&victim),
+                    Some(g) => g.swept(&victim),
+                    None => {}
                 }
             }
         }
@@ -377,4 +413,96 @@ fn pool_replay(w: &Workload, replicas: usize, cache: &Cache, victims: &Victims) 
         out.load_secs += secs;
     }
     out
+}
+
+/// Offline orders only the lab's pool replay runs.
+enum Extra {
+    /// [`SizeBelady`]: a feasible schedule of the pool's own rules (planner, watermarks,
+    /// sweep), so the best such schedule does at least as well.
+    SizeBelady,
+}
+
+fn pool_replay_extra(w: &Workload, replicas: usize, cache: &Cache, mode: &Extra) -> Outcome {
+    let sizes = &w.trace.sizes;
+    let next_req = next_uses(&w.trace.requests);
+    let mut next_of = vec![u64::MAX; sizes.len()];
+    let mut location: Vec<Option<usize>> = vec![None; sizes.len()];
+    let mut residents: Vec<Vec<u32>> = vec![Vec::new(); replicas];
+    let mut used = vec![0u64; replicas];
+    let mut out = Outcome::default();
+    for (i, &model) in w.trace.requests.iter().enumerate() {
+        let m = model as usize;
+        out.requests += 1;
+        out.requested_bytes += sizes[m] as u128;
+        next_of[m] = next_req[i];
+        if location[m].is_some() {
+            out.hits += 1;
+            out.hit_bytes += sizes[m] as u128;
+            continue;
+        }
+        let snapshot = pool_snapshot(sizes, m, cache, &used, &residents);
+        let decision = match mode {
+            Extra::SizeBelady => placement::plan(
+                &snapshot,
+                &SizeBelady {
+                    next: &next_of,
+                    sizes,
+                    now: i as u64,
+                },
+            ),
+        };
+        let Decision::Place(plan) = decision else {
+            out.failed += 1;
+            continue;
+        };
+        for victim in plan.evict {
+            let v = victim as usize;
+            if let Some(r) = location[v].take() {
+                residents[r].retain(|&k| k != victim);
+                used[r] -= sizes[v];
+                out.evictions += 1;
+            }
+        }
+        let secs = w.load_time(i);
+        location[m] = Some(plan.replica);
+        residents[plan.replica].push(model);
+        used[plan.replica] += sizes[m];
+        out.loads += 1;
+        out.load_secs += secs;
+    }
+    out
+}
+
+/// The planner's view of the lab's pool when model `m` misses.
+fn pool_snapshot(
+    sizes: &[u64],
+    m: usize,
+    cache: &Cache,
+    used: &[u64],
+    residents: &[Vec<u32>],
+) -> Snapshot<u32> {
+    Snapshot {
+        need: Resources::new(sizes[m], 0),
+        marks: cache.marks,
+        replicas: residents
+            .iter()
+            .zip(used)
+            .map(|(on, &used)| ReplicaSnapshot {
+                standing: Standing::Open,
+                capacity: Resources::new(cache.capacity, 0),
+                used: Resources::new(used, 0),
+                in_flight: 0,
+                models: on.len(),
+                residents: on
+                    .iter()
+                    .map(|&k| Resident {
+                        key: k,
+                        size: Resources::new(sizes[k as usize], 0),
+                        last_use: 0,
+                        blocker: None,
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
 }

@@ -487,6 +487,28 @@ pub fn plan<K: Clone>(s: &Snapshot<K>, order: &impl VictimOrder<K>) -> Decision<
     }
 }
 
+/// How many of `plan`'s first victims the model needs gone to fit under the high
+/// watermark of its replica; the others are the sweep down to the low watermark. An order
+/// that ages by eviction pressure (GDSF's inflation) counts only these: the sweep batches
+/// evictions, it is no sign that the cache is short of room.
+pub fn needed<K: PartialEq>(s: &Snapshot<K>, plan: &Plan<K>) -> usize {
+    let Some(r) = s.replicas.get(plan.replica) else {
+        return 0;
+    };
+    let high = r.capacity.scale(s.marks.high);
+    let mut used = r.used;
+    let mut needed = 0;
+    for key in &plan.evict {
+        if (used + s.need).fits_in(high) {
+            break;
+        }
+        let size = r.residents.iter().find(|m| m.key == *key).map(|m| m.size);
+        used = used - size.unwrap_or(Resources::ZERO);
+        needed += 1;
+    }
+    needed
+}
+
 fn into_plan<K: Clone>(s: &Snapshot<K>, fit: &Fit<'_, K>) -> Plan<K> {
     let models = s.replicas.get(fit.replica).map_or(0, |r| r.models);
     let evicted = fit.evict.len();
@@ -931,6 +953,52 @@ mod tests {
         assert!(!needs_residents(&s));
         s.replicas[1].standing = Standing::Draining;
         assert!(needs_residents(&s));
+    }
+
+    #[test]
+    fn only_the_victims_under_the_high_watermark_are_needed() {
+        // 100 bytes, high 80, low 60: 75 used; a 20-byte model needs 15 bytes gone (the
+        // first victim, 10, is not enough; the second is), the sweep to 60 takes a third.
+        let s = snap(
+            vec![replica(
+                100,
+                &[
+                    ("a", 10, 1, None),
+                    ("b", 10, 2, None),
+                    ("c", 20, 3, None),
+                    ("d", 35, 4, None),
+                ],
+            )],
+            20,
+            marks(0.8, 0.6),
+        );
+        let Decision::Place(plan) = plan(&s, &Lru) else {
+            panic!("expected a placement");
+        };
+        assert_eq!(plan.evict, ["a", "b", "c"]);
+        assert_eq!(needed(&s, &plan), 2);
+        // With room under the high watermark nothing is needed, whatever the plan says.
+        let roomy = snap(
+            vec![replica(100, &[("a", 10, 1, None)])],
+            20,
+            marks(0.8, 0.4),
+        );
+        let empty = Plan {
+            replica: 0,
+            evict: vec!["a"],
+            mass_eviction: false,
+        };
+        assert_eq!(needed(&roomy, &empty), 0);
+        assert_eq!(
+            needed(
+                &roomy,
+                &Plan {
+                    replica: 7,
+                    ..empty
+                }
+            ),
+            0
+        );
     }
 
     #[test]

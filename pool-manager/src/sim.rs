@@ -466,12 +466,13 @@ impl<'a> Simulation<'a> {
         let Decision::Place(plan) = decision else {
             return Step::Failed;
         };
+        let needed = placement::needed(&s, &plan);
         let plan = plan.map(|k| k.clone());
         let replica = ReplicaIdx::new(plan.replica);
         let mut evicted = Vec::with_capacity(plan.evict.len());
-        for victim in &plan.evict {
+        for (i, victim) in plan.evict.iter().enumerate() {
             if self.table.remove_copy(victim, replica) {
-                self.victims.evicted(victim, now);
+                self.victims.evicted(victim, now, i < needed);
                 evicted.extend(self.ids.get(victim).copied());
             }
         }

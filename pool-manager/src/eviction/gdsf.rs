@@ -51,6 +51,11 @@ pub struct GdsfConfig {
     /// `s` enters the priority as `s^size_exponent`: 1 is GDSF; above 1 favours small
     /// models more (more hits per byte), below 1 less.
     pub size_exponent: f64,
+    /// Whether victims of the sweep down to the low watermark raise the inflation too
+    /// ([`Gdsf::swept`]), as in GDSF on a cache without watermarks; `false` raises it only
+    /// to the victims a load needed (for experiments: the sweep's victims would age
+    /// everything by the batching, not by pressure).
+    pub sweep_inflates: bool,
 }
 
 /// How idle models lose priority.
@@ -67,18 +72,21 @@ pub enum Aging {
 }
 
 impl Default for GdsfConfig {
-    /// The design the eviction lab chose (`examples/eviction_lab.rs`): a miss costs the
-    /// smoothed load time plus half a second, counts never decay (the inflation does the
-    /// forgetting), history kept, admission above a quarter of a replica.
+    /// The design the eviction lab chose (`examples/eviction_lab.rs`, docs/eviction.md):
+    /// a miss costs the smoothed load time plus half a second, counts halve every 300 s
+    /// (so popularity that moves is forgotten even while the inflation rises slowly),
+    /// history kept, admission above a quarter of a replica, inflation raised only by the
+    /// victims a load needed.
     fn default() -> Self {
         Self {
             cost: MissCost::LoadTime { overhead: 0.5 },
-            half_life: f64::INFINITY,
+            half_life: 300.0,
             smoothing: 0.3,
             history: true,
             admission: Some(0.25),
             aging: Aging::Inflation,
             size_exponent: 1.0,
+            sweep_inflates: false,
         }
     }
 }
@@ -203,6 +211,21 @@ impl<K: Hash + Eq + Clone> Gdsf<K> {
         }
     }
 
+    /// `key` was evicted beyond what the load needed (the sweep down to the low
+    /// watermark): unlike [`Gdsf::evicted`], the inflation does not rise to its priority.
+    pub fn swept(&mut self, key: &K) {
+        if self.config.sweep_inflates {
+            return self.evicted(key);
+        }
+        let keep = self.config.history;
+        if let Some(stats) = self.models.get_mut(key) {
+            stats.priority = None;
+            if !keep {
+                self.models.remove(key);
+            }
+        }
+    }
+
     /// `key` is gone for good (unregistered): its history is dropped.
     pub fn forget(&mut self, key: &K) {
         self.models.remove(key);
@@ -292,10 +315,12 @@ fn decayed(count: f64, then: f64, now: f64, half_life: f64) -> f64 {
 mod tests {
     use super::*;
 
+    /// Counts that never decay, so the figures below are exact.
     fn policy(cost: MissCost) -> Gdsf<&'static str> {
         Gdsf::new(GdsfConfig {
             cost,
             admission: None,
+            half_life: f64::INFINITY,
             ..GdsfConfig::default()
         })
     }
@@ -363,6 +388,27 @@ mod tests {
     }
 
     #[test]
+    fn only_needed_victims_raise_the_inflation() {
+        let mut p = policy(MissCost::Unit);
+        for (k, size) in [("a", 0.5), ("b", 0.25)] {
+            p.requested(&k, 1, 0.0);
+            p.loaded(&k, size, 1.0, 0.0);
+        }
+        p.evicted(&"a"); // 2
+        p.swept(&"b"); // 4: the sweep's, not the load's
+        assert_eq!(p.inflation(), 2.0);
+        assert_eq!(p.priority(&"b"), 2.0, "no longer resident: the inflation");
+        let mut old = Gdsf::new(GdsfConfig {
+            sweep_inflates: true,
+            ..*p.config()
+        });
+        old.requested(&"b", 1, 0.0);
+        old.loaded(&"b", 0.25, 1.0, 0.0);
+        old.swept(&"b");
+        assert_eq!(old.inflation(), 4.0);
+    }
+
+    #[test]
     fn the_load_cost_is_smoothed_not_the_last_sample() {
         let mut p = policy(MissCost::LoadTime { overhead: 0.0 });
         p.requested(&"m", 1, 0.0);
@@ -412,6 +458,7 @@ mod tests {
     fn a_big_model_requested_once_enters_at_the_bottom() {
         let mut p = Gdsf::new(GdsfConfig {
             cost: MissCost::Unit,
+            half_life: f64::INFINITY,
             ..GdsfConfig::default()
         });
         p.requested(&"small", 1, 0.0);

@@ -113,12 +113,19 @@ impl VictimState {
 
     /// `model` was chosen as a victim; returns its priority at that moment (GDSF's `H`,
     /// or for LRU the seconds from the epoch to its last use), for the event and the log.
-    pub fn evicted(&mut self, model: &ModelName, last_use: Instant) -> f64 {
+    /// `needed`: the load needed it gone to fit under the high watermark
+    /// ([`crate::placement::needed`]); GDSF's inflation rises only to such victims, not
+    /// to those of the sweep down to the low watermark.
+    pub fn evicted(&mut self, model: &ModelName, last_use: Instant, needed: bool) -> f64 {
         match self.policy {
             EvictionPolicy::Lru => self.secs(last_use),
             EvictionPolicy::Gdsf => {
                 let priority = self.gdsf.priority(model);
-                self.gdsf.evicted(model);
+                if needed {
+                    self.gdsf.evicted(model);
+                } else {
+                    self.gdsf.swept(model);
+                }
                 priority
             }
         }
@@ -218,7 +225,7 @@ mod tests {
                     assert!(ka > kb);
                     // f * (load + 0.5 s) / share: 1 * 1.5 / 0.2.
                     assert_eq!(v.priority(&b), 7.5);
-                    assert_eq!(v.evicted(&b, epoch), 7.5);
+                    assert_eq!(v.evicted(&b, epoch, true), 7.5);
                 }
             }
         }
@@ -231,7 +238,7 @@ mod tests {
         let a = name("a");
         v.requested(&a, 5, epoch);
         assert_eq!(v.priority(&a), 0.0);
-        assert_eq!(v.evicted(&a, epoch + Duration::from_secs(3)), 3.0);
+        assert_eq!(v.evicted(&a, epoch + Duration::from_secs(3), true), 3.0);
     }
 
     #[test]

@@ -128,9 +128,13 @@ impl Order {
         }
     }
 
-    fn evicted(&mut self, model: u32) {
-        if let Order::Gdsf(g) = self {
-            g.evicted(&model);
+    /// `needed`: the load needed it gone to fit under the high watermark (otherwise it
+    /// is the sweep's, which does not raise GDSF's inflation).
+    fn evicted(&mut self, model: u32, needed: bool) {
+        match self {
+            Order::Gdsf(g) if needed => g.evicted(&model),
+            Order::Gdsf(g) => g.swept(&model),
+            Order::Lru | Order::Belady { .. } => {}
         }
     }
 }
@@ -180,8 +184,9 @@ pub fn replay(workload: &Workload, cache: &Cache, victims: &Victims) -> Outcome 
                     break;
                 };
                 key[victim as usize] = None;
+                let needed = used + size > limit;
                 used -= sizes[victim as usize];
-                order.evicted(victim);
+                order.evicted(victim, needed);
                 out.evictions += 1;
             }
         }

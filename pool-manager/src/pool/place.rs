@@ -240,8 +240,8 @@ impl Pool {
         }
         let s =
             snapshot(t, model, now).ok_or_else(|| PoolError::UnknownModel(model.to_string()))?;
-        let plan = match placement::plan(&s, &*self.victims()) {
-            Decision::Place(plan) => plan.map(|k| k.clone()),
+        let (needed, plan) = match placement::plan(&s, &*self.victims()) {
+            Decision::Place(plan) => (placement::needed(&s, &plan), plan.map(|k| k.clone())),
             Decision::Wait(wait) => return Ok(Attempt::Wait(wait.map(|k| k.clone()), s.need)),
             Decision::Refuse(e) => return Ok(Attempt::Refused(e)),
         };
@@ -266,9 +266,10 @@ impl Pool {
             });
         }
         let mut order = self.victims();
-        for v in &mut victims {
+        for (i, v) in victims.iter_mut().enumerate() {
             t.set_copy_state(&v.model, replica, CopyState::Unloading, now);
-            v.priority = order.evicted(&v.model, v.last_used.unwrap_or(v.loaded_at));
+            let last_use = v.last_used.unwrap_or(v.loaded_at);
+            v.priority = order.evicted(&v.model, last_use, i < needed);
         }
         drop(order);
         t.add_copy(model, replica, CopyState::Loading, now);
