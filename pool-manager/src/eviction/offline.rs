@@ -870,3 +870,205 @@ mod tests {
         }
     }
 }
+
+/// The bounds against the exact optimum of the pool's own problem, found by exhaustive
+/// search over every schedule on tiny traces: the check that the bounds' formulation
+/// (demand admission, the summed high watermarks) bounds what the pool can do, made
+/// without that formulation.
+#[cfg(test)]
+mod against_the_pool {
+    use std::collections::HashMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::placement::{Resources, Watermarks};
+    use crate::sim::{simulate_loads, Policy, SimConfig, Trace};
+
+    /// The pool's rules as the search applies them.
+    #[derive(Debug, Clone, Copy)]
+    struct Rules {
+        replicas: usize,
+        /// Bytes a replica may hold after a load (its high watermark).
+        high: u64,
+        /// With the sweep: a load that does not fit under `high` evicts down to this.
+        low: Option<u64>,
+    }
+
+    /// The best total value of any schedule from request `i` on, with model `m` on
+    /// replica `at[m] - 1` (0: nowhere). Every request is served from a loaded copy: a
+    /// miss loads the model on a replica where it fits after evicting copies there.
+    struct Search<'a> {
+        requests: &'a [Request],
+        sizes: Vec<u64>,
+        rules: Rules,
+        objective: Objective,
+        memo: HashMap<(usize, Vec<u8>), f64>,
+    }
+
+    impl Search<'_> {
+        fn best(&mut self, i: usize, at: Vec<u8>) -> f64 {
+            let Some(r) = self.requests.get(i) else {
+                return 0.0;
+            };
+            if let Some(&v) = self.memo.get(&(i, at.clone())) {
+                return v;
+            }
+            let m = r.model as usize;
+            let value = if at[m] != 0 {
+                let hit = match self.objective {
+                    Objective::Misses => 1.0,
+                    Objective::LoadTime => r.load_secs,
+                };
+                hit + self.best(i + 1, at.clone())
+            } else {
+                let mut best = f64::NEG_INFINITY;
+                for replica in 1..=self.rules.replicas as u8 {
+                    for next in self.loads(&at, m, replica) {
+                        best = best.max(self.best(i + 1, next));
+                    }
+                }
+                // No replica can take it: the request fails (the sizes here always fit).
+                if best == f64::NEG_INFINITY {
+                    self.best(i + 1, at.clone())
+                } else {
+                    best
+                }
+            };
+            self.memo.insert((i, at), value);
+            value
+        }
+
+        /// Every state after loading `m` on `replica` under the rules.
+        fn loads(&self, at: &[u8], m: usize, replica: u8) -> Vec<Vec<u8>> {
+            let on: Vec<usize> = (0..at.len()).filter(|&k| at[k] == replica).collect();
+            let used: u64 = on.iter().map(|&k| self.sizes[k]).sum();
+            let need = self.sizes[m];
+            let mut out = Vec::new();
+            for mask in 0u32..1 << on.len() {
+                let gone: Vec<usize> = (0..on.len()).filter(|b| mask & (1 << b) != 0).collect();
+                let freed: u64 = gone.iter().map(|&b| self.sizes[on[b]]).sum();
+                let after = used - freed + need;
+                let allowed = match self.rules.low {
+                    _ if after > self.rules.high => false,
+                    // Without the sweep any victims that make room will do.
+                    None => true,
+                    // With it: nothing when the model fits, else the victims taken in
+                    // some order until the low watermark is reached, or all of them.
+                    Some(low) => {
+                        if used + need <= self.rules.high {
+                            gone.is_empty()
+                        } else {
+                            let last_needed = gone.iter().any(|&b| after + self.sizes[on[b]] > low);
+                            (after <= low && last_needed) || gone.len() == on.len()
+                        }
+                    }
+                };
+                if allowed {
+                    let mut next = at.to_vec();
+                    for &b in &gone {
+                        next[on[b]] = 0;
+                    }
+                    next[m] = replica;
+                    out.push(next);
+                }
+            }
+            out
+        }
+    }
+
+    /// The pool optimum: hits, or the load time paid.
+    fn optimum(requests: &[Request], sizes: &[u64], rules: Rules, objective: Objective) -> f64 {
+        let mut search = Search {
+            requests,
+            sizes: sizes.to_vec(),
+            rules,
+            objective,
+            memo: HashMap::new(),
+        };
+        let value = search.best(0, vec![0; sizes.len()]);
+        match objective {
+            Objective::Misses => value,
+            Objective::LoadTime => requests.iter().map(|r| r.load_secs).sum::<f64>() - value,
+        }
+    }
+
+    /// A tiny pool and trace: (capacity, high, low, replicas, sizes, secs, requests).
+    fn tiny() -> impl Strategy<Value = (u64, f64, f64, usize, Vec<u64>, Vec<f64>, Vec<u32>)> {
+        (
+            5u64..16,
+            prop_oneof![Just(1.0), Just(0.8)],
+            1usize..=2,
+            2usize..=5,
+        )
+            .prop_flat_map(|(capacity, high, replicas, models)| {
+                let limit = Resources::new(capacity, 0).scale(high).memory.max(1);
+                (
+                    Just(capacity),
+                    Just(high),
+                    prop_oneof![Just(high), Just(0.5)],
+                    Just(replicas),
+                    proptest::collection::vec(1..=limit, models),
+                    proptest::collection::vec(0.1f64..5.0, models),
+                    proptest::collection::vec(0..models as u32, 3..11),
+                )
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// simulated pool (any order) <= optimum with the sweep <= optimum without it
+        /// <= FOO-L <= the dual bound <= PFOO-L, for hits; the reverse for load time.
+        #[test]
+        fn no_pool_schedule_beats_the_bounds(
+            (capacity, high, low, replicas, sizes, secs, ids) in tiny()
+        ) {
+            let marks = Watermarks::new(high, low.min(high)).unwrap();
+            let cap = Resources::new(capacity, 0);
+            let high_bytes = cap.scale(marks.high).memory;
+            let rules = Rules { replicas, high: high_bytes, low: Some(cap.scale(marks.low).memory) };
+            let free = Rules { low: None, ..rules };
+            let reqs: Vec<Request> = ids.iter().map(|&m| Request {
+                model: m,
+                size: sizes[m as usize],
+                load_secs: secs[m as usize],
+            }).collect();
+            let total = high_bytes * replicas as u64;
+            let trace = Trace { sizes: sizes.clone(), requests: ids.clone() };
+            let per_request: Vec<f64> = reqs.iter().map(|r| r.load_secs).collect();
+            let config = SimConfig { replicas, replica_capacity: capacity, marks, min_age: 0 };
+            for objective in [Objective::Misses, Objective::LoadTime] {
+                let inst = Instance::new(&reqs, total, Admission::Demand, objective);
+                let (swept, unswept) = (
+                    optimum(&reqs, &sizes, rules, objective),
+                    optimum(&reqs, &sizes, free, objective),
+                );
+                let f = foo(&inst);
+                let ctx = format!("{objective:?} swept {swept} free {unswept} foo {f:?}");
+                match objective {
+                    Objective::Misses => {
+                        prop_assert!(swept <= unswept + 1e-9, "{}", ctx);
+                        prop_assert!(unswept <= f.best.hits + 1e-6, "{}", ctx);
+                        prop_assert!(f.best.hits <= dual_bound(&inst, 30).hits + 1e-6, "{}", ctx);
+                        prop_assert!(f.best.hits <= pfoo_l(&inst).hits + 1e-6, "{}", ctx);
+                        for policy in Policy::ALL {
+                            let sim = simulate_loads(&trace, &per_request, &config, policy).unwrap();
+                            prop_assert!(sim.hits as f64 <= swept + 1e-9, "{:?} {:?} {}", policy, sim, ctx);
+                        }
+                    }
+                    Objective::LoadTime => {
+                        prop_assert!(swept + 1e-9 >= unswept, "{}", ctx);
+                        prop_assert!(unswept + 1e-6 >= f.best.load_secs, "{}", ctx);
+                        prop_assert!(f.best.load_secs + 1e-6 >= dual_bound(&inst, 30).load_secs, "{}", ctx);
+                        prop_assert!(f.best.load_secs + 1e-6 >= pfoo_l(&inst).load_secs, "{}", ctx);
+                        for policy in Policy::ALL {
+                            let sim = simulate_loads(&trace, &per_request, &config, policy).unwrap();
+                            prop_assert!(sim.load_secs + 1e-9 >= swept, "{:?} {:?} {}", policy, sim, ctx);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
