@@ -237,7 +237,7 @@ pub fn eviction(traces: &[EvictionTrace], path: &Path) -> anyhow::Result<()> {
         RGBColor(52, 168, 83),
         RGBColor(251, 188, 5),
     ];
-    let root = BitMapBackend::new(path, (1200, 500)).into_drawing_area();
+    let root = BitMapBackend::new(path, (1200, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let n = traces.len().max(1);
     let mut chart = ChartBuilder::on(&root)
@@ -246,7 +246,7 @@ pub fn eviction(traces: &[EvictionTrace], path: &Path) -> anyhow::Result<()> {
             ("sans-serif", 20),
         )
         .margin(15)
-        .x_label_area_size(90)
+        .x_label_area_size(150)
         .y_label_area_size(50)
         .build_cartesian_2d(0f64..(n as f64), 0f64..100f64)
         .map_err(err)?;
@@ -284,15 +284,17 @@ pub fn eviction(traces: &[EvictionTrace], path: &Path) -> anyhow::Result<()> {
                 )))
                 .map_err(err)?;
         }
-        chart
-            .draw_series(std::iter::once(Text::new(
-                t.trace.clone(),
-                (x + 0.05, -3.0),
-                ("sans-serif", 11)
-                    .into_font()
-                    .transform(FontTransform::Rotate90),
-            )))
-            .map_err(err)?;
+        // On the root area, a few pixels below the axis: drawn in chart coordinates the
+        // rotated text started inside the plot, which clipped its first letter.
+        let (px, py) = chart.backend_coord(&(x + 0.4, 0.0));
+        root.draw(&Text::new(
+            t.trace.clone(),
+            (px, py + 6),
+            ("sans-serif", 12)
+                .into_font()
+                .transform(FontTransform::Rotate90),
+        ))
+        .map_err(err)?;
     }
     let names: Vec<String> = traces
         .first()
