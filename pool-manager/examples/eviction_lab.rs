@@ -263,15 +263,9 @@ fn main() -> anyhow::Result<()> {
             row(policy, &r, &lru, started);
         }
         if let (Some(n), "offline") = (args.replicas, args.policies.as_str()) {
-            for (label, mode) in [("size-Belady", Extra::SizeBelady)] {
-                let started = Instant::now();
-                row(
-                    label,
-                    &pool_replay_extra(&w, n, &cache, &mode),
-                    &lru,
-                    started,
-                );
-            }
+            let started = Instant::now();
+            let r = pool_replay_size_belady(&w, n, &cache);
+            row("size-Belady", &r, &lru, started);
         }
         if args.replicas.is_none() {
             bounds(&w, &cache, &args);
@@ -415,14 +409,9 @@ fn pool_replay(w: &Workload, replicas: usize, cache: &Cache, victims: &Victims) 
     out
 }
 
-/// Offline orders only the lab's pool replay runs.
-enum Extra {
-    /// [`SizeBelady`]: a feasible schedule of the pool's own rules (planner, watermarks,
-    /// sweep), so the best such schedule does at least as well.
-    SizeBelady,
-}
-
-fn pool_replay_extra(w: &Workload, replicas: usize, cache: &Cache, mode: &Extra) -> Outcome {
+/// The pool replay under [`SizeBelady`]: a feasible schedule of the pool's own rules
+/// (planner, watermarks, sweep), so the best such schedule does at least as well.
+fn pool_replay_size_belady(w: &Workload, replicas: usize, cache: &Cache) -> Outcome {
     let sizes = &w.trace.sizes;
     let next_req = next_uses(&w.trace.requests);
     let mut next_of = vec![u64::MAX; sizes.len()];
@@ -441,16 +430,12 @@ fn pool_replay_extra(w: &Workload, replicas: usize, cache: &Cache, mode: &Extra)
             continue;
         }
         let snapshot = pool_snapshot(sizes, m, cache, &used, &residents);
-        let decision = match mode {
-            Extra::SizeBelady => placement::plan(
-                &snapshot,
-                &SizeBelady {
-                    next: &next_of,
-                    sizes,
-                    now: i as u64,
-                },
-            ),
+        let order = SizeBelady {
+            next: &next_of,
+            sizes,
+            now: i as u64,
         };
+        let decision = placement::plan(&snapshot, &order);
         let Decision::Place(plan) = decision else {
             out.failed += 1;
             continue;
