@@ -130,6 +130,9 @@ pub struct Stream {
     body_ended: bool,
     /// For a renamed `ModelStreamInfer` call: its messages renamed as they pass.
     frames: rename::FrameRename,
+    /// When the route call was dispatched (host clock, ns): its round trip is counted
+    /// into [`Metric::RouteCallMicros`] when the answer comes.
+    route_sent: Option<u64>,
 }
 
 impl Stream {
@@ -156,6 +159,7 @@ impl Stream {
             alias: None,
             body_ended: false,
             frames: rename::FrameRename::default(),
+            route_sent: None,
         }
     }
 
@@ -296,6 +300,10 @@ impl Stream {
         }
         if let Some(asked) = self.asked {
             return self.on_metadata_answer(host, worker, asked, body_size);
+        }
+        if let Some(sent) = self.route_sent.take() {
+            let micros = host.now().saturating_sub(sent) / 1_000;
+            worker.count_n(Metric::RouteCallMicros, micros);
         }
         let status = control::answer_status(host);
         let body = control::answer_body(host, body_size, decision::MAX_ROUTE_BODY_BYTES);
@@ -585,6 +593,7 @@ impl Stream {
             Ok(token) => {
                 debug!(host, "[{}] route call {token} dispatched", self.id);
                 self.phase = Phase::Routing;
+                self.route_sent = Some(host.now());
                 Action::Pause
             }
             Err(err) => {

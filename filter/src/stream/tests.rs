@@ -2380,3 +2380,21 @@ fn alias_rows() {
         check_with_aliases(row, aliases);
     }
 }
+
+/// A route call's round trip, as the filter sees it (dispatch to answer on the host's
+/// clock), is summed into `mm_filter_route_call_micros`; a table hit adds nothing.
+#[test]
+fn route_call_round_trip_is_counted_in_micros() {
+    let mut sim = Sim::new("", vec![]);
+    sim.step(Headers(post("/v2/models/linear/infer"), false));
+    assert_eq!(sim.route_calls(), vec!["/internal/v1/route/linear"]);
+    sim.host.now += 2_500_000;
+    sim.step(Answer(Some(200), route_answer("r0", 8000, true)));
+    assert_eq!(sim.upstreams(), vec!["127.0.0.1:8000"]);
+    assert_eq!(sim.worker.counted(Metric::RouteCallMicros), 2_500);
+    assert_eq!(sim.worker.counted(Metric::RouteCalls), 1);
+
+    let mut warm = Sim::new("", warm_table());
+    warm.step(Headers(post("/v2/models/linear/infer"), false));
+    assert_eq!(warm.worker.counted(Metric::RouteCallMicros), 0);
+}

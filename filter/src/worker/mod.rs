@@ -228,6 +228,11 @@ impl Worker {
         self.counters.add(metric);
     }
 
+    /// Counts `n` of `metric` (a sum).
+    pub fn count_n(&mut self, metric: Metric, n: u64) {
+        self.counters.add_n(metric, n);
+    }
+
     /// What is counted for `metric` and not yet added to the host's counter.
     pub fn counted(&self, metric: Metric) -> u64 {
         self.counters.get(metric)
