@@ -1,9 +1,12 @@
 //! The cold path: the first request for a model through the gateway (route call,
-//! placement, staging, Triton's load, the inference) against Triton's own load call for the
-//! same files, and a burst of first requests for one cold model.
+//! placement, staging, Triton's load, the inference) against Triton alone for the same
+//! files (its load call, then the first inference straight to the replica), side by side
+//! in one run, with the route call's round trip as the filter sees it
+//! (`mm_filter_route_call_micros`) next to the pool-manager's own time for it
+//! (`mm_cold_request_wait_seconds`); and a burst of first requests for one cold model.
 
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mm_tests::paths::example_model;
 use mm_tests::{Stack, StackOptions};
@@ -13,8 +16,24 @@ use crate::phases;
 use crate::stats::{median, percentile};
 use crate::warm::linear_body;
 
+/// One fresh model's figures, ms.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    /// Triton alone: the load call, the first inference on the fresh model, a second one.
+    pub direct_load: f64,
+    pub direct_first_infer: f64,
+    pub direct_second_infer: f64,
+    /// Through the gateway: the first request.
+    pub gateway: f64,
+    /// Its route call as the filter saw it (dispatch to answer).
+    pub route_call: f64,
+    /// The pool-manager's own time for that route call.
+    pub pool_manager: f64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Cold {
+    pub samples: Vec<Sample>,
     pub gateway_ms: Vec<f64>,
     pub direct_load_ms: Vec<f64>,
     pub gateway_median_ms: f64,
@@ -24,6 +43,9 @@ pub struct Cold {
     pub burst_ok: usize,
     pub burst_p50_ms: f64,
     pub burst_p99_ms: f64,
+    /// `/proc/loadavg`'s 1-minute figure before and after the sequential samples.
+    pub load_before: f64,
+    pub load_after: f64,
     /// The pool-manager's per-phase means over the sequential samples (empty: not exposed).
     pub phases: Vec<phases::Phase>,
 }
@@ -42,6 +64,114 @@ fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub(crate) fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// The filter's route calls and their summed round trips (µs), and the pool-manager's
+/// cold route calls and their summed time (s), as counted now.
+#[derive(Debug, Clone, Copy)]
+struct Counts {
+    route_calls: u64,
+    route_micros: u64,
+    pm_calls: f64,
+    pm_seconds: f64,
+}
+
+async fn counts(stack: &Stack) -> anyhow::Result<Counts> {
+    let text = stack
+        .http
+        .get(stack.pool_manager.url("/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    Ok(Counts {
+        route_calls: stack.envoy.stat("wasmcustom.mm_filter_route_calls").await?,
+        route_micros: stack
+            .envoy
+            .stat("wasmcustom.mm_filter_route_call_micros")
+            .await?,
+        pm_calls: mm_tests::stack::sum_metric(&text, "mm_cold_request_wait_seconds_count", ""),
+        pm_seconds: mm_tests::stack::sum_metric(&text, "mm_cold_request_wait_seconds_sum", ""),
+    })
+}
+
+/// The counts once the filter has flushed one more route call than `before` (its
+/// counters reach Envoy on its tick).
+async fn counts_after_one(stack: &Stack, before: Counts) -> anyhow::Result<Counts> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = counts(stack).await?;
+        // The filter adds its counters one by one: both must have moved (a round trip
+        // takes at least a microsecond).
+        if now.route_calls > before.route_calls && now.route_micros > before.route_micros {
+            anyhow::ensure!(
+                now.route_calls == before.route_calls + 1 && now.pm_calls == before.pm_calls + 1.0,
+                "expected one route call, counted {:?} -> {:?}",
+                before,
+                now
+            );
+            return Ok(now);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the filter's route call count did not reach Envoy"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn timed_post(
+    http: &reqwest::Client,
+    url: String,
+    body: &serde_json::Value,
+) -> anyhow::Result<f64> {
+    let t = Instant::now();
+    let r = http.post(url).json(body).send().await?;
+    let status = r.status();
+    let text = r.text().await?;
+    anyhow::ensure!(status.is_success(), "{status}: {text}");
+    Ok(t.elapsed().as_secs_f64() * 1000.0)
+}
+
+/// One fresh model each way: Triton alone, then through the gateway.
+async fn sample(stack: &Stack, i: usize) -> anyhow::Result<Sample> {
+    let replica = stack.replicas[0].url();
+    let http = &stack.http;
+    let req = linear_body();
+    // Triton alone, the files staged by hand as the pool-manager would.
+    let direct = format!("direct{i}");
+    copy_dir(&example_model("linear"), &stack.repository.join(&direct))?;
+    let load_url = format!("{replica}/v2/repository/models/{direct}/load");
+    let direct_load = timed_post(http, load_url, &serde_json::json!({})).await?;
+    let infer_url = format!("{replica}/v2/models/{direct}/infer");
+    let direct_first_infer = timed_post(http, infer_url.clone(), &req).await?;
+    let direct_second_infer = timed_post(http, infer_url, &req).await?;
+
+    let name = format!("cold{i}");
+    stack
+        .register(&name, &example_model("linear"), "32Mi")
+        .await?;
+    let before = counts(stack).await?;
+    let t = Instant::now();
+    let r = stack.infer(&name, &req).await?;
+    anyhow::ensure!(r.status == 200, "{}", r.text);
+    let gateway = t.elapsed().as_secs_f64() * 1000.0;
+    let after = counts_after_one(stack, before).await?;
+    Ok(Sample {
+        direct_load,
+        direct_first_infer,
+        direct_second_infer,
+        gateway,
+        route_call: after.route_micros.saturating_sub(before.route_micros) as f64 / 1000.0,
+        pool_manager: (after.pm_seconds - before.pm_seconds) * 1000.0,
+    })
+}
+
 pub async fn run(samples: usize) -> anyhow::Result<Cold> {
     let stack = Stack::start(StackOptions {
         replicas: 1,
@@ -49,12 +179,10 @@ pub async fn run(samples: usize) -> anyhow::Result<Cold> {
         ..StackOptions::default()
     })
     .await?;
-    let replica = &stack.replicas[0];
-    let http = reqwest::Client::new();
     let req = linear_body();
-    let (mut gateway_ms, mut direct_ms) = (Vec::new(), Vec::new());
     let scrape = || async {
-        let text = http
+        let text = stack
+            .http
             .get(stack.pool_manager.url("/metrics"))
             .send()
             .await?
@@ -62,34 +190,14 @@ pub async fn run(samples: usize) -> anyhow::Result<Cold> {
             .await?;
         Ok::<_, anyhow::Error>(phases::totals(&text))
     };
+    let load_before = load_average();
     let phases_before = scrape().await?;
+    let mut all = Vec::new();
     for i in 0..samples {
-        // Triton's own load call for the same files (staged by hand, as the pool-manager
-        // would), then a first request through the gateway for a fresh model name.
-        let direct = format!("direct{i}");
-        copy_dir(&example_model("linear"), &stack.repository.join(&direct))?;
-        let t = Instant::now();
-        let r = http
-            .post(format!(
-                "{}/v2/repository/models/{direct}/load",
-                replica.url()
-            ))
-            .body("{}")
-            .send()
-            .await?;
-        anyhow::ensure!(r.status().is_success(), "direct load: {}", r.text().await?);
-        direct_ms.push(t.elapsed().as_secs_f64() * 1000.0);
-
-        let name = format!("cold{i}");
-        stack
-            .register(&name, &example_model("linear"), "32Mi")
-            .await?;
-        let t = Instant::now();
-        let r = stack.infer(&name, &req).await?;
-        anyhow::ensure!(r.status == 200, "{}", r.text);
-        gateway_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        all.push(sample(&stack, i).await?);
     }
     let phases = phases::means(&phases_before, &scrape().await?);
+    let load_after = load_average();
     // 100 concurrent first requests for one cold model.
     stack
         .register("burst", &example_model("linear"), "32Mi")
@@ -109,43 +217,104 @@ pub async fn run(samples: usize) -> anyhow::Result<Cold> {
     let results = futures::future::join_all(started).await;
     let burst_loads = stack.pool_manager.metric("mm_model_loads_total").await? - loads_before;
     let lat: Vec<f64> = results.iter().map(|(_, ms)| *ms).collect();
+    let gateway_ms: Vec<f64> = all.iter().map(|s| s.gateway).collect();
+    let direct_ms: Vec<f64> = all.iter().map(|s| s.direct_load).collect();
     Ok(Cold {
         gateway_median_ms: median(&gateway_ms),
         direct_median_ms: median(&direct_ms),
         gateway_ms,
         direct_load_ms: direct_ms,
+        samples: all,
         burst_requests: requests,
         burst_loads,
         burst_ok: results.iter().filter(|(ok, _)| *ok).count(),
         burst_p50_ms: percentile(&lat, 0.5),
         burst_p99_ms: percentile(&lat, 0.99),
+        load_before,
+        load_after,
         phases,
     })
 }
 
 impl Cold {
+    /// The median over the samples of `f`.
+    fn med(&self, f: impl Fn(&Sample) -> f64) -> f64 {
+        median(&self.samples.iter().map(f).collect::<Vec<_>>())
+    }
+
+    fn breakdown(&self) -> String {
+        let row = |label: &str, f: &dyn Fn(&Sample) -> f64| {
+            let all: Vec<String> = self
+                .samples
+                .iter()
+                .map(|s| format!("{:.1}", f(s)))
+                .collect();
+            format!("| {label} | {:.1} | {} |\n", self.med(f), all.join(", "))
+        };
+        let mut md = String::from("| | median ms | samples ms |\n|---|---:|---|\n");
+        md += &row("(a) Triton alone: load call", &|s| s.direct_load);
+        md += &row(
+            "(a) Triton alone: first inference on the fresh model",
+            &|s| s.direct_first_infer,
+        );
+        md += &row("(a) Triton alone: second inference", &|s| {
+            s.direct_second_infer
+        });
+        md += &row("(a) Triton alone: load call + first inference", &|s| {
+            s.direct_load + s.direct_first_infer
+        });
+        md += &row("(b) first request through the gateway", &|s| s.gateway);
+        md += &row("(c) its route call, as the filter saw it", &|s| {
+            s.route_call
+        });
+        md += &row("(c) the pool-manager's own time for it", &|s| {
+            s.pool_manager
+        });
+        md += &row(
+            "(c) Envoy's hop to the pool-manager and back (difference)",
+            &|s| s.route_call - s.pool_manager,
+        );
+        md += &row(
+            "(b) after the route answer: forwarding and the first inference",
+            &|s| s.gateway - s.route_call,
+        );
+        md += &row("**gateway overhead over the load call** (b - load)", &|s| {
+            s.gateway - s.direct_load
+        });
+        md += &row(
+            "**gateway overhead over load + first inference** (b - a)",
+            &|s| s.gateway - s.direct_load - s.direct_first_infer,
+        );
+        md
+    }
+
     pub fn markdown(&self) -> String {
         format!(
-                    "### Cold path\n\n\
-                     Five fresh models (the `linear` files under new names), one real replica: the first request \
-                     through the gateway (route call, placement, staging the files, Triton's load, the inference) \
-                     against Triton's own load call for the same files (staged by hand), one after the other.\n\n\
-                     | | median ms | samples ms |\n|---|---:|---|\n\
-                     | Triton load call alone | {:.1} | {} |\n| first request through the gateway | {:.1} | {} |\n\n\
-                     Gateway overhead on a cold start (median difference): **{:.1} ms**.\n\n\
-                     100 concurrent first requests for one cold model: **{} load** caused, {} of {} answered 200, \
-                     p50 {:.1} ms, p99 {:.1} ms.\n\n![cold path](bench/results/cold.png)\n",
-                    self.direct_median_ms,
-                    self.direct_load_ms.iter().map(|v| format!("{v:.0}")).collect::<Vec<_>>().join(", "),
-                    self.gateway_median_ms,
-                    self.gateway_ms.iter().map(|v| format!("{v:.0}")).collect::<Vec<_>>().join(", "),
-                    self.gateway_median_ms - self.direct_median_ms,
-                    self.burst_loads,
-                    self.burst_ok,
-                    self.burst_requests,
-                    self.burst_p50_ms,
-                    self.burst_p99_ms
-                ) + "\n" + &phases::markdown(&self.phases)
-            + "\nTarget (issue 14): cold overhead ≤ 10 ms over Triton's own load call.\n"
+            "### Cold path\n\n\
+             {} fresh models (the `linear` files under new names), one real replica, one after the other. \
+             Per model, in the same run: (a) Triton alone for the same files (staged by hand): its load call, \
+             then the first inference straight to the replica (and a second one); (b) a fresh model's first \
+             request through the gateway (route call, placement, staging the files, Triton's load, the \
+             inference); (c) that request's route call as the filter saw it (`mm_filter_route_call_micros`) \
+             and the pool-manager's own time for it (`mm_cold_request_wait_seconds`). Load average (1 min) \
+             {:.1} before the samples, {:.1} after, on 2 cores.\n\n{}\n\
+             Gateway overhead on a cold start (median of the per-model differences): **{:.1} ms** over \
+             Triton's load call, **{:.1} ms** over its load call and first inference.\n\n\
+             100 concurrent first requests for one cold model: **{} load** caused, {} of {} answered 200, \
+             p50 {:.1} ms, p99 {:.1} ms.\n\n![cold path](bench/results/cold.png)\n\n{}\
+             \nTarget (issue 14): cold overhead ≤ 10 ms over Triton's own load call.\n",
+            self.samples.len(),
+            self.load_before,
+            self.load_after,
+            self.breakdown(),
+            self.med(|s| s.gateway - s.direct_load),
+            self.med(|s| s.gateway - s.direct_load - s.direct_first_infer),
+            self.burst_loads,
+            self.burst_ok,
+            self.burst_requests,
+            self.burst_p50_ms,
+            self.burst_p99_ms,
+            phases::markdown(&self.phases)
+        )
     }
 }

@@ -193,7 +193,7 @@ async fn main() -> anyhow::Result<()> {
                 plot::eviction(&traces, &args.out.join("eviction.png"))?;
             }
             "cold" => {
-                let c = cold::run(5).await.context("cold path")?;
+                let c = cold::run(9).await.context("cold path")?;
                 plot::cold(&c, &args.out.join("cold.png"))?;
                 write(&args.out, "cold", &c.markdown(), &c)?;
             }
