@@ -3,7 +3,9 @@
 //! metadata call, which answers metadata and readiness for a model loaded nowhere from it,
 //! without loading the model.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine;
 use tracing::{debug, warn};
@@ -24,6 +26,13 @@ pub enum Asked {
     /// The model configuration.
     Config,
 }
+
+/// How long kept metadata waits for more to be written with it (see
+/// [`Pool::keep_durably`]); a record is a cache, refilled by the next load if lost.
+pub(super) const METADATA_WRITE_DELAY: Duration = Duration::from_millis(200);
+
+/// Kept metadata not yet written to the store, by model.
+pub(super) type MetadataQueue = std::sync::Mutex<BTreeMap<ModelName, Arc<KeptMetadata>>>;
 
 /// What a replica said of a loaded model: V2 metadata and, if it gave it, configuration.
 pub(super) type Description = (serde_json::Value, Option<serde_json::Value>);
@@ -61,15 +70,57 @@ impl Pool {
         }
         let kept = Arc::new(kept);
         entry.metadata = Some(kept.clone());
-        if let Some(store) = self.inner.store.clone() {
-            let model = model.clone();
+        self.keep_durably(model, kept);
+        inputs
+    }
+
+    /// Queues `kept` for the store. Records queued within [`METADATA_WRITE_DELAY`] of the
+    /// first go in one commit: a burst of cold loads makes one durable write, not one
+    /// each, and its sync does not land on the next loads' staging on the same disk.
+    fn keep_durably(&self, model: &ModelName, kept: Arc<KeptMetadata>) {
+        let Some(store) = self.inner.store.clone() else {
+            return;
+        };
+        let first = {
+            let mut queued = self.metadata_queue();
+            queued.insert(model.clone(), kept);
+            queued.len() == 1
+        };
+        if first {
+            let pool = self.clone();
             tokio::spawn(async move {
-                if let Err(e) = store.put_metadata(&model, &kept).await {
-                    warn!(model = %model, error = %e, "metadata not kept durably");
-                }
+                tokio::time::sleep(METADATA_WRITE_DELAY).await;
+                pool.write_metadata(&store).await;
             });
         }
-        inputs
+    }
+
+    /// Writes every queued metadata record in one commit.
+    async fn write_metadata(&self, store: &crate::store::Store) {
+        let queued = std::mem::take(&mut *self.metadata_queue());
+        let changes = queued
+            .iter()
+            .map(|(name, kept)| crate::store::Change::Put {
+                key: crate::store::Key::metadata(name),
+                value: kept.encode(),
+            })
+            .collect();
+        if let Err(e) = store.commit(changes).await {
+            warn!(models = queued.len(), error = %e, "metadata not kept durably");
+        }
+    }
+
+    /// Drops `name`'s queued metadata: the commit deleting its record is coming, and a
+    /// later write must not bring the record back.
+    pub(super) fn forget_queued_metadata(&self, name: &ModelName) {
+        self.metadata_queue().remove(name);
+    }
+
+    fn metadata_queue(&self) -> std::sync::MutexGuard<'_, BTreeMap<ModelName, Arc<KeptMetadata>>> {
+        self.inner
+            .metadata_queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Puts metadata read back from the durable store into the table (the store checked

@@ -115,6 +115,8 @@ struct Inner {
     /// Whether this instance leads, and what it follows when it does not.
     leading: leading::Leading,
     store: Option<Store>,
+    /// Kept metadata waiting to be written to `store` in one commit (metadata.rs).
+    metadata_queue: metadata::MetadataQueue,
     name_locks: Vec<tokio::sync::Mutex<()>>,
     /// Bounds the requests held waiting for a load.
     waiting: Arc<tokio::sync::Semaphore>,
@@ -183,6 +185,7 @@ impl Pool {
                 routing: routing::Routing::new(),
                 leading: leading::Leading::new(),
                 store,
+                metadata_queue: std::sync::Mutex::default(),
                 name_locks: (0..1024).map(|_| tokio::sync::Mutex::new(())).collect(),
                 waiting: Arc::new(tokio::sync::Semaphore::new(max_waiting)),
                 room: room::Room::new(),

@@ -225,6 +225,7 @@ impl Pool {
 
     /// Like `persist_put`, for a spec whose files may differ: the kept metadata goes too.
     async fn persist_reloaded(&self, name: &ModelName, spec: &ModelSpec) -> Result<(), PoolError> {
+        self.forget_queued_metadata(name);
         match &self.inner.store {
             Some(store) => store
                 .put_reloaded(name, spec)
@@ -264,6 +265,9 @@ impl Pool {
         let Some(store) = &self.inner.store else {
             return Ok(());
         };
+        if spec.is_some() {
+            self.forget_queued_metadata(client);
+        }
         // A model served under its own name with nothing under way or failed needs no
         // record.
         let record = record
@@ -279,6 +283,7 @@ impl Pool {
     }
 
     async fn persist_delete(&self, name: &ModelName) -> Result<(), PoolError> {
+        self.forget_queued_metadata(name);
         match &self.inner.store {
             Some(store) => store
                 .delete(name)

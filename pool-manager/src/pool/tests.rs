@@ -1212,6 +1212,72 @@ async fn the_durable_store_is_written_before_the_answer() {
     assert!(reopened.models.is_empty());
 }
 
+// Real time: the store's writer is a thread that paused time would not wait for.
+#[tokio::test]
+async fn metadata_kept_by_a_burst_of_loads_is_written_in_one_commit() {
+    let data = tempfile::tempdir().unwrap();
+    let repo = tempfile::tempdir().unwrap();
+    let model_dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(model_dir.path().join("1")).unwrap();
+    let store = crate::store::Store::open(data.path()).unwrap().store;
+    let backend = store.backend().clone();
+    let fake = Arc::new(FakeReplica::default());
+    let replica = Replica {
+        id: ReplicaId::new("r0").unwrap(),
+        url: url::Url::parse("http://127.0.0.1:8000").unwrap(),
+        address: Some("127.0.0.1:8000".parse().unwrap()),
+        grpc_port: None,
+        capacity: Resources::new(1 << 30, 0),
+        client: fake as Arc<dyn ReplicaClient>,
+    };
+    let mut reg = prometheus_client::registry::Registry::default();
+    let pool = Pool::with_store(
+        vec![replica],
+        ModelRepository::open(repo.path()).unwrap(),
+        StoragePolicy::default(),
+        Arc::new(Metrics::register(&mut reg, 10)),
+        settings(),
+        Some(store),
+    );
+    pool.probe_replicas().await;
+    let body = format!(
+        r#"{{"storageUri": "file://{}", "memory": 1}}"#,
+        model_dir.path().display()
+    );
+    let models = ["a", "b", "c", "gone"].map(|m| ModelName::new(m).unwrap());
+    for m in &models {
+        pool.register(m.as_str(), body.as_bytes()).await.unwrap();
+    }
+    let before = backend.snapshot().await.unwrap().revision;
+    {
+        let mut t = pool.table();
+        for m in &models {
+            let metadata = serde_json::json!({"name": m.as_str(), "inputs": []});
+            pool.keep_description(&mut t, m, (metadata, None));
+        }
+    }
+    // A model deleted meanwhile: its queued record must not come back after the delete.
+    pool.delete("gone").await.unwrap();
+    let after_delete = backend.snapshot().await.unwrap().revision;
+    assert_eq!(after_delete, before + 1, "the delete's own commit only");
+    let mut kept = Vec::new();
+    for _ in 0..500 {
+        let snapshot = backend.snapshot().await.unwrap();
+        kept = crate::store::records_of(&snapshot, crate::store::Kind::Metadata);
+        if !kept.is_empty() {
+            assert_eq!(
+                snapshot.revision,
+                after_delete + 1,
+                "one commit for the burst"
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let names: Vec<&str> = kept.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["a", "b", "c"]);
+}
+
 /// Settings whose drain passes run every 10 ms.
 fn fast_drain() -> Settings {
     Settings {
