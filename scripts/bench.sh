@@ -93,7 +93,7 @@ section() { # part
   echo '```'
   echo
   echo "Exact parts run: \`target/release/mm-bench --out $out ${BENCH_ARGS}\` (defaults: parts warm, cold,"
-  echo "churn, scale, ha; 5 interleaved rounds of 8 s of \`wrk -t1 -c8\` per warm target, 5 cold samples, a"
+  echo "churn, scale, ha; 5 interleaved rounds of 8 s of \`wrk -t1 -c8\` per warm target, 9 cold samples, a"
   echo "60 s churn trace, 1,000 / 10,000 / 100,000 models on 1,000 fake replicas, 2,000 registrations per"
   echo "store and 5 + 5 failovers on a 3-member etcd) and \`mm-sim ${SIM_ARGS}\`."
   echo "\`target/release/mm-bench --help\` lists every option (wrk load, warm targets, other filter builds"
