@@ -184,6 +184,29 @@ impl EtcdCluster {
         }
     }
 
+    /// The index of the member etcd's Raft elected leader, as `etcdctl endpoint status`
+    /// reports it from the running members (`None`: none of them knows a leader).
+    pub fn leader(&self) -> anyhow::Result<Option<usize>> {
+        let out = self.etcdctl(&["endpoint", "status", "--write-out=json"])?;
+        let statuses: Vec<serde_json::Value> =
+            serde_json::from_str(&out).context("reading etcdctl endpoint status")?;
+        for s in &statuses {
+            let status = &s["Status"];
+            let (Some(me), Some(leader)) = (
+                status["header"]["member_id"].as_u64(),
+                status["leader"].as_u64(),
+            ) else {
+                continue;
+            };
+            if me != leader {
+                continue;
+            }
+            let endpoint = s["Endpoint"].as_str().unwrap_or_default();
+            return Ok(self.members.iter().position(|m| m.client_url() == endpoint));
+        }
+        Ok(None)
+    }
+
     /// Runs `etcdctl` (API v3) against the running members; returns its stdout.
     pub fn etcdctl(&self, args: &[&str]) -> anyhow::Result<String> {
         let endpoints: Vec<String> = self

@@ -4,6 +4,8 @@
 //! on drop; the etcd data and the logs live in the stack's temporary directory.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail};
@@ -206,4 +208,110 @@ impl HaStack {
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
+}
+
+impl HaStack {
+    /// The routing table instance `i` serves the gateway now (an immediate answer, with
+    /// the gateway token).
+    pub async fn table(&self, i: usize) -> anyhow::Result<mm_wire::RoutingTable> {
+        let r = self
+            .http
+            .get(self.instances[i].url(mm_wire::TABLE_PATH))
+            .header(mm_wire::GATEWAY_TOKEN_HEADER, &self.gateway_token)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            bail!("table of pm-{i}: HTTP {}", r.status());
+        }
+        Ok(r.json().await?)
+    }
+}
+
+/// Steady warm traffic on one model through the gateway, about 50 requests a second
+/// until stopped: every answer counted, every failure kept with what it said.
+pub struct WarmLoad {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failures: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// What a [`WarmLoad`] saw: successes, and each failure's status and body (or error).
+#[derive(Debug)]
+pub struct WarmOutcome {
+    pub ok: u64,
+    pub failures: Vec<String>,
+}
+
+impl WarmLoad {
+    /// Starts posting `body` to `{gateway}/v2/models/{model}/infer`.
+    pub fn start(gateway: &str, model: &str, body: serde_json::Value) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let (s, o, f) = (stop.clone(), ok.clone(), failures.clone());
+        let url = format!("{gateway}/v2/models/{model}/infer");
+        let task = tokio::spawn(async move {
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .no_proxy()
+                .build()
+                .unwrap_or_default();
+            while !s.load(Ordering::SeqCst) {
+                match http.post(&url).json(&body).send().await {
+                    Ok(r) if r.status().is_success() => {
+                        o.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Ok(r) => {
+                        let status = r.status();
+                        let text = r.text().await.unwrap_or_default();
+                        lock(&f).push(format!("{status} {text}"));
+                    }
+                    Err(e) => lock(&f).push(e.to_string()),
+                }
+                // Paces the load; nothing waits on it.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        Self {
+            stop,
+            ok,
+            failures,
+            task,
+        }
+    }
+
+    /// Requests answered 2xx so far.
+    pub fn ok(&self) -> u64 {
+        self.ok.load(Ordering::SeqCst)
+    }
+
+    /// Failures so far.
+    pub fn failed(&self) -> usize {
+        lock(&self.failures).len()
+    }
+
+    /// Waits (bounded) until `more` further requests succeeded: traffic still flows.
+    pub async fn wait_for(&self, what: &str, more: u64) -> anyhow::Result<()> {
+        let target = self.ok() + more;
+        eventually(what, Duration::from_secs(15), || async {
+            Ok((self.ok() >= target).then_some(()))
+        })
+        .await
+    }
+
+    /// Stops the traffic; what it saw.
+    pub async fn stop(self) -> WarmOutcome {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.task.await;
+        WarmOutcome {
+            ok: self.ok.load(Ordering::SeqCst),
+            failures: lock(&self.failures).clone(),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
