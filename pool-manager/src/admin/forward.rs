@@ -7,8 +7,10 @@
 //! While no instance leads (an election, a store without quorum) or the leader cannot be
 //! reached (it just died), a route call is *held* and tried again as the leadership
 //! changes, until the route wait ends: the filter does not retry a 503, so a cold request
-//! survives a failover only if the pool-manager side waits for it. Reports and admin
-//! writes are answered 503 with a clear error instead.
+//! survives a failover only if the pool-manager side waits for it. A route call for a
+//! model the leader's table (as this instance follows it) has a copy of is answered from
+//! that table instead of held, so warm requests need no leader. Reports and admin writes
+//! are answered 503 with a clear error instead.
 //!
 //! A forwarded request carries [`FORWARDED`]; an instance that gets one and does not act
 //! answers at once with [`NOT_LEADER`] instead of forwarding it again (no loops), and the
@@ -160,6 +162,9 @@ impl Call<'_> {
                     Err(Missed::Unreachable) => {}
                 }
             }
+            if let Some(answer) = self.answered_from_followed_table() {
+                return answer;
+            }
             if Instant::now() >= deadline {
                 return still_waiting(wait);
             }
@@ -170,6 +175,28 @@ impl Call<'_> {
                 () = tokio::time::sleep_until(recheck) => {}
             }
         }
+    }
+
+    /// A route call for a model with a copy in the leader's table this instance follows
+    /// (or for any replica with one), answered from that table when no leader answers:
+    /// warm requests are served through every instance without a leader (they need no
+    /// load), cold ones wait for one.
+    fn answered_from_followed_table(&self) -> Option<Response> {
+        if self.method != Method::GET {
+            return None;
+        }
+        let path = self.path.split('?').next().unwrap_or_default();
+        let name = match path.strip_prefix(mm_wire::ROUTE_PATH_PREFIX) {
+            Some(name) => Some(name),
+            None if path == mm_wire::ANY_REPLICA_PATH => None,
+            None => return None,
+        };
+        let route = self.state.pool.route_from_followed(name)?;
+        let mut answer = axum::Json(route).into_response();
+        if let Ok(id) = HeaderValue::from_str(&self.election.me().id) {
+            answer.headers_mut().insert(SERVED_BY, id);
+        }
+        Some(answer)
     }
 
     /// A report or an admin write: here if this instance is about to act, else to the

@@ -146,6 +146,48 @@ impl Pool {
         })
     }
 
+    /// Where a follower that reaches no leader (none elected, the store without quorum,
+    /// the leader just died) sends a route call for `name` (`None`: any replica): a copy
+    /// in the leader's routing table as this instance last read it from the store, the
+    /// table every gateway routes warm requests by anyway, round-robin over the copies.
+    /// `None` while this instance acts (it routes from its own view) or when the table has
+    /// no such copy: that call needs a leader (a load), and waits for one.
+    pub fn route_from_followed(&self, name: Option<&str>) -> Option<RouteResponse> {
+        if self.acting() {
+            return None;
+        }
+        let followed = self.inner.leading.followed.borrow().clone()?;
+        let table: mm_wire::RoutingTable = serde_json::from_str(&followed.json).ok()?;
+        let (model, inputs, upstream, copies) = match name {
+            Some(name) => {
+                let entry = table.models.into_iter().find(|e| e.model == name)?;
+                (
+                    Some(entry.model),
+                    entry.inputs,
+                    entry.upstream,
+                    entry.replicas,
+                )
+            }
+            None => {
+                // Any replica with a copy: the table lists copies on healthy ones only.
+                let mut all: Vec<_> = table.models.into_iter().flat_map(|e| e.replicas).collect();
+                all.sort_by(|a, b| a.replica.cmp(&b.replica));
+                all.dedup_by(|a, b| a.replica == b.replica);
+                (None, None, None, all)
+            }
+        };
+        let pick = self.inner.next_any.fetch_add(1, Ordering::Relaxed);
+        let endpoint = copies.get(pick % copies.len().max(1))?.clone();
+        Some(RouteResponse {
+            model,
+            replica: endpoint.replica,
+            address: endpoint.address,
+            grpc_address: endpoint.grpc_address,
+            inputs,
+            upstream,
+        })
+    }
+
     /// Any healthy replica, round-robin: for requests that name no model.
     pub fn any_replica(&self) -> Result<RouteResponse, PoolError> {
         let t = self.table();

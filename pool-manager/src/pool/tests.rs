@@ -1923,6 +1923,47 @@ async fn a_follower_serves_the_leaders_table_and_follows_the_registry() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_follower_routes_warm_calls_from_the_leaders_table_and_nothing_else() {
+    use crate::store::{Key, Snapshot};
+    let f = fixture(&[1000], settings()).ready().await;
+    let role = shared_role(&f.pool);
+    assert!(
+        f.pool.route_from_followed(Some("x")).is_none(),
+        "no table read yet"
+    );
+    let leaders = r#"{"epoch":"e1","generation":4,"models":[
+        {"model":"x","replicas":[{"replica":"r0","address":"127.0.0.1:8000"},{"replica":"r1","address":"127.0.0.1:8001","grpcAddress":"127.0.0.1:9001"}]},
+        {"model":"v","replicas":[{"replica":"r1","address":"127.0.0.1:8001"}],"upstream":"v--0123abcd"}]}"#;
+    let mut snapshot = Snapshot::default();
+    snapshot
+        .records
+        .insert(Key::routing_table(), leaders.as_bytes().to_vec());
+    f.pool.resync(&snapshot);
+    // Round-robin over the model's copies, as the table lists them.
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..4 {
+        let route = f.pool.route_from_followed(Some("x")).unwrap();
+        assert_eq!(route.model.as_deref(), Some("x"));
+        seen.insert((route.replica, route.address, route.grpc_address));
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    let v = f.pool.route_from_followed(Some("v")).unwrap();
+    assert_eq!(
+        (v.address.as_str(), v.upstream.as_deref()),
+        ("127.0.0.1:8001", Some("v--0123abcd"))
+    );
+    let any = f.pool.route_from_followed(None).unwrap();
+    assert!(any.model.is_none() && ["r0", "r1"].contains(&any.replica.as_str()));
+    // A model with no copy there needs a load, which only a leader makes.
+    assert!(f.pool.route_from_followed(Some("cold")).is_none());
+    // Acting, an instance routes from its own view, never from the table it followed.
+    role.send_replace(leading_until(Instant::now() + Duration::from_secs(10)));
+    f.pool.take_lead(None).await.unwrap();
+    assert!(f.pool.route_from_followed(Some("x")).is_none());
+    assert_eq!(f.total_loads(), 0);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_follower_follows_the_leaders_aliases() {
     use crate::store::{Key, Snapshot, WatchEvent};
     let f = fixture(&[1000], settings()).ready().await;
