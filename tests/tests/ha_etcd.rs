@@ -2,8 +2,9 @@
 //! Envoy with the filter) under steady warm load while etcd loses members: with one member
 //! lost (etcd's own leader) users see nothing, admin writes and cold loads work; with two
 //! lost (no quorum) every warm request is still served from the tables the instances
-//! keep, admin writes get a clear 503 on every instance and a cold request is held for
-//! the route wait, then refused with a clear 503; when quorum returns an instance leads
+//! keep (a gateway started then too), every instance answers route calls for loaded
+//! models from that table, admin writes get a clear 503 on every instance and a cold
+//! request is held for the route wait, then refused with a clear 503; when quorum returns an instance leads
 //! again, writes work and cold requests load. Every warm request is counted: none fails.
 
 mod common;
@@ -15,6 +16,7 @@ use common::example;
 use mm_tests::ha::{HaOptions, HaStack, WarmLoad};
 use mm_tests::paths::example_model;
 use mm_tests::stack::eventually;
+use mm_tests::Envoy;
 use mm_wire::ClusterRole;
 
 const TTL: Duration = Duration::from_secs(3);
@@ -213,6 +215,8 @@ async fn no_quorum_serves_warm_and_refuses_writes(
     for load in warm {
         load.wait_for("warm traffic without quorum", 50).await?;
     }
+    routes_from_every_instance(stack).await?;
+    a_new_gateway_serves_warm_models(stack).await?;
     let started = Instant::now();
     let (status, body) = infer(stack, "cold-b", &example("linear").0).await?;
     let held = started.elapsed();
@@ -224,6 +228,63 @@ async fn no_quorum_serves_warm_and_refuses_writes(
     eprintln!("a cold request without quorum: {status} after {held:?} (route wait {ROUTE_WAIT:?})");
     for load in warm {
         load.wait_for("warm traffic without quorum", 10).await?;
+    }
+    Ok(())
+}
+
+/// Without a leader every instance still answers the gateway's route calls for loaded
+/// models (and for any replica) from the table it keeps, itself.
+async fn routes_from_every_instance(stack: &HaStack) -> anyhow::Result<()> {
+    let paths = [
+        format!("{}{}", mm_wire::ROUTE_PATH_PREFIX, WARM[0]),
+        mm_wire::ANY_REPLICA_PATH.to_owned(),
+    ];
+    for i in 0..stack.instances.len() {
+        let id = stack.view(i).await?.instance.id;
+        for path in &paths {
+            let r = stack
+                .http
+                .get(stack.instances[i].url(path))
+                .header(mm_wire::GATEWAY_TOKEN_HEADER, &stack.gateway_token)
+                .timeout(ROUTE_WAIT + Duration::from_secs(10))
+                .send()
+                .await?;
+            let status = r.status().as_u16();
+            let by = r
+                .headers()
+                .get("x-mm-served-by")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let route: serde_json::Value = r.json().await.unwrap_or_default();
+            let replicas: Vec<&str> = stack.replicas.iter().map(|r| r.name.as_str()).collect();
+            let replica = route["replica"].as_str().unwrap_or_default();
+            if status != 200 || by.as_deref() != Some(id.as_str()) || !replicas.contains(&replica) {
+                bail!(
+                    "pm-{i} routes {path} from its table without quorum: {status} {by:?} {route}"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A gateway started while there is no quorum (an empty table, every instance failing
+/// its health check) gets the table from the instances and serves every warm model, its
+/// first requests included.
+async fn a_new_gateway_serves_warm_models(stack: &HaStack) -> anyhow::Result<()> {
+    let dir = stack.path().join("gateway-2");
+    std::fs::create_dir_all(&dir)?;
+    let ports: Vec<u16> = stack.instances.iter().map(|p| p.port).collect();
+    let mut gateway = Envoy::spawn_for(&ports, &dir, Some(&stack.gateway_token))?;
+    gateway.wait_ready().await?;
+    for model in WARM {
+        let body = example(model).0;
+        for n in 0..5 {
+            let (status, answer) = infer_at(stack, &gateway, model, &body).await?;
+            if status != 200 {
+                bail!("a new gateway without quorum, request {n} for {model}: {status} {answer}");
+            }
+        }
     }
     Ok(())
 }
@@ -313,9 +374,19 @@ async fn infer(
     model: &str,
     body: &serde_json::Value,
 ) -> anyhow::Result<(u16, serde_json::Value)> {
+    infer_at(stack, &stack.envoy, model, body).await
+}
+
+/// [`infer`] through `gateway`.
+async fn infer_at(
+    stack: &HaStack,
+    gateway: &Envoy,
+    model: &str,
+    body: &serde_json::Value,
+) -> anyhow::Result<(u16, serde_json::Value)> {
     let r = stack
         .http
-        .post(stack.envoy.url(&format!("/v2/models/{model}/infer")))
+        .post(gateway.url(&format!("/v2/models/{model}/infer")))
         .json(body)
         .timeout(ROUTE_WAIT + Duration::from_secs(30))
         .send()
