@@ -152,7 +152,8 @@ async fn one_member_lost_changes_nothing(
     Ok(lost)
 }
 
-/// Kills a second member: no quorum. Every instance stops leading and says so; admin
+/// Kills a second member: no quorum. Every instance stops leading and says so (no
+/// leader, the store unreadable in its cluster view, not ready); admin
 /// writes get 503 on every instance; each keeps serving its last routing table, so warm
 /// traffic continues even once Envoy's health checks find no instance ready; a cold
 /// request is held for the route wait, then refused with a clear 503.
@@ -168,7 +169,11 @@ async fn no_quorum_serves_warm_and_refuses_writes(
     for i in 0..stack.instances.len() {
         eventually(&format!("pm-{i} to know no leader"), TTL * 2, || async {
             let v = stack.view(i).await?;
-            Ok((v.role == ClusterRole::Follower && v.leader.is_none()).then_some(()))
+            let told = v.role == ClusterRole::Follower
+                && v.leader.is_none()
+                && v.error.is_some()
+                && !stack.ready(i).await?;
+            Ok(told.then_some(()))
         })
         .await?;
     }
@@ -185,33 +190,20 @@ async fn no_quorum_serves_warm_and_refuses_writes(
             bail!("pm-{i} stopped serving its last routing table without quorum");
         }
     }
-    // Warm traffic once Envoy's health checks ran twice more against every instance
-    // (its unhealthy threshold), whatever they concluded.
-    let checks = stack
-        .envoy
-        .stat("cluster.pool_managers.health_check.attempt")
-        .await?;
-    let needed = checks + 2 * stack.instances.len() as u64;
+    // Every instance fails its readiness check now; warm traffic must go on once Envoy's
+    // health checks found none healthy (its panic mode still reaches them all).
     eventually(
-        "Envoy's health checks to run twice more",
+        "Envoy to find no pool-manager instance healthy",
         Duration::from_secs(10),
         || async {
-            let now = stack
+            let healthy = stack
                 .envoy
-                .stat("cluster.pool_managers.health_check.attempt")
+                .stat("cluster.pool_managers.membership_healthy")
                 .await?;
-            Ok((now >= needed).then_some(()))
+            Ok((healthy == 0).then_some(()))
         },
     )
     .await?;
-    eprintln!(
-        "without quorum Envoy counts {} of {} instances healthy",
-        stack
-            .envoy
-            .stat("cluster.pool_managers.membership_healthy")
-            .await?,
-        stack.instances.len()
-    );
     for load in warm {
         load.wait_for("warm traffic without quorum", 50).await?;
     }
