@@ -7,13 +7,11 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use common::example;
-use mm_tests::ha::{HaOptions, HaStack, PREFIX};
+use mm_tests::ha::{HaOptions, HaStack, WarmLoad, WarmOutcome, PREFIX};
 use mm_tests::paths::example_model;
 use mm_tests::stack::eventually;
 use mm_wire::ClusterRole;
@@ -23,75 +21,6 @@ const TTL: Duration = Duration::from_secs(3);
 const TAKEOVER_SLACK: Duration = Duration::from_secs(3);
 /// Models loaded nowhere when the leader dies: each must be loaded exactly once.
 const COLD: [&str; 4] = ["cold-0", "cold-1", "cold-2", "cold-3"];
-
-/// Steady warm traffic on `model` through the gateway: successes, and failures with
-/// their answers.
-struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    failures: Arc<std::sync::Mutex<Vec<String>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Load {
-    fn start(url: String, model: &str) -> Self {
-        let (body, _, _) = example(model);
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicU64::new(0));
-        let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (s, o, f) = (stop.clone(), ok.clone(), failures.clone());
-        let url = format!("{url}/v2/models/{model}/infer");
-        let task = tokio::spawn(async move {
-            let http = reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .no_proxy()
-                .build()
-                .unwrap();
-            while !s.load(Ordering::SeqCst) {
-                match http.post(&url).json(&body).send().await {
-                    Ok(r) if r.status().is_success() => {
-                        o.fetch_add(1, Ordering::SeqCst);
-                    }
-                    Ok(r) => {
-                        let status = r.status();
-                        let text = r.text().await.unwrap_or_default();
-                        f.lock().unwrap().push(format!("{status} {text}"));
-                    }
-                    Err(e) => f.lock().unwrap().push(e.to_string()),
-                }
-                // Paces the load (about 50 requests/s); nothing waits on it.
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        });
-        Self {
-            stop,
-            ok,
-            failures,
-            task,
-        }
-    }
-
-    fn ok(&self) -> u64 {
-        self.ok.load(Ordering::SeqCst)
-    }
-
-    async fn wait_for(&self, what: &str, more: u64) -> anyhow::Result<()> {
-        let target = self.ok() + more;
-        eventually(what, Duration::from_secs(15), || async {
-            Ok((self.ok() >= target).then_some(()))
-        })
-        .await
-    }
-
-    async fn stop(self) -> (u64, Vec<String>) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = self.task.await;
-        (
-            self.ok.load(Ordering::SeqCst),
-            self.failures.lock().unwrap().clone(),
-        )
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pool_survives_the_loss_of_its_leader() -> anyhow::Result<()> {
@@ -203,10 +132,8 @@ async fn a_killed_leader_loses_nothing(stack: &mut HaStack) -> anyhow::Result<us
         )
         .await?;
     }
-    let warm = [
-        Load::start(stack.envoy.url(""), "linear"),
-        Load::start(stack.envoy.url(""), "anomaly"),
-    ];
+    let warm =
+        ["linear", "anomaly"].map(|m| WarmLoad::start(&stack.envoy.url(""), m, example(m).0));
     for load in &warm {
         load.wait_for("warm traffic running", 5).await?;
     }
@@ -254,7 +181,7 @@ async fn a_killed_leader_loses_nothing(stack: &mut HaStack) -> anyhow::Result<us
         load.wait_for("warm traffic after the failover", 20).await?;
     }
     for load in warm {
-        let (ok, failures) = load.stop().await;
+        let WarmOutcome { ok, failures } = load.stop().await;
         if !failures.is_empty() {
             bail!(
                 "{} of {} warm requests failed across the failover: {:?}",
