@@ -84,10 +84,14 @@ pub(super) async fn to_leader(
         return next.run(request).await;
     };
     let class = classify(request.method(), request.uri().path());
-    if class == Class::Local || state.pool.acting() {
+    let forwarded = request.headers().contains_key(FORWARDED);
+    // A route call goes through `hold` even here while this instance acts: if it stops
+    // acting during the call (its lease lapsed, say while it was paused), the call is
+    // handed to the next leader instead of failing.
+    if class == Class::Local || (state.pool.acting() && (class != Class::Route || forwarded)) {
         return next.run(request).await;
     }
-    if request.headers().contains_key(FORWARDED) {
+    if forwarded {
         // Sent by another instance that believes this one leads: never forwarded again.
         return not_leading(&election).not_leader().into_response();
     }
@@ -110,7 +114,10 @@ pub(super) async fn to_leader(
         headers: passed_headers(&parts.headers),
         body: body.clone(),
     };
-    let local = move || next.run(Request::from_parts(parts, Body::from(body)));
+    let local = move || {
+        next.clone()
+            .run(Request::from_parts(parts.clone(), Body::from(body.clone())))
+    };
     match class {
         Class::Route => call.hold(local).await,
         _ => call.once(local).await,
@@ -136,11 +143,13 @@ enum Missed {
 }
 
 impl Call<'_> {
-    /// A route call: answered here once this instance acts, by the leader when one
-    /// answers, and held in between until the route wait ends.
+    /// A route call: answered here while this instance acts, by the leader when one
+    /// answers, and held in between until the route wait ends. An answer made here that
+    /// says this instance stopped acting meanwhile is not the caller's answer: the call
+    /// is held again for the next leader.
     async fn hold<F, Fut>(self, local: F) -> Response
     where
-        F: FnOnce() -> Fut,
+        F: Fn() -> Fut,
         Fut: std::future::Future<Output = Response>,
     {
         let wait = self.state.pool.settings().route_wait;
@@ -149,10 +158,13 @@ impl Call<'_> {
         let mut acting = self.state.pool.acting_changes();
         loop {
             if self.state.pool.acting() {
-                return match tokio::time::timeout_at(deadline, local()).await {
-                    Ok(answer) => answer,
-                    Err(_) => still_waiting(wait),
-                };
+                match tokio::time::timeout_at(deadline, local()).await {
+                    Ok(answer) if answer.headers().contains_key(NOT_LEADER) => {
+                        tracing::info!(path = %self.path, "this instance stopped leading during a route call; holding it for the next leader");
+                    }
+                    Ok(answer) => return answer,
+                    Err(_) => return still_waiting(wait),
+                }
             }
             let leader = leader_of(&role.borrow_and_update());
             if let Some(leader) = leader {
