@@ -246,6 +246,18 @@ async fn a_paused_leader_changes_nothing_when_it_wakes(
     );
     pm.process.signal(libc::SIGSTOP);
     let paused = Instant::now();
+    let pid = pm.process.pid();
+    eventually(
+        "the leader to be stopped",
+        Duration::from_secs(5),
+        || async move {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+            // The state follows the command's closing parenthesis.
+            let state = stat.rsplit(')').next().unwrap_or_default().trim_start();
+            Ok(state.starts_with('T').then_some(()))
+        },
+    )
+    .await?;
     // Sent to the paused instance directly: the kernel accepts it, the process reads it
     // when it wakes.
     let late = {
