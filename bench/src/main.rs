@@ -99,6 +99,17 @@ struct Args {
     /// Concurrent registration clients in the scale part.
     #[arg(long, default_value_t = 256)]
     register_clients: usize,
+    /// Where the scale part puts the pool-manager's store and repository, LABEL=DIR each;
+    /// every size is measured on each (default: /var/tmp, a disk on most machines, and tmpfs).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "disk=/var/tmp,tmpfs=/dev/shm"
+    )]
+    scale_stores: Vec<scale::Store>,
+    /// Interleaved rounds of the scale part; figures are the median round's.
+    #[arg(long, default_value_t = 3)]
+    scale_rounds: usize,
     /// Most cold route calls timed per scale size...
     #[arg(long, default_value_t = 300)]
     cold_calls: usize,
@@ -216,6 +227,8 @@ async fn main() -> anyhow::Result<()> {
                     register_clients: args.register_clients,
                     cold_calls: args.cold_calls,
                     cold_budget: std::time::Duration::from_secs(args.cold_budget_seconds),
+                    stores: args.scale_stores.clone(),
+                    rounds: args.scale_rounds,
                 };
                 let s = scale::run(&options).await.context("scale")?;
                 write(&args.out, "scale", &s.markdown(), &s)?;
