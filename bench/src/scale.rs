@@ -6,9 +6,9 @@
 //!
 //! Each size runs with the pool-manager's store and repository on each of several
 //! filesystems (by default a disk and tmpfs), in interleaved rounds: on a disk the cold
-//! path's staging shares the journal with the store's fsync'd commits (100,000 of them just
-//! before the measurement), which grows with the size for reasons outside the planner;
-//! on tmpfs the figure is the pool-manager's own cost, the one issue 14's 2x target is about.
+//! path's staging waits on the journal it shares with the store's fsync'd commits and with
+//! every other writer of that disk, which says little about the pool-manager; on tmpfs the
+//! figure is closest to the pool-manager's own cost, the one issue 14's 2x target is about.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -386,11 +386,13 @@ impl Scale {
              models.\n\n\
              Each size runs with the pool-manager's store (`--data-dir`) and model repository on each of \
              these filesystems, in {} interleaved rounds (size by size, store by store); each figure below is \
-             from the round with the median cold route mean. On a disk, a cold call's staging (copying the \
-             model's files into the repository) shares the filesystem's journal with the store's fsync'd \
-             commits (the registrations just before, the loads' metadata), so it slows down as the store \
-             grows for reasons outside the pool-manager; on tmpfs nothing waits for the disk, and the figure \
-             is the pool-manager's own cost, the one the 2x target is about.\n\n",
+             from the round with the median cold route mean. On a disk, a cold call's staging (a directory, \
+             file copies and renames in the repository) waits on the filesystem's journal, which it shares \
+             with the store's fsync'd commits (the registrations just before, the loads' metadata) and with \
+             whatever else writes to that disk: on a shared machine that can dominate the figure at any \
+             size. On tmpfs nothing waits for a disk, so that figure is the closest to the pool-manager's \
+             own cost, the one the 2x target is about; the other processes on the same cores still show in \
+             it (see the load average above and the spread of the rounds).\n\n",
             self.replicas, self.register_clients, self.rounds
         );
         md += &self.summary(&sizes);
