@@ -243,7 +243,18 @@ where
 }
 
 /// Length of the gRPC message prefix: a flag byte and a big-endian `u32` length.
-const FRAME_HEADER_LEN: usize = 5;
+pub(crate) const FRAME_HEADER_LEN: usize = 5;
+
+/// The length a message prefix announces. Only uncompressed messages are accepted: the
+/// gateway reads or rewrites the model name inside them.
+pub(crate) fn frame_length(prefix: [u8; FRAME_HEADER_LEN]) -> Result<u32, GrpcError> {
+    let [flag, len @ ..] = prefix;
+    match flag {
+        0 => Ok(u32::from_be_bytes(len)),
+        1 => Err(GrpcError::Compressed),
+        _ => Err(GrpcError::BadFrame),
+    }
+}
 
 const WIRE_VARINT: u64 = 0;
 const WIRE_FIXED64: u64 = 1;
@@ -435,14 +446,9 @@ impl MessageScan {
     }
 
     fn start_message(&mut self, prefix: [u8; FRAME_HEADER_LEN]) -> Result<(), GrpcError> {
-        let [flag, len @ ..] = prefix;
-        match flag {
-            0 => {}
-            1 => return Err(GrpcError::Compressed),
-            _ => return Err(GrpcError::BadFrame),
-        }
+        let len = frame_length(prefix)?;
         self.any_message = true;
-        self.left = u64::from(u32::from_be_bytes(len));
+        self.left = u64::from(len);
         self.offset = 0;
         self.named = false;
         self.state = ScanState::Key { value: 0, index: 0 };

@@ -6,10 +6,7 @@
 //! call, frame by frame as they pass for a stream ([`FrameRename`]). Plain functions over
 //! bytes that never panic; a request for any other model never comes here.
 
-use crate::grpc::GrpcError;
-
-/// Length of a gRPC message's prefix: a compression flag and a big-endian `u32` length.
-const FRAME_HEADER_LEN: usize = 5;
+use crate::grpc::{frame_length, GrpcError, FRAME_HEADER_LEN};
 
 /// The `:path` of `path` (already classified as a per-model path) with its model segment
 /// replaced by `upstream`; the rest (version, endpoint, `:predict`, query) is kept.
@@ -39,13 +36,7 @@ pub(super) fn grpc_body(body: &[u8], upstream: &str) -> Result<Vec<u8>, GrpcErro
         let (prefix, after) = rest
             .split_first_chunk::<FRAME_HEADER_LEN>()
             .ok_or(GrpcError::Malformed("the body ends inside a message"))?;
-        let [flag, len @ ..] = *prefix;
-        match flag {
-            0 => {}
-            1 => return Err(GrpcError::Compressed),
-            _ => return Err(GrpcError::BadFrame),
-        }
-        let len = usize::try_from(u32::from_be_bytes(len)).unwrap_or(usize::MAX);
+        let len = usize::try_from(frame_length(*prefix)?).unwrap_or(usize::MAX);
         let message = after
             .get(..len)
             .ok_or(GrpcError::Malformed("the body ends inside a message"))?;
@@ -102,13 +93,7 @@ fn complete_frames(bytes: &[u8]) -> Result<usize, GrpcError> {
         .get(end..)
         .and_then(|rest| rest.first_chunk::<FRAME_HEADER_LEN>())
     {
-        let [flag, len @ ..] = *prefix;
-        match flag {
-            0 => {}
-            1 => return Err(GrpcError::Compressed),
-            _ => return Err(GrpcError::BadFrame),
-        }
-        let len = usize::try_from(u32::from_be_bytes(len)).unwrap_or(usize::MAX);
+        let len = usize::try_from(frame_length(*prefix)?).unwrap_or(usize::MAX);
         let frame_end = end.saturating_add(FRAME_HEADER_LEN).saturating_add(len);
         if frame_end > bytes.len() {
             break;
