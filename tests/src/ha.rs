@@ -226,6 +226,40 @@ impl HaStack {
         }
         Ok(r.json().await?)
     }
+
+    /// `PUT /api/v1/models/{name}` with the files at `dir` (32Mi) on instance `i`,
+    /// forwarded when it follows, bounded: its status and JSON body.
+    pub async fn put_model(
+        &self,
+        i: usize,
+        name: &str,
+        dir: &Path,
+    ) -> anyhow::Result<(u16, serde_json::Value)> {
+        let spec = serde_json::json!({
+            "storageUri": format!("file://{}", dir.display()),
+            "memory": "32Mi",
+        });
+        let r = self
+            .http
+            .put(self.instances[i].url(&format!("/api/v1/models/{name}")))
+            .json(&spec)
+            .timeout(Duration::from_secs(20))
+            .send()
+            .await?;
+        let status = r.status().as_u16();
+        Ok((status, r.json().await.unwrap_or_default()))
+    }
+
+    /// Registers `name` with the files of the example `example_name` through instance
+    /// `i`; an error unless it was created (201).
+    pub async fn register(&self, i: usize, name: &str, example_name: &str) -> anyhow::Result<()> {
+        let dir = crate::paths::example_model(example_name);
+        let (status, body) = self.put_model(i, name, &dir).await?;
+        if status != 201 {
+            bail!("registering {name} through pm-{i}: {status} {body}");
+        }
+        Ok(())
+    }
 }
 
 /// Steady warm traffic on one model through the gateway, about 50 requests a second

@@ -50,10 +50,10 @@ async fn users_see_no_etcd_member_loss_and_only_refused_writes_without_quorum() 
 async fn scenarios(stack: &mut HaStack) -> anyhow::Result<()> {
     let leader = stack.leader(TTL * 4).await?;
     for (i, name) in WARM.iter().enumerate() {
-        register(stack, i, name, name).await?;
+        stack.register(i, name, name).await?;
     }
     for name in ["cold-a", "cold-b", "cold-c"] {
-        register(stack, leader, name, "linear").await?;
+        stack.register(leader, name, "linear").await?;
     }
     for model in WARM {
         let (body, _, _) = example(model);
@@ -133,7 +133,9 @@ async fn one_member_lost_changes_nothing(
         stack.etcd.members[lost].name
     );
     for i in 0..stack.instances.len() {
-        register(stack, i, &format!("one-lost-{i}"), "linear").await?;
+        stack
+            .register(i, &format!("one-lost-{i}"), "linear")
+            .await?;
     }
     let (status, body) = infer(stack, "cold-a", &example("linear").0).await?;
     if status != 200 {
@@ -326,37 +328,7 @@ async fn register_status(
     i: usize,
     name: &str,
 ) -> anyhow::Result<(u16, serde_json::Value)> {
-    register_as(stack, i, name, "linear").await
-}
-
-async fn register_as(
-    stack: &HaStack,
-    i: usize,
-    name: &str,
-    example_name: &str,
-) -> anyhow::Result<(u16, serde_json::Value)> {
-    let spec = serde_json::json!({
-        "storageUri": format!("file://{}", example_model(example_name).display()),
-        "memory": "32Mi",
-    });
-    let r = stack
-        .http
-        .put(stack.instances[i].url(&format!("/api/v1/models/{name}")))
-        .json(&spec)
-        .timeout(Duration::from_secs(20))
-        .send()
-        .await?;
-    let status = r.status().as_u16();
-    Ok((status, r.json().await.unwrap_or_default()))
-}
-
-/// Registers `name` (the files of the example `example_name`) through instance `i`.
-async fn register(stack: &HaStack, i: usize, name: &str, example_name: &str) -> anyhow::Result<()> {
-    let (status, body) = register_as(stack, i, name, example_name).await?;
-    if status != 201 {
-        bail!("registering {name} through pm-{i}: {status} {body}");
-    }
-    Ok(())
+    stack.put_model(i, name, &example_model("linear")).await
 }
 
 /// One V2 inference through the gateway, bounded well past the route wait (a hang

@@ -154,19 +154,9 @@ async fn updates_and_aliases_survive_the_loss_of_the_leader() -> anyhow::Result<
 /// `PUT /api/v1/models/{name}` with files at `dir` on instance `i` (forwarded when it
 /// follows); the answer's status.
 async fn put_model(stack: &HaStack, i: usize, name: &str, dir: &Path) -> anyhow::Result<u16> {
-    let spec = json!({
-        "storageUri": format!("file://{}", dir.display()),
-        "memory": "32Mi",
-    });
-    let r = stack
-        .http
-        .put(stack.instances[i].url(&format!("/api/v1/models/{name}")))
-        .json(&spec)
-        .send()
-        .await?;
-    let status = r.status().as_u16();
+    let (status, body) = stack.put_model(i, name, dir).await?;
     if !(200..300).contains(&status) {
-        bail!("PUT {name} on pm-{i}: {status} {}", r.text().await?);
+        bail!("PUT {name} on pm-{i}: {status} {body}");
     }
     Ok(status)
 }

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use common::example;
 use mm_tests::ha::{HaOptions, HaStack, WarmLoad, WarmOutcome, PREFIX};
-use mm_tests::paths::example_model;
 use mm_tests::stack::eventually;
 use mm_wire::ClusterRole;
 
@@ -64,28 +63,6 @@ async fn scenarios(mut stack: HaStack) -> Result<(), (anyhow::Error, std::path::
     }
 }
 
-/// `PUT /api/v1/models/{name}` on instance `i` (forwarded when it follows).
-async fn register(stack: &HaStack, i: usize, name: &str, example_name: &str) -> anyhow::Result<()> {
-    let spec = serde_json::json!({
-        "storageUri": format!("file://{}", example_model(example_name).display()),
-        "memory": "32Mi",
-    });
-    let r = stack
-        .http
-        .put(stack.instances[i].url(&format!("/api/v1/models/{name}")))
-        .json(&spec)
-        .send()
-        .await?;
-    if r.status() != 201 {
-        bail!(
-            "registering {name} on pm-{i}: {} {}",
-            r.status(),
-            r.text().await?
-        );
-    }
-    Ok(())
-}
-
 /// The models every replica lists READY, as (replica, model).
 async fn ready_copies(stack: &HaStack) -> anyhow::Result<BTreeSet<(String, String)>> {
     let mut out = BTreeSet::new();
@@ -110,10 +87,10 @@ async fn a_killed_leader_loses_nothing(stack: &mut HaStack) -> anyhow::Result<us
     })
     .await?;
     // Registrations through the follower too (forwarded to the leader).
-    register(stack, leader, "linear", "linear").await?;
-    register(stack, follower, "anomaly", "anomaly").await?;
+    stack.register(leader, "linear", "linear").await?;
+    stack.register(follower, "anomaly", "anomaly").await?;
     for (i, name) in COLD.iter().enumerate() {
-        register(stack, i % 2, name, "linear").await?;
+        stack.register(i % 2, name, "linear").await?;
     }
     for model in ["linear", "anomaly"] {
         let (body, _, _) = example(model);
@@ -238,7 +215,7 @@ async fn a_paused_leader_changes_nothing_when_it_wakes(
     leader: usize,
 ) -> anyhow::Result<()> {
     let other = 1 - leader;
-    register(stack, other, "late", "linear").await?;
+    stack.register(other, "late", "linear").await?;
     let pm = &stack.instances[leader];
     let (loads, unloads) = (
         pm.metric("mm_model_loads_total").await?,
