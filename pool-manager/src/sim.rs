@@ -493,10 +493,10 @@ impl<'a> Simulation<'a> {
 /// A model of `size` bytes of host memory, for the simulated table.
 fn spec(size: u64) -> ModelSpec {
     ModelSpec {
-        storage_uri: StorageUri::File {
+        storage_uri: Box::new(StorageUri::File {
             uri: String::new(),
             path: std::path::PathBuf::new(),
-        },
+        }),
         memory: size,
         memory_declared: true,
         gpu_memory: 0,

@@ -423,7 +423,9 @@ pub const MAX_COPIES: u32 = 64;
 /// A registered model's spec, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelSpec {
-    pub storage_uri: StorageUri,
+    /// Boxed: a spec lives in every registry entry, and the URI is its largest part
+    /// (144 bytes inline) while few readers need it.
+    pub storage_uri: Box<StorageUri>,
     /// Host memory the model needs on a replica, in bytes: declared, or estimated from the
     /// size of its files when not declared.
     pub memory: u64,
@@ -494,7 +496,7 @@ impl TryFrom<StoredSpec> for ModelSpec {
         let storage_uri = storage_of(s.storage_uri.as_deref(), s.storage)?;
         let sha256 = checked_sha256(&storage_uri, s.sha256.as_deref())?;
         Ok(ModelSpec {
-            storage_uri,
+            storage_uri: Box::new(storage_uri),
             memory: s.memory.max(1),
             memory_declared: s.memory_declared,
             gpu_memory: s.gpu_memory,
@@ -557,7 +559,7 @@ impl ModelSpec {
             return Err(SpecError::Copies);
         }
         Ok(ModelSpec {
-            storage_uri,
+            storage_uri: Box::new(storage_uri),
             memory: memory.max(1),
             memory_declared,
             gpu_memory: req.gpu_memory.map(|b| b.0).unwrap_or(0),
@@ -572,7 +574,7 @@ impl ModelSpec {
     /// The local directory holding the model's files; `None` for remote files, which
     /// are in the cache once pulled.
     pub fn local_dir(&self) -> Option<&Path> {
-        match &self.storage_uri {
+        match &*self.storage_uri {
             StorageUri::File { path, .. } => Some(path),
             StorageUri::Remote(_) => None,
         }
@@ -920,7 +922,7 @@ mod tests {
         let p = StoragePolicy::default();
         let raw = br#"{"storageUri": "s3://models/fraud/v3/"}"#;
         let spec = ModelSpec::from_json(raw, &p).unwrap();
-        assert!(matches!(spec.storage_uri, StorageUri::Remote { .. }));
+        assert!(matches!(*spec.storage_uri, StorageUri::Remote { .. }));
         assert_eq!(spec.local_dir(), None);
         // Undeclared: estimated from the files once pulled.
         assert!(!spec.memory_declared);

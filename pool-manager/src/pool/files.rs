@@ -51,7 +51,7 @@ impl Pool {
                 .is_some_and(|f| Instant::now() < f.retry_at);
             (entry.spec().clone(), backing_off)
         };
-        let source = match &spec.storage_uri {
+        let source = match &*spec.storage_uri {
             StorageUri::File { path, .. } => {
                 return Ok(Some(Files {
                     dir: path.clone(),
@@ -109,7 +109,7 @@ impl Pool {
             .into_iter()
             .filter_map(|name| {
                 let spec = t.get(name)?.spec();
-                match &spec.storage_uri {
+                match &*spec.storage_uri {
                     StorageUri::Remote(source) => Some(CacheKey::new(
                         name,
                         &source.identity(),

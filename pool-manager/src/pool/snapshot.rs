@@ -122,10 +122,10 @@ mod tests {
 
     fn spec(memory: u64, min_copies: u32) -> ModelSpec {
         ModelSpec {
-            storage_uri: StorageUri::File {
+            storage_uri: Box::new(StorageUri::File {
                 uri: String::new(),
                 path: std::path::PathBuf::new(),
-            },
+            }),
             memory,
             memory_declared: true,
             gpu_memory: 0,
