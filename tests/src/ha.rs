@@ -100,15 +100,7 @@ impl HaStack {
         }
         let configured = replicas
             .iter()
-            .map(|r| {
-                format!(
-                    "name={},url={},memory={},grpcPort={}",
-                    r.name,
-                    r.url(),
-                    options.replica_memory,
-                    r.grpc_port
-                )
-            })
+            .map(|r| r.replica_flag(&options.replica_memory))
             .collect();
         let (gateway_token, token_file) = write_gateway_token(dir.path())?;
         let launch = Launch {

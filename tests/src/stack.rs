@@ -131,6 +131,16 @@ impl Triton {
         format!("http://{}:{}", self.ip, self.http_port)
     }
 
+    /// This replica as the pool-manager's `--replica` flag names it, with `memory`.
+    pub fn replica_flag(&self, memory: &str) -> String {
+        format!(
+            "name={},url={},memory={memory},grpcPort={}",
+            self.name,
+            self.url(),
+            self.grpc_port
+        )
+    }
+
     pub async fn wait_ready(&mut self) -> anyhow::Result<()> {
         let url = format!("{}/v2/health/ready", self.url());
         let http = self.http.clone();
@@ -617,15 +627,7 @@ impl Stack {
         }
         let configured: Vec<String> = replicas
             .iter()
-            .map(|r| {
-                format!(
-                    "name={},url={},memory={},grpcPort={}",
-                    r.name,
-                    r.url(),
-                    options.replica_memory,
-                    r.grpc_port
-                )
-            })
+            .map(|r| r.replica_flag(&options.replica_memory))
             .collect();
         let mut pool_manager_args = options.pool_manager_args.clone();
         let gateway_token = if options.gateway_token {
