@@ -166,6 +166,15 @@ impl HaStack {
         Ok(r.status().is_success())
     }
 
+    /// Waits (bounded by `within`) until instance `i` calls itself the leader.
+    pub async fn until_leads(&self, i: usize, within: Duration) -> anyhow::Result<()> {
+        eventually(&format!("pm-{i} to lead"), within, || async {
+            let v = self.view(i).await?;
+            Ok((v.role == ClusterRole::Leader).then_some(()))
+        })
+        .await
+    }
+
     /// Waits until exactly one of the running instances leads and is ready; its index.
     pub async fn leader(&self, within: Duration) -> anyhow::Result<usize> {
         eventually("one ready leader", within, || async {

@@ -17,7 +17,6 @@ use anyhow::{bail, Context};
 use common::{example, linear_version, read_answer, Answer};
 use mm_tests::ha::{HaOptions, HaStack};
 use mm_tests::stack::eventually;
-use mm_wire::ClusterRole;
 use serde_json::{json, Value};
 
 const TTL: Duration = Duration::from_secs(3);
@@ -312,11 +311,7 @@ async fn failover_with_versions(stack: &mut HaStack, dir: &Path) -> anyhow::Resu
     let leader_id = stack.view(leader).await?.instance.id;
     stack.instances[leader].process.kill();
     let killed = Instant::now();
-    let took_over = eventually("the follower to lead", TTL + TAKEOVER_SLACK, || async {
-        let v = stack.view(follower).await?;
-        Ok((v.role == ClusterRole::Leader).then_some(()))
-    })
-    .await;
+    let took_over = stack.until_leads(follower, TTL + TAKEOVER_SLACK).await;
     let took = killed.elapsed();
     took_over.with_context(|| format!("no new leader within {:?}", TTL + TAKEOVER_SLACK))?;
     eprintln!("{leader_id} killed; new leader after {took:?} (TTL {TTL:?})");

@@ -140,11 +140,7 @@ async fn a_killed_leader_loses_nothing(stack: &mut HaStack) -> anyhow::Result<us
     let killed = Instant::now();
     cold.push(spawn_cold(COLD[2]));
     cold.push(spawn_cold(COLD[3]));
-    let took_over = eventually("the follower to lead", TTL + TAKEOVER_SLACK, || async {
-        let v = stack.view(follower).await?;
-        Ok((v.role == ClusterRole::Leader).then_some(()))
-    })
-    .await;
+    let took_over = stack.until_leads(follower, TTL + TAKEOVER_SLACK).await;
     let took = killed.elapsed();
     took_over.with_context(|| format!("no new leader within {:?}", TTL + TAKEOVER_SLACK))?;
     eprintln!("new leader after {took:?} (TTL {TTL:?})");
@@ -256,15 +252,7 @@ async fn a_paused_leader_changes_nothing_when_it_wakes(
             anyhow::Ok((r.status().as_u16(), by, r.text().await?))
         })
     };
-    let took_over = eventually(
-        "the other instance to lead",
-        TTL + TAKEOVER_SLACK,
-        || async {
-            let v = stack.view(other).await?;
-            Ok((v.role == ClusterRole::Leader).then_some(()))
-        },
-    )
-    .await;
+    let took_over = stack.until_leads(other, TTL + TAKEOVER_SLACK).await;
     let pm = &stack.instances[leader];
     pm.process.signal(libc::SIGCONT);
     took_over?;
