@@ -7,6 +7,10 @@ Input  "readings": FP32 [N, 3].
 Outputs "score": FP32 [N, 1], "is_anomaly": BOOL [N, 1].
 mean, std (3 floats each) and threshold are read from weights.json next to this file.
 """
+# Triton's Python backend imports asyncio on a model's first execute() (to tell a
+# coroutine from a list of responses): 20-40 ms the first request would wait for.
+# Imported here, it is paid while Triton loads the model (models/README.md).
+import asyncio  # noqa: F401
 import json
 import os
 

@@ -3,6 +3,10 @@
 Input  "x": FP32 [N, 4].  Output "y": FP32 [N, 1].
 Weights (w: 4 floats, b: float) are read from weights.json next to this file.
 """
+# Triton's Python backend imports asyncio on a model's first execute() (to tell a
+# coroutine from a list of responses): 20-40 ms the first request would wait for.
+# Imported here, it is paid while Triton loads the model (models/README.md).
+import asyncio  # noqa: F401
 import json
 import os
 

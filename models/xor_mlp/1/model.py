@@ -4,6 +4,10 @@ Input  "x": FP32 [N, 2].  Output "probability": FP32 [N, 1].
 Weights (w1 [2][2], b1 [2], w2 [2][1], b2 [1]) are read from weights.json next to
 this file.
 """
+# Triton's Python backend imports asyncio on a model's first execute() (to tell a
+# coroutine from a list of responses): 20-40 ms the first request would wait for.
+# Imported here, it is paid while Triton loads the model (models/README.md).
+import asyncio  # noqa: F401
 import json
 import os
 
