@@ -35,6 +35,10 @@ pub struct Sample {
     pub route_call: f64,
     /// The pool-manager's own time for that route call.
     pub pool_manager: f64,
+    /// Triton's load call inside that route call, as the pool-manager timed it: the same
+    /// load the request waited for, so the gateway's overhead over it is not blurred by
+    /// the spread between two loads (a's and b's) on a busy machine.
+    pub gateway_load_call: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -104,6 +108,7 @@ struct Counts {
     route_micros: u64,
     pm_calls: f64,
     pm_seconds: f64,
+    load_call_seconds: f64,
 }
 
 async fn counts(stack: &Stack) -> anyhow::Result<Counts> {
@@ -122,6 +127,11 @@ async fn counts(stack: &Stack) -> anyhow::Result<Counts> {
             .await?,
         pm_calls: mm_tests::stack::sum_metric(&text, "mm_cold_request_wait_seconds_count", ""),
         pm_seconds: mm_tests::stack::sum_metric(&text, "mm_cold_request_wait_seconds_sum", ""),
+        load_call_seconds: mm_tests::stack::sum_metric(
+            &text,
+            &format!("{}_sum", phases::METRIC),
+            "phase=\"load_call\"",
+        ),
     })
 }
 
@@ -203,6 +213,7 @@ async fn sample(stack: &Stack, i: usize) -> anyhow::Result<Sample> {
         gateway,
         route_call: after.route_micros.saturating_sub(before.route_micros) as f64 / 1000.0,
         pool_manager: (after.pm_seconds - before.pm_seconds) * 1000.0,
+        gateway_load_call: (after.load_call_seconds - before.load_call_seconds) * 1000.0,
     })
 }
 
@@ -317,6 +328,10 @@ impl Cold {
             s.pool_manager
         });
         md += &row(
+            "(c) Triton's load call inside it, as the pool-manager timed it",
+            &|s| s.gateway_load_call,
+        );
+        md += &row(
             "(c) Envoy's hop to the pool-manager and back (difference)",
             &|s| s.route_call - s.pool_manager,
         );
@@ -330,6 +345,10 @@ impl Cold {
         md += &row(
             "**gateway overhead over load + first inference** (b - a)",
             &|s| s.gateway - s.direct_load - s.direct_first_infer,
+        );
+        md += &row(
+            "**gateway overhead over its own load call** (b - c's load call)",
+            &|s| s.gateway - s.gateway_load_call,
         );
         md
     }
@@ -347,7 +366,11 @@ impl Cold {
              and the pool-manager's own time for it (`mm_cold_request_wait_seconds`). Load average (1 min) \
              {:.1} before the samples, {:.1} after, on 2 cores.\n\n{}\n\
              Gateway overhead on a cold start (median of the per-model differences): **{:.1} ms** over \
-             Triton's load call, **{:.1} ms** over its load call and first inference.\n\n\
+             Triton's load call, **{:.1} ms** over its load call and first inference, **{:.1} ms** over \
+             the load call inside the same request (b minus that load call as the pool-manager timed it: \
+             everything the gateway adds to the one load the user waited for, the first inference included; \
+             the two figures before it subtract a different load, (a)'s, whose spread on a busy machine \
+             can exceed the overhead).\n\n\
              The example models import asyncio while Triton loads them, because Triton's Python backend \
              imports it on a model's first inference otherwise. That moves the cost, it does not remove it: \
              the load call is {:.1} ms longer with the import (a - a'), the first inference {:.1} ms shorter \
@@ -362,6 +385,7 @@ impl Cold {
             self.breakdown(),
             self.med(|s| s.gateway - s.direct_load),
             self.med(|s| s.gateway - s.direct_load - s.direct_first_infer),
+            self.med(|s| s.gateway - s.gateway_load_call),
             self.med(|s| s.direct_load - s.lazy_load),
             self.med(|s| s.lazy_first_infer - s.direct_first_infer),
             self.med(|s| s.direct_load + s.direct_first_infer - s.lazy_load - s.lazy_first_infer),
