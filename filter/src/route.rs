@@ -150,9 +150,15 @@ pub fn parse(path: &[u8]) -> Result<Route, RouteError> {
     };
     let path = std::str::from_utf8(path).map_err(|_| RouteError::NotUtf8)?;
     let rest = path.strip_prefix('/').ok_or(RouteError::NoRoute)?;
-    let segments: Vec<&str> = rest.splitn(MAX_SEGMENTS + 1, '/').collect();
+    // On the stack: this runs for every request, and a `Vec` was one of its allocations.
+    let mut segments = [""; MAX_SEGMENTS + 1];
+    let mut count = 0;
+    for (slot, segment) in segments.iter_mut().zip(rest.splitn(MAX_SEGMENTS + 1, '/')) {
+        *slot = segment;
+        count += 1;
+    }
 
-    match segments.as_slice() {
+    match segments.get(..count).unwrap_or_default() {
         ["v2"] | ["v2", "health", "live"] | ["v2", "health", "ready"] => Ok(Route::Server),
         // Triton answers `/v2/models/stats` with every model's statistics, not with the
         // metadata of a model named "stats": it would reveal the whole repository.
