@@ -1122,3 +1122,6 @@ impl Stream {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod alloc_tests;
