@@ -176,6 +176,11 @@ pub async fn run(options: &Options) -> anyhow::Result<Scale> {
             sizes: vec![Vec::new(); options.sizes.len()],
         })
         .collect();
+    // Every measurement's directory is kept until the part ends: on ext4 without a journal
+    // (this machine's disk) a new inode skips the inodes freed in the last minutes
+    // (`recently_deleted` in `find_inode_bit`), so deleting the previous measurement's store
+    // just before the next one made each of its mkdirs and creates scan past thousands.
+    let mut kept = Vec::new();
     for round in 1..=options.rounds.max(1) {
         for (k, &models) in options.sizes.iter().enumerate() {
             for (store, runs) in options.stores.iter().zip(&mut stores) {
@@ -183,13 +188,15 @@ pub async fn run(options: &Options) -> anyhow::Result<Scale> {
                     "[mm-bench] scale: round {round}, {models} models on {} fake replicas, store on {} ({}, {})",
                     options.replicas, store.label, store.dir.display(), runs.filesystem
                 );
-                let s = size(options, models, &store.dir)
+                let (s, dir) = size(options, models, &store.dir)
                     .await
                     .with_context(|| format!("{models} models, store on {}", store.label))?;
                 runs.sizes[k].push(s);
+                kept.push(dir);
             }
         }
     }
+    drop(kept);
     Ok(Scale {
         replicas: options.replicas,
         register_clients: options.register_clients,
@@ -278,7 +285,13 @@ async fn timed_get(http: &reqwest::Client, url: String) -> anyhow::Result<(f64, 
     Ok((t.elapsed().as_secs_f64() * 1000.0, body.to_vec()))
 }
 
-async fn size(options: &Options, models: usize, under: &Path) -> anyhow::Result<Size> {
+/// One measurement, and its directory (the store and repository), left for the caller to
+/// delete.
+async fn size(
+    options: &Options,
+    models: usize,
+    under: &Path,
+) -> anyhow::Result<(Size, tempfile::TempDir)> {
     std::fs::create_dir_all(under).with_context(|| format!("creating {}", under.display()))?;
     let dir = tempfile::Builder::new()
         .prefix("mm-scale-")
@@ -351,7 +364,7 @@ async fn size(options: &Options, models: usize, under: &Path) -> anyhow::Result<
         table_bytes = body.len();
     }
     pm.process.kill();
-    Ok(Size {
+    let size = Size {
         models,
         register_seconds,
         registrations_per_second: models as f64 / register_seconds,
@@ -365,7 +378,8 @@ async fn size(options: &Options, models: usize, under: &Path) -> anyhow::Result<
         table_bytes,
         table_p50_ms: median(&table),
         phases,
-    })
+    };
+    Ok((size, dir))
 }
 
 impl Scale {
