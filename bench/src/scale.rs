@@ -6,9 +6,9 @@
 //!
 //! Each size runs with the pool-manager's store and repository on each of several
 //! filesystems (by default a disk and tmpfs), in interleaved rounds: on a disk the cold
-//! path's staging waits on the journal it shares with the store's fsync'd commits and with
-//! every other writer of that disk, which says little about the pool-manager; on tmpfs the
-//! figure is closest to the pool-manager's own cost, the one issue 14's 2x target is about.
+//! path's staging pays the filesystem's cost of creating inodes, which depends on what
+//! else created and deleted files there lately; on tmpfs the figure is closest to the
+//! pool-manager's own cost, the one issue 14's 2x target is about.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -400,13 +400,22 @@ impl Scale {
              models.\n\n\
              Each size runs with the pool-manager's store (`--data-dir`) and model repository on each of \
              these filesystems, in {} interleaved rounds (size by size, store by store); each figure below is \
-             from the round with the median cold route mean. On a disk, a cold call's staging (a directory, \
-             file copies and renames in the repository) waits on the filesystem's journal, which it shares \
-             with the store's fsync'd commits (the registrations just before, the loads' metadata) and with \
-             whatever else writes to that disk: on a shared machine that can dominate the figure at any \
-             size. On tmpfs nothing waits for a disk, so that figure is the closest to the pool-manager's \
-             own cost, the one the 2x target is about; the other processes on the same cores still show in \
-             it (see the load average above and the spread of the rounds).\n\n",
+             from the round with the median cold route mean; every measurement's directory is kept until \
+             the part ends. A cold call's staging copies the model into the repository under a hidden name \
+             and renames it into place: two directories and three files for this model. No store commit is \
+             on a route call's path (the store's fsync'd commits run on its writer thread; the loads' \
+             metadata goes in one background commit per 200 ms), and traced (`strace -f -T`, `perf` \
+             scheduler stacks) the staging thread never waits for I/O: on a disk its time is the kernel's \
+             CPU time creating inodes. On ext4 without a journal (this machine's disk) that time grows \
+             with the inodes freed in the last minutes near the directory (`recently_deleted` in \
+             `find_inode_bit` skips each of them): a mkdir costs 0.05 ms in a quiet directory and 1 to 3 \
+             ms in one where files were just deleted, which is why the part no longer deletes one \
+             measurement's store before the next. A copy still current is not made again (a reload after \
+             an eviction creates no file), so this cost is paid once per model and source change; every \
+             cold call here is a first load. On tmpfs creating an inode costs microseconds, so that figure \
+             is the closest to the pool-manager's own cost, the one the 2x target is about; the other \
+             processes on the same cores still show in it (see the load average above and the spread of \
+             the rounds).\n\n",
             self.replicas, self.register_clients, self.rounds
         );
         md += &self.summary(&sizes);
