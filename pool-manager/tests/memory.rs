@@ -228,5 +228,7 @@ async fn a_registered_model_costs_well_under_a_kibibyte_of_heap() {
         "the rest (the entry's other fields, the B-tree, the handler's leftovers)",
         (total.0 - stored.0 - parsed.0, total.1 - stored.1 - parsed.1),
     );
-    assert!(total.0 <= 1024.0, "{:.0} bytes per model", total.0);
+    // 1 KiB is issue 14's target for the resident size, which adds the allocator's own
+    // overhead (some 8 to 16 bytes a block) and fragmentation: the heap stays well below.
+    assert!(total.0 <= 768.0, "{:.0} bytes per model", total.0);
 }
