@@ -430,7 +430,12 @@ impl Scale {
             md += &phase_table(&store.medians());
         }
         md += "\nMemory per model at the smallest size is mostly the registration burst's own buffers \
-               (connections, request bodies) spread over few models; the largest size is the figure.\n";
+               (connections, request bodies) spread over few models; the largest size is the figure. \
+               It is the resident size, so it includes the allocator's overhead (8-16 bytes a block) and \
+               fragmentation; the heap bytes each registered model keeps live, counted by a global \
+               allocator and broken down by part (name and spec, the embedded store, the rest), are \
+               printed by `cargo test -p pool-manager --test memory -- --nocapture`, which bounds them in \
+               `make test`.\n";
         md += "\nTargets (issue 14): cold route call at 100,000 models ≤ 5 ms mean and within 2x of 1,000 models; \
                admin page of 1,000 ≤ 5 ms p50; memory per registered model ≤ 1 KiB.\n";
         md
