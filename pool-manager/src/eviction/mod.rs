@@ -7,10 +7,13 @@
 //!   feeding (`--eviction lru|gdsf`).
 //! - [`traces`]: seeded synthetic workloads (sizes, requests, arrival times, load costs).
 //! - [`replay`]: a single cache with the pool's watermarks, to compare victim orders.
+//! - [`knapsack`]: the best static set of models under fixed popularity, a reference for
+//!   what an online policy can reach at all.
 //! - [`offline`]: Belady's idea lives in [`replay::Victims::Belady`]; FOO, PFOO-L and
 //!   PFOO-U bound what any schedule could do.
 
 pub mod gdsf;
+pub mod knapsack;
 pub mod offline;
 pub mod policy;
 pub mod replay;

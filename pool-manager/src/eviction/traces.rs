@@ -270,6 +270,33 @@ impl WorkloadSpec {
         })
     }
 
+    /// Each model's request probability, when popularity is fixed over the trace (Zipf
+    /// or size-correlated ranks, Poisson arrivals; `None` for shifts, bursts and scans):
+    /// the true distribution the requests are drawn from, for the static reference
+    /// ([`super::knapsack`]).
+    pub fn probabilities(&self) -> Result<Option<Vec<f64>>, TraceError> {
+        self.validate()?;
+        let fixed = matches!(
+            self.popularity,
+            Popularity::Zipf { .. } | Popularity::SizeCorrelated { .. }
+        ) && matches!(self.arrivals, Arrivals::Poisson { .. });
+        if !fixed {
+            return Ok(None);
+        }
+        // The same draws as `generate`, up to the rank order.
+        let mut rng = StdRng::seed_from_u64(self.seed);
+        let sizes = self.draw_sizes(&mut rng, self.models);
+        let by_rank = self.rank_order(&mut rng, &sizes);
+        let s = self.popularity.exponent();
+        let weights: Vec<f64> = (1..=by_rank.len()).map(|r| (r as f64).powf(-s)).collect();
+        let total: f64 = weights.iter().sum();
+        let mut p = vec![0.0; by_rank.len()];
+        for (&model, w) in by_rank.iter().zip(weights) {
+            p[model as usize] = w / total;
+        }
+        Ok(Some(p))
+    }
+
     fn validate(&self) -> Result<(), TraceError> {
         if self.models == 0 {
             return Err(TraceError::NoModels);
@@ -957,5 +984,36 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn probabilities_are_the_distribution_requests_are_drawn_from() {
+        let spec = WorkloadSpec {
+            models: 50,
+            requests: 40_000,
+            ..WorkloadSpec::default()
+        };
+        let p = spec.probabilities().unwrap().unwrap();
+        assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+        let w = spec.generate().unwrap();
+        let mut counts = vec![0usize; 50];
+        for &m in &w.trace.requests {
+            counts[m as usize] += 1;
+        }
+        for (m, (&c, &p)) in counts.iter().zip(&p).enumerate() {
+            let expected = p * 40_000.0;
+            // Five standard deviations of a binomial count.
+            let slack = 5.0 * (expected * (1.0 - p)).sqrt() + 1.0;
+            assert!(
+                (c as f64 - expected).abs() < slack,
+                "model {m}: {c} vs {expected}"
+            );
+        }
+        for moving in ["shift", "bursty", "scan"] {
+            let spec = shape(moving, &spec).unwrap();
+            assert_eq!(spec.probabilities().unwrap(), None, "{moving}");
+        }
+        let ranked = shape("small-popular", &spec).unwrap();
+        assert!(ranked.probabilities().unwrap().is_some());
     }
 }
