@@ -29,7 +29,7 @@ use rand::{RngExt, SeedableRng};
 use tokio::time::Instant;
 
 use crate::eviction::traces::ZipfCdf;
-use crate::eviction::{EvictionPolicy, VictimState};
+use crate::eviction::{EvictionPolicy, GdsfConfig, VictimState};
 use crate::placement::{self, Decision, Resident, Resources, VictimOrder, Watermarks};
 use crate::pool::snapshot::snapshot;
 use crate::pool::table::{CopyState, ReplicaIdx, Rules, Table};
@@ -411,6 +411,14 @@ impl<'a> Simulation<'a> {
         })
     }
 
+    /// GDSF tuned by `config` (half-life in requests) instead of the pool's default; LRU
+    /// and Belady ignore it.
+    pub fn with_gdsf(mut self, config: GdsfConfig) -> Self {
+        self.victims =
+            VictimState::with_config(self.policy.live().unwrap_or_default(), config, self.start);
+        self
+    }
+
     /// Loads cost `load_secs[i]` seconds when request `i` loads (GDSF's cost, and the
     /// load time [`simulate_loads`] sums); one entry per request.
     pub fn with_load_times(mut self, load_secs: &'a [f64]) -> Self {
@@ -528,6 +536,20 @@ pub fn simulate_loads(
     policy: Policy,
 ) -> Result<SimResult, SimError> {
     run_simulation(Simulation::new(trace, *config, policy)?.with_load_times(load_secs))
+}
+
+/// [`simulate_loads`] with GDSF tuned by `gdsf` (for experiments and `--eviction-cost`).
+pub fn simulate_tuned(
+    trace: &Trace,
+    load_secs: &[f64],
+    config: &SimConfig,
+    policy: Policy,
+    gdsf: GdsfConfig,
+) -> Result<SimResult, SimError> {
+    let sim = Simulation::new(trace, *config, policy)?
+        .with_load_times(load_secs)
+        .with_gdsf(gdsf);
+    run_simulation(sim)
 }
 
 fn run_simulation(mut sim: Simulation<'_>) -> Result<SimResult, SimError> {

@@ -10,10 +10,12 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, ensure, Context};
 use clap::Parser;
 use pool_manager::eviction::offline::{dual_bound, pfoo_l, pfoo_u, Admission, Instance, Objective};
+use pool_manager::eviction::policy::HALF_LIFE_REQUESTS;
 use pool_manager::eviction::traces::{shape, Workload, WorkloadSpec, SHAPES};
+use pool_manager::eviction::{Aging, EvictionCost, GdsfConfig};
 use pool_manager::placement::{Resources, Watermarks};
 use pool_manager::quantity::{format_bytes, parse_bytes};
-use pool_manager::sim::{simulate_loads, Policy, SimConfig, SimResult};
+use pool_manager::sim::{simulate_tuned, Policy, SimConfig, SimResult};
 use serde::Serialize;
 
 /// Trace simulator: eviction policies through the live placement planner, against
@@ -67,6 +69,21 @@ struct Args {
     /// Spread (log-normal sigma) of one load's time around its model's mean.
     #[arg(long, default_value_t = 0.3)]
     jitter: f64,
+    /// What a miss costs in GDSF's priority: load-time (the smoothed load time plus
+    /// 0.5 s, the pool's default) or uniform (1: tuned for the hit rate); the pool's
+    /// `--eviction-cost`.
+    #[arg(long, default_value = "load-time")]
+    eviction_cost: EvictionCost,
+    /// Half-life of GDSF's request counts, in requests to the whole pool.
+    #[arg(long, default_value_t = HALF_LIFE_REQUESTS)]
+    half_life: f64,
+    /// GDSF's aging, for experiments: inflation (GreedyDual's L, the pool's) or decay
+    /// (no inflation: the order is the decayed f*c/s alone).
+    #[arg(long, default_value = "inflation")]
+    aging: String,
+    /// GDSF's size exponent, for experiments: f*c/s^beta (1 is GDSF).
+    #[arg(long, default_value_t = 1.0)]
+    size_exponent: f64,
     /// Seed of the trace generator.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -85,7 +102,8 @@ impl Args {
             "cargo run --release -p pool-manager --bin mm-sim -- --trace {} --policy {} \
              --bounds {} --dual-rounds {} --models {} --requests {} --replicas {} \
              --replica-capacity {} --size-min {} --size-max {} --high {} --low {} \
-             --min-age {} --jitter {} --seed {}{}",
+             --min-age {} --jitter {} --eviction-cost {} --half-life {} --aging {} \
+             --size-exponent {} --seed {}{}",
             self.trace,
             self.policy,
             self.bounds,
@@ -100,6 +118,10 @@ impl Args {
             self.low,
             self.min_age,
             self.jitter,
+            self.eviction_cost,
+            self.half_life,
+            self.aging,
+            self.size_exponent,
             self.seed,
             if self.markdown { " --markdown" } else { "" },
         )
@@ -113,6 +135,26 @@ impl Args {
                 .collect();
         }
         self.trace.split(',').map(|s| s.trim().to_owned()).collect()
+    }
+
+    /// The GDSF tuning these flags describe.
+    fn gdsf(&self) -> anyhow::Result<GdsfConfig> {
+        let aging = match self.aging.as_str() {
+            "inflation" => Aging::Inflation,
+            "decay" => Aging::Decay,
+            other => anyhow::bail!("--aging {other:?}: expected inflation or decay"),
+        };
+        ensure!(self.half_life > 0.0, "--half-life must be above 0 requests");
+        ensure!(
+            self.size_exponent.is_finite() && self.size_exponent >= 0.0,
+            "--size-exponent must be a number >= 0"
+        );
+        Ok(GdsfConfig {
+            half_life: self.half_life,
+            aging,
+            size_exponent: self.size_exponent,
+            ..self.eviction_cost.config()
+        })
     }
 
     fn policies(&self) -> anyhow::Result<Vec<Policy>> {
@@ -188,6 +230,7 @@ fn main() -> anyhow::Result<()> {
         other => anyhow::bail!("--bounds {other:?}: expected none, fast or all"),
     };
     let policies = args.policies()?;
+    let gdsf = args.gdsf()?;
     let config = SimConfig {
         replicas: args.replicas,
         replica_capacity: args.replica_capacity,
@@ -212,7 +255,7 @@ fn main() -> anyhow::Result<()> {
         let w = shape(name, &base)?
             .generate()
             .with_context(|| format!("generating {name}"))?;
-        run_trace(name, &w, &config, &policies, bounds, &args)
+        run_trace(name, &w, &config, &policies, gdsf, bounds, &args)
     };
     let runs = in_parallel(&traces, run)?;
     if let Some(path) = &args.json {
@@ -263,6 +306,7 @@ fn run_trace(
     w: &Workload,
     config: &SimConfig,
     policies: &[Policy],
+    gdsf: GdsfConfig,
     bounds: Bounds,
     args: &Args,
 ) -> anyhow::Result<TraceRun> {
@@ -270,7 +314,7 @@ fn run_trace(
     let mut rows = Vec::new();
     for &policy in policies {
         let started = Instant::now();
-        let r = simulate_loads(&w.trace, &loads, config, policy)
+        let r = simulate_tuned(&w.trace, &loads, config, policy, gdsf)
             .with_context(|| format!("simulating {policy} on {name}"))?;
         rows.push(Row {
             name: policy.to_string(),

@@ -20,4 +20,4 @@ pub mod replay;
 pub mod traces;
 
 pub use gdsf::{Aging, Gdsf, GdsfConfig, MissCost};
-pub use policy::{EvictionPolicy, VictimState};
+pub use policy::{EvictionCost, EvictionPolicy, VictimState};

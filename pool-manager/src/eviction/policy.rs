@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::gdsf::{Gdsf, GdsfConfig};
+use super::gdsf::{Gdsf, GdsfConfig, MissCost};
 use crate::placement::{Resident, Resources, VictimOrder};
 use crate::spec::ModelName;
 
@@ -53,27 +53,98 @@ impl FromStr for EvictionPolicy {
     }
 }
 
-/// The pool's victim order and what it remembers. Its clock is the caller's `Instant`s,
-/// counted from `epoch`.
+/// What a miss costs in GDSF's priority (`--eviction-cost`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub enum EvictionCost {
+    /// The model's smoothed load time plus 0.5 s per miss: minimises the time users wait
+    /// for loads.
+    #[default]
+    LoadTime,
+    /// Every miss costs the same (`H = L + f / s`): maximises the hit rate.
+    Uniform,
+}
+
+impl EvictionCost {
+    /// The name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            EvictionCost::LoadTime => "load-time",
+            EvictionCost::Uniform => "uniform",
+        }
+    }
+
+    /// The GDSF tuning with this cost: [`GdsfConfig::default`] with counts halving every
+    /// [`HALF_LIFE_REQUESTS`].
+    pub fn config(self) -> GdsfConfig {
+        GdsfConfig {
+            cost: match self {
+                EvictionCost::LoadTime => GdsfConfig::default().cost,
+                EvictionCost::Uniform => MissCost::Unit,
+            },
+            half_life: HALF_LIFE_REQUESTS,
+            ..GdsfConfig::default()
+        }
+    }
+}
+
+impl fmt::Display for EvictionCost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for EvictionCost {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "load-time" => Ok(EvictionCost::LoadTime),
+            "uniform" => Ok(EvictionCost::Uniform),
+            other => Err(format!(
+                "unknown eviction cost {other:?} (load-time, uniform)"
+            )),
+        }
+    }
+}
+
+/// Half-life of GDSF's request counts in the pool, in requests to the whole pool: 300 s
+/// at the simulator's 100 requests/s, the eviction lab's choice, but independent of the
+/// request rate.
+pub const HALF_LIFE_REQUESTS: f64 = 30_000.0;
+
+/// The pool's victim order and what it remembers. GDSF's clock is the number of requests
+/// counted so far (every model's), not wall time: a count then decays by how much other
+/// traffic came since, which means the same at 1 request/s and at 10,000, and the same in
+/// the simulator (whose wall clock is logical) as in the pool. The caller's `Instant`s,
+/// counted from `epoch`, serve only LRU's reported priority.
 #[derive(Debug, Clone)]
 pub struct VictimState {
     policy: EvictionPolicy,
     gdsf: Gdsf<ModelName>,
     epoch: Instant,
+    /// Requests counted so far: GDSF's clock.
+    requests: f64,
 }
 
 impl VictimState {
     /// The order of `policy`, with GDSF tuned as the eviction lab chose
-    /// ([`GdsfConfig::default`]).
+    /// ([`GdsfConfig::default`]) and counts halving every [`HALF_LIFE_REQUESTS`].
     pub fn new(policy: EvictionPolicy, epoch: Instant) -> Self {
-        Self::with_config(policy, GdsfConfig::default(), epoch)
+        Self::with_cost(policy, EvictionCost::default(), epoch)
     }
 
+    /// [`VictimState::new`] with what a miss costs in GDSF's priority.
+    pub fn with_cost(policy: EvictionPolicy, cost: EvictionCost, epoch: Instant) -> Self {
+        Self::with_config(policy, cost.config(), epoch)
+    }
+
+    /// Any GDSF tuning; its half-life is in requests (see the type's docs).
     pub fn with_config(policy: EvictionPolicy, config: GdsfConfig, epoch: Instant) -> Self {
         Self {
             policy,
             gdsf: Gdsf::new(config),
             epoch,
+            requests: 0.0,
         }
     }
 
@@ -86,28 +157,32 @@ impl VictimState {
     }
 
     /// `count` requests for `model` (a usage report's count, or one simulated request).
-    pub fn requested(&mut self, model: &ModelName, count: u64, now: Instant) {
+    /// The time is not used: GDSF's clock is the requests themselves.
+    pub fn requested(&mut self, model: &ModelName, count: u64, _now: Instant) {
         if self.policy == EvictionPolicy::Gdsf && count > 0 {
             let count = u32::try_from(count).unwrap_or(u32::MAX);
-            let now = self.secs(now);
-            self.gdsf.requested(model, count, now);
+            self.requests += f64::from(count);
+            self.gdsf.requested(model, count, self.requests);
         }
     }
 
     /// `model`, of `size`, was loaded on a replica of `capacity` in `took` (the load call's
-    /// measured time): its cost and size share feed its priority.
+    /// measured time): its cost and size share feed its priority. The time is not used.
     pub fn loaded(
         &mut self,
         model: &ModelName,
         size: Resources,
         capacity: Resources,
         took: Duration,
-        now: Instant,
+        _now: Instant,
     ) {
         if self.policy == EvictionPolicy::Gdsf {
-            let now = self.secs(now);
-            self.gdsf
-                .loaded(model, share(size, capacity), took.as_secs_f64(), now);
+            self.gdsf.loaded(
+                model,
+                share(size, capacity),
+                took.as_secs_f64(),
+                self.requests,
+            );
         }
     }
 
@@ -229,6 +304,52 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn costs_parse_by_name_and_uniform_tunes_for_hits() {
+        for c in [EvictionCost::LoadTime, EvictionCost::Uniform] {
+            assert_eq!(c.name().parse::<EvictionCost>(), Ok(c));
+            assert_eq!(c.config().half_life, HALF_LIFE_REQUESTS);
+        }
+        assert_eq!(EvictionCost::Uniform.config().cost, MissCost::Unit);
+        assert_eq!(
+            EvictionCost::default().config().cost,
+            GdsfConfig::default().cost
+        );
+        let err = "free".parse::<EvictionCost>().unwrap_err();
+        assert!(err.contains("load-time, uniform"), "{err}");
+    }
+
+    #[test]
+    fn counts_decay_with_other_requests_not_with_time() {
+        let epoch = Instant::now();
+        let config = GdsfConfig {
+            cost: MissCost::Unit,
+            half_life: 10.0,
+            admission: None,
+            ..GdsfConfig::default()
+        };
+        let mut v = VictimState::with_config(EvictionPolicy::Gdsf, config, epoch);
+        let (a, b) = (name("a"), name("b"));
+        let whole = Resources::new(100, 0);
+        v.requested(&a, 8, epoch);
+        v.loaded(&a, whole, whole, Duration::ZERO, epoch);
+        // An hour without other requests: only the new request itself ages the count.
+        let later = epoch + Duration::from_secs(3600);
+        v.requested(&a, 1, later);
+        let first = 8.0 * 2f64.powf(-1.0 / 10.0) + 1.0;
+        assert!((v.priority(&a) - first).abs() < 1e-9, "{}", v.priority(&a));
+        // Twenty requests for another model at the same instant, then one for `a`: 21
+        // requests, 2.1 half-lives.
+        v.requested(&b, 20, later);
+        v.requested(&a, 1, later);
+        let expected = first * 2f64.powf(-21.0 / 10.0) + 1.0;
+        assert!(
+            (v.priority(&a) - expected).abs() < 1e-9,
+            "{}",
+            v.priority(&a)
+        );
     }
 
     #[test]
