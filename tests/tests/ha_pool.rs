@@ -133,8 +133,24 @@ async fn a_killed_leader_loses_nothing(stack: &mut HaStack) -> anyhow::Result<us
     };
     cold.push(spawn_cold(COLD[0]));
     cold.push(spawn_cold(COLD[1]));
-    // Let the route calls reach the pool-managers (they are held there, not in Envoy).
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Kill only once both route calls have reached the leader: its view shows their loads
+    // started (the calls are held there, not in Envoy).
+    for model in &COLD[..2] {
+        eventually(
+            &format!("the route call for {model} to reach the leader"),
+            Duration::from_secs(10),
+            || async {
+                let r = stack
+                    .http
+                    .get(stack.instances[leader].url(&format!("/api/v1/models/{model}")))
+                    .send()
+                    .await?;
+                let view: serde_json::Value = r.json().await?;
+                Ok((view["state"] != "Pending").then_some(()))
+            },
+        )
+        .await?;
+    }
     let leader_id = stack.view(leader).await?.instance.id;
     stack.instances[leader].process.kill();
     let killed = Instant::now();
