@@ -11,9 +11,8 @@ use super::*;
 use crate::metrics::Metrics;
 use crate::pool::{Replica, Settings};
 use crate::replica::fake::FakeReplica;
-use crate::replica::ReplicaClient;
 use crate::repository::ModelRepository;
-use crate::spec::{ReplicaId, StoragePolicy};
+use crate::spec::StoragePolicy;
 
 pub(super) struct Fixture {
     pub app: Router,
@@ -40,12 +39,8 @@ pub(super) async fn fixture_with(configure: impl FnOnce(&mut AppState)) -> Fixtu
     std::fs::write(model_dir.path().join("1/model.py"), "pass").unwrap();
     let fake = Arc::new(FakeReplica::default());
     let replica = Replica {
-        id: ReplicaId::new("r0").unwrap(),
-        url: url::Url::parse("http://127.0.0.1:8000").unwrap(),
-        address: Some("127.0.0.1:8000".parse().unwrap()),
         grpc_port: Some(8001),
-        capacity: crate::placement::Resources::new(1 << 30, 0),
-        client: fake.clone() as Arc<dyn ReplicaClient>,
+        ..fake.as_replica(0, 1 << 30)
     };
     let mut registry = prometheus_client::registry::Registry::with_prefix("mm");
     let metrics = Arc::new(Metrics::register(&mut registry, 100));

@@ -194,11 +194,9 @@ mod tests {
 
     use super::*;
     use crate::metrics::Metrics;
-    use crate::placement::Resources;
     use crate::replica::fake::FakeReplica;
-    use crate::replica::ReplicaClient;
     use crate::repository::ModelRepository;
-    use crate::spec::{ReplicaId, StoragePolicy};
+    use crate::spec::StoragePolicy;
     use crate::storage::archive::Limits;
     use crate::storage::{CacheLimits, FetchOptions, Fetcher, ModelCache, StorageMetrics};
 
@@ -213,14 +211,7 @@ mod tests {
         let repo = tempfile::tempdir().unwrap();
         let cache_dir = tempfile::tempdir().unwrap();
         let fake = Arc::new(FakeReplica::default());
-        let replica = Replica {
-            id: ReplicaId::new("r0").unwrap(),
-            url: url::Url::parse("http://127.0.0.1:8000").unwrap(),
-            address: Some("127.0.0.1:8000".parse().unwrap()),
-            grpc_port: None,
-            capacity: Resources::new(1 << 30, 0),
-            client: fake.clone() as Arc<dyn ReplicaClient>,
-        };
+        let replica = fake.as_replica(0, 1 << 30);
         let mut reg = prometheus_client::registry::Registry::default();
         let pool = Pool::new(
             vec![replica],

@@ -58,14 +58,7 @@ fn fixture_on(
     let replicas = fakes
         .iter()
         .enumerate()
-        .map(|(i, (fake, memory))| Replica {
-            id: ReplicaId::new(&format!("r{i}")).unwrap(),
-            url: url::Url::parse(&format!("http://127.0.0.1:{}", 8000 + i)).unwrap(),
-            address: Some(format!("127.0.0.1:{}", 8000 + i).parse().unwrap()),
-            grpc_port: None,
-            capacity: Resources::new(*memory, 0),
-            client: fake.clone() as Arc<dyn ReplicaClient>,
-        })
+        .map(|(i, (fake, memory))| fake.as_replica(i, *memory))
         .collect();
     let mut reg = prometheus_client::registry::Registry::with_prefix("mm");
     let metrics = Arc::new(Metrics::register(&mut reg, 100));
@@ -1222,14 +1215,7 @@ async fn metadata_kept_by_a_burst_of_loads_is_written_in_one_commit() {
     let store = crate::store::Store::open(data.path()).unwrap().store;
     let backend = store.backend().clone();
     let fake = Arc::new(FakeReplica::default());
-    let replica = Replica {
-        id: ReplicaId::new("r0").unwrap(),
-        url: url::Url::parse("http://127.0.0.1:8000").unwrap(),
-        address: Some("127.0.0.1:8000".parse().unwrap()),
-        grpc_port: None,
-        capacity: Resources::new(1 << 30, 0),
-        client: fake as Arc<dyn ReplicaClient>,
-    };
+    let replica = fake.as_replica(0, 1 << 30);
     let mut reg = prometheus_client::registry::Registry::default();
     let pool = Pool::with_store(
         vec![replica],

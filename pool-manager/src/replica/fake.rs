@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -36,6 +36,20 @@ pub struct FakeReplica {
 }
 
 impl FakeReplica {
+    /// A configured replica `r{i}` of `memory` bytes on 127.0.0.1:{8000 + i}, served by this
+    /// fake: the one shape every pool and admin fixture needs.
+    pub fn as_replica(self: &Arc<Self>, i: usize, memory: u64) -> crate::pool::Replica {
+        let port = 8000 + i;
+        crate::pool::Replica {
+            id: crate::spec::ReplicaId::new(&format!("r{i}")).unwrap(),
+            url: url::Url::parse(&format!("http://127.0.0.1:{port}")).unwrap(),
+            address: Some(std::net::SocketAddr::from(([127, 0, 0, 1], port as u16))),
+            grpc_port: None,
+            capacity: crate::placement::Resources::new(memory, 0),
+            client: self.clone() as Arc<dyn ReplicaClient>,
+        }
+    }
+
     pub fn loaded(&self) -> BTreeSet<String> {
         self.loaded.lock().unwrap().clone()
     }
