@@ -112,13 +112,7 @@ struct Counts {
 }
 
 async fn counts(stack: &Stack) -> anyhow::Result<Counts> {
-    let text = stack
-        .http
-        .get(stack.pool_manager.url("/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let text = stack.pool_manager.metrics_text().await?;
     Ok(Counts {
         route_calls: stack.envoy.stat("wasmcustom.mm_filter_route_calls").await?,
         route_micros: stack
@@ -226,14 +220,7 @@ pub async fn run(samples: usize) -> anyhow::Result<Cold> {
     .await?;
     let req = linear_body();
     let scrape = || async {
-        let text = stack
-            .http
-            .get(stack.pool_manager.url("/metrics"))
-            .send()
-            .await?
-            .text()
-            .await?;
-        Ok::<_, anyhow::Error>(phases::totals(&text))
+        Ok::<_, anyhow::Error>(phases::totals(&stack.pool_manager.metrics_text().await?))
     };
     let load_before = load_average();
     let phases_before = scrape().await?;

@@ -284,14 +284,19 @@ impl PoolManager {
     /// Like [`PoolManager::metric`], only over series whose labels contain `label`
     /// (e.g. `outcome="miss"`).
     pub async fn metric_where(&self, name: &str, label: &str) -> anyhow::Result<f64> {
-        let text = self
+        Ok(sum_metric(&self.metrics_text().await?, name, label))
+    }
+
+    /// The whole Prometheus exposition of `/metrics`, for callers that read several series
+    /// from one scrape.
+    pub async fn metrics_text(&self) -> anyhow::Result<String> {
+        Ok(self
             .http
             .get(self.url("/metrics"))
             .send()
             .await?
             .text()
-            .await?;
-        Ok(sum_metric(&text, name, label))
+            .await?)
     }
 
     pub async fn wait_ready(&mut self) -> anyhow::Result<()> {
