@@ -55,14 +55,29 @@ timeout 900 target/release/mm-sim $SIM_ARGS --markdown --json "$out/eviction.jso
 mv "$out/sim.md.tmp" "$out/sim.md"
 target/release/mm-bench --out "$out" --parts eviction-plot
 
+# When a part's results were written: the commit that last changed them if they are as
+# committed (a fresh clone's file times say when it was cloned), else the file's own time.
+written() { # file
+  if git diff --quiet HEAD -- "$1" 2>/dev/null && [ -n "$(git log -1 --format=%ct -- "$1" 2>/dev/null)" ]; then
+    date -u -d "@$(git log -1 --format=%ct -- "$1")" +%Y-%m-%dT%H:%MZ
+  else
+    date -u -r "$1" +%Y-%m-%dT%H:%MZ
+  fi
+}
+
 section() { # part
   local md="$out/$1.md"
   [ -f "$md" ] || return 0
   cat "$md"
+  # Findings written by hand about the part (how a figure was explained), kept across runs.
+  if [ -f "$out/$1-notes.md" ]; then
+    echo
+    cat "$out/$1-notes.md"
+  fi
   # where.md is written by hand from the callgrind runs it names (it says when).
   if [ "$1" != where ] && [ ! "$md" -nt "$stamp" ]; then
     echo
-    echo "_This section is from an earlier run ($(date -u -r "$md" +%Y-%m-%dT%H:%MZ)): the last \`make bench\` did not run this part._"
+    echo "_This section is from an earlier run ($(written "$md")): the last \`make bench\` did not run this part._"
   fi
   echo
 }
