@@ -71,8 +71,7 @@ struct Args {
     #[arg(long, default_value_t = 0.3)]
     jitter: f64,
     /// What a miss costs in GDSF's priority: load-time (the smoothed load time plus
-    /// 0.5 s, the pool's default) or uniform (1: tuned for the hit rate); the pool's
-    /// `--eviction-cost`.
+    /// 0.5 s, what the pool uses) or uniform (1: tuned for the hit rate; simulator only).
     #[arg(long, default_value = "load-time")]
     eviction_cost: EvictionCost,
     /// Half-life of GDSF's request counts, in requests to the whole pool.

@@ -53,7 +53,9 @@ impl FromStr for EvictionPolicy {
     }
 }
 
-/// What a miss costs in GDSF's priority (`--eviction-cost`).
+/// What a miss costs in GDSF's priority (`mm-sim --eviction-cost`). The live pool always uses
+/// [`EvictionCost::LoadTime`]: `Uniform` pays more load time than LRU on one trace
+/// (docs/eviction.md, round 4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
 pub enum EvictionCost {
     /// The model's smoothed load time plus 0.5 s per miss: minimises the time users wait
