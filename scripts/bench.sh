@@ -58,8 +58,10 @@ target/release/mm-bench --out "$out" --parts eviction-plot
 # When a part's results were written: the commit that last changed them if they are as
 # committed (a fresh clone's file times say when it was cloned), else the file's own time.
 written() { # file
-  if git diff --quiet HEAD -- "$1" 2>/dev/null && [ -n "$(git log -1 --format=%ct -- "$1" 2>/dev/null)" ]; then
-    date -u -d "@$(git log -1 --format=%ct -- "$1")" +%Y-%m-%dT%H:%MZ
+  local committed
+  committed=$(git log -1 --format=%ct -- "$1" 2>/dev/null)
+  if [ -n "$committed" ] && git diff --quiet HEAD -- "$1" 2>/dev/null; then
+    date -u -d "@$committed" +%Y-%m-%dT%H:%MZ
   else
     date -u -r "$1" +%Y-%m-%dT%H:%MZ
   fi
