@@ -122,6 +122,10 @@ pub struct SimResult {
     pub loads: u64,
     /// Models unloaded to make room.
     pub evictions: u64,
+    /// Loads whose plan had victims. In the live pool each of these waits, before its own
+    /// load starts, for the table to reach the gateways (`table_propagation`) and for its
+    /// victims to be unloaded one by one; the other loads start at once.
+    pub evicting_loads: u64,
     /// Plans flagged as mass evictions by the planner (the live pool counts these too).
     pub mass_evictions: u64,
     /// Misses with no room anywhere, even after evicting everything evictable, including
@@ -144,6 +148,24 @@ impl SimResult {
             0.0
         } else {
             self.hits as f64 / self.requests as f64
+        }
+    }
+
+    /// The share of misses that had to evict first; 0 without misses.
+    pub fn evicting_share(&self) -> f64 {
+        if self.misses == 0 {
+            0.0
+        } else {
+            self.evicting_loads as f64 / self.misses as f64
+        }
+    }
+
+    /// Victims per load that evicted; 0 when none did.
+    pub fn victims_per_evicting_load(&self) -> f64 {
+        if self.evicting_loads == 0 {
+            0.0
+        } else {
+            self.evictions as f64 / self.evicting_loads as f64
         }
     }
 
@@ -576,6 +598,7 @@ fn run_simulation(mut sim: Simulation<'_>) -> Result<SimResult, SimError> {
                 result.loads += 1;
                 result.load_secs += sim.load_time(request);
                 result.evictions += evicted.len() as u64;
+                result.evicting_loads += u64::from(!evicted.is_empty());
                 result.mass_evictions += u64::from(mass_eviction);
             }
             Step::Failed => {
@@ -619,6 +642,9 @@ mod tests {
             (lru.hits, lru.misses, lru.loads, lru.evictions, lru.failed),
             (0, 6, 6, 4, 0)
         );
+        // The first two loads had room; each later one evicted one model.
+        assert_eq!(lru.evicting_loads, 4);
+        assert_eq!(lru.victims_per_evicting_load(), 1.0);
         // Belady: at C evicts B (next at 4, A's at 3): A hits; at B evicts A (never
         // again): C hits.
         let belady = run(&trace, &config, Policy::Belady);
@@ -681,6 +707,38 @@ mod tests {
         }
         let other = TraceSpec { seed: 8, ..spec }.generate().unwrap();
         assert_ne!(a, other);
+    }
+
+    #[test]
+    fn the_sweep_makes_fewer_loads_evict_but_each_evicts_more() {
+        // Eight models of 25 in a replica of 100, each requested once: four fit, then
+        // every load needs room.
+        let trace = Trace {
+            sizes: vec![25; 8],
+            requests: (0..8).collect(),
+        };
+        let mut config = single_cache(4, 25);
+        for policy in Policy::ALL {
+            // Low = high: each of the last four loads evicts exactly the one model it needs.
+            let exact = run(&trace, &config, policy);
+            assert_eq!((exact.loads, exact.evictions), (8, 4), "{policy}");
+            assert_eq!(exact.evicting_loads, 4, "{policy}");
+            assert_eq!(exact.evicting_share(), 0.5, "{policy}");
+            assert_eq!(exact.victims_per_evicting_load(), 1.0, "{policy}");
+            // Low 0.5: the fifth load sweeps three models (down to 25 + its own 25), the
+            // sixth and seventh fit, the eighth sweeps three again.
+            config.marks = Watermarks::new(1.0, 0.5).unwrap();
+            let swept = run(&trace, &config, policy);
+            assert_eq!((swept.loads, swept.evictions), (8, 6), "{policy}");
+            assert_eq!(swept.evicting_loads, 2, "{policy}");
+            assert_eq!(swept.evicting_share(), 0.25, "{policy}");
+            assert_eq!(swept.victims_per_evicting_load(), 3.0, "{policy}");
+            config.marks = Watermarks::new(1.0, 1.0).unwrap();
+        }
+        // Hits and failures never count: nothing evicts when everything fits.
+        let fits = run(&trace, &single_cache(8, 25), Policy::Lru);
+        assert_eq!((fits.evicting_loads, fits.evicting_share()), (0, 0.0));
+        assert_eq!(fits.victims_per_evicting_load(), 0.0);
     }
 
     #[test]
