@@ -184,6 +184,13 @@ struct Row {
     hit_rate: f64,
     byte_hit_rate: Option<f64>,
     load_secs: f64,
+    /// Misses (policies only).
+    misses: Option<u64>,
+    /// Misses whose load had to evict first (policies only): in the live pool each waits
+    /// for the table to propagate and for its victims' unloads before it loads.
+    evicting_misses: Option<u64>,
+    /// Victims per evicting miss (policies only).
+    victims_per_evicting_miss: Option<f64>,
     /// An offline bound (upper bound on hits, lower bound on load time) or a feasible
     /// single-cache schedule, not a policy's run.
     bound: bool,
@@ -330,6 +337,9 @@ fn run_trace(
             hit_rate: 100.0 * r.hit_rate(),
             byte_hit_rate: Some(100.0 * r.byte_hit_rate()),
             load_secs: r.load_secs,
+            misses: Some(r.misses),
+            evicting_misses: Some(r.evicting_loads),
+            victims_per_evicting_miss: Some(r.victims_per_evicting_load()),
             bound: false,
             result: Some(r),
             wall: started.elapsed(),
@@ -354,6 +364,9 @@ fn run_trace(
                     hit_rate: 100.0 * h.hit_rate(),
                     byte_hit_rate: None,
                     load_secs: t.load_secs,
+                    misses: None,
+                    evicting_misses: None,
+                    victims_per_evicting_miss: None,
                     bound: true,
                     result: None,
                     wall: started.elapsed(),
@@ -409,6 +422,9 @@ fn static_rows(w: &Workload, p: &[f64], config: &SimConfig) -> Vec<Row> {
             hit_rate: 100.0 * upper,
             byte_hit_rate: None,
             load_secs: f64::NAN,
+            misses: None,
+            evicting_misses: None,
+            victims_per_evicting_miss: None,
             bound: true,
             result: None,
             wall: started.elapsed(),
@@ -418,6 +434,9 @@ fn static_rows(w: &Workload, p: &[f64], config: &SimConfig) -> Vec<Row> {
             hit_rate: 100.0 * set.hits(&w.trace.requests) as f64 / requests,
             byte_hit_rate: None,
             load_secs,
+            misses: None,
+            evicting_misses: None,
+            victims_per_evicting_miss: None,
             bound: true,
             result: None,
             wall: started.elapsed(),
@@ -468,7 +487,7 @@ fn notes(args: &Args, config: &SimConfig, size_max: u64) -> Vec<String> {
     notes
 }
 
-const HEADERS: [&str; 8] = [
+const HEADERS: [&str; 11] = [
     "policy",
     "hit rate %",
     "byte hit rate %",
@@ -477,6 +496,9 @@ const HEADERS: [&str; 8] = [
     "loads",
     "evictions",
     "failed",
+    "evicting misses",
+    "evicting % of misses",
+    "victims per evicting miss",
 ];
 
 fn cells(row: &Row) -> Vec<String> {
@@ -496,6 +518,13 @@ fn cells(row: &Row) -> Vec<String> {
         count(|r| r.loads),
         count(|r| r.evictions),
         count(|r| r.failed),
+        count(|r| r.evicting_loads),
+        row.result.map_or("–".to_owned(), |r| {
+            format!("{:.1}", 100.0 * r.evicting_share())
+        }),
+        row.result.map_or("–".to_owned(), |r| {
+            format!("{:.2}", r.victims_per_evicting_load())
+        }),
     ]
 }
 
