@@ -74,13 +74,15 @@ struct Args {
     /// 0.5 s, what the pool uses) or uniform (1: tuned for the hit rate; simulator only).
     #[arg(long, default_value = "load-time")]
     eviction_cost: EvictionCost,
-    /// Half-life of GDSF's request counts, in requests to the whole pool.
+    /// Half-life of GDSF's request counts, in requests to the whole pool (the
+    /// pool-manager's --gdsf-half-life).
     #[arg(long, default_value_t = HALF_LIFE_REQUESTS)]
     half_life: f64,
-    /// GDSF's aging, for experiments: inflation (GreedyDual's L, the pool's) or decay
-    /// (no inflation: the order is the decayed f*c/s alone).
-    #[arg(long, default_value = "inflation")]
-    aging: String,
+    /// GDSF's aging (the pool-manager's --gdsf-aging): inflation (GreedyDual's L rises to
+    /// each victim's priority) or decay (no inflation: the order is the decayed f*c/s
+    /// alone).
+    #[arg(long, value_enum, default_value = "inflation")]
+    aging: Aging,
     /// GDSF's size exponent, for experiments: f*c/s^beta (1 is GDSF).
     #[arg(long, default_value_t = 1.0)]
     size_exponent: f64,
@@ -120,7 +122,7 @@ impl Args {
             self.jitter,
             self.eviction_cost,
             self.half_life,
-            self.aging,
+            self.aging.name(),
             self.size_exponent,
             self.seed,
             if self.markdown { " --markdown" } else { "" },
@@ -139,21 +141,14 @@ impl Args {
 
     /// The GDSF tuning these flags describe.
     fn gdsf(&self) -> anyhow::Result<GdsfConfig> {
-        let aging = match self.aging.as_str() {
-            "inflation" => Aging::Inflation,
-            "decay" => Aging::Decay,
-            other => anyhow::bail!("--aging {other:?}: expected inflation or decay"),
-        };
         ensure!(self.half_life > 0.0, "--half-life must be above 0 requests");
         ensure!(
             self.size_exponent.is_finite() && self.size_exponent >= 0.0,
             "--size-exponent must be a number >= 0"
         );
         Ok(GdsfConfig {
-            half_life: self.half_life,
-            aging,
             size_exponent: self.size_exponent,
-            ..self.eviction_cost.config()
+            ..self.eviction_cost.tuned(self.aging, self.half_life)
         })
     }
 

@@ -58,17 +58,30 @@ pub struct GdsfConfig {
     pub sweep_inflates: bool,
 }
 
-/// How idle models lose priority.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How idle models lose priority (`--gdsf-aging`, mm-sim's `--aging`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Aging {
     /// GreedyDual: each victim raises the inflation `L` that newcomers start from.
+    #[default]
     Inflation,
     /// No inflation: the order is by the current decayed `f * c / s`, so an idle model
     /// loses half its priority every half-life (computed as the time-invariant key
     /// `log2(f * c / s) + t / half_life`).
     Decay,
-    /// Neither: `f * c / s` as of the last request (for experiments only).
+    /// Neither: `f * c / s` as of the last request (for experiments only: no flag takes it).
+    #[value(skip)]
     None,
+}
+
+impl Aging {
+    /// The name on the command line and in the `mm_eviction_policy` metric.
+    pub fn name(self) -> &'static str {
+        match self {
+            Aging::Inflation => "inflation",
+            Aging::Decay => "decay",
+            Aging::None => "none",
+        }
+    }
 }
 
 impl Default for GdsfConfig {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::gdsf::{Gdsf, GdsfConfig, MissCost};
+use super::gdsf::{Aging, Gdsf, GdsfConfig, MissCost};
 use crate::placement::{Resident, Resources, VictimOrder};
 use crate::spec::ModelName;
 
@@ -78,12 +78,20 @@ impl EvictionCost {
     /// The GDSF tuning with this cost: [`GdsfConfig::default`] with counts halving every
     /// [`HALF_LIFE_REQUESTS`].
     pub fn config(self) -> GdsfConfig {
+        self.tuned(Aging::Inflation, HALF_LIFE_REQUESTS)
+    }
+
+    /// The GDSF tuning with this cost, `aging` and counts halving every `half_life`
+    /// requests: what the pool-manager's `--gdsf-aging` / `--gdsf-half-life` and mm-sim's
+    /// `--aging` / `--half-life` set, built here for both so they stay one code path.
+    pub fn tuned(self, aging: Aging, half_life: f64) -> GdsfConfig {
         GdsfConfig {
             cost: match self {
                 EvictionCost::LoadTime => GdsfConfig::default().cost,
                 EvictionCost::Uniform => MissCost::Unit,
             },
-            half_life: HALF_LIFE_REQUESTS,
+            half_life,
+            aging,
             ..GdsfConfig::default()
         }
     }
@@ -105,6 +113,49 @@ impl FromStr for EvictionCost {
             other => Err(format!(
                 "unknown eviction cost {other:?} (load-time, uniform)"
             )),
+        }
+    }
+}
+
+/// The victim order in force as the info metric, the start log and the status page name
+/// it: GDSF's aging and half-life decide its victims as much as the policy's name does,
+/// so an operator reading any of them can tell which configuration runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OrderInForce {
+    pub policy: EvictionPolicy,
+    /// GDSF's aging and half-life in requests; `None` under LRU, which has neither.
+    pub gdsf: Option<(Aging, f64)>,
+}
+
+impl OrderInForce {
+    pub fn new(policy: EvictionPolicy, gdsf: &GdsfConfig) -> Self {
+        Self {
+            policy,
+            gdsf: (policy == EvictionPolicy::Gdsf).then_some((gdsf.aging, gdsf.half_life)),
+        }
+    }
+
+    /// The `mm_eviction_policy` labels: `policy`, and under GDSF `aging` and `half_life`.
+    pub fn labels(&self) -> Vec<(&'static str, String)> {
+        let mut labels = vec![("policy", self.policy.name().to_owned())];
+        if let Some((aging, half_life)) = self.gdsf {
+            labels.push(("aging", aging.name().to_owned()));
+            labels.push(("half_life", half_life.to_string()));
+        }
+        labels
+    }
+}
+
+impl fmt::Display for OrderInForce {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.gdsf {
+            None => write!(f, "{}", self.policy),
+            Some((aging, half_life)) => write!(
+                f,
+                "{} (aging {}, half-life {half_life} requests)",
+                self.policy,
+                aging.name()
+            ),
         }
     }
 }
@@ -306,6 +357,29 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_order_in_force_names_gdsf_tuning_only_under_gdsf() {
+        let decay = EvictionCost::LoadTime.tuned(Aging::Decay, 8000.0);
+        let lru = OrderInForce::new(EvictionPolicy::Lru, &decay);
+        assert_eq!(lru.labels(), [("policy", "lru".to_owned())]);
+        assert_eq!(lru.to_string(), "lru");
+        let gdsf = OrderInForce::new(EvictionPolicy::Gdsf, &decay);
+        assert_eq!(
+            gdsf.labels(),
+            [
+                ("policy", "gdsf".to_owned()),
+                ("aging", "decay".to_owned()),
+                ("half_life", "8000".to_owned())
+            ]
+        );
+        assert_eq!(
+            gdsf.to_string(),
+            "gdsf (aging decay, half-life 8000 requests)"
+        );
+        let default = OrderInForce::new(EvictionPolicy::Gdsf, &EvictionCost::default().config());
+        assert_eq!(default.gdsf, Some((Aging::Inflation, 30_000.0)));
     }
 
     #[test]
