@@ -66,12 +66,9 @@ struct Args {
     /// How often replicas' readiness is probed.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     probe_interval: Duration,
-    /// The order in which evictable models go when a load needs room: lru (least recently
-    /// used first) or gdsf (GreedyDual-Size-Frequency: lowest request count x smoothed load
-    /// time / size, aged by inflation; see docs/eviction.md). Which models may go at all
-    /// (minimum age, requests in flight, pins) does not depend on it.
-    #[arg(long, env = "MM_EVICTION", default_value = "lru")]
-    eviction: pool_manager::eviction::EvictionPolicy,
+    /// The victim order and GDSF's tuning.
+    #[command(flatten)]
+    eviction: pool_manager::eviction::EvictionArgs,
     /// Placing a model above this fraction of a replica's memory evicts models...
     #[arg(long, default_value_t = 0.8)]
     high_watermark: f64,
@@ -232,7 +229,8 @@ async fn main() -> anyhow::Result<()> {
         probe_timeout: args.call_timeout.min(Duration::from_secs(2)),
         watermarks,
         min_age: args.min_age,
-        eviction: args.eviction,
+        eviction: args.eviction.eviction,
+        gdsf: args.eviction.gdsf(),
         unload_wait: args.unload_wait,
         table_propagation: args.table_propagation,
         retire_grace: args.retire_grace,
@@ -252,6 +250,12 @@ async fn main() -> anyhow::Result<()> {
         },
         ..Settings::default()
     };
+    let ignored = args.eviction.ignored();
+    if !ignored.is_empty() {
+        tracing::warn!(flags = ?ignored, eviction = %settings.eviction,
+                       "GDSF tuning given without --eviction gdsf: it has no effect");
+    }
+    tracing::info!(order = %settings.order_in_force(), "victim order in force");
     let admin_token = secret(
         "admin token",
         "--admin-token-file",

@@ -94,12 +94,6 @@ pub struct ReportLabel {
     pub reason: &'static str,
 }
 
-/// The victim order in force, as an info metric's label.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PolicyLabel {
-    pub policy: &'static str,
-}
-
 /// Every metric the pool-manager exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -127,7 +121,8 @@ pub struct Metrics {
     pub reports_ignored: Family<ReportLabel, Counter>,
     pub internal_unauthorized: Counter,
     pub failure_checks: Gauge,
-    pub eviction_policy: Family<PolicyLabel, Gauge>,
+    /// Labels `policy`, and under GDSF `aging` and `half_life` (requests).
+    pub eviction_policy: Family<Vec<(&'static str, String)>, Gauge>,
     model_label_limit: usize,
     labelled_models: Mutex<HashSet<String>>,
 }
@@ -311,17 +306,16 @@ impl Metrics {
         );
         reg.register(
             "eviction_policy",
-            "The victim order among evictable copies (--eviction): 1 for the one in force",
+            "The victim order among evictable copies (--eviction; under gdsf also \
+             --gdsf-aging and --gdsf-half-life in requests): 1 for the one in force",
             m.eviction_policy.clone(),
         );
         m
     }
 
-    /// Marks `policy` as the victim order in force (the pool is made once per process).
-    pub fn set_eviction_policy(&self, policy: &'static str) {
-        self.eviction_policy
-            .get_or_create(&PolicyLabel { policy })
-            .set(1);
+    /// Marks `order` as the victim order in force (the pool is made once per process).
+    pub fn set_eviction_policy(&self, order: &crate::eviction::OrderInForce) {
+        self.eviction_policy.get_or_create(&order.labels()).set(1);
     }
 
     /// Counts `n` reports or entries of `report` ignored for `reason`.
@@ -393,6 +387,26 @@ mod tests {
             "# TYPE mm_cold_phase_seconds histogram",
         ] {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn the_eviction_policy_metric_names_gdsf_tuning() {
+        use crate::eviction::{Aging, EvictionCost, EvictionPolicy, OrderInForce};
+        let decay = EvictionCost::LoadTime.tuned(Aging::Decay, 8000.0);
+        for (policy, line) in [
+            (
+                EvictionPolicy::Gdsf,
+                "mm_eviction_policy{policy=\"gdsf\",aging=\"decay\",half_life=\"8000\"} 1",
+            ),
+            (EvictionPolicy::Lru, "mm_eviction_policy{policy=\"lru\"} 1"),
+        ] {
+            let mut reg = Registry::with_prefix("mm");
+            let m = Metrics::register(&mut reg, 10);
+            m.set_eviction_policy(&OrderInForce::new(policy, &decay));
+            let mut text = String::new();
+            prometheus_client::encoding::text::encode(&mut text, &reg).unwrap();
+            assert!(text.lines().any(|l| l == line), "{text}");
         }
     }
 

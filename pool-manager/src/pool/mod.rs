@@ -160,8 +160,9 @@ impl Pool {
             settings.rules(),
             epoch,
         );
-        let victims = crate::eviction::VictimState::new(settings.eviction, epoch);
-        metrics.set_eviction_policy(settings.eviction.name());
+        let victims =
+            crate::eviction::VictimState::with_config(settings.eviction, settings.gdsf, epoch);
+        metrics.set_eviction_policy(&settings.order_in_force());
         let max_waiting = settings.max_waiting.max(1);
         let events = crate::events::Events::new(settings.events_capacity);
         let drains = drain::Drains::new(replicas.len());

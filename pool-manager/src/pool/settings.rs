@@ -101,6 +101,9 @@ pub struct Settings {
     pub events_capacity: usize,
     /// The victim order among evictable copies (`--eviction`).
     pub eviction: crate::eviction::EvictionPolicy,
+    /// GDSF's tuning (`--gdsf-aging`, `--gdsf-half-life`; half-life in requests); LRU
+    /// ignores it.
+    pub gdsf: crate::eviction::GdsfConfig,
 }
 
 impl Default for Settings {
@@ -123,11 +126,17 @@ impl Default for Settings {
             resolver: crate::resolve::Resolver::default(),
             events_capacity: crate::events::DEFAULT_CAPACITY,
             eviction: crate::eviction::EvictionPolicy::default(),
+            gdsf: crate::eviction::EvictionCost::default().config(),
         }
     }
 }
 
 impl Settings {
+    /// The victim order in force, as the metric, the start log and the status page show it.
+    pub fn order_in_force(&self) -> crate::eviction::OrderInForce {
+        crate::eviction::OrderInForce::new(self.eviction, &self.gdsf)
+    }
+
     /// The part of the settings placement rules read, as the table carries it.
     pub(crate) fn rules(&self) -> super::table::Rules {
         super::table::Rules {

@@ -1350,10 +1350,36 @@ async fn draining_moves_wanted_copies_and_unloads_idle_ones_when_nothing_is_in_f
 
 /// The simulator and the live pool, given the same trace on the same pool, choose the
 /// same replica and the same victims for every miss: both plan from `snapshot` with the
-/// same planner, and nothing else decides.
+/// same planner and the same victim order, and nothing else decides. Under LRU, under
+/// GDSF as the pool runs it by default, and under the configuration docs/eviction.md
+/// recommends for slow loads (decay, half-life 8,000 requests), and with a half-life
+/// short enough for decay to reorder victims within this trace.
 #[tokio::test(start_paused = true)]
 async fn the_simulator_and_the_live_pool_choose_the_same_victims() {
+    use crate::eviction::{Aging, EvictionCost, EvictionPolicy};
+    let cost = EvictionCost::LoadTime;
+    for (eviction, gdsf) in [
+        (EvictionPolicy::Lru, cost.config()),
+        (EvictionPolicy::Gdsf, cost.config()),
+        (EvictionPolicy::Gdsf, cost.tuned(Aging::Decay, 8000.0)),
+        (EvictionPolicy::Gdsf, cost.tuned(Aging::Decay, 40.0)),
+    ] {
+        same_victims(eviction, gdsf).await;
+    }
+}
+
+/// Replays one trace on the simulator and on a live pool (each request reported by the
+/// gateway, then routed) and asserts every miss's replica and victims agree.
+async fn same_victims(
+    eviction: crate::eviction::EvictionPolicy,
+    gdsf: crate::eviction::GdsfConfig,
+) {
     use crate::sim::{Policy, SimConfig, Simulation, Step, TraceSpec};
+    let policy = match eviction {
+        crate::eviction::EvictionPolicy::Lru => Policy::Lru,
+        crate::eviction::EvictionPolicy::Gdsf => Policy::Gdsf,
+    };
+    let label = format!("{}", crate::eviction::OrderInForce::new(eviction, &gdsf));
     let trace = TraceSpec {
         models: 24,
         requests: 300,
@@ -1374,6 +1400,8 @@ async fn the_simulator_and_the_live_pool_choose_the_same_victims() {
         &[400, 400, 400],
         Settings {
             watermarks: config.marks,
+            eviction,
+            gdsf,
             ..settings()
         },
     )
@@ -1382,11 +1410,16 @@ async fn the_simulator_and_the_live_pool_choose_the_same_victims() {
     for (i, size) in trace.sizes.iter().enumerate() {
         f.register(&format!("m{i}"), *size).await;
     }
-    let mut sim = Simulation::new(&trace, config, Policy::Lru).unwrap();
+    let mut sim = Simulation::new(&trace, config, policy)
+        .unwrap()
+        .with_gdsf(gdsf);
     let mut seen_events = f.pool.events().page(None, 1000).next;
     let (mut loads, mut evictions) = (0, 0);
     while let Some((model, step)) = sim.step() {
         tokio::time::advance(Duration::from_millis(1)).await;
+        // The simulator counts each request before placing it; so does the pool, from
+        // the gateway's usage report.
+        f.report("w0", &[(&format!("m{model}"), "r0", 1, 0)]);
         let live = f.pool.route(&format!("m{model}")).await;
         let page = f.pool.events().page(Some(seen_events), 1000);
         seen_events = page.next;
@@ -1399,7 +1432,7 @@ async fn the_simulator_and_the_live_pool_choose_the_same_victims() {
         match step {
             Step::Hit => assert!(
                 live.is_ok() && evicted.is_empty(),
-                "m{model}: {live:?} {evicted:?}"
+                "{label}: m{model}: {live:?} {evicted:?}"
             ),
             Step::Loaded {
                 replica,
@@ -1407,17 +1440,21 @@ async fn the_simulator_and_the_live_pool_choose_the_same_victims() {
                 ..
             } => {
                 let want: Vec<String> = want.iter().map(|v| format!("m{v}")).collect();
-                assert_eq!(live.unwrap().replica, format!("r{replica}"), "m{model}");
-                assert_eq!(evicted, want, "m{model}");
+                assert_eq!(
+                    live.unwrap().replica,
+                    format!("r{replica}"),
+                    "{label}: m{model}"
+                );
+                assert_eq!(evicted, want, "{label}: m{model}");
                 loads += 1;
                 evictions += want.len();
             }
-            Step::Failed => assert!(live.is_err(), "m{model}"),
+            Step::Failed => assert!(live.is_err(), "{label}: m{model}"),
         }
     }
     assert!(
         loads > 50 && evictions > 30,
-        "a trace that exercises eviction: {loads} loads, {evictions} evictions"
+        "{label}: a trace that exercises eviction: {loads} loads, {evictions} evictions"
     );
 }
 
