@@ -189,7 +189,22 @@ fn live_events(pool: Pool, after: Option<u64>) -> impl Stream<Item = Event> + Se
 struct SummaryView {
     metrics: summary::Summary,
     watermarks: WatermarksView,
+    eviction: EvictionView,
     events: EventsView,
+}
+
+/// The victim order in force (`--eviction`, `--gdsf-aging`, `--gdsf-half-life`).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct EvictionView {
+    /// `lru` or `gdsf`.
+    policy: &'static str,
+    /// GDSF's aging (`inflation` or `decay`); absent under LRU.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    aging: Option<&'static str>,
+    /// Half-life of GDSF's request counts, in requests to the pool; absent under LRU.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    half_life_requests: Option<f64>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -216,12 +231,18 @@ async fn get_summary(State(state): State<AppState>) -> ApiResult<Json<SummaryVie
     prometheus_client::encoding::text::encode(&mut text, &state.metrics)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let marks = state.pool.settings().watermarks;
+    let order = state.pool.settings().order_in_force();
     let events = state.pool.events();
     Ok(Json(SummaryView {
         metrics: summary::summarize(&text),
         watermarks: WatermarksView {
             high: marks.high,
             low: marks.low,
+        },
+        eviction: EvictionView {
+            policy: order.policy.name(),
+            aging: order.gdsf.map(|(aging, _)| aging.name()),
+            half_life_requests: order.gdsf.map(|(_, half_life)| half_life),
         },
         events: EventsView {
             capacity: events.capacity(),

@@ -530,6 +530,11 @@ async fn the_summary_counts_route_calls_and_loads() {
     assert_eq!(m["hitRate"], 0.5);
     assert_eq!(m["modelsRegistered"], 1);
     assert_eq!(body["watermarks"]["high"], 0.8);
+    assert_eq!(
+        body["eviction"],
+        serde_json::json!({"policy": "lru"}),
+        "{body}"
+    );
     assert_eq!(body["events"]["capacity"], 1000);
 }
 

@@ -107,6 +107,10 @@ function renderStats() {
   ev.className = "value" + (s.loadFailures > 0 ? " warn" : "");
   document.getElementById("stat-mass").textContent =
     s.massEvictions + " mass evictions · " + s.placementFailures + " placement failures";
+  const order = state.summary.eviction;
+  document.getElementById("stat-eviction-order").textContent = !order ? "" :
+    "victim order: " + order.policy +
+    (order.aging ? " · " + order.aging + " · half-life " + order.halfLifeRequests + " requests" : "");
 }
 
 // The copies on each replica (the replica view lists every model there), with their state
