@@ -60,15 +60,20 @@ async fn models_load_on_first_use_and_answer_from_the_replica_the_pool_manager_r
                 r.name
             );
         }
-        assert_eq!(
-            stack
-                .replica(&placed)
-                .unwrap()
-                .inference_count(model)
-                .await
-                .unwrap(),
-            1
-        );
+        // Triton counts an inference just after it answers: wait for it, then check
+        // that exactly one was counted.
+        let placed_replica = stack.replica(&placed).unwrap();
+        let count = eventually(
+            "the inference counted on the replica that served it",
+            Duration::from_secs(10),
+            || async {
+                let count = placed_replica.inference_count(model).await?;
+                Ok((count >= 1).then_some(count))
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(count, 1, "{model} on {placed}");
     }
 
     // Worst-fit placement spreads the three models over both replicas, and the replica
