@@ -176,10 +176,12 @@ impl NewEvent {
         self
     }
 
-    /// An eviction's victim order and the victim's priority in it (non-finite: left out).
+    /// An eviction's victim order and the victim's priority in it. Left out when it is not
+    /// a number a reader can compare: non-finite, or `f64::MIN`, the bottom a large one-off
+    /// model enters at under GDSF's decay aging (it is on probation: the next victim).
     pub fn priority(mut self, policy: &str, priority: f64) -> Self {
         self.policy = Some(policy.to_owned());
-        self.priority = priority.is_finite().then_some(priority);
+        self.priority = (priority.is_finite() && priority > f64::MIN).then_some(priority);
         self
     }
 }
@@ -367,6 +369,20 @@ mod tests {
             .replica("r0")
             .size(64, 0)
             .seconds(0.5)
+    }
+
+    #[test]
+    fn a_priority_is_kept_only_when_comparable() {
+        let with = |p: f64| {
+            NewEvent::new(EventKind::Evicted)
+                .priority("gdsf", p)
+                .priority
+        };
+        assert_eq!(with(-3.5), Some(-3.5));
+        assert_eq!(with(0.0), Some(0.0));
+        assert_eq!(with(f64::MIN), None);
+        assert_eq!(with(f64::NEG_INFINITY), None);
+        assert_eq!(with(f64::NAN), None);
     }
 
     #[test]
