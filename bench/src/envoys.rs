@@ -90,23 +90,53 @@ fn wasm_filter_entry(wasm: &Path, configuration: Option<&str>) -> String {
 pub enum Upstream {
     /// A STATIC cluster holding the replica's address.
     Static,
-    /// The gateway's way: an ORIGINAL_DST cluster (`use_http_header: false`, like the
-    /// gateway's `triton_replicas`) connecting where the Wasm filter's filter state says;
-    /// the no-op filter is configured with the replica's address and sets it per request.
+    /// An ORIGINAL_DST cluster (`use_http_header: false`) connecting where the Wasm
+    /// filter's filter state says; the no-op filter is configured with the replica's
+    /// address and sets it per request (`set_envoy_filter_state`).
     OriginalDst,
+    /// An ORIGINAL_DST cluster reading the address from the request header
+    /// [`UPSTREAM_HEADER`], which the no-op filter replaces per request; with `strip`, the
+    /// connection manager first removes any client-sent value natively (an early header
+    /// mutation), which is what makes the header safe to trust.
+    Header { strip: bool },
 }
 
-/// The clusters of a static-route Envoy with [`Upstream::OriginalDst`]: the gateway's
+/// The request header a [`Upstream::Header`] cluster connects by.
+pub const UPSTREAM_HEADER: &str = "x-mm-upstream";
+
+/// The clusters of a static-route Envoy with an ORIGINAL_DST upstream: the gateway's
 /// `triton_replicas` settings under the template's cluster name.
-const ORIGINAL_DST_CLUSTERS: &str = "  clusters:
+fn original_dst_clusters(use_http_header: bool) -> String {
+    let lb = if use_http_header {
+        format!("use_http_header: true\n      http_header_name: {UPSTREAM_HEADER}")
+    } else {
+        "use_http_header: false".to_owned()
+    };
+    format!(
+        "  clusters:
   - name: replica
     type: ORIGINAL_DST
     lb_policy: CLUSTER_PROVIDED
     connect_timeout: 2s
     original_dst_lb_config:
-      use_http_header: false
+      {lb}
     cleanup_interval: 60s
-";
+"
+    )
+}
+
+/// The connection manager's `early_header_mutation_extensions`, removing [`UPSTREAM_HEADER`]
+/// before any HTTP filter runs (one line of JSON, which is YAML).
+fn strip_upstream_header() -> String {
+    let extension = json!([{
+        "name": "envoy.http.early_header_mutation.header_mutation",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.http.early_header_mutation.header_mutation.v3.HeaderMutation",
+            "mutations": [{"remove": UPSTREAM_HEADER}],
+        }
+    }]);
+    format!("early_header_mutation_extensions: {extension}")
+}
 
 /// Renders bench/envoy-static.yaml.tmpl: a static route to `replica_port`, with the Wasm
 /// filter `wasm` in front of the router or no filter at all.
@@ -118,15 +148,26 @@ pub fn render_static(
     upstream: Upstream,
 ) -> anyhow::Result<String> {
     let template = std::fs::read_to_string(root().join("bench/envoy-static.yaml.tmpl"))?;
-    let configuration =
-        (upstream == Upstream::OriginalDst).then(|| format!("127.0.0.1:{replica_port}"));
+    let address = format!("127.0.0.1:{replica_port}");
+    let configuration = match upstream {
+        Upstream::Static => None,
+        Upstream::OriginalDst => Some(address),
+        Upstream::Header { .. } => Some(format!("{UPSTREAM_HEADER}={address}")),
+    };
     let filter = wasm.map(|w| format!("- {}", wasm_filter_entry(w, configuration.as_deref())));
+    let early = matches!(upstream, Upstream::Header { strip: true }).then(strip_upstream_header);
+    // A placeholder alone on its line is replaced by its text at the same indent, or the
+    // line is dropped when there is none.
     let rendered: Vec<String> = template
         .lines()
-        .filter_map(|line| match (&filter, line.trim() == "{{WASM_FILTER}}") {
-            (Some(f), true) => Some(line.replace("{{WASM_FILTER}}", f)),
-            (None, true) => None,
-            _ => Some(line.to_owned()),
+        .filter_map(|line| {
+            let slot = match line.trim() {
+                "{{WASM_FILTER}}" => &filter,
+                "{{EARLY_HEADER_MUTATION}}" => &early,
+                _ => return Some(line.to_owned()),
+            };
+            let indent = &line[..line.len() - line.trim_start().len()];
+            slot.as_ref().map(|text| format!("{indent}{text}"))
         })
         .collect();
     let text = rendered
@@ -150,7 +191,12 @@ pub fn render_static(
     let clusters = text
         .find("\n  clusters:\n")
         .context("no clusters section in bench/envoy-static.yaml.tmpl")?;
-    Ok(format!("{}\n{ORIGINAL_DST_CLUSTERS}", &text[..clusters]))
+    let use_http_header = matches!(upstream, Upstream::Header { .. });
+    Ok(format!(
+        "{}\n{}",
+        &text[..clusters],
+        original_dst_clusters(use_http_header)
+    ))
 }
 
 /// How to start an Envoy: directly, or under a wrapper such as valgrind.
@@ -307,5 +353,42 @@ mod tests {
             "127.0.0.1:3"
         );
         assert!(render_static(1, 2, 3, None, Upstream::OriginalDst).is_err());
+        assert!(!text.contains("early_header_mutation"));
+    }
+
+    #[test]
+    fn header_config_reads_the_header_and_strips_a_client_sent_one_when_asked() {
+        let wasm = Path::new("/x/noop.wasm");
+        for strip in [false, true] {
+            let text = render_static(1, 2, 3, Some(wasm), Upstream::Header { strip }).unwrap();
+            assert!(text.contains("use_http_header: true\n      http_header_name: x-mm-upstream"));
+            assert!(!text.contains("port_value: 3"));
+            let line = text
+                .lines()
+                .find(|l| l.contains("envoy.filters.http.wasm"))
+                .unwrap();
+            let entry: serde_json::Value =
+                serde_json::from_str(line.trim_start().trim_start_matches("- ")).unwrap();
+            assert_eq!(
+                entry["typed_config"]["config"]["configuration"]["value"],
+                "x-mm-upstream=127.0.0.1:3"
+            );
+            let early = text
+                .lines()
+                .find(|l| l.contains("early_header_mutation_extensions"));
+            assert_eq!(early.is_some(), strip, "{text}");
+            if let Some(early) = early {
+                // A key of the connection manager's config, at the indent of its others.
+                let stat = text.lines().find(|l| l.contains("stat_prefix")).unwrap();
+                let indent = |l: &str| l.len() - l.trim_start().len();
+                assert_eq!(indent(early), indent(stat));
+                let (_, value) = early.trim().split_once(": ").unwrap();
+                let value: serde_json::Value = serde_json::from_str(value).unwrap();
+                assert_eq!(
+                    value[0]["typed_config"]["mutations"][0]["remove"],
+                    "x-mm-upstream"
+                );
+            }
+        }
     }
 }

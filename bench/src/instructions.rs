@@ -291,10 +291,7 @@ pub async fn run(options: &Options) -> anyhow::Result<Instructions> {
         })?;
     }
     let noop = envoys::noop_wasm();
-    for (kind, upstream) in [
-        (Kind::Noop, Upstream::Static),
-        (Kind::NoopUpstream, Upstream::OriginalDst),
-    ] {
+    for (kind, upstream) in Kind::NOOPS {
         if wanted(kind.name()) {
             start(kind.label().into(), kind, &|l| {
                 let name = format!("cg-{}", kind.name());
@@ -462,6 +459,19 @@ impl Instructions {
         }
         if let Some(r) = ratio(floor, noop) {
             md += &format!("- no-op Wasm setting the upstream / no-op Wasm: **{r:.2}**\n");
+        }
+        for kind in [Kind::NoopHeader, Kind::NoopHeaderUnstripped] {
+            let Some(header) = of(kind) else { continue };
+            if let Some(r) = ratio(Some(header), noop) {
+                md += &format!("- {} / no-op Wasm: **{r:.2}**\n", kind.label());
+            }
+            if let Some(state) = floor {
+                md += &format!(
+                    "- {} against filter state: **{:+.1}k** per request\n",
+                    kind.label(),
+                    (header - state) / 1000.0
+                );
+            }
         }
         if let Some(r) = ratio(noop, of(Kind::Plain)) {
             md += &format!("- no-op Wasm / plain Envoy: **{r:.2}**\n");

@@ -53,7 +53,8 @@ struct Args {
     /// wrk connections per warm-path run.
     #[arg(long, default_value_t = 8)]
     wrk_connections: u32,
-    /// Warm targets to run, of direct, plain, noop, noop-upstream, gateway.
+    /// Warm targets to run, of direct, plain, noop, noop-upstream, noop-header,
+    /// noop-header-unstripped, gateway.
     #[arg(
         long,
         value_delimiter = ',',
@@ -70,8 +71,9 @@ struct Args {
     /// Sequential requests per callgrind window (part `instructions`).
     #[arg(long, default_value_t = 200)]
     instruction_requests: usize,
-    /// Envoy targets counted by callgrind, of plain, noop, noop-upstream, gateway (part
-    /// `instructions`; every `--filter-wasm` build is counted too).
+    /// Envoy targets counted by callgrind, of plain, noop, noop-upstream, noop-header,
+    /// noop-header-unstripped, gateway (part `instructions`; every `--filter-wasm` build is
+    /// counted too).
     #[arg(
         long,
         value_delimiter = ',',

@@ -26,6 +26,12 @@ pub enum Kind {
     /// The no-op filter choosing the upstream the gateway's way (filter state and an
     /// ORIGINAL_DST cluster): the floor of a filter that picks the replica itself.
     NoopUpstream,
+    /// The no-op filter choosing the upstream by a request header (an ORIGINAL_DST cluster
+    /// with `use_http_header`), a client-sent value of which Envoy strips first.
+    NoopHeader,
+    /// The same without the strip (unsafe: a client could choose the upstream); the
+    /// difference to [`Kind::NoopHeader`] is the price of the protection.
+    NoopHeaderUnstripped,
     Gateway,
     /// The gateway with another build of the filter (`--filter-wasm`).
     GatewayBuild,
@@ -33,13 +39,38 @@ pub enum Kind {
 
 impl Kind {
     /// The names `--warm-targets` takes.
-    pub const NAMES: [&'static str; 5] = ["direct", "plain", "noop", "noop-upstream", "gateway"];
+    pub const NAMES: [&'static str; 7] = [
+        "direct",
+        "plain",
+        "noop",
+        "noop-upstream",
+        "noop-header",
+        "noop-header-unstripped",
+        "gateway",
+    ];
+
+    /// The no-op filter's targets, each with how its Envoy reaches the replica.
+    pub const NOOPS: [(Kind, Upstream); 4] = [
+        (Kind::Noop, Upstream::Static),
+        (Kind::NoopUpstream, Upstream::OriginalDst),
+        (Kind::NoopHeader, Upstream::Header { strip: true }),
+        (
+            Kind::NoopHeaderUnstripped,
+            Upstream::Header { strip: false },
+        ),
+    ];
 
     /// What a static-route target is called in the tables.
     pub fn label(self) -> &'static str {
         match self {
             Kind::Noop => "Envoy + no-op Wasm filter",
             Kind::NoopUpstream => "Envoy + no-op Wasm filter setting the upstream (ORIGINAL_DST)",
+            Kind::NoopHeader => {
+                "Envoy + no-op Wasm filter setting the upstream by header (client's stripped)"
+            }
+            Kind::NoopHeaderUnstripped => {
+                "Envoy + no-op Wasm filter setting the upstream by header (not stripped)"
+            }
             _ => self.name(),
         }
     }
@@ -50,6 +81,8 @@ impl Kind {
             Kind::Plain => "plain",
             Kind::Noop => "noop",
             Kind::NoopUpstream => "noop-upstream",
+            Kind::NoopHeader => "noop-header",
+            Kind::NoopHeaderUnstripped => "noop-header-unstripped",
             Kind::Gateway | Kind::GatewayBuild => "gateway",
         }
     }
@@ -184,10 +217,7 @@ pub async fn run(options: &Options, scratch: &Path) -> anyhow::Result<Warm> {
         );
         envoys.push(e);
     }
-    for (kind, upstream) in [
-        (Kind::Noop, Upstream::Static),
-        (Kind::NoopUpstream, Upstream::OriginalDst),
-    ] {
+    for (kind, upstream) in Kind::NOOPS {
         if !wanted(kind) {
             continue;
         }

@@ -4,10 +4,12 @@
 //! over it is our own code, not the V8 runtime's. Built for wasm32-wasip1 only; on the host
 //! the crate is empty (proxy-wasm's host imports do not link there).
 //!
-//! With the plugin configuration `IP:PORT` it also chooses the upstream the way the
-//! gateway does (the `set_envoy_filter_state` foreign function naming the ORIGINAL_DST
-//! cluster's address, once per request): the floor of any filter that picks the replica
-//! itself, to tell that mechanism's cost from the gateway's own code.
+//! With the plugin configuration `IP:PORT` it also chooses the upstream through filter
+//! state (the `set_envoy_filter_state` foreign function naming the ORIGINAL_DST cluster's
+//! address, once per request); with `HEADER=IP:PORT` it replaces the request header
+//! `HEADER` with the address instead, for an ORIGINAL_DST cluster with `use_http_header`.
+//! Either is the floor of any filter that picks the replica itself, to tell that
+//! mechanism's cost from the gateway's own code (and the two mechanisms from each other).
 
 #![cfg(target_arch = "wasm32")]
 
@@ -25,10 +27,18 @@ proxy_wasm::main! {{
 /// Filter-state key the ORIGINAL_DST cluster reads (with `use_http_header: false`).
 const ORIGINAL_DST_KEY: &str = "envoy.network.transport_socket.original_dst_address";
 
+/// How the no-op filter points the ORIGINAL_DST cluster at the upstream, if it does.
+#[derive(Clone)]
+enum Upstream {
+    /// The encoded `SetEnvoyFilterStateArguments` naming the address.
+    FilterState(Rc<[u8]>),
+    /// A request header (name, address) the cluster reads.
+    Header(Rc<str>, Rc<str>),
+}
+
 #[derive(Default)]
 struct NoopRoot {
-    /// The encoded `SetEnvoyFilterStateArguments`, when configured with an upstream.
-    upstream: Option<Rc<[u8]>>,
+    upstream: Option<Upstream>,
 }
 
 impl Context for NoopRoot {}
@@ -38,9 +48,13 @@ impl RootContext for NoopRoot {
         let config = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX);
         if let Ok(Some(address)) = config {
             let address = String::from_utf8_lossy(&address).trim().to_owned();
-            if !address.is_empty() {
-                self.upstream = Some(set_filter_state(ORIGINAL_DST_KEY, &address).into());
-            }
+            self.upstream = match address.split_once('=') {
+                Some((header, address)) => Some(Upstream::Header(header.into(), address.into())),
+                None if !address.is_empty() => Some(Upstream::FilterState(
+                    set_filter_state(ORIGINAL_DST_KEY, &address).into(),
+                )),
+                None => None,
+            };
         }
         true
     }
@@ -57,7 +71,7 @@ impl RootContext for NoopRoot {
 }
 
 struct Noop {
-    upstream: Option<Rc<[u8]>>,
+    upstream: Option<Upstream>,
 }
 
 impl Context for Noop {}
@@ -67,8 +81,19 @@ impl HttpContext for Noop {
         // The one host call every routing filter makes, made the way the gateway makes it
         // (a host error is a value, not the SDK's unwrap); the value is deliberately unused.
         let _path = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, ":path");
-        if let Some(argument) = &self.upstream {
-            let _ = hostcalls::call_foreign_function("set_envoy_filter_state", Some(argument));
+        match &self.upstream {
+            Some(Upstream::FilterState(argument)) => {
+                let _ = hostcalls::call_foreign_function("set_envoy_filter_state", Some(argument));
+            }
+            Some(Upstream::Header(name, address)) => {
+                // Replaces (never adds a second value): proxy_replace_header_map_value.
+                let _ = hostcalls::set_map_value(
+                    MapType::HttpRequestHeaders,
+                    name,
+                    Some(address.as_ref()),
+                );
+            }
+            None => {}
         }
         Action::Continue
     }
