@@ -193,3 +193,32 @@ fn a_warm_request_stays_within_its_allocation_budget() {
     // `:status`, allocated in the VM by the host) and the model name the stream keeps.
     assert_eq!(counts, vec![3; 4], "allocations per warm request");
 }
+
+/// The warm path natively, for a profiler: `MM_WARM_REQUESTS` (default 20,000) warm V2
+/// infers through the stream with the canned host, so that the filter's own code (path
+/// parse, table lookup, usage counting, metrics) dominates the profile. Run by
+/// `scripts/profile-filter.sh` under callgrind; ignored in `cargo test` (it asserts only
+/// that every request stayed warm).
+#[test]
+#[ignore = "a profiling harness: scripts/profile-filter.sh"]
+fn warm_requests_for_a_profiler() {
+    let n: u32 = std::env::var("MM_WARM_REQUESTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let mut host = CannedHost {
+        request_headers: HeaderPairs::encode(&[
+            (":method", "POST"),
+            (":path", "/v2/models/linear/infer"),
+            (":authority", "gateway"),
+            ("content-type", "application/json"),
+            ("content-length", "50"),
+            ("user-agent", "bench"),
+        ]),
+    };
+    let mut worker = warm_worker(&mut host);
+    let allocations: u64 = (1..=n)
+        .map(|id| warm_request(&mut host, &mut worker, id))
+        .sum();
+    assert!(allocations <= 3 * u64::from(n) + 10, "{allocations}");
+}
