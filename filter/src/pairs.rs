@@ -9,6 +9,8 @@
 //! Every offset is checked once when the buffer is taken; a buffer that does not hold
 //! what its counts say is refused, never read out of bounds.
 
+use std::ops::Range;
+
 /// Most pairs a map may declare: far above any header count Envoy lets through (its
 /// default limit is 100), and small enough that the length table is bounded.
 const MAX_PAIRS: usize = 65_536;
@@ -92,6 +94,12 @@ impl HeaderPairs {
 
     /// Every (name, value), in the host's order.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        self.spans().map(|(name, value)| (name, self.at(value)))
+    }
+
+    /// Every (name, where its value is), in the host's order: for a reader that finds
+    /// several headers in one pass and reads their values later with [`HeaderPairs::at`].
+    pub fn spans(&self) -> impl Iterator<Item = (&[u8], Range<usize>)> + '_ {
         let raw = self.raw.as_slice();
         let mut data = 4 + self.count * 8;
         (0..self.count).map_while(move |i| {
@@ -99,11 +107,17 @@ impl HeaderPairs {
             let name_len = read_u32(raw, 4 + i * 8)?;
             let value_len = read_u32(raw, 8 + i * 8)?;
             let name = raw.get(data..data + name_len)?;
-            data += name_len + 1;
-            let value = raw.get(data..data + value_len)?;
-            data += value_len + 1;
+            let start = data + name_len + 1;
+            let value = start..start + value_len;
+            raw.get(value.clone())?;
+            data = value.end + 1;
             Some((name, value))
         })
+    }
+
+    /// The value at `span` (from [`HeaderPairs::spans`] of this map; empty otherwise).
+    pub fn at(&self, span: Range<usize>) -> &[u8] {
+        self.raw.get(span).unwrap_or_default()
     }
 
     /// The first value of header `name`.
@@ -148,6 +162,9 @@ mod tests {
         assert_eq!(map.get("x-repeated"), Some(&b"1"[..]));
         assert_eq!(map.get("x-empty"), Some(&b""[..]));
         assert_eq!(map.get("missing"), None);
+        let spans: Vec<(&[u8], &[u8])> = map.spans().map(|(n, v)| (n, map.at(v))).collect();
+        assert_eq!(spans, want);
+        assert_eq!(map.at(0..usize::MAX), b"");
         let empty = HeaderPairs::from_raw(Vec::new()).unwrap();
         assert!(empty.is_empty() && empty.iter().next().is_none());
         let none: [(&str, &str); 0] = [];

@@ -182,12 +182,13 @@ pub fn parse(path: &[u8]) -> Result<Route, RouteError> {
 
 /// Whether a request header is one only the gateway may set: a client that sends it is
 /// trying to steer routing (`x-envoy-original-dst-host`) or to impersonate the gateway
-/// (`x-mm-*`). Names are compared case-insensitively.
-pub fn is_reserved_header(name: &str) -> bool {
-    name.eq_ignore_ascii_case(ORIGINAL_DST_HEADER)
+/// (`x-mm-*`). Names are compared case-insensitively, as bytes: every request header name
+/// is checked, and none needs to be UTF-8 to be told apart from these ASCII ones.
+pub fn is_reserved_header(name: &[u8]) -> bool {
+    name.eq_ignore_ascii_case(ORIGINAL_DST_HEADER.as_bytes())
         || name
             .get(..RESERVED_HEADER_PREFIX.len())
-            .is_some_and(|prefix| prefix.eq_ignore_ascii_case(RESERVED_HEADER_PREFIX))
+            .is_some_and(|prefix| prefix.eq_ignore_ascii_case(RESERVED_HEADER_PREFIX.as_bytes()))
 }
 
 /// The per-model endpoint named by the last segment of a V2 model path.
@@ -514,7 +515,7 @@ mod tests {
             "X-MM-Anything",
             "x-mm-",
         ] {
-            assert!(is_reserved_header(name), "{name}");
+            assert!(is_reserved_header(name.as_bytes()), "{name}");
         }
         for name in [
             "x-mm",
@@ -524,7 +525,7 @@ mod tests {
             ":path",
             "",
         ] {
-            assert!(!is_reserved_header(name), "{name}");
+            assert!(!is_reserved_header(name.as_bytes()), "{name}");
         }
     }
 
