@@ -152,11 +152,7 @@ pub fn parse(path: &[u8]) -> Result<Route, RouteError> {
     let rest = path.strip_prefix('/').ok_or(RouteError::NoRoute)?;
     // On the stack: this runs for every request, and a `Vec` was one of its allocations.
     let mut segments = [""; MAX_SEGMENTS + 1];
-    let mut count = 0;
-    for (slot, segment) in segments.iter_mut().zip(rest.splitn(MAX_SEGMENTS + 1, '/')) {
-        *slot = segment;
-        count += 1;
-    }
+    let count = split_segments(rest, &mut segments);
 
     match segments.get(..count).unwrap_or_default() {
         ["v2"] | ["v2", "health", "live"] | ["v2", "health", "ready"] => Ok(Route::Server),
@@ -178,6 +174,30 @@ pub fn parse(path: &[u8]) -> Result<Route, RouteError> {
         },
         _ => Err(RouteError::NoRoute),
     }
+}
+
+/// Splits `path` at `/` into `out` as `str::splitn(out.len(), '/')` would (the last slot
+/// takes the rest); returns how many slots it filled. A scan of bytes: `/` is ASCII, so
+/// every cut is a character boundary, and for a path's few short segments this costs a
+/// fraction of `splitn`'s general pattern search (it runs on every request).
+fn split_segments<'a>(path: &'a str, out: &mut [&'a str]) -> usize {
+    let Some(last) = out.len().checked_sub(1) else {
+        return 0;
+    };
+    let (mut count, mut start) = (0, 0);
+    for (i, byte) in path.bytes().enumerate() {
+        if byte == b'/' && count < last {
+            if let Some(slot) = out.get_mut(count) {
+                *slot = path.get(start..i).unwrap_or_default();
+            }
+            count += 1;
+            start = i + 1;
+        }
+    }
+    if let Some(slot) = out.get_mut(count) {
+        *slot = path.get(start..).unwrap_or_default();
+    }
+    count + 1
 }
 
 /// Whether a request header is one only the gateway may set: a client that sends it is
@@ -504,6 +524,38 @@ mod tests {
         assert_eq!(Route::Server.model(), None);
         assert_eq!(pool_manager_path_for(Some("m")), "/internal/v1/route/m");
         assert_eq!(pool_manager_path_for(None), "/internal/v1/route");
+    }
+
+    #[test]
+    fn segments_split_as_splitn_does() {
+        for path in [
+            "",
+            "/",
+            "a",
+            "a/b",
+            "v2/models/m/versions/1/infer",
+            "a//b/",
+            "x/y/z/w/v/u/t/s/r",
+            "é/ü/ñ",
+        ] {
+            for n in 1..=8 {
+                let mut out = [""; 8];
+                let count = split_segments(path, &mut out[..n]);
+                let want: Vec<&str> = path.splitn(n, '/').collect();
+                assert_eq!(&out[..count], want.as_slice(), "{path:?} in {n}");
+            }
+        }
+        assert_eq!(split_segments("a/b", &mut []), 0);
+    }
+
+    proptest! {
+        #[test]
+        fn segments_split_as_splitn_does_for_any_path(path in ".{0,40}", n in 1usize..9) {
+            let mut out = [""; 8];
+            let count = split_segments(&path, &mut out[..n]);
+            let want: Vec<&str> = path.splitn(n, '/').collect();
+            prop_assert_eq!(&out[..count], want.as_slice());
+        }
     }
 
     #[test]
