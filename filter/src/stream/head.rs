@@ -22,13 +22,19 @@ const KNOWN: [&str; 4] = [
 /// and inlines the short comparisons; measured faster than a loop over [`KNOWN`]).
 fn known(name: &[u8]) -> Option<usize> {
     match name {
-        b":path" => Some(0),
-        b"content-length" => Some(1),
-        b"content-type" => Some(2),
-        _ if name == INFERENCE_HEADER_LENGTH.as_bytes() => Some(3),
+        b":path" => Some(PATH),
+        b"content-length" => Some(CONTENT_LENGTH),
+        b"content-type" => Some(CONTENT_TYPE),
+        _ if name == INFERENCE_HEADER_LENGTH.as_bytes() => Some(BINARY_LENGTH),
         _ => None,
     }
 }
+
+// Their places in [`KNOWN`].
+const PATH: usize = 0;
+const CONTENT_LENGTH: usize = 1;
+const CONTENT_TYPE: usize = 2;
+const BINARY_LENGTH: usize = 3;
 
 /// The request headers as Envoy holds them (names in lowercase).
 #[derive(Debug, Default)]
@@ -64,14 +70,25 @@ impl RequestHead {
     /// A header's value (the first, if repeated).
     pub(super) fn get(&self, name: &str) -> Option<&[u8]> {
         match known(name.as_bytes()) {
-            Some(i) => self
-                .known
-                .get(i)
-                .cloned()
-                .flatten()
-                .map(|span| self.headers.at(span)),
+            Some(i) => self.known_value(i),
             None => self.headers.get(name),
         }
+    }
+
+    /// The first value of [`KNOWN`] header `i`, found when the headers were read.
+    fn known_value(&self, i: usize) -> Option<&[u8]> {
+        let span = self.known.get(i)?.clone()?;
+        Some(self.headers.at(span))
+    }
+
+    /// `content-type`, as the client sent it.
+    pub(super) fn content_type(&self) -> Option<&[u8]> {
+        self.known_value(CONTENT_TYPE)
+    }
+
+    /// `inference-header-content-length` (the binary tensor extension), as sent.
+    pub(super) fn binary_header_length(&self) -> Option<&[u8]> {
+        self.known_value(BINARY_LENGTH)
     }
 
     /// A header's value, if it is UTF-8.
@@ -81,12 +98,13 @@ impl RequestHead {
 
     /// `:path` (empty if absent).
     pub(super) fn path(&self) -> &[u8] {
-        self.get(":path").unwrap_or_default()
+        self.known_value(PATH).unwrap_or_default()
     }
 
     /// `content-length`, when present and a number.
     pub(super) fn content_length(&self) -> Option<u64> {
-        self.text("content-length")?.trim().parse().ok()
+        let value = self.known_value(CONTENT_LENGTH)?;
+        std::str::from_utf8(value).ok()?.trim().parse().ok()
     }
 
     /// The headers a client may not send (see [`route::is_reserved_header`]); a name that
@@ -129,6 +147,8 @@ mod tests {
         assert_eq!(h.get("content-type"), Some(&b"text/plain"[..]));
         assert_eq!(h.content_length(), Some(42));
         assert_eq!(h.text(INFERENCE_HEADER_LENGTH), Some("7"));
+        assert_eq!(h.binary_header_length(), Some(&b"7"[..]));
+        assert_eq!(h.content_type(), h.get("content-type"));
         assert_eq!(h.get("x-other"), Some(&b"o"[..]));
         assert_eq!(h.get("x-empty"), Some(&b""[..]));
         assert_eq!(h.get("missing"), None);
@@ -140,10 +160,14 @@ mod tests {
             (bare.get("content-type"), bare.content_length()),
             (None, None)
         );
+        assert_eq!(
+            (bare.content_type(), bare.binary_header_length()),
+            (None, None)
+        );
     }
 
     #[test]
-    fn known_headers_are_told_by_length_then_name() {
+    fn known_headers_are_told_by_name() {
         for (i, name) in KNOWN.iter().enumerate() {
             assert_eq!(known(name.as_bytes()), Some(i), "{name}");
         }

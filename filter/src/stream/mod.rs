@@ -201,7 +201,7 @@ impl Stream {
         if let Some(route) = grpc::parse_path(head.path()) {
             // Only a gRPC request is one (Envoy's gRPC route needs the content type too).
             let is_grpc = head
-                .get("content-type")
+                .content_type()
                 .is_some_and(|ct| ct.starts_with(b"application/grpc"));
             if is_grpc {
                 return self.grpc_request_headers(host, worker, &head, route, end_of_stream);
@@ -431,7 +431,7 @@ impl Stream {
     /// tensor extension (`Inference-Header-Content-Length`, which must then be a number no
     /// larger than the body), `application/json` otherwise.
     fn set_content_type(&mut self, host: &mut impl Host, head: &RequestHead) -> Result<(), Reply> {
-        let wanted = match head.get(INFERENCE_HEADER_LENGTH) {
+        let wanted = match head.binary_header_length() {
             Some(value) => {
                 let json = std::str::from_utf8(value)
                     .ok()
@@ -447,7 +447,7 @@ impl Stream {
             }
             None => "application/json",
         };
-        if head.get("content-type") != Some(wanted.as_bytes()) {
+        if head.content_type() != Some(wanted.as_bytes()) {
             if let Err(err) = host.set_header(Map::RequestHeaders, "content-type", wanted) {
                 error!(host, "[{}] cannot set the content type: {err}", self.id);
                 return Err(Reply::CannotSanitize);
