@@ -195,6 +195,25 @@ struct Row {
     wall: Duration,
 }
 
+impl Row {
+    /// A reference row (an offline bound or a static set): a hit rate and a load time,
+    /// none of a policy run's counts.
+    fn reference(name: String, hit_rate: f64, load_secs: f64, started: Instant) -> Self {
+        Row {
+            name,
+            hit_rate,
+            byte_hit_rate: None,
+            load_secs,
+            misses: None,
+            evicting_misses: None,
+            victims_per_evicting_miss: None,
+            bound: true,
+            result: None,
+            wall: started.elapsed(),
+        }
+    }
+}
+
 /// One trace's rows.
 #[derive(Debug, Serialize)]
 struct TraceRun {
@@ -354,18 +373,12 @@ fn run_trace(
             |name: &str, f: &dyn Fn(&Instance) -> pool_manager::eviction::offline::Bound| {
                 let started = Instant::now();
                 let (h, t) = (f(&hits), f(&time));
-                rows.push(Row {
-                    name: name.to_owned(),
-                    hit_rate: 100.0 * h.hit_rate(),
-                    byte_hit_rate: None,
-                    load_secs: t.load_secs,
-                    misses: None,
-                    evicting_misses: None,
-                    victims_per_evicting_miss: None,
-                    bound: true,
-                    result: None,
-                    wall: started.elapsed(),
-                });
+                rows.push(Row::reference(
+                    name.to_owned(),
+                    100.0 * h.hit_rate(),
+                    t.load_secs,
+                    started,
+                ));
             };
         bound(PFOO_L, &pfoo_l);
         if bounds == Bounds::All {
@@ -412,30 +425,13 @@ fn static_rows(w: &Workload, p: &[f64], config: &SimConfig) -> Vec<Row> {
     }
     let requests = w.len().max(1) as f64;
     vec![
-        Row {
-            name: STATIC_UPPER.to_owned(),
-            hit_rate: 100.0 * upper,
-            byte_hit_rate: None,
-            load_secs: f64::NAN,
-            misses: None,
-            evicting_misses: None,
-            victims_per_evicting_miss: None,
-            bound: true,
-            result: None,
-            wall: started.elapsed(),
-        },
-        Row {
-            name: format!("{STATIC_POOL} (expected {:.2})", 100.0 * set.expected),
-            hit_rate: 100.0 * set.hits(&w.trace.requests) as f64 / requests,
-            byte_hit_rate: None,
+        Row::reference(STATIC_UPPER.to_owned(), 100.0 * upper, f64::NAN, started),
+        Row::reference(
+            format!("{STATIC_POOL} (expected {:.2})", 100.0 * set.expected),
+            100.0 * set.hits(&w.trace.requests) as f64 / requests,
             load_secs,
-            misses: None,
-            evicting_misses: None,
-            victims_per_evicting_miss: None,
-            bound: true,
-            result: None,
-            wall: started.elapsed(),
-        },
+            started,
+        ),
     ]
 }
 
