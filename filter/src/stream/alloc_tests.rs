@@ -171,9 +171,9 @@ fn warm_request(host: &mut CannedHost, worker: &mut Worker, id: u32) -> u64 {
     allocations() - before
 }
 
-#[test]
-fn a_warm_request_stays_within_its_allocation_budget() {
-    let mut host = CannedHost {
+/// A host whose every request is the same warm V2 infer for `linear`.
+fn warm_infer_host() -> CannedHost {
+    CannedHost {
         request_headers: HeaderPairs::encode(&[
             (":method", "POST"),
             (":path", "/v2/models/linear/infer"),
@@ -182,7 +182,12 @@ fn a_warm_request_stays_within_its_allocation_budget() {
             ("content-length", "50"),
             ("user-agent", "bench"),
         ]),
-    };
+    }
+}
+
+#[test]
+fn a_warm_request_stays_within_its_allocation_budget() {
+    let mut host = warm_infer_host();
     let mut worker = warm_worker(&mut host);
     // The first request makes the usage tracker's entry for (linear, r0); later ones reuse it.
     warm_request(&mut host, &mut worker, 1);
@@ -206,16 +211,7 @@ fn warm_requests_for_a_profiler() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
-    let mut host = CannedHost {
-        request_headers: HeaderPairs::encode(&[
-            (":method", "POST"),
-            (":path", "/v2/models/linear/infer"),
-            (":authority", "gateway"),
-            ("content-type", "application/json"),
-            ("content-length", "50"),
-            ("user-agent", "bench"),
-        ]),
-    };
+    let mut host = warm_infer_host();
     let mut worker = warm_worker(&mut host);
     let allocations: u64 = (1..=n)
         .map(|id| warm_request(&mut host, &mut worker, id))
