@@ -336,22 +336,25 @@ mod tests {
         );
     }
 
-    #[test]
-    fn original_dst_config_sets_the_upstream_from_the_filter() {
-        let wasm = Path::new("/x/noop.wasm");
-        let text = render_static(1, 2, 3, Some(wasm), Upstream::OriginalDst).unwrap();
-        assert!(text.contains("type: ORIGINAL_DST") && text.contains("use_http_header: false"));
-        assert!(!text.contains("type: STATIC") && !text.contains("port_value: 3"));
+    /// The no-op filter's plugin configuration in a rendered config (the Wasm filter's
+    /// entry is one YAML list item holding JSON).
+    fn plugin_configuration(text: &str) -> serde_json::Value {
         let line = text
             .lines()
             .find(|l| l.contains("envoy.filters.http.wasm"))
             .unwrap();
         let entry: serde_json::Value =
             serde_json::from_str(line.trim_start().trim_start_matches("- ")).unwrap();
-        assert_eq!(
-            entry["typed_config"]["config"]["configuration"]["value"],
-            "127.0.0.1:3"
-        );
+        entry["typed_config"]["config"]["configuration"]["value"].clone()
+    }
+
+    #[test]
+    fn original_dst_config_sets_the_upstream_from_the_filter() {
+        let wasm = Path::new("/x/noop.wasm");
+        let text = render_static(1, 2, 3, Some(wasm), Upstream::OriginalDst).unwrap();
+        assert!(text.contains("type: ORIGINAL_DST") && text.contains("use_http_header: false"));
+        assert!(!text.contains("type: STATIC") && !text.contains("port_value: 3"));
+        assert_eq!(plugin_configuration(&text), "127.0.0.1:3");
         assert!(render_static(1, 2, 3, None, Upstream::OriginalDst).is_err());
         assert!(!text.contains("early_header_mutation"));
     }
@@ -363,16 +366,7 @@ mod tests {
             let text = render_static(1, 2, 3, Some(wasm), Upstream::Header { strip }).unwrap();
             assert!(text.contains("use_http_header: true\n      http_header_name: x-mm-upstream"));
             assert!(!text.contains("port_value: 3"));
-            let line = text
-                .lines()
-                .find(|l| l.contains("envoy.filters.http.wasm"))
-                .unwrap();
-            let entry: serde_json::Value =
-                serde_json::from_str(line.trim_start().trim_start_matches("- ")).unwrap();
-            assert_eq!(
-                entry["typed_config"]["config"]["configuration"]["value"],
-                "x-mm-upstream=127.0.0.1:3"
-            );
+            assert_eq!(plugin_configuration(&text), "x-mm-upstream=127.0.0.1:3");
             let early = text
                 .lines()
                 .find(|l| l.contains("early_header_mutation_extensions"));
