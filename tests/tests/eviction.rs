@@ -107,6 +107,24 @@ async fn hot_then_one_offs(eviction: &[&str], labels: &str) -> (Vec<Eviction>, V
     (evictions, ready)
 }
 
+/// The scenario's outcome: these victims, in this order, all chosen by `policy`, and these
+/// models left READY.
+fn assert_evicted(
+    evictions: &[Eviction],
+    ready: &[String],
+    policy: &str,
+    victims: [&str; 2],
+    left: [&str; 2],
+) {
+    let chosen: Vec<&str> = evictions.iter().map(|e| e.model.as_str()).collect();
+    assert_eq!(chosen, victims, "{evictions:?}");
+    assert_eq!(ready, left);
+    assert!(
+        evictions.iter().all(|e| e.policy == policy),
+        "{evictions:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gdsf_keeps_a_frequent_slow_model_through_one_offs() {
     let (evictions, ready) = hot_then_one_offs(
@@ -114,13 +132,7 @@ async fn gdsf_keeps_a_frequent_slow_model_through_one_offs() {
         r#"policy="gdsf",aging="inflation",half_life="30000""#,
     )
     .await;
-    let victims: Vec<&str> = evictions.iter().map(|e| e.model.as_str()).collect();
-    assert_eq!(victims, ["c0", "c1"], "{evictions:?}");
-    assert_eq!(ready, ["c2", "hot"]);
-    assert!(
-        evictions.iter().all(|e| e.policy == "gdsf"),
-        "{evictions:?}"
-    );
+    assert_evicted(&evictions, &ready, "gdsf", ["c0", "c1"], ["c2", "hot"]);
     // GreedyDual's inflation: each victim's priority is at least the previous one's.
     assert!(
         evictions[0].priority > 0.0 && evictions[1].priority >= evictions[0].priority,
@@ -146,13 +158,7 @@ async fn gdsf_with_decay_keeps_a_frequent_slow_model_through_one_offs() {
         r#"policy="gdsf",aging="decay",half_life="8000""#,
     )
     .await;
-    let victims: Vec<&str> = evictions.iter().map(|e| e.model.as_str()).collect();
-    assert_eq!(victims, ["c0", "c1"], "{evictions:?}");
-    assert_eq!(ready, ["c2", "hot"]);
-    assert!(
-        evictions.iter().all(|e| e.policy == "gdsf"),
-        "{evictions:?}"
-    );
+    assert_evicted(&evictions, &ready, "gdsf", ["c0", "c1"], ["c2", "hot"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -163,10 +169,7 @@ async fn lru_evicts_the_frequent_slow_model_for_one_offs() {
         r#"policy="lru""#,
     )
     .await;
-    let victims: Vec<&str> = evictions.iter().map(|e| e.model.as_str()).collect();
-    assert_eq!(victims, ["hot", "c0"], "{evictions:?}");
-    assert_eq!(ready, ["c1", "c2"]);
-    assert!(evictions.iter().all(|e| e.policy == "lru"), "{evictions:?}");
+    assert_evicted(&evictions, &ready, "lru", ["hot", "c0"], ["c1", "c2"]);
     assert!(
         evictions.iter().all(|e| e.priority.is_finite()),
         "{evictions:?}"
